@@ -1,0 +1,102 @@
+"""Typed errors the proxy answers itself, each carrying the HTTP status it means.
+
+Imports nothing from the app. The proxy turns any ``ProxyError`` into one response in one
+place; the classes here only say which status, which reason phrase, and what to tell the
+client.
+"""
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """An error the proxy answers with ``status`` and a short plain-text body."""
+
+    status = 500
+    reason = "Internal Server Error"
+    kind = "internal"       # the label used in logs and metrics
+
+    def __init__(self, detail: str = "", backend: str = ""):
+        self.detail = detail
+        self.backend = backend
+        super().__init__(detail)
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {self.reason}"
+
+    def body(self) -> bytes:
+        """The plain-text body sent to the client: what happened, never a traceback."""
+        return f"{self.status} {self.reason}: {self.public_message()}\n".encode()
+
+    def public_message(self) -> str:
+        return self.detail or self.reason.lower()
+
+    def headers(self) -> list[tuple[str, str]]:
+        return []
+
+
+class BadRequest(ProxyError):
+    status, reason, kind = 400, "Bad Request", "bad_request"
+
+
+class MethodNotAllowed(ProxyError):
+    status, reason, kind = 405, "Method Not Allowed", "method_not_allowed"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE")]
+
+
+class BodyTooLarge(ProxyError):
+    status, reason, kind = 413, "Content Too Large", "body_too_large"
+
+
+class NoBackendAvailable(ProxyError):
+    """Every backend is down, drained, or already tried for this request."""
+
+    status, reason, kind = 503, "Service Unavailable", "no_backend"
+    retry_after = 5
+
+    def public_message(self) -> str:
+        return "no backend is available to serve this request" + (
+            f" ({self.detail})" if self.detail else "")
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+
+class UpstreamError(ProxyError):
+    """The backend failed. ``sent`` says whether any of the request may have reached it."""
+
+    status, reason, kind = 502, "Bad Gateway", "upstream"
+    sent = True
+
+    def public_message(self) -> str:
+        return f"the backend failed: {self.detail}" if self.detail else "the backend failed"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The connection could not be opened: nothing was sent, so any method may be retried."""
+
+    kind = "connect"
+    sent = False
+
+
+class UpstreamConnectTimeout(UpstreamConnectError):
+    status, reason, kind = 504, "Gateway Timeout", "connect_timeout"
+
+    def public_message(self) -> str:
+        return "the backend did not accept the connection in time"
+
+
+class UpstreamReset(UpstreamError):
+    kind = "reset"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, reason, kind = 504, "Gateway Timeout", "timeout"
+
+    def public_message(self) -> str:
+        return "the backend did not answer in time"
+
+
+class UpstreamProtocolError(UpstreamError):
+    kind = "invalid_response"

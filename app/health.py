@@ -1,0 +1,108 @@
+"""Active health checks: a greenlet that probes every backend each interval.
+
+``check_once`` runs one round (every backend at once, each with the check timeout) and is
+what tests call; ``start`` runs rounds in a loop until ``stop``. A backend's state changes
+only through ``Backend.record_check``; this module logs the transitions it reports. It
+knows nothing of WSGI or of how requests are proxied.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Callable
+
+import gevent
+import urllib3
+from urllib3 import HTTPHeaderDict
+
+from .balancer import Backend, Balancer, CheckResult
+from .config import HealthCheckConfig
+from .errors import UpstreamError
+from .upstream import Upstream
+
+log = logging.getLogger("myproxy.health")
+
+JITTER = 0.1   # each round starts up to 10% of the interval early or late
+
+
+class HealthChecker:
+    """Probes ``GET health_check.path`` on each backend of a balancer."""
+
+    def __init__(self, balancer: Balancer, rules: HealthCheckConfig, upstream: Upstream,
+                 clock: Callable[[], float] = time.time, on_result: Callable | None = None):
+        self.balancer = balancer
+        self.rules = rules
+        self.upstream = upstream
+        self._clock = clock
+        self._on_result = on_result     # called with (backend, result): metrics hook
+        self._greenlet: gevent.Greenlet | None = None
+        self.rounds = 0
+
+    def check_once(self) -> None:
+        """Check every backend once, concurrently, and apply the results."""
+        backends = list(self.balancer.backends)
+        jobs = [gevent.spawn(self.probe, backend) for backend in backends]
+        gevent.joinall(jobs, timeout=self.rules.timeout + 1)
+        for backend, job in zip(backends, jobs):
+            if job.successful():
+                result = job.value
+            else:
+                job.kill(block=False)
+                result = CheckResult(self._clock(), False, self.rules.timeout,
+                                     error=f"check did not finish: {job.exception or 'timeout'}")
+            self.apply(backend, result)
+        self.rounds += 1
+
+    def probe(self, backend: Backend) -> CheckResult:
+        """One ``GET`` of the health path; never raises."""
+        started = time.monotonic()
+        headers = HTTPHeaderDict({"Host": backend.netloc, "User-Agent": "myproxy-health-check",
+                                  "Connection": "close"})
+        timeout = urllib3.Timeout(connect=self.rules.timeout, read=self.rules.timeout)
+        try:
+            response = self.upstream.send(backend.origin, "GET", backend.prefix + self.rules.path,
+                                          headers, timeout=timeout)
+        except UpstreamError as error:
+            return CheckResult(self._clock(), False, time.monotonic() - started, error=error.detail)
+        try:
+            response.drain_conn()
+        finally:
+            response.release_conn()
+        ok = self.rules.passes(response.status)
+        return CheckResult(self._clock(), ok, time.monotonic() - started, response.status,
+                           "" if ok else f"status {response.status}")
+
+    def apply(self, backend: Backend, result: CheckResult) -> None:
+        transition = backend.record_check(result, self.rules)
+        if self._on_result is not None:
+            self._on_result(backend, result)
+        if transition == "down":
+            log.warning("backend down: backend=%s cause=%s after %d failed checks",
+                        backend.url, backend.last_error, backend.failures)
+        elif transition == "up":
+            log.info("backend up: backend=%s after %d passed checks", backend.url, backend.passes)
+
+    def start(self) -> None:
+        """Run rounds in a background greenlet: the first at once, then every interval."""
+        if self._greenlet is None and self.rules.enabled:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop the loop; safe to call twice."""
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=1)
+
+    @property
+    def running(self) -> bool:
+        return self._greenlet is not None and not self._greenlet.dead
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.check_once()
+            except Exception:  # noqa: BLE001 - a background loop never dies silently
+                log.exception("health-check round failed; retrying next interval")
+            interval = self.rules.interval
+            gevent.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))

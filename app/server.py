@@ -1,0 +1,174 @@
+"""Standalone serving: the pywsgi server and handler, signals, and the graceful drain.
+
+Owns what gevent's pywsgi leaves to the application (STACK-FACTS 13-21): ``TCP_NODELAY``
+on every accepted socket, the raw request target and header lines in environ, no stray
+body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
+log and tracebacks, and a shutdown sequence with a deadline:
+
+1. SIGTERM or SIGINT sets an event (signals are events, never places to do work);
+2. the server stops accepting, idle keep-alive connections are closed, and responses
+   still in flight carry ``Connection: close``;
+3. ``server.stop(shutdown_timeout)`` waits for the in-flight requests in the pool;
+4. the app's background work stops and the process exits 0.
+
+Nothing here runs at import time.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+
+from .errors import UpstreamError
+
+log = logging.getLogger("myproxy.server")
+
+
+class Handler(WSGIHandler):
+    """pywsgi's handler with the fixes a proxy needs (see the module docstring)."""
+
+    idle = True          # waiting for a request line: safe to close when draining
+
+    def handle(self):
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass         # not TCP (a UNIX socket in a test): nothing to tune
+        self.server.connections.add(self)
+        try:
+            super().handle()
+        finally:
+            self.server.connections.discard(self)
+
+    def read_requestline(self):
+        self.idle = True
+        if self.server.draining:
+            return ""    # stop reading requests on this connection: it is closing
+        line = super().read_requestline()
+        self.idle = False
+        return line
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["RAW_URI"] = self.path                      # pywsgi decodes PATH_INFO
+        environ["myproxy.headers"] = list(self.headers._headers)
+        return environ
+
+    def start_response(self, status, headers, exc_info=None):
+        code = int(status.split(" ", 1)[0])
+        if code in (204, 304):
+            # pywsgi rejects a legal 304 that carries Content-Length (STACK-FACTS 17).
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        if self.server.draining and self.request_version == "HTTP/1.1":
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+    def finalize_headers(self):
+        if self.command == "HEAD" or self.code < 200 or self.code in (204, 304):
+            # No body follows, so no framing: pywsgi would otherwise chunk and send a
+            # stray final chunk that desynchronises keep-alive connections.
+            if self.provided_date is None:
+                self.response_headers.append((b"Date", _http_date()))
+            self.response_use_chunked = False
+            return
+        super().finalize_headers()
+
+    def log_request(self):
+        pass             # the access log is RequestLog's
+
+    def handle_error(self, t, v, tb):
+        if not issubclass(t, (UpstreamError, gevent.GreenletExit)):
+            log.error("unhandled error serving %s %s", self.command, self.path,
+                      exc_info=(t, v, tb))
+        self._send_error_response_if_possible(500)
+
+    def _handle_client_error(self, ex):
+        log.info("bad request from %s: %s", self.client_address[0] if isinstance(
+            self.client_address, tuple) else self.client_address, ex)
+        return super()._handle_client_error(ValueError(str(ex)))
+
+
+def _http_date() -> bytes:
+    from gevent.pywsgi import format_date_time
+    return format_date_time(time.time())
+
+
+class Server(WSGIServer):
+    """A pywsgi server that knows which connections it holds and whether it is draining."""
+
+    handler_class = Handler
+
+    def __init__(self, listener, application, max_connections: int = 10000):
+        super().__init__(listener, application, spawn=Pool(max_connections), log=None,
+                         error_log=LoggingLogAdapter(log, logging.ERROR))
+        self.connections: set[Handler] = set()
+        self.draining = False
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting, close idle connections, wait up to ``timeout`` for the rest.
+
+        Returns True when every in-flight request finished in time.
+        """
+        self.draining = True
+        self.close()
+        self._close_idle()
+        in_flight = len(self.connections)
+        log.info("draining: %d connection(s) open, waiting up to %.1fs", in_flight, timeout)
+        self.stop(timeout=timeout)
+        finished = len(self.pool) == 0 if self.pool is not None else True
+        return finished
+
+    def _close_idle(self) -> None:
+        for handler in list(self.connections):
+            if handler.idle:
+                sock = getattr(handler, "socket", None)
+                try:
+                    if sock is not None:
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def serve(app, config, listener=None, ready: Event | None = None) -> int:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain. Returns the exit code (0).
+
+    ``listener`` is an address or a bound socket (tests pass one on port 0); ``ready`` is
+    set once the server accepts connections.
+    """
+    server = Server(listener or (config.host, config.port), app,
+                    max_connections=config.limits.max_connections)
+    server.init_socket()
+    host, port = server.address[:2]
+    log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
+             ",".join(b.url for b in config.backends), config.policy)
+    stop = Event()
+    handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
+                for signum in (signal.SIGTERM, signal.SIGINT)]
+    app.start()
+    server.start()
+    if ready is not None:
+        ready.set()
+    try:
+        stop.wait()
+        app.draining = True
+        finished = server.drain(config.shutdown_timeout)
+        if not finished:
+            log.warning("shutdown timeout of %.1fs passed; remaining requests were cut off",
+                        config.shutdown_timeout)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+        app.stop()
+    log.info("stopped")
+    return 0
+
+
+def _on_signal(signum: int, stop: Event) -> None:
+    log.info("received %s: stopping", signal.Signals(signum).name)
+    stop.set()

@@ -1,0 +1,153 @@
+"""The upstream client: one ``requests.Session`` and the connection pools its adapter holds.
+
+The proxy uses the session at the level a proxy needs: its ``HTTPAdapter``'s pool
+manager, one keep-alive pool per backend, and urllib3's ``urlopen`` with everything a
+client library does for its own users switched off (STACK-FACTS 1-8):
+
+- no cookie jar, no environment (proxies, ``.netrc``), no redirects followed;
+- no headers of its own (``User-Agent``, ``Accept``, ``Accept-Encoding``);
+- bodies neither decoded nor preloaded; the target is sent byte for byte.
+
+It turns urllib3's exceptions into the typed errors of ``errors``, telling a failure
+before anything was sent (safe to retry anywhere) from one after. It knows nothing of
+WSGI or of how backends are chosen.
+"""
+from __future__ import annotations
+
+import http.client
+import socket
+
+import requests
+import requests.adapters
+import urllib3
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError,
+                                ProtocolError, ReadTimeoutError, SSLError)
+from urllib3.util import SKIP_HEADER
+
+from .config import TimeoutsConfig
+from .errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
+                     UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
+
+# Headers a client library adds unless told not to; urllib3 skips them when given SKIP_HEADER.
+LIBRARY_DEFAULT_HEADERS = ("User-Agent", "Accept-Encoding")
+
+POOL_MAXSIZE = 100          # keep-alive connections kept per backend
+
+
+class _NoCookies(requests.cookies.RequestsCookieJar):
+    """A jar that never stores anything: a shared session must not carry one client's
+    cookies to another (STACK-FACTS 1)."""
+
+    def set_cookie(self, cookie, *args, **kwargs):
+        return None
+
+    def extract_cookies(self, response, request):
+        return None
+
+
+def make_session(pool_maxsize: int = POOL_MAXSIZE, pools: int = 16) -> requests.Session:
+    """A ``requests.Session`` fit to be a proxy's client."""
+    session = requests.Session()
+    session.trust_env = False
+    session.cookies = _NoCookies()
+    session.headers.clear()
+    session.max_redirects = 0
+    adapter = requests.adapters.HTTPAdapter(pool_connections=pools, pool_maxsize=pool_maxsize,
+                                            pool_block=False, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Upstream:
+    """Sends one request to one backend and returns the urllib3 response, unread."""
+
+    def __init__(self, timeouts: TimeoutsConfig, session: requests.Session | None = None):
+        self.session = session or make_session()
+        self.timeouts = timeouts
+        self._timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
+        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+
+    def pool(self, origin: str) -> urllib3.HTTPConnectionPool:
+        """The keep-alive pool for ``origin`` (``scheme://host:port``), from the session's adapter."""
+        pool = self._pools.get(origin)
+        if pool is None:
+            adapter = self.session.get_adapter(origin)
+            pool_kwargs = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH} \
+                if origin.startswith("https:") else {}
+            pool = adapter.poolmanager.connection_from_url(origin, pool_kwargs=pool_kwargs)
+            self._pools[origin] = pool
+        return pool
+
+    def send(self, origin: str, method: str, target: str, headers, body=None,
+             chunked: bool = False, timeout: urllib3.Timeout | None = None):
+        """Send the request; return the response with its body unread and undecoded.
+
+        ``target`` goes on the request line exactly as given: the pool's own ``urlopen``
+        would re-encode it (STACK-FACTS 7), so this takes a connection and makes the one
+        request itself. ``headers`` is a ``urllib3.HTTPHeaderDict`` (repeated names stay
+        separate lines). The caller gives the connection back with ``release_conn()``.
+        Raises a subclass of ``UpstreamError``; its ``reused`` says whether the failure
+        was on a pooled keep-alive connection.
+        """
+        for name in LIBRARY_DEFAULT_HEADERS:
+            if name not in headers:
+                headers[name] = SKIP_HEADER
+        pool = self.pool(origin)
+        conn = pool._get_conn()
+        reused = conn.sock is not None
+        try:
+            return pool._make_request(
+                conn, method, target, body=body, headers=headers, retries=None,
+                timeout=timeout or self._timeout, chunked=chunked, response_conn=conn,
+                preload_content=False, decode_content=False)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
+            conn.close()
+            pool._put_conn(conn)
+            failure = classify(error)
+            failure.reused = reused
+            raise failure from error
+
+    def close(self) -> None:
+        self.session.close()
+        self._pools.clear()
+
+
+def classify(error: BaseException) -> UpstreamError:
+    """Map an exception from urllib3 or the socket layer to a typed upstream error."""
+    if isinstance(error, UpstreamError):
+        return error
+    if isinstance(error, NewConnectionError):
+        cause = error.__context__ or error
+        return UpstreamConnectError(f"connection failed: {_reason(cause)}")
+    if isinstance(error, ConnectTimeoutError):
+        return UpstreamConnectTimeout("connect timed out")
+    if isinstance(error, (ReadTimeoutError, socket.timeout, TimeoutError)):
+        return UpstreamTimeout("read timed out")
+    if isinstance(error, SSLError):
+        return UpstreamProtocolError(f"TLS error: {_reason(error)}")
+    if isinstance(error, ProtocolError):
+        cause = error.args[1] if len(error.args) > 1 else error
+        if isinstance(cause, (ConnectionResetError, BrokenPipeError,
+                              http.client.RemoteDisconnected)):
+            return UpstreamReset(f"connection reset: {_reason(cause)}")
+        if isinstance(cause, http.client.IncompleteRead):
+            return UpstreamReset("the response body ended early")
+        return UpstreamProtocolError(f"invalid response: {_reason(cause)}")
+    if isinstance(error, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)):
+        return UpstreamReset(f"connection reset: {_reason(error)}")
+    if isinstance(error, (http.client.HTTPException, HTTPError)):
+        return UpstreamProtocolError(f"invalid response: {_reason(error)}")
+    if isinstance(error, OSError):
+        return UpstreamReset(f"connection error: {_reason(error)}")
+    return UpstreamProtocolError(f"{type(error).__name__}: {error}")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, NewConnectionError):
+        error = error.__context__ or error
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    text = str(error) or type(error).__name__
+    return text[:200]

@@ -1,0 +1,120 @@
+"""Config loading: defaults, units, environment, and errors that name file, key and line."""
+import pytest
+
+from app.config import ConfigError, load, parse, parse_duration, parse_size
+
+MINIMAL = "backends:\n  - http://127.0.0.1:5001\n"
+
+
+def test_defaults_hold_when_keys_are_absent():
+    config = parse(MINIMAL, "c.yaml", environ={})
+    assert config.port == 8080
+    assert config.host == "0.0.0.0"
+    assert config.policy == "round_robin"
+    assert config.health_check.interval == 5.0
+    assert config.health_check.rise == 2 and config.health_check.fall == 3
+    assert config.health_check.expect == ((200, 399),)
+    assert config.shutdown_timeout == 25.0
+    assert config.limits.max_header_bytes == 65536
+    assert config.admin.prefix == "/_myproxy"
+    assert config.origins["port"] == "default"
+
+
+def test_shipped_config_is_the_users_example():
+    config = load("config/config.yaml", environ={})
+    assert config.port == 8080
+    assert [b.url for b in config.backends] == [
+        "http://localhost:5001", "http://localhost:5002", "http://localhost:5003"]
+
+
+@pytest.mark.parametrize("text,seconds", [
+    (2, 2.0), (0.5, 0.5), ("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1h", 3600.0), ("1.5s", 1.5),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text,size", [
+    (1024, 1024), ("64KiB", 65536), ("10MiB", 10 * 1024 ** 2), ("1KB", 1000), ("0", 0),
+])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+def test_weighted_backends_as_mappings():
+    config = parse("backends:\n  - http://h:1\n  - url: http://h:2\n    weight: 3\n    backup: true\n",
+                   environ={})
+    assert [(b.url, b.weight, b.backup) for b in config.backends] == [
+        ("http://h:1", 1, False), ("http://h:2", 3, True)]
+
+
+def _error(text, environ=None) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "conf.yaml", environ=environ or {})
+    return caught.value
+
+
+@pytest.mark.parametrize("text,key,line,words", [
+    (MINIMAL + "prot: 8080\n", "prot", 3, "unknown key (did you mean `port`?)"),
+    (MINIMAL + "health_check:\n  intervall: 5s\n", "health_check.intervall", 4,
+     "did you mean `interval`"),
+    (MINIMAL + "health_check:\n  interval: soon\n", "health_check.interval", 4, "not a duration"),
+    (MINIMAL + "port: eighty\n", "port", 3, "expected a whole number"),
+    (MINIMAL + "port: 70000\n", "port", 3, "TCP port"),
+    ("backends: []\n", "backends", 1, "non-empty list"),
+    ("port: 1\n", "backends", 1, "is required"),
+    ("backends:\n  - ftp://h:1\n", "backends[0]", 2, "not an http:// or https:// URL"),
+    ("backends:\n  - http://h:1\n  - url: http://h:2\n    wieght: 2\n", "backends[1].wieght", 4,
+     "did you mean `weight`"),
+    ("backends:\n  - http://h:1\n  - http://h:1\n", "backends[1]", 3, "listed twice"),
+    (MINIMAL + "policy: fastest\n", "policy", 3, "expected one of"),
+    (MINIMAL + "health_check: yes\n", "health_check", 3, "expected a mapping"),
+], ids=["unknown-key", "unknown-nested-key", "bad-duration", "wrong-type", "port-range",
+        "empty-backends", "missing-backends", "bad-scheme", "unknown-backend-key",
+        "duplicate-backend", "bad-policy", "section-not-mapping"])
+def test_errors_name_file_key_and_line(text, key, line, words):
+    error = _error(text)
+    assert error.file == "conf.yaml"
+    assert error.key == key
+    assert error.line == line
+    assert words in str(error)
+    assert str(error).startswith("conf.yaml:")
+
+
+def test_bad_yaml_names_the_line():
+    error = _error("backends:\n  - http://h:1\nport: [8080\n")
+    assert error.line is not None and error.line >= 3
+    assert "invalid YAML" in str(error)
+
+
+def test_missing_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load(str(tmp_path / "nope.yaml"), environ={})
+
+
+def test_environment_overrides():
+    config = parse(MINIMAL, environ={"PORT": "9000", "MYPROXY_BACKENDS": "http://x:1, http://y:2",
+                                     "MYPROXY_ADMIN_TOKEN": "s3cret"})
+    assert config.port == 9000
+    assert [b.url for b in config.backends] == ["http://x:1", "http://y:2"]
+    assert config.admin.token == "s3cret"
+    assert config.origins["port"] == "env PORT"
+    assert config.origins["backends"] == "env MYPROXY_BACKENDS"
+
+
+def test_myproxy_config_names_the_file(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("backends: [http://other:1]\n")
+    assert load(environ={"MYPROXY_CONFIG": str(path)}).backends[0].url == "http://other:1"
+
+
+def test_variables_are_substituted_and_typed():
+    config = parse("port: ${MY_PORT:-8181}\nbackends:\n  - http://${HOST}:1\n",
+                   environ={"HOST": "10.1.2.3"})
+    assert config.port == 8181
+    assert config.backends[0].url == "http://10.1.2.3:1"
+
+
+def test_unset_variable_without_default_is_an_error():
+    error = _error("backends:\n  - http://${NOPE}:1\n")
+    assert "NOPE" in str(error) and error.line == 2

@@ -1,0 +1,166 @@
+"""``python wsgi.py`` over real sockets: start-up, rotation, health, errors, and shutdown."""
+import signal
+import socket
+import sys
+
+import gevent
+import pytest
+
+from tests.backends import TestBackend, free_port, wait_until
+from tests.conftest import ProxyProcess, base_config
+from tests.wire import connect, get, read_response
+
+
+def test_startup_line_names_address_and_backends(start_proxy, backends):
+    proxy = start_proxy(base_config(b.url for b in backends))
+    line = proxy.wait_for(r"listening on .*").group(0)
+    assert f"127.0.0.1:{proxy.port}" in line
+    for backend in backends:
+        assert backend.url in line
+
+
+def test_round_robin_order_over_the_wire(start_proxy, backends):
+    proxy = start_proxy(base_config(b.url for b in backends))
+    bodies = [get(proxy.port)[2] for _ in range(6)]
+    assert bodies == [b"backend a", b"backend b", b"backend c"] * 2
+
+
+def test_access_log_line_per_request(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    status, headers, _ = get(proxy.port, "/some/path?q=1")
+    assert status == 200
+    line = proxy.wait_for(r"myproxy.access .*target=/some/path\?q=1.*").group(0)
+    assert "method=GET" in line and "status=200" in line and f"backend={backend.url}" in line
+    assert f"request_id={headers['x-request-id']}" in line
+    assert "bytes=" in line and "duration_ms=" in line
+
+
+def test_head_keeps_keep_alive_connections_in_sync(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    with connect(proxy.port) as sock:
+        sock.sendall(b"HEAD /bytes?n=100&chunked=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = read_response(sock, head=True)
+        assert status == 200 and body == b""
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[2] == b"backend solo"
+
+
+def test_304_and_204_keep_keep_alive_connections_in_sync(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    with connect(proxy.port) as sock:
+        for code in (304, 204):
+            sock.sendall(f"GET /status/{code} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            assert read_response(sock)[0] == code
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[2] == b"backend solo"
+
+
+def test_refused_backend_is_502_and_logged(start_proxy):
+    port = free_port()
+    proxy = start_proxy(base_config([f"http://127.0.0.1:{port}"], retries={"attempts": 1},
+                                    health_check={"enabled": False}))
+    status, _, body = get(proxy.port)
+    assert status == 502 and b"connection refused" in body
+    line = proxy.wait_for(r"upstream error: .*").group(0)
+    assert f"backend=http://127.0.0.1:{port}" in line and "connection refused" in line
+
+
+def test_slow_backend_is_504(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url], timeouts={"read": "300ms"},
+                                    retries={"attempts": 1}))
+    status, _, body = get(proxy.port, "/slow?seconds=3")
+    assert status == 504 and b"did not answer in time" in body
+    assert "kind=timeout" in proxy.wait_for(r"upstream error: .*").group(0)
+
+
+def test_stopped_backend_is_taken_out_and_brought_back(start_proxy, backends):
+    proxy = start_proxy(base_config(b.url for b in backends))
+    down = backends[1]
+    down.stop()
+    proxy.wait_for(rf"backend down: backend={down.url}", timeout=5)
+    before = len(down.requests)
+    bodies = {get(proxy.port)[2] for _ in range(6)}
+    assert bodies == {b"backend a", b"backend c"}
+    assert len(down.requests) == before
+    down.start()
+    proxy.wait_for(rf"backend up: backend={down.url}", timeout=5)
+    bodies = {get(proxy.port)[2] for _ in range(6)}
+    assert bodies == {b"backend a", b"backend b", b"backend c"}
+
+
+def test_all_backends_down_is_503(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    backend.stop()
+    proxy.wait_for("backend down", timeout=5)
+    status, headers, body = get(proxy.port)
+    assert status == 503 and "retry-after" in headers
+    assert b"no backend is available" in body
+
+
+def test_sigterm_lets_an_in_flight_request_finish(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    sock = connect(proxy.port)
+    sock.sendall(b"GET /slow?seconds=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_until(lambda: any(r.target.startswith("/slow") for r in backend.requests), timeout=5)
+    proxy.signal(signal.SIGTERM)
+    proxy.wait_for("received SIGTERM")
+    with pytest.raises(OSError):
+        connect(proxy.port, timeout=2).close()
+    status, headers, body = read_response(sock)
+    assert (status, body) == (200, b"slow solo")
+    assert headers.get("connection") == "close"
+    sock.close()
+    assert proxy.wait(timeout=10) == 0
+
+
+def test_sigint_stops_with_exit_code_0(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    proxy.signal(signal.SIGINT)
+    assert proxy.wait(timeout=10) == 0
+    assert "stopped" in proxy.output
+
+
+def test_idle_keep_alive_connection_does_not_delay_shutdown(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url], shutdown_timeout="20s"))
+    sock = connect(proxy.port)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_response(sock)[0] == 200
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait(timeout=5) == 0      # far less than the 20 s drain limit
+    sock.close()
+
+
+@pytest.mark.parametrize("text,words", [
+    ("backends: []\n", ":1:11: backends: expected a non-empty list"),
+    ("backends:\n  - http://h:1\nprot: 1\n", ":3:1: prot: unknown key (did you mean `port`?)"),
+    ("backends: [\n", ":2:1: invalid YAML"),
+], ids=["empty-backends", "unknown-key", "bad-yaml"])
+def test_config_error_exits_1_naming_file_and_line(write_config, text, words):
+    path = write_config(text)
+    process = ProxyProcess([sys.executable, "wsgi.py", "--config", path])
+    assert process.wait(timeout=15) == 1
+    assert path + words in process.output
+    assert "Traceback" not in process.output
+    assert "listening" not in process.output
+
+
+def test_check_validates_and_prints_effective_settings(write_config, backend):
+    path = write_config(base_config([backend.url]))
+    process = ProxyProcess([sys.executable, "wsgi.py", "--check", "--config", path])
+    assert process.wait(timeout=15) == 0
+    assert "config OK" in process.output
+    assert "health_check.interval" in process.output and "(file)" in process.output
+    assert "timeouts.read" in process.output and "(default)" in process.output
+
+
+def test_demo_serves_three_named_backends(write_config):
+    ports = [free_port() for _ in range(3)]
+    path = write_config({"host": "127.0.0.1", "port": 0,
+                         "backends": [f"http://localhost:{p}" for p in ports]})
+    process = ProxyProcess([sys.executable, "wsgi.py", "--demo", "--config", path]).wait_listening()
+    try:
+        bodies = [get(process.port)[2].decode() for _ in range(3)]
+        for index, (body, port) in enumerate(zip(bodies, ports), start=1):
+            assert body.startswith(f"Hello from backend {index} (port {port})")
+    finally:
+        process.stop()
