@@ -46,8 +46,8 @@ class App:
 
 def create_app(config: Config, session=None) -> App:
     """Build the load balancer described by ``config``. Starts nothing."""
-    backends = [Backend(backend) for backend in config.backends]
-    balancer = Balancer(backends, config.policy)
+    backends = [Backend(backend, probed=config.health_check.enabled) for backend in config.backends]
+    balancer = Balancer(backends, config.policy, slow_start=config.slow_start)
     pools = max(16, 2 * len(backends))
     upstream = Upstream(config.timeouts, session or make_session(pools=pools))
     health = HealthChecker(balancer, config.health_check, upstream)

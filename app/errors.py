@@ -64,10 +64,17 @@ class NoBackendAvailable(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """The backend failed. ``sent`` says whether any of the request may have reached it."""
+    """The backend failed. ``sent`` says whether any of the request may have reached it;
+    ``reused`` whether the failure was on a pooled keep-alive connection."""
 
     status, reason, kind = 502, "Bad Gateway", "upstream"
     sent = True
+    reused = False
+
+    @property
+    def stale(self) -> bool:
+        """A pooled connection the backend had already closed: not the backend's fault."""
+        return False
 
     def public_message(self) -> str:
         return f"the backend failed: {self.detail}" if self.detail else "the backend failed"
@@ -88,7 +95,15 @@ class UpstreamConnectTimeout(UpstreamConnectError):
 
 
 class UpstreamReset(UpstreamError):
+    """The connection was closed or reset before a response came back."""
+
     kind = "reset"
+
+    @property
+    def stale(self) -> bool:
+        # A keep-alive connection closed by the backend as we reused it looks exactly
+        # like this; on a fresh connection it is the backend failing.
+        return self.reused
 
 
 class UpstreamTimeout(UpstreamError):

@@ -80,8 +80,9 @@ class HealthChecker:
         if transition == "down":
             log.warning("backend down: backend=%s cause=%s after %d failed checks",
                         backend.url, backend.last_error, backend.failures)
-        elif transition == "up":
-            log.info("backend up: backend=%s after %d passed checks", backend.url, backend.passes)
+        elif transition is not None:
+            log.info("backend %s: backend=%s after %d passed checks", transition, backend.url,
+                     backend.passes)
 
     def start(self) -> None:
         """Run rounds in a background greenlet: the first at once, then every interval."""
@@ -104,5 +105,9 @@ class HealthChecker:
                 self.check_once()
             except Exception:  # noqa: BLE001 - a background loop never dies silently
                 log.exception("health-check round failed; retrying next interval")
-            interval = self.rules.interval
-            gevent.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))
+            gevent.sleep(self.next_delay())
+
+    def next_delay(self) -> float:
+        """Seconds to the next round: the interval, spread by ±JITTER so that many
+        proxies do not probe the same backends in step."""
+        return self.rules.interval * random.uniform(1 - JITTER, 1 + JITTER)

@@ -60,11 +60,11 @@ class RequestLog:
         error = environ.get("myproxy.error")
         log.info(
             "request_id=%s client=%s method=%s target=%s status=%s bytes=%d duration_ms=%.1f "
-            "backend=%s attempts=%s%s",
+            "backend=%s attempts=%s tried=%s%s",
             environ["myproxy.request_id"], environ.get("REMOTE_ADDR", "-"),
             environ.get("REQUEST_METHOD", "-"), _quote(target_of(environ)), status, sent,
             (time.monotonic() - started) * 1000, environ.get("myproxy.backend", "-"),
-            environ.get("myproxy.attempts", 0),
+            environ.get("myproxy.attempts", 0), ",".join(environ.get("myproxy.tried") or ["-"]),
             f" error={error.kind}" if error is not None else "",
         )
 

@@ -2,12 +2,15 @@
 
 ``Proxy.__call__`` reads top to bottom like Go's ``ReverseProxy.ServeHTTP``: choose a
 backend, build the outbound request, send, copy status and headers back, stream the body.
-Every failure leaves through ``_fail``, which turns a typed error into one response.
+Sending is ``_send``: a small loop that tries another backend when ``retry.may_retry``
+allows it, the budget has room and attempts are left; no retry happens once anything went
+back to the client. Every failure leaves through ``_fail``, which turns a typed error into
+one response. Each attempt's outcome feeds the backend's passive health.
 
 Other layers talk to it through namespaced environ keys: the server puts the raw request
 target in ``RAW_URI`` and the header lines as received in ``myproxy.headers``; the proxy
-leaves ``myproxy.backend``, ``myproxy.attempts`` and ``myproxy.error`` for the logging
-middleware. It knows nothing about sockets, signals or logging formats.
+leaves ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (each backend tried, with
+why it failed) and ``myproxy.error`` for the logging middleware. It knows nothing about sockets, signals or logging formats.
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ from urllib.parse import quote
 
 from urllib3 import HTTPHeaderDict
 
+from .affinity import request_key
 from .balancer import Backend, Balancer
 from .config import Config
-from .errors import ProxyError, UpstreamError, UpstreamReset
+from .errors import NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
+from .retry import ReplayableBody, RetryBudget, may_retry
 from .upstream import Upstream, classify
 
 log = logging.getLogger("myproxy.proxy")
@@ -41,28 +46,19 @@ CHUNK_SIZE = 64 * 1024       # bytes read per body read, either direction
 class Proxy:
     """The WSGI application that forwards each request to a backend."""
 
-    def __init__(self, config: Config, balancer: Balancer, upstream: Upstream):
+    def __init__(self, config: Config, balancer: Balancer, upstream: Upstream,
+                 budget: RetryBudget | None = None):
         self.config = config
         self.balancer = balancer
         self.upstream = upstream
+        self.budget = budget or RetryBudget(config.retries.budget)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]
         try:
             target = request_target(environ)
-            backend = self.balancer.choose()
-            environ["myproxy.backend"] = backend.url
-            environ["myproxy.attempts"] = 1
-            headers = self._outbound_headers(environ, backend)
-            body, chunked = request_body(environ)
-            backend.in_flight += 1
-            backend.requests += 1
-            try:
-                response = self.upstream.send(backend.origin, method, backend.prefix + target,
-                                              headers, body, chunked)
-            except BaseException:
-                backend.in_flight -= 1
-                raise
+            body = ReplayableBody(*request_body(environ))
+            backend, response = self._send(environ, method, target, body)
         except ProxyError as error:
             return self._fail(environ, start_response, error)
 
@@ -72,7 +68,72 @@ class Proxy:
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
             _finish(response, backend, complete=True)
             return iter(())
-        return ResponseBody(response, backend, environ)
+        return ResponseBody(response, backend, environ, report=self._report)
+
+    def _send(self, environ: dict, method: str, target: str, body: ReplayableBody):
+        """Choose a backend and send; after a failure that may be retried, try another.
+
+        A pooled keep-alive connection the backend had closed is not a failure: the same
+        backend gets the request again at once, on a fresh connection. Returns
+        ``(backend, response)`` with the response headers read, or raises the last error.
+        """
+        key = None
+        if self.balancer.policy == "hash":
+            key = request_key(environ, self.config.hash_key, self.config.forwarded)
+        self.budget.record_request()
+        tried: list[Backend] = []
+        backend, fresh = self.balancer.choose(key), False
+        while True:
+            try:
+                return backend, self._attempt(environ, backend, method, target, body, fresh)
+            except UpstreamError as error:
+                fresh = error.stale and may_retry(error, method, body)
+                if fresh:
+                    continue
+                tried.append(backend)
+                if len(tried) >= self.config.retries.attempts or not may_retry(error, method, body):
+                    raise
+                try:
+                    backend = self.balancer.choose(key, exclude=tried)
+                except NoBackendAvailable:
+                    raise error from None
+                if not self.budget.try_spend():
+                    log.warning("retry budget spent: not retrying %s after %s from %s",
+                                method, error.kind, tried[-1].url)
+                    raise
+
+    def _attempt(self, environ: dict, backend: Backend, method: str, target: str,
+                 body: ReplayableBody, fresh: bool):
+        """One try on one backend, counted in flight and fed to its passive health."""
+        environ["myproxy.backend"] = backend.url
+        tried = environ.setdefault("myproxy.tried", [])
+        tried.append(backend.url)
+        environ["myproxy.attempts"] = len(tried)
+        headers = self._outbound_headers(environ, backend)
+        backend.in_flight += 1
+        backend.requests += 1
+        try:
+            response = self.upstream.send(backend.origin, method, backend.prefix + target,
+                                          headers, body.attempt(), body.chunked, fresh=fresh)
+        except BaseException as error:
+            backend.in_flight -= 1
+            if isinstance(error, UpstreamError):
+                tried[-1] += f"({'stale' if error.stale else error.kind})"
+                if not error.stale:
+                    self._report(backend, error)
+            raise
+        self._report(backend, None)
+        return response
+
+    def _report(self, backend: Backend, error: UpstreamError | None) -> None:
+        """Feed passive health with one attempt's outcome; log an ejection or a return."""
+        failure = f"{error.kind}: {error.detail}" if error is not None else None
+        transition = self.balancer.record_request(backend, failure, self.config.passive_health)
+        if transition == "ejected":
+            log.warning("backend ejected: backend=%s for %.1fs cause=%s", backend.url,
+                        self.config.passive_health.eject_for, failure)
+        elif transition == "up":
+            log.info("backend up: backend=%s after a successful request", backend.url)
 
     def _outbound_headers(self, environ: dict, backend: Backend) -> HTTPHeaderDict:
         """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID."""
@@ -135,10 +196,12 @@ class ResponseBody:
     client connection without a final chunk: a truncated body must never look complete.
     """
 
-    def __init__(self, response, backend: Backend, environ: dict):
+    def __init__(self, response, backend: Backend, environ: dict,
+                 report: Callable | None = None):
         self._response = response
         self._backend = backend
         self._environ = environ
+        self._report = report     # called with (backend, error) when the backend fails
         self._complete = False
         self._closed = False
 
@@ -157,6 +220,8 @@ class ResponseBody:
             self._environ["myproxy.error"] = failure
             log.warning("upstream error mid-body: backend=%s kind=%s cause=%s",
                         self._backend.url, failure.kind, failure.detail)
+            if self._report is not None:
+                self._report(self._backend, failure)
             raise failure from error
         self._complete = True
 

@@ -81,13 +81,14 @@ class Upstream:
         return pool
 
     def send(self, origin: str, method: str, target: str, headers, body=None,
-             chunked: bool = False, timeout: urllib3.Timeout | None = None):
+             chunked: bool = False, timeout: urllib3.Timeout | None = None, fresh: bool = False):
         """Send the request; return the response with its body unread and undecoded.
 
         ``target`` goes on the request line exactly as given: the pool's own ``urlopen``
         would re-encode it (STACK-FACTS 7), so this takes a connection and makes the one
         request itself. ``headers`` is a ``urllib3.HTTPHeaderDict`` (repeated names stay
-        separate lines). The caller gives the connection back with ``release_conn()``.
+        separate lines). ``fresh`` opens a new connection instead of reusing a pooled
+        one. The caller gives the connection back with ``release_conn()``.
         Raises a subclass of ``UpstreamError``; its ``reused`` says whether the failure
         was on a pooled keep-alive connection.
         """
@@ -95,7 +96,9 @@ class Upstream:
             if name not in headers:
                 headers[name] = SKIP_HEADER
         pool = self.pool(origin)
-        conn = pool._get_conn()
+        conn = pool._get_conn()     # a pooled connection the backend closed is dropped here
+        if fresh:
+            conn.close()
         reused = conn.sock is not None
         try:
             return pool._make_request(
