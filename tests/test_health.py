@@ -73,3 +73,10 @@ def test_nothing_starts_when_the_app_is_built(backend):
     app = make_app([backend.url])
     assert not app.health.running
     assert backend.requests == []
+
+
+def test_rounds_are_spread_by_jitter(backend):
+    app = make_app([backend.url], "  interval: 10s\n")
+    delays = [app.health.next_delay() for _ in range(200)]
+    assert all(9.0 <= delay <= 11.0 for delay in delays)
+    assert min(delays) < 9.5 and max(delays) > 10.5
