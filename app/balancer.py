@@ -95,6 +95,11 @@ class Backend:
             return False
         return self.ejected_until is None or self._on_trial()
 
+    @property
+    def ejection_left(self) -> float:
+        """Seconds until an ejection's ``eject_for`` is over; 0 when there is none left."""
+        return 0.0 if self.ejected_until is None else max(0.0, self.ejected_until - self._clock())
+
     def record_check(self, result: CheckResult, rules: HealthCheckConfig) -> str | None:
         """Apply one health-check result; return the new state on a transition."""
         self.checks.append(result)

@@ -80,9 +80,11 @@ class HealthChecker:
         if transition == "down":
             log.warning("backend down: backend=%s cause=%s after %d failed checks",
                         backend.url, backend.last_error, backend.failures)
-        elif transition is not None:
-            log.info("backend %s: backend=%s after %d passed checks", transition, backend.url,
-                     backend.passes)
+        elif transition == "up":
+            log.info("backend up: backend=%s after %d passed checks", backend.url, backend.passes)
+        elif transition == "ejected":       # up by its checks, still serving an ejection
+            log.info("backend passes checks: backend=%s returns when its ejection ends in %.1fs",
+                     backend.url, backend.ejection_left)
 
     def start(self) -> None:
         """Run rounds in a background greenlet: the first at once, then every interval."""

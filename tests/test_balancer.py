@@ -188,3 +188,18 @@ def test_slow_start_does_not_apply_at_start_up():
     clock = Clock()
     balancer = Balancer(backends_with(clock, (1, False), (1, False)), slow_start=60, clock=clock)
     assert names(balancer, 4) == ["1", "2", "1", "2"]
+
+
+def test_a_backend_that_rises_while_ejected_waits_out_its_ejection():
+    clock = Clock()
+    a, b = backends_with(clock, (1, False), (1, False))
+    balancer = Balancer([a, b], clock=clock)
+    for _ in range(3):
+        balancer.record_request(a, "refused", PASSIVE)
+    fail = CheckResult(0, False, 0, error="refused")
+    assert [a.record_check(fail, RULES) for _ in range(3)] == [None, None, "down"]
+    clock.now += 2
+    assert [a.record_check(PASS, RULES) for _ in range(2)] == [None, "ejected"]
+    assert a.ejection_left == 8 and not a.available
+    clock.now += 8
+    assert a.record_check(PASS, RULES) == "up"
