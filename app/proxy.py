@@ -119,7 +119,7 @@ class Proxy:
             backend.in_flight -= 1
             if isinstance(error, UpstreamError):
                 tried[-1] += f"({'stale' if error.stale else error.kind})"
-                if not error.stale:
+                if not (error.stale or body.client_failed):
                     self._report(backend, error)
             raise
         self._report(backend, None)

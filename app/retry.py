@@ -50,6 +50,7 @@ class ReplayableBody:
     def __init__(self, source=None, chunked: bool = False, limit: int = REPLAY_LIMIT):
         self.chunked = chunked
         self.consumed = 0                           # bytes read from the client so far
+        self.client_failed = False                  # reading from the client raised
         self._limit = limit
         self._kept: bytearray | None = bytearray()  # None once the body outgrew the limit
         self._pieces: Iterator[bytes] | None = None
@@ -59,6 +60,8 @@ class ReplayableBody:
     @property
     def replayable(self) -> bool:
         """Whether another attempt can send the whole body again."""
+        if self.client_failed:
+            return False
         return self._pieces is None or self.consumed == 0 or self._kept is not None
 
     def attempt(self) -> Iterable[bytes] | None:
@@ -72,7 +75,15 @@ class ReplayableBody:
     def _stream(self) -> Iterator[bytes]:
         if self._kept:
             yield bytes(self._kept)
-        for piece in self._pieces:
+        while True:
+            try:
+                piece = next(self._pieces)
+            except StopIteration:
+                return
+            except Exception:
+                # The client's fault (it went away, or sent a bad chunk): never the backend's.
+                self.client_failed = True
+                raise
             self.consumed += len(piece)
             if self._kept is not None:
                 if len(self._kept) + len(piece) <= self._limit:

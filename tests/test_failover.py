@@ -2,6 +2,7 @@
 times each backend saw the request. The proxy runs in-process on a real pywsgi server
 (health checks not started, so nothing happens between requests but the requests)."""
 import logging
+import socket
 
 import gevent
 import pytest
@@ -271,3 +272,15 @@ def test_the_access_log_names_every_backend_tried(start_proxy, backend):
     assert get(proxy.port, "/x")[2] == b"backend solo"
     line = proxy.wait_for(r"myproxy.access .*target=/x .*").group(0)
     assert f"backend={backend.url} attempts=2 tried={refused}(connect),{backend.url}" in line
+
+
+def test_a_client_that_stops_mid_upload_is_not_blamed_on_the_backend(serve, scripted):
+    first, second = scripted("ok", "first"), scripted("ok", "second")
+    proxy = serve([first.url, second.url], passive_health={"failures": 1})
+    with connect(proxy.port) as sock:
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"y" * 10)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1000)
+    assert wait_until(lambda: first.connections, timeout=5)
+    assert second.seen("/up") == 0                       # not retried elsewhere
+    assert [b.state for b in proxy.balancer.backends] == ["up", "up"]

@@ -96,3 +96,14 @@ def test_the_budget_forgets_requests_and_retries_older_than_its_window():
     budget.record_request()
     budget.record_request()
     assert budget.try_spend() and not budget.try_spend()
+
+
+def test_a_client_that_fails_mid_body_makes_the_body_unreplayable():
+    def pieces():
+        yield b"a" * 10
+        raise OSError("unexpected end of file while reading request")
+    body = ReplayableBody(pieces())
+    with pytest.raises(OSError):
+        sent(body)
+    assert body.client_failed and not body.replayable
+    assert not may_retry(UpstreamConnectError("refused"), "PUT", body)
