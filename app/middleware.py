@@ -64,7 +64,7 @@ class RequestLog:
             environ["myproxy.request_id"], environ.get("REMOTE_ADDR", "-"),
             environ.get("REQUEST_METHOD", "-"), _quote(target_of(environ)), status, sent,
             (time.monotonic() - started) * 1000, environ.get("myproxy.backend", "-"),
-            environ.get("myproxy.attempts", 0), ",".join(environ.get("myproxy.tried") or ["-"]),
+            environ.get("myproxy.attempts", 0), _tried(environ.get("myproxy.tried")),
             f" error={error.kind}" if error is not None else "",
         )
 
@@ -92,6 +92,11 @@ class _LoggedBody:
                 close()
         finally:
             self._owner.write(self._environ, self._state["status"], self._sent, self._started)
+
+
+def _tried(attempts) -> str:
+    """``url(why it failed),url`` for each backend tried, or ``-``."""
+    return ",".join(url + (f"({failure})" if failure else "") for url, failure in attempts or ()) or "-"
 
 
 def target_of(environ: dict) -> str:

@@ -9,8 +9,9 @@ one response. Each attempt's outcome feeds the backend's passive health.
 
 Other layers talk to it through namespaced environ keys: the server puts the raw request
 target in ``RAW_URI`` and the header lines as received in ``myproxy.headers``; the proxy
-leaves ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (each backend tried, with
-why it failed) and ``myproxy.error`` for the logging middleware. It knows nothing about sockets, signals or logging formats.
+leaves ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
+per attempt: the error kind, ``"stale"`` for a keep-alive reconnect, None for the answer)
+and ``myproxy.error`` for the logging middleware. It knows nothing about sockets, signals or logging formats.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class Proxy:
             except UpstreamError as error:
                 fresh = error.stale and may_retry(error, method, body)
                 if fresh:
-                    continue
+                    continue        # a fresh connection is never stale: at most once each
                 tried.append(backend)
                 if len(tried) >= self.config.retries.attempts or not may_retry(error, method, body):
                     raise
@@ -106,9 +107,9 @@ class Proxy:
                  body: ReplayableBody, fresh: bool):
         """One try on one backend, counted in flight and fed to its passive health."""
         environ["myproxy.backend"] = backend.url
-        tried = environ.setdefault("myproxy.tried", [])
-        tried.append(backend.url)
-        environ["myproxy.attempts"] = len(tried)
+        attempts = environ.setdefault("myproxy.tried", [])
+        attempts.append((backend.url, None))
+        environ["myproxy.attempts"] = len(attempts)
         headers = self._outbound_headers(environ, backend)
         backend.in_flight += 1
         backend.requests += 1
@@ -118,7 +119,7 @@ class Proxy:
         except BaseException as error:
             backend.in_flight -= 1
             if isinstance(error, UpstreamError):
-                tried[-1] += f"({'stale' if error.stale else error.kind})"
+                attempts[-1] = (backend.url, "stale" if error.stale else error.kind)
                 if not (error.stale or body.client_failed):
                     self._report(backend, error)
             raise
