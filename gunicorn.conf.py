@@ -5,10 +5,14 @@ Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
 ``shutdown_timeout`` on SIGTERM. Each worker starts its own background work after the
 fork (STACK-FACTS 22, 24): nothing connects or spawns in the master.
 """
+import math
 import os
 import sys
 
+from gunicorn.glogging import Logger
+
 from app.config import ConfigError, load
+from app.middleware import CloseConnection
 
 try:
     _config = load()
@@ -21,9 +25,39 @@ worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = _config.limits.max_connections
 graceful_timeout = max(1, round(_config.shutdown_timeout))
-keepalive = int(_config.timeouts.client_idle)
+# gunicorn times the wait for a request and the reading of its head with one timer, so it
+# gets the shorter of the two: slow headers are cut at client_header, idle connections
+# possibly before client_idle.
+keepalive = max(1, math.ceil(min(_config.timeouts.client_idle, _config.timeouts.client_header)))
+
+# The request limits in gunicorn's terms; app.admission covers the rest (the total head
+# size, a missing Host, a Transfer-Encoding other than a single chunked).
+limit_request_line = max(1, min(8190, _config.limits.max_header_bytes))   # longer: 414
+limit_request_fields = 100                                                # more lines: 431
+limit_request_field_size = max(1, _config.limits.max_header_bytes)        # longer line: 431
+# Which X-Forwarded-* to believe is forwarded.trusted_proxies' call, in the app: gunicorn
+# must not set the scheme or the script name from a client's headers.
+forwarded_allow_ips = ""
+secure_scheme_headers = {}
 accesslog = None          # the app writes its own access log
 errorlog = "-"
+
+
+class _Logger(Logger):
+    """gunicorn's logger, without a traceback for the two ways app.middleware's
+    ServerConnection ends a connection on purpose."""
+
+    def exception(self, msg, *args, **kwargs):
+        error = sys.exc_info()[1]
+        if isinstance(error, CloseConnection):
+            return          # a refused request: the app has logged it
+        if isinstance(error, TimeoutError):
+            self.info("closed a client connection: it stopped reading the response")
+            return
+        super().exception(msg, *args, **kwargs)
+
+
+logger_class = _Logger
 
 
 def post_worker_init(worker):

@@ -12,7 +12,7 @@ import logging
 from .balancer import Backend, Balancer
 from .config import Config
 from .health import HealthChecker
-from .middleware import RequestLog
+from .middleware import RequestLog, ServerConnection
 from .proxy import Proxy
 from .upstream import Upstream, make_session
 
@@ -52,5 +52,7 @@ def create_app(config: Config, session=None) -> App:
     upstream = Upstream(config.timeouts, session or make_session(pools=pools))
     health = HealthChecker(balancer, config.health_check, upstream)
     proxy = Proxy(config, balancer, upstream)
-    wsgi = RequestLog(proxy, forwarded=config.forwarded, enabled=config.access_log)
+    wsgi = ServerConnection(RequestLog(proxy, forwarded=config.forwarded,
+                                       enabled=config.access_log),
+                            send_timeout=config.timeouts.client_idle)
     return App(config, balancer, upstream, health, wsgi)

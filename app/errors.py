@@ -34,19 +34,45 @@ class ProxyError(Exception):
         return []
 
 
-class BadRequest(ProxyError):
+class ClientError(ProxyError):
+    """The client's request is at fault. It never reaches a backend, and the connection is
+    closed after the answer (the rest of what the client sent cannot be trusted)."""
+
+    status, reason, kind = 400, "Bad Request", "bad_request"
+    # The WSGI server's own exception when it raised first (gunicorn's parser reading the
+    # body): re-raised so that server answers and closes the connection its own way.
+    server_error: BaseException | None = None
+
+
+class BadRequest(ClientError):
     status, reason, kind = 400, "Bad Request", "bad_request"
 
 
-class MethodNotAllowed(ProxyError):
+class MethodNotAllowed(ClientError):
     status, reason, kind = 405, "Method Not Allowed", "method_not_allowed"
 
     def headers(self) -> list[tuple[str, str]]:
         return [("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE")]
 
 
-class BodyTooLarge(ProxyError):
+class ClientTimeout(ClientError):
+    status, reason, kind = 408, "Request Timeout", "client_timeout"
+
+
+class BodyTooLarge(ClientError):
     status, reason, kind = 413, "Content Too Large", "body_too_large"
+
+
+class UriTooLong(ClientError):
+    status, reason, kind = 414, "URI Too Long", "uri_too_long"
+
+
+class HeadersTooLarge(ClientError):
+    status, reason, kind = 431, "Request Header Fields Too Large", "headers_too_large"
+
+
+class VersionNotSupported(ClientError):
+    status, reason, kind = 505, "HTTP Version Not Supported", "version_not_supported"
 
 
 class NoBackendAvailable(ProxyError):

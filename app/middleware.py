@@ -1,4 +1,4 @@
-"""WSGI middleware: request IDs and the access log.
+"""WSGI middleware: request IDs, the access log, and connection control under gunicorn.
 
 ``RequestLog`` wraps any WSGI app. It gives each request an ``X-Request-ID`` (kept from a
 trusted proxy, otherwise generated), returns it to the client, and writes one access line
@@ -8,6 +8,11 @@ keys. Usage::
     app = RequestLog(proxy, forwarded=config.forwarded, enabled=config.access_log)
 
 It knows nothing of backends beyond those keys.
+
+``ServerConnection`` gives gunicorn's gevent worker what ``python wsgi.py``'s own handler
+does itself: a client that stops reading the response is cut off, and a response that
+says ``Connection: close`` (every refused request) really closes the connection, so
+nothing pipelined behind it runs. Under ``python wsgi.py`` it passes through.
 """
 from __future__ import annotations
 
@@ -112,3 +117,67 @@ def _quote(text: str) -> str:
     if text and text.isprintable() and " " not in text and '"' not in text:
         return text
     return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
+class CloseConnection(Exception):
+    """Raised after the last byte of a response that must close its connection, on a
+    server that ignores the app's ``Connection: close`` (gunicorn), which then closes it."""
+
+
+class ServerConnection:
+    """What the app needs from a server that hands it the client socket but keeps the
+    connection (gunicorn's gevent worker, ``gunicorn.socket``): a timeout on each write of
+    the response, and a ``Connection: close`` from the app honoured. Elsewhere it passes
+    straight through.
+
+    Usage: ``app = ServerConnection(app, send_timeout=config.timeouts.client_idle)``.
+    """
+
+    SOCKET_KEY = "gunicorn.socket"
+
+    def __init__(self, app: Callable, send_timeout: float):
+        self.app = app
+        self.send_timeout = send_timeout
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        sock = environ.get(self.SOCKET_KEY)
+        if sock is None:
+            return self.app(environ, start_response)
+        state = {"close": False}
+
+        def start(status: str, headers: list, exc_info=None):
+            state["close"] = any(name.lower() == "connection" and value.lower() == "close"
+                                 for name, value in headers)
+            return start_response(status, headers, exc_info)
+
+        body = self.app(environ, start)
+        if self.send_timeout:
+            # The app has read the request body by now; only the response is left to write.
+            sock.settimeout(self.send_timeout)
+        return _ServerBody(body, sock, state)
+
+
+class _ServerBody:
+    """Passes the body through, then closes the connection if asked; restores the socket."""
+
+    def __init__(self, body, sock, state: dict):
+        self._body = body
+        self._sock = sock
+        self._state = state
+
+    def __iter__(self):
+        yield from self._body
+        if self._state["close"]:
+            yield b""            # makes the server send the headers of an empty body first
+            raise CloseConnection("the response asked to close the connection")
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            try:
+                self._sock.settimeout(None)
+            except OSError:
+                pass

@@ -7,8 +7,11 @@ allows it, the budget has room and attempts are left; no retry happens once anyt
 back to the client. Every failure leaves through ``_fail``, which turns a typed error into
 one response. Each attempt's outcome feeds the backend's passive health.
 
-Other layers talk to it through namespaced environ keys: the server puts the raw request
-target in ``RAW_URI`` and the header lines as received in ``myproxy.headers``; the proxy
+Before anything else, ``admission.admit`` decides whether the request may be forwarded
+at all (origin-form target, framing, limits); the request body streams through
+``body.RequestBody``. Other layers talk to it through namespaced environ keys: the server
+puts the raw request target in ``RAW_URI`` and the header lines as received in
+``myproxy.headers``; the proxy
 leaves ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
 per attempt: the error kind, ``"stale"`` for a keep-alive reconnect, None for the answer)
 and ``myproxy.error`` for the logging middleware. It knows nothing about sockets, signals or logging formats.
@@ -18,14 +21,15 @@ from __future__ import annotations
 import http
 import logging
 from typing import Callable, Iterator
-from urllib.parse import quote
 
 from urllib3 import HTTPHeaderDict
 
+from .admission import admit
 from .affinity import request_key
 from .balancer import Backend, Balancer
+from .body import CHUNK_SIZE, request_body
 from .config import Config
-from .errors import NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
+from .errors import ClientError, NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
 from .retry import ReplayableBody, RetryBudget, may_retry
 from .upstream import Upstream, classify
 
@@ -37,11 +41,14 @@ HOP_BY_HOP = frozenset({
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })
 
+# RFC 9110 §10.1.1: the proxy answers a client's 100-continue itself, when it starts
+# reading the body, and streams the body right behind the headers upstream (as nginx does).
+NOT_FORWARDED = frozenset({"expect"})
+
 # RFC 9110 §6.4.1 / §15.3.5 / §15.4.5: responses that never carry content.
 NO_BODY_STATUSES = frozenset({204, 304})
 
-VIA = "1.1 myproxy"          # RFC 9110 §7.6.3
-CHUNK_SIZE = 64 * 1024       # bytes read per body read, either direction
+VIA_NAME = "myproxy"         # RFC 9110 §7.6.3: Via: <received protocol version> myproxy
 
 
 class Proxy:
@@ -57,15 +64,18 @@ class Proxy:
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]
         try:
-            target = request_target(environ)
-            body = ReplayableBody(*request_body(environ))
+            target = admit(environ, self.config.limits)
+            source, chunked = request_body(environ, self.config.limits.max_body_bytes)
+            if source is not None:
+                source.prefetch()       # a body bad from its first byte reaches no backend
+            body = ReplayableBody(source, chunked)
             backend, response = self._send(environ, method, target, body)
         except ProxyError as error:
             return self._fail(environ, start_response, error)
 
         status = response.status
         start_response(f"{status} {response.reason or _reason(status)}",
-                       response_headers(response.headers))
+                       response_headers(response.headers, *_body_length(response, method)))
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
             _finish(response, backend, complete=True)
             return iter(())
@@ -114,7 +124,7 @@ class Proxy:
         backend.in_flight += 1
         backend.requests += 1
         try:
-            response = self.upstream.send(backend.origin, method, backend.prefix + target,
+            response = self.upstream.send(backend.origin, method, _upstream_target(backend, target),
                                           headers, body.attempt(), body.chunked, fresh=fresh)
         except BaseException as error:
             backend.in_flight -= 1
@@ -146,7 +156,11 @@ class Proxy:
         forwarded_for = ""
         for name, value in incoming:
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in dropped:
+            if lower in HOP_BY_HOP or lower in dropped or lower in NOT_FORWARDED:
+                continue
+            if "_" in name:
+                # X_Forwarded_For reads as X-Forwarded-For to CGI-style servers: dropped,
+                # as nginx (underscores_in_headers off) and gunicorn (header_map) do.
                 continue
             if lower.startswith("x-forwarded-") or lower == "x-request-id":
                 if not trusted:
@@ -169,14 +183,24 @@ class Proxy:
         request_id = environ.get("myproxy.request_id")
         if request_id:
             headers["X-Request-ID"] = request_id
-        headers.add("Via", VIA)
+        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
+        headers.add("Via", f"{protocol} {VIA_NAME}")
         return headers
 
     def _fail(self, environ: dict, start_response: Callable, error: ProxyError):
-        """The one exit for errors: log the cause, answer the error's status and text."""
+        """The one exit for errors: log the cause, answer the error's status and text.
+
+        A client's error closes the connection; one the WSGI server's own input raised goes
+        back to that server, which answers and closes it its own way (gunicorn).
+        """
         environ["myproxy.error"] = error
         backend = environ.get("myproxy.backend", "-")
-        if isinstance(error, UpstreamError):
+        if isinstance(error, ClientError):
+            log.info("bad request from %s: %s %s", environ.get("REMOTE_ADDR", "-"),
+                     error.status, error.detail)
+            if error.server_error is not None:
+                raise error.server_error
+        elif isinstance(error, UpstreamError):
             log.warning("upstream error: backend=%s kind=%s status=%s cause=%s",
                         backend, error.kind, error.status, error.detail)
         elif error.status == 503:
@@ -186,6 +210,7 @@ class Proxy:
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
             *error.headers(),
+            *([("Connection", "close")] if isinstance(error, ClientError) else []),
         ])
         return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
 
@@ -240,55 +265,17 @@ def _finish(response, backend: Backend, complete: bool) -> None:
     response.release_conn()
 
 
-def request_target(environ: dict) -> str:
-    """The request target exactly as the client sent it (origin-form).
-
-    pywsgi's ``PATH_INFO`` is percent-decoded (STACK-FACTS 18), so the server's handler
-    and gunicorn both supply ``RAW_URI``; without it (webtest), rebuild it as best we can.
-    """
-    raw = environ.get("RAW_URI")
-    if raw is None:
-        raw = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/;=,+@:!$&'()*~")
-        if environ.get("QUERY_STRING"):
-            raw += "?" + environ["QUERY_STRING"]
-    return raw or "/"
+def _upstream_target(backend: Backend, target: str) -> str:
+    """The target on the upstream request line: the backend's path prefix, then the
+    client's target byte for byte (``*`` of ``OPTIONS *`` alone)."""
+    return target if target == "*" else backend.prefix + target
 
 
-def request_body(environ: dict):
-    """The body to send upstream and whether to send it chunked.
-
-    A body with a ``Content-Length`` goes out with that length; a chunked body (already
-    de-chunked by the server) goes out re-chunked; no body goes out as none.
-    """
-    length = environ.get("CONTENT_LENGTH")
-    if length and length != "0":
-        return _LimitedReader(environ["wsgi.input"], int(length)), False
-    if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-        return _chunks(environ["wsgi.input"]), True
-    return None, False
-
-
-class _LimitedReader:
-    """Reads exactly ``length`` bytes from the client, in bounded pieces."""
-
-    def __init__(self, stream, length: int):
-        self._stream = stream
-        self.remaining = length
-
-    def read(self, size: int = CHUNK_SIZE) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        data = self._stream.read(min(size, self.remaining, CHUNK_SIZE))
-        self.remaining -= len(data)
-        return data
-
-
-def _chunks(stream) -> Iterator[bytes]:
-    while True:
-        data = stream.read(CHUNK_SIZE)
-        if not data:
-            return
-        yield data
+def _body_length(response, method: str) -> tuple[bool, int | None]:
+    """Whether a body follows, and its length as urllib3 parsed it (None: read to the end)."""
+    if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
+        return False, None
+    return True, response.length_remaining
 
 
 def headers_from_environ(environ: dict) -> list[tuple[str, str]]:
@@ -313,12 +300,27 @@ def connection_tokens(headers) -> frozenset[str]:
     return frozenset(tokens)
 
 
-def response_headers(upstream_headers: HTTPHeaderDict) -> list[tuple[str, str]]:
-    """The backend's headers less hop-by-hop ones, each repeated line kept separate."""
+def response_headers(upstream_headers: HTTPHeaderDict, body_follows: bool = False,
+                     length: int | None = None) -> list[tuple[str, str]]:
+    """The backend's headers less hop-by-hop ones, each repeated line kept separate.
+
+    When a body follows, ``Content-Length`` is the ``length`` urllib3 framed it by, once;
+    it is dropped when there is none (a chunked body: RFC 9112 §6.3 says a proxy removes a
+    Content-Length that Transfer-Encoding overrides), and the server frames the body itself.
+    """
     pairs = list(upstream_headers.iteritems())
     dropped = connection_tokens(pairs)
-    return [(name, value) for name, value in pairs
-            if name.lower() not in HOP_BY_HOP and name.lower() not in dropped]
+    headers, length_sent = [], False
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in dropped:
+            continue
+        if lower == "content-length" and body_follows:
+            if length is None or length_sent:
+                continue
+            value, length_sent = str(length), True
+        headers.append((name, value))
+    return headers
 
 
 def _reason(status: int) -> str:

@@ -3,7 +3,10 @@
 Owns what gevent's pywsgi leaves to the application (STACK-FACTS 13-21): ``TCP_NODELAY``
 on every accepted socket, the raw request target and header lines in environ, no stray
 body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
-log and tracebacks, and a shutdown sequence with a deadline:
+log and tracebacks, and a shutdown sequence with a deadline (below).
+
+Each request is read strictly and every wait is bounded by ``connection.StrictConnection``
+(``app.http1`` and ``limits``/``timeouts``); the shutdown sequence:
 
 1. SIGTERM or SIGINT sets an event (signals are events, never places to do work);
 2. the server stops accepting, idle keep-alive connections are closed, and responses
@@ -25,13 +28,16 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
-from .errors import UpstreamError
+from .config import LimitsConfig, TimeoutsConfig
+from .connection import StrictConnection
+from .errors import ProxyError, UpstreamError
 
 log = logging.getLogger("myproxy.server")
 
 
-class Handler(WSGIHandler):
-    """pywsgi's handler with the fixes a proxy needs (see the module docstring)."""
+class Handler(StrictConnection, WSGIHandler):
+    """pywsgi's handler with the fixes a proxy needs (see the module docstring); the
+    strict reading of each request is ``StrictConnection``'s."""
 
     idle = True          # waiting for a request line: safe to close when draining
 
@@ -50,14 +56,18 @@ class Handler(WSGIHandler):
         self.idle = True
         if self.server.draining:
             return ""    # stop reading requests on this connection: it is closing
-        line = super().read_requestline()
+        if not self._wait_for_request():
+            return ""
         self.idle = False
-        return line
+        return self.read_strict_requestline()
 
     def get_environ(self):
         environ = super().get_environ()
         environ["RAW_URI"] = self.path                      # pywsgi decodes PATH_INFO
-        environ["myproxy.headers"] = list(self.headers._headers)
+        environ["myproxy.headers"] = list(self.head.fields)
+        environ["myproxy.head_checked"] = True
+        if environ["wsgi.input"] is self.wsgi_input:        # not an upgrade: we read the body
+            self.wsgi_input = environ["wsgi.input"] = self.strict_input()
         return environ
 
     def start_response(self, status, headers, exc_info=None):
@@ -66,6 +76,10 @@ class Handler(WSGIHandler):
             # pywsgi rejects a legal 304 that carries Content-Length (STACK-FACTS 17).
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         if self.server.draining and self.request_version == "HTTP/1.1":
+            headers = [*headers, ("Connection", "close")]
+        elif not getattr(self.wsgi_input, "finished", True) and not any(
+                k.lower() == "connection" for k, _ in headers):
+            # The body was not read to its end: the connection cannot carry another request.
             headers = [*headers, ("Connection", "close")]
         return super().start_response(status, headers, exc_info)
 
@@ -83,14 +97,28 @@ class Handler(WSGIHandler):
         pass             # the access log is RequestLog's
 
     def handle_error(self, t, v, tb):
+        self.close_connection = True
+        if issubclass(t, (socket.timeout, TimeoutError)):
+            log.info("closing the connection of %s: it stopped reading the response",
+                     self._client())
+            return
         if not issubclass(t, (UpstreamError, gevent.GreenletExit)):
             log.error("unhandled error serving %s %s", self.command, self.path,
                       exc_info=(t, v, tb))
+        if isinstance(v, ProxyError) and not self.response_length:
+            # The backend failed before a byte was sent: answer its status, not a 500.
+            self.start_response(v.status_line, [("Content-Type", "text/plain; charset=utf-8"),
+                                                ("Content-Length", str(len(v.body()))),
+                                                ("Connection", "close")])
+            try:
+                self.write(v.body())
+            except OSError:
+                pass
+            return
         self._send_error_response_if_possible(500)
 
     def _handle_client_error(self, ex):
-        log.info("bad request from %s: %s", self.client_address[0] if isinstance(
-            self.client_address, tuple) else self.client_address, ex)
+        log.info("bad request from %s: %s", self._client(), ex)
         return super()._handle_client_error(ValueError(str(ex)))
 
 
@@ -104,9 +132,12 @@ class Server(WSGIServer):
 
     handler_class = Handler
 
-    def __init__(self, listener, application, max_connections: int = 10000):
+    def __init__(self, listener, application, max_connections: int = 10000,
+                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig()):
         super().__init__(listener, application, spawn=Pool(max_connections), log=None,
                          error_log=LoggingLogAdapter(log, logging.ERROR))
+        self.limits = limits
+        self.timeouts = timeouts
         self.connections: set[Handler] = set()
         self.draining = False
 
@@ -142,7 +173,8 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     set once the server accepts connections.
     """
     server = Server(listener or (config.host, config.port), app,
-                    max_connections=config.limits.max_connections)
+                    max_connections=config.limits.max_connections, limits=config.limits,
+                    timeouts=config.timeouts)
     server.init_socket()
     host, port = server.address[:2]
     log.info("listening on http://%s:%d backends=%s policy=%s", host, port,

@@ -26,7 +26,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
 from urllib3.util import SKIP_HEADER
 
 from .config import TimeoutsConfig
-from .errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
+from .errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
 
 # Headers a client library adds unless told not to; urllib3 skips them when given SKIP_HEADER.
@@ -99,6 +99,9 @@ class Upstream:
         conn = pool._get_conn()     # a pooled connection the backend closed is dropped here
         if fresh:
             conn.close()
+        # http.client encodes the request line as ASCII; the target is the client's bytes
+        # decoded as latin-1 (raw UTF-8 included), so it goes back out as latin-1.
+        conn._encode_request = _latin1
         reused = conn.sock is not None
         try:
             return pool._make_request(
@@ -108,6 +111,8 @@ class Upstream:
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
             conn.close()
             pool._put_conn(conn)
+            if isinstance(error, ClientError):
+                raise       # reading the client's body failed: the client's fault, not the backend's
             failure = classify(error)
             failure.reused = reused
             raise failure from error
@@ -115,6 +120,10 @@ class Upstream:
     def close(self) -> None:
         self.session.close()
         self._pools.clear()
+
+
+def _latin1(request: str) -> bytes:
+    return request.encode("latin-1")
 
 
 def classify(error: BaseException) -> UpstreamError:

@@ -56,7 +56,7 @@ def test_gunicorn_worker_runs_health_checks(start_gunicorn, backend):
 def test_gunicorn_forwards_the_raw_target(start_gunicorn, backend):
     proxy = start_gunicorn(base_config([backend.url]))
     get(proxy.port, "/a%2Fb/../c?q=%zz")
-    assert backend.requests[-1].target == "/a%2Fb/../c?q=%zz"
+    assert "/a%2Fb/../c?q=%zz" in [r.target for r in backend.requests]   # health checks interleave
 
 
 def test_gunicorn_sigterm_lets_an_in_flight_request_finish(start_gunicorn, backend):
