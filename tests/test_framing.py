@@ -231,3 +231,15 @@ def test_connect_is_405(proxy, raw, tripwire):
     data = f"CONNECT 127.0.0.1:{tripwire.port} HTTP/1.1\r\nHost: 127.0.0.1:{tripwire.port}\r\n\r\n"
     assert refused(proxy, raw, data.encode()) == [405]
     assert tripwire.hits == 0
+
+
+def test_no_100_continue_for_a_body_that_is_refused(proxy, raw):
+    before = len(raw.received)
+    with connect(proxy.port) as sock:
+        sock.sendall(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                     % (MAX_BODY_BYTES + 1))
+        answer = statuses(read_until_closed(sock))
+    # gunicorn sends its 100 Continue before the app runs; python wsgi.py only when the
+    # proxy starts reading the body, which a refused body never gets to.
+    assert answer == ([413] if proxy.kind == "wsgi.py" else [100, 413])
+    assert len(raw.received) == before
