@@ -50,6 +50,7 @@ class RawBackend:
         self.respond = respond or (lambda received: OK)
         self.received: list[Received] = []
         self.connections = 0
+        self.broken_writes = 0          # responses the peer stopped taking before their end
         self.server = StreamServer(("127.0.0.1", 0), self._serve)
 
     @property
@@ -76,10 +77,14 @@ class RawBackend:
                 if not received.complete:
                     return
                 answer = self.respond(received)
-                for piece in ([answer] if isinstance(answer, bytes) else answer):
-                    if piece is CLOSE:
-                        return
-                    sock.sendall(piece)
+                try:
+                    for piece in ([answer] if isinstance(answer, bytes) else answer):
+                        if piece is CLOSE:
+                            return
+                        sock.sendall(piece)
+                except OSError:
+                    self.broken_writes += 1
+                    return
         except OSError:
             return
         finally:

@@ -1,0 +1,104 @@
+"""Slow and stalled clients are cut off, under ``python wsgi.py`` and gunicorn, so that many
+of them at once do not stop normal traffic. Timeouts here are 1 s; waits are bounded."""
+import socket
+
+import gevent
+import pytest
+import yaml
+
+from tests.backends import wait_until
+from tests.conftest import base_config
+from tests.rawbackend import OK, RawBackend, read_until_closed
+from tests.servers import SERVERS, launch
+from tests.wire import connect, get, read_response
+
+PIECE = b"x" * 65536
+
+
+def respond(received):
+    if received.target == "/huge":           # 64 MiB, far more than socket buffers hold
+        return [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (1024 * len(PIECE))] + \
+            [PIECE] * 1024
+    return OK
+
+
+@pytest.fixture(scope="module")
+def raw():
+    backend = RawBackend(respond).start()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def proxy(request, raw, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param) / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(
+        [raw.url], health_check={"enabled": False},
+        timeouts={"client_header": "1s", "client_idle": "1s"})))
+    process = launch(request.param, str(path))
+    yield process
+    process.stop()
+    assert "Traceback" not in process.output
+
+
+def closed_within(sock, seconds: float) -> bool:
+    """True if the proxy closes ``sock`` (sending nothing) within ``seconds``."""
+    try:
+        return read_until_closed(sock, timeout=seconds) == b""
+    except socket.timeout:
+        return False
+
+
+def test_slowloris_headers_are_cut_off(proxy):
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
+
+        def drip():
+            for _ in range(40):               # a header byte every 0.1 s, for up to 4 s
+                gevent.sleep(0.1)
+                sock.sendall(b"X")
+        dripper = gevent.spawn(drip)
+        try:
+            assert closed_within(sock, 3.5)
+        finally:
+            dripper.kill()
+
+
+def test_connection_that_sends_nothing_is_closed(proxy):
+    with connect(proxy.port) as sock:
+        assert closed_within(sock, 3.5)
+
+
+def test_idle_keep_alive_connection_is_closed(proxy):
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        assert closed_within(sock, 3.5)
+
+
+def test_client_that_stops_reading_is_cut_off(proxy, raw):
+    before = raw.broken_writes
+    with connect(proxy.port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+        # Never read: the proxy gives up on the client, then drops the backend's response.
+        assert wait_until(lambda: raw.broken_writes > before, timeout=20)
+
+
+def test_a_thousand_slow_clients_do_not_stop_normal_traffic(proxy):
+    slow = []
+    try:
+        for index in range(1000):
+            sock = connect(proxy.port)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " if index % 2 else b"")
+            slow.append(sock)
+        assert get(proxy.port)[0] == 200     # served while all 1,000 are still open
+        pending = list(slow)
+        with gevent.Timeout(15, False):
+            while pending:
+                pending = [s for s in pending if not closed_within(s, 0.01)]
+        assert not pending, f"{len(pending)} of 1000 slow connections still open"
+        assert get(proxy.port)[0] == 200
+    finally:
+        for sock in slow:
+            sock.close()
