@@ -3,7 +3,9 @@
 Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
 ``$WEB_CONCURRENCY`` gevent workers (default 1); gives in-flight requests the config's
 ``shutdown_timeout`` on SIGTERM. Each worker starts its own background work after the
-fork (STACK-FACTS 22, 24): nothing connects or spawns in the master.
+fork (STACK-FACTS 22, 24): nothing connects or spawns in the master. Maps the config's
+limits and client timeouts onto gunicorn's own settings (app.admission and
+app.middleware.ServerConnection cover what those cannot).
 """
 import math
 import os
@@ -52,7 +54,7 @@ class _Logger(Logger):
         if isinstance(error, CloseConnection):
             return          # a refused request: the app has logged it
         if isinstance(error, TimeoutError):
-            self.info("closed a client connection: it stopped reading the response")
+            self.info("closed a client connection: it stopped sending or reading")
             return
         super().exception(msg, *args, **kwargs)
 

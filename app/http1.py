@@ -163,10 +163,10 @@ def origin_form(method: str, target: str) -> tuple[str, str | None]:
 
 def read_line(rfile, budget: int, too_long) -> bytes:
     """One CRLF-terminated line of at most ``budget`` bytes (CRLF included), without CRLF."""
-    line = rfile.readline(budget + 1)
+    line = rfile.readline(max(budget, 0) + 1)
+    if len(line) > budget:
+        raise too_long
     if not line.endswith(b"\n"):
-        if len(line) > budget:
-            raise too_long
         raise Incomplete("connection closed in the middle of a line")
     if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
         raise BadRequest("a line not ended by CRLF")   # bare LF or bare CR (RFC 9112 §2.2)

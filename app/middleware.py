@@ -10,7 +10,8 @@ keys. Usage::
 It knows nothing of backends beyond those keys.
 
 ``ServerConnection`` gives gunicorn's gevent worker what ``python wsgi.py``'s own handler
-does itself: a client that stops reading the response is cut off, and a response that
+does itself: a client that stops sending its body or reading the response is cut off
+(``timeouts.client_idle``), and a response that
 says ``Connection: close`` (every refused request) really closes the connection, so
 nothing pipelined behind it runs. Under ``python wsgi.py`` it passes through.
 """
@@ -126,9 +127,9 @@ class CloseConnection(Exception):
 
 class ServerConnection:
     """What the app needs from a server that hands it the client socket but keeps the
-    connection (gunicorn's gevent worker, ``gunicorn.socket``): a timeout on each write of
-    the response, and a ``Connection: close`` from the app honoured. Elsewhere it passes
-    straight through.
+    connection (gunicorn's gevent worker, ``gunicorn.socket``): a timeout on each read of
+    the body and write of the response, and a ``Connection: close`` from the app honoured.
+    Elsewhere it passes straight through.
 
     Usage: ``app = ServerConnection(app, send_timeout=config.timeouts.client_idle)``.
     """
@@ -150,11 +151,11 @@ class ServerConnection:
                                  for name, value in headers)
             return start_response(status, headers, exc_info)
 
-        body = self.app(environ, start)
         if self.send_timeout:
-            # The app has read the request body by now; only the response is left to write.
+            # Each read of the body and each write of the response; gunicorn's own timer
+            # (keepalive) covers the wait for the next request once this is undone.
             sock.settimeout(self.send_timeout)
-        return _ServerBody(body, sock, state)
+        return _ServerBody(self.app(environ, start), sock, state)
 
 
 class _ServerBody:

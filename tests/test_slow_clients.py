@@ -102,3 +102,13 @@ def test_a_thousand_slow_clients_do_not_stop_normal_traffic(proxy):
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_client_that_stops_sending_its_body_is_cut_off(proxy, raw):
+    before = len(raw.received)
+    with connect(proxy.port) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        data = read_until_closed(sock, timeout=5)
+    # python wsgi.py answers 408; gunicorn closes without an answer.
+    assert data == b"" or data.startswith(b"HTTP/1.1 408 ")
+    assert len(raw.received) == before
