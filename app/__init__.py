@@ -4,55 +4,128 @@
 starts nothing. The returned ``App`` is the WSGI callable; ``App.start()`` starts its
 background work (the health checker) and ``App.stop()`` stops it. Servers call those:
 ``app.server`` under ``python wsgi.py``, ``gunicorn.conf.py`` in each worker.
+``App.reload(config)`` applies a new config to the running parts (SIGHUP calls
+``reload_file``).
+
+The parts are imported inside ``create_app``, not here: ``gunicorn.conf.py`` imports
+``app.config`` in gunicorn's master, before the worker monkey-patches gevent, and requests
+or urllib3 imported there break HTTPS upstreams in every worker (STACK-FACTS 12).
 """
 from __future__ import annotations
 
 import logging
 
-from .balancer import Backend, Balancer
-from .config import Config
-from .health import HealthChecker
-from .middleware import RequestLog, ServerConnection
-from .proxy import Proxy
-from .upstream import Upstream, make_session
+from gevent.lock import Semaphore
+
+from .config import Config, ConfigError, ConfigHolder, load
 
 log = logging.getLogger("myproxy")
 
 
 class App:
-    """The load balancer: a WSGI callable with a start/stop life cycle."""
+    """The load balancer: a WSGI callable with a start/stop life cycle and live reload."""
 
-    def __init__(self, config: Config, balancer: Balancer, upstream: Upstream,
-                 health: HealthChecker, wsgi):
-        self.config = config
+    def __init__(self, settings: ConfigHolder, balancer, upstream, health, wsgi):
+        self.settings = settings
         self.balancer = balancer
         self.upstream = upstream
         self.health = health
         self._wsgi = wsgi
         self.draining = False
+        self.started = False
+        # Reloads by result, for myproxy_config_reloads_total{result}.
+        self.reloads = {"success": 0, "failure": 0}
+        self._reloading = Semaphore()
+
+    @property
+    def config(self) -> Config:
+        """The config in force; a reload replaces it."""
+        return self.settings.config
 
     def __call__(self, environ, start_response):
         return self._wsgi(environ, start_response)
 
     def start(self) -> None:
         """Start background work; call once per process, after any fork."""
+        self.started = True
         self.health.start()
 
     def stop(self) -> None:
         """Stop background work and close upstream connections; safe to call twice."""
+        self.started = False
         self.health.stop()
         self.upstream.close()
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply ``new`` to the running proxy without dropping a request; return what changed.
+
+        Everything but ``host``, ``port`` and ``limits.max_connections`` (bound when the
+        server started) takes effect from the next request. A backend whose URL stays keeps
+        its health state and counters; requests in flight to a removed backend finish.
+        """
+        from .reload import changes, fixed_at_start
+
+        old = self.config
+        new, kept = fixed_at_start(old, new)
+        changed = changes(old, new)
+        # The balancer swaps its backends under its lock, and nothing yields between that
+        # and the config swap: no request sees the new backends with the old settings.
+        removed = self.balancer.reload(new.backends, new.policy, new.slow_start,
+                                       probed=new.health_check.enabled)
+        self.settings.config = new
+
+        in_use = {backend.origin for backend in self.balancer.backends}
+        for origin in {backend.origin for backend in removed} - in_use:
+            self.upstream.forget(origin)
+        if old.health_check.enabled and not new.health_check.enabled:
+            for backend in self.balancer.backends:
+                backend.assume_healthy()     # no checks now: nothing else would bring it back
+        if self.started:
+            if new.health_check.enabled:
+                self.health.start()
+                self.health.wake()           # check added backends and new rules at once
+            else:
+                self.health.stop()
+        if (new.log_level, new.log_format) != (old.log_level, old.log_format):
+            from .logs import configure_logging
+            configure_logging(new.log_level, new.log_format)
+
+        self.reloads["success"] += 1
+        log.info("config reloaded: %s%s", "; ".join(changed) or "no changes",
+                 f" (not applied, needs a restart: {', '.join(kept)})" if kept else "")
+        return changed
+
+    def reload_file(self) -> bool:
+        """Re-read the config file and apply it (SIGHUP). Returns whether it was applied.
+
+        A file with errors is refused with the same message as at start-up, logged and
+        counted, and the running config stays.
+        """
+        with self._reloading:
+            try:
+                new = load(self.config.source)
+            except ConfigError as error:
+                self.reloads["failure"] += 1
+                log.error("config reload refused, the running config stays: %s", error)
+                return False
+            self.reload(new)
+            return True
 
 
 def create_app(config: Config, session=None) -> App:
     """Build the load balancer described by ``config``. Starts nothing."""
+    from .balancer import Backend, Balancer
+    from .health import HealthChecker
+    from .middleware import RequestLog, ServerConnection
+    from .proxy import Proxy
+    from .upstream import Upstream, make_session
+
+    settings = ConfigHolder(config)
     backends = [Backend(backend, probed=config.health_check.enabled) for backend in config.backends]
     balancer = Balancer(backends, config.policy, slow_start=config.slow_start)
     pools = max(16, 2 * len(backends))
-    upstream = Upstream(config.timeouts, session or make_session(pools=pools))
-    health = HealthChecker(balancer, config.health_check, upstream)
-    proxy = Proxy(config, balancer, upstream)
-    wsgi = ServerConnection(RequestLog(proxy, forwarded=config.forwarded,
-                                       enabled=config.access_log),
-                            send_timeout=config.timeouts.client_idle)
-    return App(config, balancer, upstream, health, wsgi)
+    upstream = Upstream(settings, session or make_session(pools=pools))
+    health = HealthChecker(balancer, settings, upstream)
+    proxy = Proxy(settings, balancer, upstream)
+    wsgi = ServerConnection(RequestLog(proxy, settings), send_timeout=config.timeouts.client_idle)
+    return App(settings, balancer, upstream, health, wsgi)

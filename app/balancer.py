@@ -141,6 +141,10 @@ class Backend:
             return self._set_state(self.healthy, self._clock() + rules.eject_for) or "ejected"
         return None
 
+    def assume_healthy(self) -> str | None:
+        """Count the backend healthy again, as at start (active checks were switched off)."""
+        return self._set_state(True, self.ejected_until)
+
     def _on_trial(self) -> bool:
         return (not self.probed and self.ejected_until is not None
                 and self._clock() >= self.ejected_until)
@@ -174,8 +178,9 @@ class Balancer:
         self.backends = list(backends)
         self.policy = policy
         self.slow_start = slow_start
+        self._rng = rng
         self._policy = make_policy(policy, rng)
-        self._clock = clock
+        self._clock = clock          # also for backends added by a reload
         self._lock = RLock()
 
     def choose(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Backend:
@@ -230,3 +235,26 @@ class Balancer:
 
     def find(self, url: str) -> Backend | None:
         return next((b for b in self.backends if b.url == url), None)
+
+    def reload(self, configs: Sequence[BackendConfig], policy: str, slow_start: float = 0.0,
+               probed: bool = True) -> list[Backend]:
+        """Swap in a new backend list and policy at once, under the lock; return the removed.
+
+        A backend whose URL stays keeps its object (health state, counters, in-flight
+        count) with the new weight and backup flag; a new URL gets a new, healthy
+        backend. Requests already sent to a removed backend keep their reference and
+        finish. The policy starts afresh, so new weights hold from the next request.
+        """
+        if not configs:
+            raise ValueError("a balancer needs at least one backend")
+        with self._lock:
+            current = {backend.url: backend for backend in self.backends}
+            backends = []
+            for config in configs:
+                backend = current.pop(config.url, None) or Backend(config, self._clock, probed)
+                backend.config, backend.probed = config, probed
+                backends.append(backend)
+            self.backends = backends
+            self.policy, self.slow_start = policy, slow_start
+            self._policy = make_policy(policy, self._rng)
+            return list(current.values())

@@ -146,6 +146,15 @@ class Config:
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
+class ConfigHolder:
+    """The config in force. A reload (``App.reload``) replaces ``config`` whole; the parts
+    that serve keep the holder and read ``holder.config`` at each use, never a copy taken
+    when they were built, so a reload reaches all of them at once."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+
 # --- scalar parsers -------------------------------------------------------------------------
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -341,7 +350,8 @@ class _Document:
         self.environ = environ
         self.marks: dict[tuple, tuple[int, int]] = {}       # where each value starts
         self.key_marks: dict[tuple, tuple[int, int]] = {}   # where each key is written
-        self.substituted: set[tuple] = set()
+        # key path -> the ${VAR} references in its value: [(name, taken from the environment)]
+        self.substituted: dict[tuple, list[tuple[str, bool]]] = {}
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -382,10 +392,11 @@ class _Document:
                 node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark)
             else:
                 node = yaml.ScalarNode(node.tag, text, node.start_mark, node.end_mark, node.style)
-            self.substituted.add(keypath)
         return loader.construct_object(node, deep=True)
 
     def _substitute(self, text: str, keypath: tuple, node: yaml.Node) -> str:
+        references = self.substituted.setdefault(keypath, [])
+
         def replace(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
             value = self.environ.get(name)
@@ -393,9 +404,20 @@ class _Document:
                 if default is None:
                     raise self.error(keypath, f"environment variable {name} is not set "
                                      f"(write ${{{name}:-default}} to give a default)", node)
+                references.append((name, False))
                 return default
+            references.append((name, True))
             return value
         return _ENV_REFERENCE.sub(replace, text)
+
+    def origin(self, keypath: tuple) -> str:
+        """Where the value at ``keypath`` came from: ``file``, plus any ``${VAR}`` in it."""
+        notes = []
+        for path, references in self.substituted.items():
+            if path[:len(keypath)] == keypath:
+                notes += [f"env {name}" if from_env else f"default of ${{{name}}}"
+                          for name, from_env in references]
+        return ", ".join(["file", *dict.fromkeys(notes)])
 
     def error(self, keypath: tuple, message: str, node: yaml.Node | None = None,
               at_key: bool = False) -> ConfigError:
@@ -459,9 +481,7 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
                                  at_key=True)
 
     origins: dict[str, str] = {}
-
-    def origin(keypath: tuple) -> str:
-        return "file (${...})" if keypath in document.substituted else "file"
+    origin = document.origin
 
     values: dict[str, Any] = {}
     for key, parse_value in SCALARS.items():
@@ -489,14 +509,18 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
             origins[f"{section}.{key}"] = origin((section, key)) if key in fields else "default"
         values[section] = cls(**fields)
 
-    if "MYPROXY_BACKENDS" in environ:
+    if environ.get("MYPROXY_BACKENDS"):
         backends = _backends_from_env(path, environ["MYPROXY_BACKENDS"])
         origins["backends"] = "env MYPROXY_BACKENDS"
+        origins.update({f"backends[{index}]": "env MYPROXY_BACKENDS"
+                        for index in range(len(backends))})
     else:
         if "backends" not in data:
             raise document.error(("backends",), "is required: list at least one backend URL")
         backends = _backends(document, data["backends"])
         origins["backends"] = origin(("backends",))
+        origins.update({f"backends[{index}]": origin(("backends", index))
+                        for index in range(len(backends))})
     values["backends"] = backends
 
     if environ.get("PORT"):
@@ -514,6 +538,26 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
                     origins=origins, **values)
     _check_consistency(document, config)
     return config
+
+
+def format_value(key: str, value: Any) -> str:
+    """A setting as a user would write it in the file: ``5s``, ``200ms``, ``64KiB``, ``200-399``."""
+    section, _, name = key.rpartition(".")
+    parser = SECTIONS[section][1].get(name) if section in SECTIONS else SCALARS.get(key)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if parser is parse_duration:
+        return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
+    if parser is parse_size:
+        for unit, factor in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
+            if value and value % factor == 0:
+                return f"{value // factor}{unit}"
+        return str(value)
+    if parser is _expect:
+        return ",".join(f"{low}-{high}" if low != high else str(low) for low, high in value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(item) for item in value) + "]"
+    return str(value)
 
 
 def _checked(document: _Document, keypath: tuple, parse_value: Callable, value: Any) -> Any:

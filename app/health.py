@@ -1,9 +1,10 @@
 """Active health checks: a greenlet that probes every backend each interval.
 
 ``check_once`` runs one round (every backend at once, each with the check timeout) and is
-what tests call; ``start`` runs rounds in a loop until ``stop``. A backend's state changes
-only through ``Backend.record_check``; this module logs the transitions it reports. It
-knows nothing of WSGI or of how requests are proxied.
+what tests call; ``start`` runs rounds in a loop until ``stop``; ``wake`` runs the next round
+at once (after a reload). The rules are read from the config in force at each round. A
+backend's state changes only through ``Backend.record_check``; this module logs the
+transitions it reports. It knows nothing of WSGI or of how requests are proxied.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import Callable
 
 import gevent
 import urllib3
+from gevent.event import Event
 from urllib3 import HTTPHeaderDict
 
 from .balancer import Backend, Balancer, CheckResult
-from .config import HealthCheckConfig
+from .config import ConfigHolder, HealthCheckConfig
 from .errors import UpstreamError
 from .upstream import Upstream
 
@@ -29,27 +31,33 @@ JITTER = 0.1   # each round starts up to 10% of the interval early or late
 class HealthChecker:
     """Probes ``GET health_check.path`` on each backend of a balancer."""
 
-    def __init__(self, balancer: Balancer, rules: HealthCheckConfig, upstream: Upstream,
+    def __init__(self, balancer: Balancer, settings: ConfigHolder, upstream: Upstream,
                  clock: Callable[[], float] = time.time, on_result: Callable | None = None):
         self.balancer = balancer
-        self.rules = rules
+        self.settings = settings
         self.upstream = upstream
         self._clock = clock
         self._on_result = on_result     # called with (backend, result): metrics hook
         self._greenlet: gevent.Greenlet | None = None
+        self._wake = Event()
         self.rounds = 0
+
+    @property
+    def rules(self) -> HealthCheckConfig:
+        return self.settings.config.health_check
 
     def check_once(self) -> None:
         """Check every backend once, concurrently, and apply the results."""
         backends = list(self.balancer.backends)
+        rules = self.rules
         jobs = [gevent.spawn(self.probe, backend) for backend in backends]
-        gevent.joinall(jobs, timeout=self.rules.timeout + 1)
+        gevent.joinall(jobs, timeout=rules.timeout + 1)
         for backend, job in zip(backends, jobs):
             if job.successful():
                 result = job.value
             else:
                 job.kill(block=False)
-                result = CheckResult(self._clock(), False, self.rules.timeout,
+                result = CheckResult(self._clock(), False, rules.timeout,
                                      error=f"check did not finish: {job.exception or 'timeout'}")
             self.apply(backend, result)
         self.rounds += 1
@@ -91,6 +99,10 @@ class HealthChecker:
         if self._greenlet is None and self.rules.enabled:
             self._greenlet = gevent.spawn(self._run)
 
+    def wake(self) -> None:
+        """Start the next round now rather than at the end of the interval."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop the loop; safe to call twice."""
         greenlet, self._greenlet = self._greenlet, None
@@ -107,7 +119,8 @@ class HealthChecker:
                 self.check_once()
             except Exception:  # noqa: BLE001 - a background loop never dies silently
                 log.exception("health-check round failed; retrying next interval")
-            gevent.sleep(self.next_delay())
+            self._wake.wait(self.next_delay())
+            self._wake.clear()
 
     def next_delay(self) -> float:
         """Seconds to the next round: the interval, spread by ±JITTER so that many

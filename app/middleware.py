@@ -5,7 +5,7 @@ trusted proxy, otherwise generated), returns it to the client, and writes one ac
 when the response body is closed, reading what the proxy left in ``myproxy.*`` environ
 keys. Usage::
 
-    app = RequestLog(proxy, forwarded=config.forwarded, enabled=config.access_log)
+    app = RequestLog(proxy, settings)     # settings: the ConfigHolder of the config in force
 
 It knows nothing of backends beyond those keys.
 
@@ -22,7 +22,7 @@ import os
 import time
 from typing import Callable, Iterable
 
-from .config import ForwardedConfig
+from .config import ConfigHolder, ForwardedConfig
 
 log = logging.getLogger("myproxy.access")
 
@@ -37,11 +37,17 @@ def new_request_id() -> str:
 class RequestLog:
     """Assigns request IDs and logs one line per request."""
 
-    def __init__(self, app: Callable, forwarded: ForwardedConfig = ForwardedConfig(),
-                 enabled: bool = True):
+    def __init__(self, app: Callable, settings: ConfigHolder):
         self.app = app
-        self.forwarded = forwarded
-        self.enabled = enabled
+        self.settings = settings
+
+    @property
+    def forwarded(self) -> ForwardedConfig:
+        return self.settings.config.forwarded
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.config.access_log
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.monotonic()

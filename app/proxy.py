@@ -28,7 +28,7 @@ from .admission import admit
 from .affinity import request_key
 from .balancer import Backend, Balancer
 from .body import CHUNK_SIZE, request_body
-from .config import Config
+from .config import Config, ConfigHolder
 from .errors import ClientError, NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
 from .retry import ReplayableBody, RetryBudget, may_retry
 from .upstream import Upstream, classify
@@ -54,12 +54,17 @@ VIA_NAME = "myproxy"         # RFC 9110 §7.6.3: Via: <received protocol version
 class Proxy:
     """The WSGI application that forwards each request to a backend."""
 
-    def __init__(self, config: Config, balancer: Balancer, upstream: Upstream,
+    def __init__(self, settings: ConfigHolder, balancer: Balancer, upstream: Upstream,
                  budget: RetryBudget | None = None):
-        self.config = config
+        self.settings = settings
         self.balancer = balancer
         self.upstream = upstream
-        self.budget = budget or RetryBudget(config.retries.budget)
+        self.budget = budget or RetryBudget(settings.config.retries.budget)
+
+    @property
+    def config(self) -> Config:
+        """The config in force (a reload replaces it)."""
+        return self.settings.config
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -108,7 +113,7 @@ class Proxy:
                     backend = self.balancer.choose(key, exclude=tried)
                 except NoBackendAvailable:
                     raise error from None
-                if not self.budget.try_spend():
+                if not self.budget.try_spend(self.config.retries.budget):
                     log.warning("retry budget spent: not retrying %s after %s from %s",
                                 method, error.kind, tried[-1].url)
                     raise

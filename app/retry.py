@@ -117,8 +117,11 @@ class RetryBudget:
         """Count one client request."""
         self._bucket()[1] += 1
 
-    def try_spend(self) -> bool:
-        """Take one retry from the budget; False when it is spent."""
+    def try_spend(self, share: float | None = None) -> bool:
+        """Take one retry from the budget; False when it is spent. ``share`` is the one in
+        force, when a reload changed it since the budget was made."""
+        if share is not None:
+            self.share = share
         bucket = self._bucket()
         requests = sum(b[1] for b in self._buckets)
         retries = sum(b[2] for b in self._buckets)

@@ -14,6 +14,9 @@ Each request is read strictly and every wait is bounded by ``connection.StrictCo
 3. ``server.stop(shutdown_timeout)`` waits for the in-flight requests in the pool;
 4. the app's background work stops and the process exits 0.
 
+SIGHUP is an event too: a greenlet re-reads the config file and applies it
+(``App.reload_file``) while requests go on being served.
+
 Nothing here runs at import time.
 """
 from __future__ import annotations
@@ -179,9 +182,11 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     host, port = server.address[:2]
     log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
              ",".join(b.url for b in config.backends), config.policy)
-    stop = Event()
+    stop, reload = Event(), Event()
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
+    handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
+    reloader = gevent.spawn(reload_on, reload, app)
     app.start()
     server.start()
     if ready is not None:
@@ -189,13 +194,16 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     try:
         stop.wait()
         app.draining = True
-        finished = server.drain(config.shutdown_timeout)
+        reloader.kill()
+        timeout = app.config.shutdown_timeout       # as reloaded, if it was
+        finished = server.drain(timeout)
         if not finished:
             log.warning("shutdown timeout of %.1fs passed; remaining requests were cut off",
-                        config.shutdown_timeout)
+                        timeout)
     finally:
         for handler in handlers:
             handler.cancel()
+        reloader.kill()
         app.stop()
     log.info("stopped")
     return 0
@@ -204,3 +212,17 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
 def _on_signal(signum: int, stop: Event) -> None:
     log.info("received %s: stopping", signal.Signals(signum).name)
     stop.set()
+
+
+def reload_on(event: Event, app) -> None:
+    """Reload the config each time ``event`` is set (SIGHUP); several at once make one.
+
+    Also run in each gunicorn worker (``gunicorn.conf.py``)."""
+    while True:
+        event.wait()
+        event.clear()
+        log.info("received SIGHUP: reloading the config")
+        try:
+            app.reload_file()
+        except Exception:  # noqa: BLE001 - a background loop never dies silently
+            log.exception("config reload failed; the running config stays")

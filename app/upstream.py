@@ -25,7 +25,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
                                 ProtocolError, ReadTimeoutError, SSLError)
 from urllib3.util import SKIP_HEADER
 
-from .config import TimeoutsConfig
+from .config import ConfigHolder
 from .errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
 
@@ -61,18 +61,30 @@ def make_session(pool_maxsize: int = POOL_MAXSIZE, pools: int = 16) -> requests.
 
 
 class Upstream:
-    """Sends one request to one backend and returns the urllib3 response, unread."""
+    """Sends one request to one backend and returns the urllib3 response, unread.
 
-    def __init__(self, timeouts: TimeoutsConfig, session: requests.Session | None = None):
+    The timeouts are those of the config in force (``settings.config.timeouts``)."""
+
+    def __init__(self, settings: ConfigHolder, session: requests.Session | None = None):
         self.session = session or make_session()
-        self.timeouts = timeouts
-        self._timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
+        self.settings = settings
+        self._timeouts = None
+        self._timeout = None
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+
+    @property
+    def timeout(self) -> urllib3.Timeout:
+        """The connect and read timeouts in force, rebuilt only when a reload changed them."""
+        timeouts = self.settings.config.timeouts
+        if timeouts is not self._timeouts:
+            self._timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
+            self._timeouts = timeouts
+        return self._timeout
 
     def pool(self, origin: str) -> urllib3.HTTPConnectionPool:
         """The keep-alive pool for ``origin`` (``scheme://host:port``), from the session's adapter."""
         pool = self._pools.get(origin)
-        if pool is None:
+        if pool is None or pool.pool is None:   # new, or closed by the adapter's LRU
             adapter = self.session.get_adapter(origin)
             pool_kwargs = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH} \
                 if origin.startswith("https:") else {}
@@ -106,7 +118,7 @@ class Upstream:
         try:
             return pool._make_request(
                 conn, method, target, body=body, headers=headers, retries=None,
-                timeout=timeout or self._timeout, chunked=chunked, response_conn=conn,
+                timeout=timeout or self.timeout, chunked=chunked, response_conn=conn,
                 preload_content=False, decode_content=False)
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
             conn.close()
@@ -116,6 +128,19 @@ class Upstream:
             failure = classify(error)
             failure.reused = reused
             raise failure from error
+
+    def forget(self, origin: str) -> None:
+        """Close the idle connections to an origin no backend uses any more (after a reload).
+
+        Connections still carrying a response are closed when it ends, not before.
+        """
+        pool = self._pools.pop(origin, None)
+        if pool is None:
+            return
+        pools = self.session.get_adapter(origin).poolmanager.pools
+        for key in pools.keys():
+            if pools[key] is pool:
+                del pools[key]   # the pool manager closes the pool as it lets it go
 
     def close(self) -> None:
         self.session.close()

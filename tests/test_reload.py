@@ -1,0 +1,144 @@
+"""``App.reload``: a new config applied to a running app, in-process, against real backends."""
+import logging
+
+from webtest import TestApp
+
+from app import create_app
+from app.config import load, parse
+from app.reload import changes
+from tests.backends import wait_until
+
+
+QUICK_CHECKS = "  timeout: 300ms\n  rise: 1\n  fall: 1\n"
+
+
+def config_text(urls, extra="", health=QUICK_CHECKS):
+    lines = ["backends:"]
+    for url in urls:
+        lines.append(f"  - {url}" if isinstance(url, str) else
+                     f"  - {{url: {url[0]}, weight: {url[1]}}}")
+    return "\n".join(lines) + "\nhealth_check:\n" + health + extra
+
+
+def make_app(urls, extra="", health=QUICK_CHECKS):
+    return create_app(parse(config_text(urls, extra, health), "c.yaml", environ={}))
+
+
+def reload(app, urls, extra="", health=QUICK_CHECKS):
+    return app.reload(parse(config_text(urls, extra, health), "c.yaml", environ={}))
+
+
+def test_a_backend_that_stays_keeps_its_health_state_and_counters(backends):
+    a, b, c = backends
+    app = make_app([a.url, b.url, c.url])
+    client = TestApp(app, lint=False)
+    for _ in range(3):
+        client.get("/")
+    b.stop()
+    app.health.check_once()
+    kept = app.balancer.find(b.url)
+    assert not kept.healthy and kept.requests == 1
+    changed = reload(app, [a.url, (b.url, 2), "http://127.0.0.1:9"])
+    assert app.balancer.find(b.url) is kept
+    assert not kept.healthy and kept.requests == 1 and len(kept.checks) == 1
+    assert kept.weight == 2
+    assert app.balancer.find(c.url) is None
+    added = app.balancer.find("http://127.0.0.1:9")
+    assert added.healthy and added.requests == 0
+    assert changed == ["+backend http://127.0.0.1:9", f"-backend {c.url}", f"{b.url} weight 1->2"]
+
+
+def test_traffic_follows_the_new_list_from_the_next_request(backends):
+    a, b, c = backends
+    app = make_app([a.url, b.url])
+    client = TestApp(app, lint=False)
+    assert [client.get("/").text for _ in range(3)] == ["backend a", "backend b", "backend a"]
+    reload(app, [(a.url, 3), c.url])
+    assert [client.get("/").text for _ in range(8)] == ["backend a", "backend a", "backend c",
+                                                        "backend a"] * 2
+
+
+def test_new_timeouts_apply_to_the_next_request(backend):
+    app = make_app([backend.url], "retries:\n  attempts: 1\n")
+    client = TestApp(app, lint=False)
+    assert client.get("/slow?seconds=0.5").status_int == 200
+    reload(app, [backend.url], "retries:\n  attempts: 1\ntimeouts:\n  read: 100ms\n")
+    assert client.get("/slow?seconds=0.5", expect_errors=True).status_int == 504
+
+
+def test_new_health_check_rules_apply_to_the_next_round(backend):
+    app = make_app([backend.url])
+    reload(app, [backend.url], health=QUICK_CHECKS + "  path: /status/503\n")
+    app.health.check_once()
+    assert backend.requests[-1].target == "/status/503"
+    assert not app.balancer.backends[0].healthy
+
+
+def test_host_port_and_max_connections_stay_until_a_restart(backend, caplog):
+    app = make_app([backend.url], "port: 8080\n")
+    with caplog.at_level(logging.INFO, logger="myproxy"):
+        changed = reload(app, [backend.url], "port: 9090\nhost: 127.0.0.1\nlimits:\n"
+                                              "  max_connections: 5\n  max_body_bytes: 1KiB\n")
+    assert (app.config.port, app.config.host, app.config.limits.max_connections) == (
+        8080, "0.0.0.0", 10000)
+    assert app.config.limits.max_body_bytes == 1024
+    assert changed == ["limits.max_body_bytes 0->1KiB"]
+    assert "needs a restart: host, port, limits.max_connections" in caplog.text
+
+
+def test_switching_health_checks_off_brings_down_backends_back(backends):
+    a, b, _ = backends
+    app = make_app([a.url, b.url])
+    b.stop()
+    app.health.check_once()
+    assert not app.balancer.find(b.url).healthy
+    reload(app, [a.url, b.url], health="  enabled: false\n")
+    assert app.balancer.find(b.url).healthy
+
+
+def test_a_started_app_checks_added_backends_at_once(backends):
+    a, b, _ = backends
+    app = make_app([a.url], health="  interval: 1m\n")
+    app.start()
+    try:
+        assert wait_until(lambda: app.health.rounds >= 1, timeout=5)
+        reload(app, [a.url, b.url], health="  interval: 1m\n  path: /added\n")
+        assert wait_until(lambda: any(r.target == "/added" for r in b.requests), timeout=5)
+    finally:
+        app.stop()
+
+
+def test_a_removed_backend_loses_its_idle_connections(backends):
+    a, b, _ = backends
+    app = make_app([a.url, b.url])
+    client = TestApp(app, lint=False)
+    client.get("/")
+    client.get("/")
+    assert len(b.server.sockets) == 1           # a keep-alive connection in the pool
+    reload(app, [a.url])
+    assert wait_until(lambda: not b.server.sockets, timeout=5)
+    assert client.get("/").text == "backend a"
+
+
+def test_reload_file_applies_a_good_file_and_refuses_a_bad_one(tmp_path, backends, caplog):
+    a, b, _ = backends
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text([a.url]))
+    app = create_app(load(str(path), environ={}))
+    path.write_text(config_text([b.url]))
+    assert app.reload_file()
+    assert [x.url for x in app.balancer.backends] == [b.url]
+    path.write_text(config_text([b.url], health="  intervall: 1s\n"))
+    with caplog.at_level(logging.ERROR, logger="myproxy"):
+        assert not app.reload_file()
+    assert f"{path}:4:3: health_check.intervall: unknown key (did you mean `interval`?)" in caplog.text
+    assert [x.url for x in app.balancer.backends] == [b.url]
+    assert app.reloads == {"success": 1, "failure": 1}
+
+
+def test_changes_name_each_setting_as_written():
+    old = parse(config_text(["http://h:1"]), environ={})
+    new = parse(config_text(["http://h:1"], "admin:\n  token: s3cret\npolicy: random_two\n",
+                            health=QUICK_CHECKS + "  interval: 500ms\n"), environ={})
+    assert changes(old, new) == ["policy round_robin->random_two",
+                                 "health_check.interval 5s->500ms", "admin.token (changed)"]
