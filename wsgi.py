@@ -1,4 +1,4 @@
-"""Entry point. ``python wsgi.py [--config PATH] [--check] [--demo]`` serves standalone;
+"""Entry point. ``python wsgi.py [--config PATH] [--check [--probe]] [--demo]`` serves standalone;
 ``gunicorn -k gevent wsgi:application`` imports ``application`` from here.
 
 gevent's monkey-patching comes first, before anything imports ssl, requests or urllib3
@@ -24,18 +24,36 @@ def main(argv=None) -> int:
                         help="config file (default: $MYPROXY_CONFIG or config/config.yaml)")
     parser.add_argument("--check", action="store_true",
                         help="validate the config, print the effective settings, and exit 0 or 1")
+    parser.add_argument("--probe", action="store_true",
+                        help="with --check: also send one health check to each backend; "
+                             "exit 1 if any fails")
     parser.add_argument("--demo", action="store_true",
                         help="also start demo backends on the configured localhost ports")
+    parser.add_argument("--demo-backend", metavar="PORT", type=int,
+                        help="serve only one demo backend on PORT (no config needed)")
     args = parser.parse_args(argv)
 
+    if args.demo_backend is not None:
+        configure_logging()
+        from app.demo import serve_demo_backend
+        return serve_demo_backend(args.demo_backend)
     try:
         config = load(args.config)
     except ConfigError as error:
         print(f"myproxy: config error: {error}", file=sys.stderr)
         return 1
-    if args.check:
+    if args.check or args.probe:
+        from app.check import describe, probe
         print(describe(config))
-        return 0
+        if not args.probe:
+            return 0
+        app = create_app(config)
+        try:
+            report, passed = probe(app)
+        finally:
+            app.stop()
+        print(report)
+        return 0 if passed else 1
 
     configure_logging(config.log_level, config.log_format)
     from app.server import serve
@@ -48,33 +66,6 @@ def main(argv=None) -> int:
     finally:
         for server in demo_servers:
             server.stop(timeout=1)
-
-
-def describe(config) -> str:
-    """The effective settings, one per line, each with where it came from."""
-    lines = [f"config OK: {config.source}"]
-
-    def show(key, value):
-        lines.append(f"  {key:<32} {value!s:<40} ({config.origins.get(key, 'default')})")
-
-    for key in ("host", "port", "policy", "hash_key", "slow_start", "shutdown_timeout",
-                "log_level", "log_format", "access_log"):
-        show(key, getattr(config, key))
-    for index, backend in enumerate(config.backends):
-        extra = f" weight={backend.weight}" + (" backup" if backend.backup else "")
-        lines.append(f"  backends[{index}]{'':<22} {backend.url + extra:<40} "
-                     f"({config.origins.get('backends')})")
-    for section in ("health_check", "passive_health", "retries", "timeouts", "limits",
-                    "forwarded", "admin"):
-        values = getattr(config, section)
-        for field in values.__dataclass_fields__:
-            value = getattr(values, field)
-            if section == "admin" and field == "token":
-                value = "(set)" if value else "(none)"
-            elif isinstance(value, tuple):
-                value = [str(item) for item in value]
-            show(f"{section}.{field}", value)
-    return "\n".join(lines)
 
 
 def _application():

@@ -2,11 +2,16 @@
 
 They let a new user see round-robin at once (``curl localhost:8080``) with nothing else
 running. Only backends on this machine (``localhost``, ``127.0.0.1``) are started.
+``python wsgi.py --demo-backend PORT`` runs one on its own (the docker-compose example).
 """
 from __future__ import annotations
 
 import logging
+import signal
 from urllib.parse import urlsplit
+
+import gevent
+from gevent.event import Event
 
 from .server import Server
 
@@ -40,3 +45,19 @@ def start_demo_backends(urls) -> list[Server]:
         servers.append(server)
         log.info("demo backend %d listening on http://127.0.0.1:%d", index, parts.port)
     return servers
+
+
+def serve_demo_backend(port: int, host: str = "0.0.0.0") -> int:
+    """Serve one demo backend until SIGTERM or SIGINT; return the exit code (0)."""
+    server = Server((host, port), demo_app(f"backend (port {port})"), max_connections=1000)
+    server.start()
+    log.info("demo backend listening on http://%s:%d", host, server.server_port)
+    stop = Event()
+    handlers = [gevent.signal_handler(signum, stop.set) for signum in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        stop.wait()
+        server.drain(5)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+    return 0

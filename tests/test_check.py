@@ -1,0 +1,100 @@
+"""``python wsgi.py --check [--probe]``: errors located and explained, settings shown, backends probed."""
+import re
+import sys
+
+import pytest
+
+from app.config import SCALARS, SECTIONS
+from tests.backends import free_port
+from tests.conftest import ProxyProcess, base_config
+
+OK_BACKENDS = "backends:\n  - http://127.0.0.1:5001\n"
+
+
+def check(path, *args, env=None) -> ProxyProcess:
+    process = ProxyProcess([sys.executable, "wsgi.py", "--check", "--config", path, *args], env=env)
+    process.wait(timeout=15)
+    return process
+
+
+@pytest.mark.parametrize("text,where", [
+    (OK_BACKENDS + "health_check:\n  path: /\n  intervall: 5s\n",
+     ":5:3: health_check.intervall: unknown key (did you mean `interval`?)"),
+    (OK_BACKENDS + "  - url: http://127.0.0.1:5002\n    wieght: 2\n",
+     ":4:5: backends[1].wieght: unknown key (did you mean `weight`?)"),
+    ("polcy: round_robin\n" + OK_BACKENDS, ":1:1: polcy: unknown key (did you mean `policy`?)"),
+    (OK_BACKENDS + "timeouts:\n  read: soon\n", ":4:9: timeouts.read: 'soon' is not a duration"),
+    (OK_BACKENDS + "retries: {attempts: 0}\n", ":3:21: retries.attempts: must be at least 1"),
+    (OK_BACKENDS + "port: ${NOT_SET_ANYWHERE}\n",
+     ":3:7: port: environment variable NOT_SET_ANYWHERE is not set"),
+    (OK_BACKENDS + "health_check: {path: /\n", ":4:1: invalid YAML"),
+], ids=["nested-key", "backend-key", "top-level-key", "bad-duration", "below-minimum",
+        "unset-variable", "bad-yaml"])
+def test_check_errors_give_file_line_column_key_and_suggestion(write_config, text, where):
+    path = write_config(text)
+    process = check(path)
+    assert process.proc.returncode == 1
+    assert f"myproxy: config error: {path}{where}" in process.output
+    assert "Traceback" not in process.output and "config OK" not in process.output
+
+
+def test_check_aligns_every_setting_and_shows_values_as_written(write_config):
+    path = write_config({"backends": ["http://127.0.0.1:5001",
+                                      {"url": "http://127.0.0.1:5002", "weight": 3, "backup": True}],
+                         "health_check": {"interval": "500ms", "timeout": "200ms"}, "limits": {"max_body_bytes": "1MiB"}})
+    process = check(path)
+    assert process.proc.returncode == 0
+    lines = process.output.splitlines()
+    assert lines[0] == f"config OK: {path}"
+    settings = lines[1:]
+    assert len(settings) == len(SCALARS) + 2 + sum(len(keys) for _, keys in SECTIONS.values())
+    assert len({line.rindex(" (") for line in settings}) == 1      # one column of origins
+    assert len({re.search(r"^  \S+\s+", line).end() for line in settings}) == 1   # one of values
+    shown = {line.split()[0]: line.split()[1:] for line in settings}
+    assert shown["backends[1]"] == ["http://127.0.0.1:5002", "weight=3", "backup", "(file)"]
+    assert shown["health_check.interval"] == ["500ms", "(file)"]
+    assert shown["limits.max_body_bytes"] == ["1MiB", "(file)"]
+    assert shown["timeouts.read"] == ["30s", "(default)"]
+    assert shown["health_check.expect"] == ["200-399", "(default)"]
+
+
+def test_check_shows_what_came_from_the_environment(write_config):
+    path = write_config("host: ${BIND_HOST:-127.0.0.1}\nbackends:\n  - http://${BACKEND_HOST}:5001\n")
+    process = check(path, env={"PORT": "9999", "BACKEND_HOST": "10.0.0.7",
+                               "MYPROXY_ADMIN_TOKEN": "s3cret"})
+    assert process.proc.returncode == 0
+    shown = {line.split()[0]: line for line in process.output.splitlines()[1:]}
+    assert shown["port"].split()[1:] == ["9999", "(env", "PORT)"]
+    assert "http://10.0.0.7:5001" in shown["backends[0]"] and "(file, env BACKEND_HOST)" in shown["backends[0]"]
+    assert "127.0.0.1" in shown["host"] and "(file, default of ${BIND_HOST})" in shown["host"]
+    assert "(set)" in shown["admin.token"] and "(env MYPROXY_ADMIN_TOKEN)" in shown["admin.token"]
+    assert "s3cret" not in process.output
+    process = check(path, env={"BACKEND_HOST": "h", "MYPROXY_BACKENDS": "http://x:1,http://y:2"})
+    assert "http://y:2 weight=1  (env MYPROXY_BACKENDS)" in process.output
+
+
+def test_probe_reports_each_backend_and_fails_on_a_down_one(write_config, backend):
+    down = f"http://127.0.0.1:{free_port()}"
+    path = write_config(base_config([backend.url, down], health_check={"path": "/probe-me"}))
+    process = check(path, "--probe")
+    assert process.proc.returncode == 1
+    assert backend.requests[-1].target == "/probe-me"
+    assert re.search(rf"  {re.escape(backend.url)} +up +status 200 \(\d+ms\)", process.output)
+    assert re.search(rf"  {re.escape(down)} +DOWN +connection failed: connection refused",
+                     process.output)
+    assert "probe: 1 of 2 backend(s) up" in process.output
+
+
+def test_probe_passes_when_every_backend_answers(write_config, backends):
+    path = write_config(base_config([b.url for b in backends], health_check={"path": "/status/204"}))
+    process = check(path, "--probe")
+    assert process.proc.returncode == 0, process.output
+    assert "probe: 3 of 3 backend(s) up" in process.output
+    assert all(b.requests[-1].target == "/status/204" for b in backends)
+
+
+def test_probe_counts_an_unexpected_status_as_down(write_config, backend):
+    path = write_config(base_config([backend.url], health_check={"path": "/status/500"}))
+    process = check(path, "--probe")
+    assert process.proc.returncode == 1
+    assert "DOWN  status 500 (not in health_check.expect)" in process.output
