@@ -3,12 +3,25 @@
 Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
 ``$WEB_CONCURRENCY`` gevent workers (default 1); gives in-flight requests the config's
 ``shutdown_timeout`` on SIGTERM. Each worker starts its own background work after the
-fork (STACK-FACTS 22, 24): nothing connects or spawns in the master. Maps the config's
-limits and client timeouts onto gunicorn's own settings (app.admission and
-app.middleware.ServerConnection cover what those cannot).
+fork (STACK-FACTS 22, 24): nothing connects or spawns in the master, which imports no
+requests or urllib3 (imported before the worker's monkey-patching, they break HTTPS
+upstreams: STACK-FACTS 12). Maps the config's limits and client timeouts onto gunicorn's
+own settings (app.admission and app.middleware.ServerConnection cover what those cannot).
+
+Signals, handled as under ``python wsgi.py``:
+
+- SIGHUP to the master: every worker re-reads the config file and applies it in place
+  (``App.reload_file``), keeping its health state and counters; a file with errors is
+  refused and logged by each worker. gunicorn's own SIGHUP (new workers, this file
+  re-read) would lose both, and a bad file would stop the master. So this file is read
+  once: the settings below (and ``host``, ``port``) need a restart to change.
+- SIGTERM: each worker marks the app draining at once (``/_myproxy/health`` answers 503),
+  stops accepting, closes idle keep-alive connections, and lets in-flight requests finish
+  within ``graceful_timeout`` (``app/gunicorn_worker.py``).
 """
 import math
 import os
+import signal
 import sys
 
 from gunicorn.glogging import Logger
@@ -22,7 +35,7 @@ except ConfigError as _error:
     print(f"myproxy: config error: {_error}", file=sys.stderr)
     sys.exit(1)
 
-bind = [f"{_config.host}:{os.environ.get('PORT') or _config.port}"]
+bind = [f"{_config.host}:{_config.port}"]          # the config's port is $PORT when set
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = _config.limits.max_connections
@@ -62,12 +75,29 @@ class _Logger(Logger):
 logger_class = _Logger
 
 
+def on_starting(server):
+    """In the master: SIGHUP reloads the config inside each worker instead of replacing them."""
+    def reload_in_workers():
+        server.log.info("Hang up: each worker reloads the MyProxy config (workers are kept)")
+        server.kill_workers(signal.SIGHUP)
+
+    server.handle_hup = reload_in_workers
+
+
 def post_worker_init(worker):
-    """Start this worker's health checker, after the fork."""
-    worker.wsgi.start()
+    """In each worker, after the fork: start background work; SIGHUP reloads, SIGTERM drains."""
+    from app.gunicorn_worker import start_worker
+    start_worker(worker)
+
+
+def worker_int(worker):
+    """SIGINT or SIGQUIT in a worker: a quick stop; say we are draining meanwhile."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        app.draining = True
 
 
 def worker_exit(server, worker):
-    stop = getattr(worker.wsgi, "stop", None)
+    stop = getattr(getattr(worker, "wsgi", None), "stop", None)
     if stop is not None:
         stop()

@@ -1,29 +1,41 @@
-"""The same app under ``gunicorn -k gevent wsgi:application``, over real sockets."""
+"""The same app under gunicorn, started with the Procfile's ``web`` command, over real sockets."""
 import os
-import shutil
+import shlex
 import signal
 import sys
 
+import gevent
 import pytest
 
 from tests.backends import free_port, wait_until
-from tests.conftest import ProxyProcess, base_config
+from tests.conftest import ROOT, ProxyProcess, base_config
 from tests.wire import connect, get, read_response
 
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+
+
+def procfile_web_command() -> list[str]:
+    """The Procfile's ``web`` process, with this virtualenv's gunicorn."""
+    with open(os.path.join(ROOT, "Procfile")) as procfile:
+        line = next(line for line in procfile if line.startswith("web:"))
+    command = shlex.split(line[len("web:"):])
+    assert command[0] == "gunicorn"
+    return [GUNICORN, *command[1:]]
 
 
 @pytest.fixture
 def start_gunicorn(write_config):
     started = []
 
-    def start(config, env=None):
+    def start(config, env=None, args=(), workers=1):
         path = write_config(config)
         port = free_port()
-        process = ProxyProcess([GUNICORN, "-k", "gevent", "wsgi:application"],
-                               env={"MYPROXY_CONFIG": path, "PORT": str(port), **(env or {})})
+        process = ProxyProcess([*procfile_web_command(), *args],
+                               env={"MYPROXY_CONFIG": path, "PORT": str(port),
+                                    "WEB_CONCURRENCY": str(workers), **(env or {})})
         started.append(process)
-        process.wait_for(r"Booting worker")
+        assert wait_until(lambda: process.output.count("ready: SIGHUP reloads") >= workers,
+                          timeout=15), process.output
         process.port = port
         assert wait_until(lambda: _accepts(port), timeout=10)
         return process
@@ -59,13 +71,79 @@ def test_gunicorn_forwards_the_raw_target(start_gunicorn, backend):
     assert "/a%2Fb/../c?q=%zz" in [r.target for r in backend.requests]   # health checks interleave
 
 
-def test_gunicorn_sigterm_lets_an_in_flight_request_finish(start_gunicorn, backend):
+def test_gunicorn_sigterm_drains_as_python_wsgi_py_does(start_gunicorn, backend):
     proxy = start_gunicorn(base_config([backend.url]))
-    sock = connect(proxy.port)
-    sock.sendall(b"GET /slow?seconds=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    idle = connect(proxy.port)
+    idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_response(idle)[0] == 200
+    busy = connect(proxy.port)
+    busy.sendall(b"GET /slow?seconds=2 HTTP/1.1\r\nHost: t\r\n\r\n")
     wait_until(lambda: any(r.target.startswith("/slow") for r in backend.requests), timeout=5)
     proxy.signal(signal.SIGTERM)
-    status, _, body = read_response(sock)
+    proxy.wait_for("received SIGTERM: draining")
+    idle.settimeout(1.5)                    # closed at once, not after keepalive (60 s)
+    assert idle.recv(100) == b""
+    status, headers, body = read_response(busy)
     assert (status, body) == (200, b"slow solo")
-    sock.close()
-    assert proxy.wait(timeout=15) == 0
+    assert headers.get("connection") == "close"
+    assert busy.recv(100) == b""
+    assert proxy.wait(timeout=10) == 0
+    idle.close()
+    busy.close()
+
+
+def test_gunicorn_sighup_reloads_in_each_worker_and_keeps_the_workers(start_gunicorn, write_config,
+                                                                      backends):
+    a, b, _ = backends
+    proxy = start_gunicorn(base_config([a.url]), workers=2)
+    assert {get(proxy.port)[2] for _ in range(4)} == {b"backend a"}
+    write_config(base_config([b.url]))
+    proxy.signal(signal.SIGHUP)
+    assert wait_until(lambda: proxy.output.count("config reloaded: +backend") == 2, timeout=10)
+    assert {get(proxy.port)[2] for _ in range(6)} == {b"backend b"}
+    path = write_config("backends: [\n")
+    proxy.signal(signal.SIGHUP)
+    assert wait_until(lambda: proxy.output.count("config reload refused") == 2, timeout=10)
+    assert f"{path}:2:1: invalid YAML" in proxy.output
+    assert {get(proxy.port)[2] for _ in range(6)} == {b"backend b"}
+    assert proxy.output.count("Booting worker") == 2 and proxy.proc.poll() is None
+
+
+def test_gunicorn_preload_gives_each_client_its_own_response(start_gunicorn, backend):
+    proxy = start_gunicorn(base_config([backend.url]), args=["--preload"], workers=2)
+
+    def client(number):
+        with connect(proxy.port) as sock:
+            for index in range(15):
+                body = f"client {number} request {index}".encode()
+                sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                status, _, echoed = read_response(sock)
+                assert (status, echoed) == (200, body)
+        return 15
+
+    jobs = [gevent.spawn(client, number) for number in range(20)]
+    gevent.joinall(jobs, timeout=60)
+    assert [job.value for job in jobs] == [15] * 20, [job.exception for job in jobs]
+
+
+def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backend):
+    """The master imports only app.config: requests imported before the worker's
+    monkey-patching would turn every HTTPS upstream into a RecursionError (STACK-FACTS 12)."""
+    https = backend.url.replace("http://", "https://")
+    proxy = start_gunicorn(base_config([https], retries={"attempts": 1},
+                                       health_check={"enabled": False}))
+    status, _, body = get(proxy.port)
+    assert status == 502 and b"TLS error" in body      # a plain-HTTP port: the handshake fails
+    assert b"RecursionError" not in body
+    assert "MonkeyPatchWarning" not in proxy.output
+
+
+def test_gunicorn_refuses_a_bad_config_at_start(write_config):
+    path = write_config("backends:\n  - http://127.0.0.1:1\nprot: 1\n")
+    process = ProxyProcess(procfile_web_command(), env={"MYPROXY_CONFIG": path,
+                                                        "PORT": str(free_port())})
+    assert process.wait(timeout=15) != 0
+    assert f"myproxy: config error: {path}:3:1: prot: unknown key (did you mean `port`?)" \
+        in process.output
+    assert "Booting worker" not in process.output
