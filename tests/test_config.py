@@ -118,3 +118,25 @@ def test_variables_are_substituted_and_typed():
 def test_unset_variable_without_default_is_an_error():
     error = _error("backends:\n  - http://${NOPE}:1\n")
     assert "NOPE" in str(error) and error.line == 2
+
+
+def test_an_empty_environment_override_counts_as_unset():
+    config = parse(MINIMAL, environ={"MYPROXY_BACKENDS": "", "PORT": "", "MYPROXY_ADMIN_TOKEN": ""})
+    assert [b.url for b in config.backends] == ["http://127.0.0.1:5001"]
+    assert config.origins["backends"] == "file" and config.origins["port"] == "default"
+
+
+def test_variables_work_in_nested_and_backend_values_and_are_typed():
+    config = parse("backends:\n  - url: http://${H:-h}:1\n    weight: ${W}\n"
+                   "health_check:\n  interval: ${I:-2s}\n  enabled: ${ON:-true}\n",
+                   environ={"W": "3"})
+    assert (config.backends[0].url, config.backends[0].weight) == ("http://h:1", 3)
+    assert config.health_check.interval == 2.0 and config.health_check.enabled is True
+    assert config.origins["backends[0]"] == "file, default of ${H}, env W"
+    assert config.origins["health_check.interval"] == "file, default of ${I}"
+
+
+def test_an_unset_variable_in_a_nested_value_is_named_with_its_key():
+    error = _error(MINIMAL + "health_check:\n  path: ${CHECK_PATH}\n")
+    assert (error.key, error.line, error.column) == ("health_check.path", 4, 9)
+    assert "environment variable CHECK_PATH is not set" in str(error)
