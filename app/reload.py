@@ -34,7 +34,9 @@ def changes(old: Config, new: Config) -> list[str]:
     items = []
     old_backends = {b.url: b for b in old.backends}
     new_backends = {b.url: b for b in new.backends}
-    items += [f"+backend {url}" for url in new_backends if url not in old_backends]
+    items += [f"+backend {url}" + (f" weight {b.weight}" if b.weight != 1 else "")
+              + (" backup" if b.backup else "")
+              for url, b in new_backends.items() if url not in old_backends]
     items += [f"-backend {url}" for url in old_backends if url not in new_backends]
     for url, backend in new_backends.items():
         before = old_backends.get(url)

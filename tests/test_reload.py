@@ -138,7 +138,8 @@ def test_reload_file_applies_a_good_file_and_refuses_a_bad_one(tmp_path, backend
 
 def test_changes_name_each_setting_as_written():
     old = parse(config_text(["http://h:1"]), environ={})
-    new = parse(config_text(["http://h:1"], "admin:\n  token: s3cret\npolicy: random_two\n",
+    new = parse(config_text(["http://h:1", ("http://h:2", 2)],
+                            "admin:\n  token: s3cret\npolicy: random_two\n",
                             health=QUICK_CHECKS + "  interval: 500ms\n"), environ={})
-    assert changes(old, new) == ["policy round_robin->random_two",
+    assert changes(old, new) == ["+backend http://h:2 weight 2", "policy round_robin->random_two",
                                  "health_check.interval 5s->500ms", "admin.token (changed)"]
