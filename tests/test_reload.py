@@ -94,6 +94,17 @@ def test_switching_health_checks_off_brings_down_backends_back(backends):
     assert not app.balancer.find(b.url).healthy
     reload(app, [a.url, b.url], health="  enabled: false\n")
     assert app.balancer.find(b.url).healthy
+    assert not app.balancer.find(b.url).probed      # ejections now end by trial requests
+
+
+def test_policy_slow_start_and_retry_budget_reach_their_parts(backend):
+    app = make_app([backend.url])
+    reload(app, [backend.url], "policy: least_connections\nslow_start: 30s\nretries:\n  budget: 0.5\n")
+    assert (app.balancer.policy, app.balancer.slow_start) == ("least_connections", 30.0)
+    assert app.balancer.choose().url == backend.url
+    proxy = app._wsgi.app
+    proxy.budget.try_spend(proxy.config.retries.budget)
+    assert proxy.budget.share == 0.5
 
 
 def test_a_started_app_checks_added_backends_at_once(backends):
