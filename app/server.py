@@ -25,6 +25,7 @@ import logging
 import signal
 import socket
 import time
+from typing import Callable
 
 import gevent
 from gevent.event import Event
@@ -186,7 +187,11 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
-    reloader = gevent.spawn(reload_on, reload, app)
+
+    def follow_config():     # the limits and timeouts the handler reads, as reloaded
+        server.limits, server.timeouts = app.config.limits, app.config.timeouts
+
+    reloader = gevent.spawn(reload_on, reload, app, follow_config)
     app.start()
     server.start()
     if ready is not None:
@@ -214,15 +219,17 @@ def _on_signal(signum: int, stop: Event) -> None:
     stop.set()
 
 
-def reload_on(event: Event, app) -> None:
+def reload_on(event: Event, app, applied: Callable[[], None] | None = None) -> None:
     """Reload the config each time ``event`` is set (SIGHUP); several at once make one.
+    ``applied`` is called after each reload that was applied.
 
-    Also run in each gunicorn worker (``gunicorn.conf.py``)."""
+    Also run in each gunicorn worker (``app.gunicorn_worker``)."""
     while True:
         event.wait()
         event.clear()
         log.info("received SIGHUP: reloading the config")
         try:
-            app.reload_file()
+            if app.reload_file() and applied is not None:
+                applied()
         except Exception:  # noqa: BLE001 - a background loop never dies silently
             log.exception("config reload failed; the running config stays")

@@ -118,3 +118,13 @@ def test_a_bad_file_on_reload_is_refused_and_the_old_config_keeps_serving(start_
     proxy.signal(signal.SIGHUP)
     proxy.wait_for("config reloaded")
     assert get(proxy.port)[2] == b"backend b"
+
+
+def test_reloaded_request_limits_apply_to_the_next_connection(start_proxy, write_config, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    big = "X-Big: " + "x" * 2000 + "\r\n"
+    assert get(proxy.port, headers=big)[0] == 200
+    write_config(base_config([backend.url], limits={"max_header_bytes": "1KiB"}))
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for("config reloaded: limits.max_header_bytes 64KiB->1KiB")
+    assert get(proxy.port, headers=big)[0] == 431

@@ -102,7 +102,9 @@ def test_policy_slow_start_and_retry_budget_reach_their_parts(backend):
     reload(app, [backend.url], "policy: least_connections\nslow_start: 30s\nretries:\n  budget: 0.5\n")
     assert (app.balancer.policy, app.balancer.slow_start) == ("least_connections", 30.0)
     assert app.balancer.choose().url == backend.url
-    proxy = app._wsgi.app
+    proxy = app._wsgi
+    while not hasattr(proxy, "budget"):       # under the middleware layers
+        proxy = proxy.app
     proxy.budget.try_spend(proxy.config.retries.budget)
     assert proxy.budget.share == 0.5
 
