@@ -91,6 +91,7 @@ class TimeoutsConfig:
     read: float = 30.0
     client_header: float = 10.0
     client_idle: float = 60.0
+    tunnel_idle: float = 3600.0   # an upgraded connection with no bytes either way is closed; 0 = never
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "timeouts": (TimeoutsConfig, {
         "connect": parse_duration, "read": parse_duration,
         "client_header": parse_duration, "client_idle": parse_duration,
+        "tunnel_idle": parse_duration,
     }),
     "limits": (LimitsConfig, {
         "max_header_bytes": parse_size, "max_body_bytes": parse_size,

@@ -140,3 +140,13 @@ def test_an_unset_variable_in_a_nested_value_is_named_with_its_key():
     error = _error(MINIMAL + "health_check:\n  path: ${CHECK_PATH}\n")
     assert (error.key, error.line, error.column) == ("health_check.path", 4, 9)
     assert "environment variable CHECK_PATH is not set" in str(error)
+
+
+def test_tunnel_idle_defaults_to_an_hour_and_takes_a_duration():
+    assert parse(MINIMAL, environ={}).timeouts.tunnel_idle == 3600.0
+    config = parse(MINIMAL + "timeouts:\n  tunnel_idle: 90s\n", environ={})
+    assert config.timeouts.tunnel_idle == 90.0
+    assert config.origins["timeouts.tunnel_idle"] == "file"
+    error = _error(MINIMAL + "timeouts:\n  tunnel_idle: forever\n")
+    assert (error.key, error.line) == ("timeouts.tunnel_idle", 4)
+    assert "not a duration" in str(error)
