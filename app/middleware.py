@@ -64,6 +64,11 @@ class RequestLog:
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start)
+        if "myproxy.tunnel" in environ:
+            # An upgraded connection that has ended: log it now, and give the server its
+            # "already handled" marker unwrapped (app.handoff).
+            self.write(environ, state["status"], environ["myproxy.tunnel"], started)
+            return body
         return _LoggedBody(body, self, environ, state, started)
 
     def write(self, environ: dict, status: str, sent: int, started: float) -> None:
@@ -161,7 +166,10 @@ class ServerConnection:
             # Each read of the body and each write of the response; gunicorn's own timer
             # (keepalive) covers the wait for the next request once this is undone.
             sock.settimeout(self.send_timeout)
-        return _ServerBody(self.app(environ, start), sock, state)
+        body = self.app(environ, start)
+        if "myproxy.tunnel" in environ:
+            return body          # an upgraded connection, ended: gunicorn's marker, as is
+        return _ServerBody(body, sock, state)
 
 
 class _ServerBody:

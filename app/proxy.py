@@ -5,7 +5,9 @@ backend, build the outbound request, send, copy status and headers back, stream 
 Sending is ``_send``: a small loop that tries another backend when ``retry.may_retry``
 allows it, the budget has room and attempts are left; no retry happens once anything went
 back to the client. Every failure leaves through ``_fail``, which turns a typed error into
-one response. Each attempt's outcome feeds the backend's passive health.
+one response. Each attempt's outcome feeds the backend's passive health. A request that
+asks to switch protocols takes the same path with ``Tunnels.send`` in place of
+``Upstream.send``; after a ``101``, ``Tunnels.relay`` carries the connection.
 
 Before anything else, ``admission.admit`` decides whether the request may be forwarded
 at all (origin-form target, framing, limits); the request body streams through
@@ -31,6 +33,7 @@ from .body import CHUNK_SIZE, request_body
 from .config import Config, ConfigHolder
 from .errors import ClientError, NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
 from .retry import ReplayableBody, RetryBudget, may_retry
+from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
 from .upstream import Upstream, classify
 
 log = logging.getLogger("myproxy.proxy")
@@ -55,11 +58,12 @@ class Proxy:
     """The WSGI application that forwards each request to a backend."""
 
     def __init__(self, settings: ConfigHolder, balancer: Balancer, upstream: Upstream,
-                 budget: RetryBudget | None = None):
+                 budget: RetryBudget | None = None, tunnels: Tunnels | None = None):
         self.settings = settings
         self.balancer = balancer
         self.upstream = upstream
         self.budget = budget or RetryBudget(settings.config.retries.budget)
+        self.tunnels = tunnels or Tunnels(settings)     # upgrades: WebSocket and others
 
     @property
     def config(self) -> Config:
@@ -70,15 +74,21 @@ class Proxy:
         method = environ["REQUEST_METHOD"]
         try:
             target = admit(environ, self.config.limits)
+            upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
             source, chunked = request_body(environ, self.config.limits.max_body_bytes)
             if source is not None:
                 source.prefetch()       # a body bad from its first byte reaches no backend
             body = ReplayableBody(source, chunked)
-            backend, response = self._send(environ, method, target, body)
+            backend, response = self._send(environ, method, target, body, upgrade)
         except ProxyError as error:
             return self._fail(environ, start_response, error)
 
         status = response.status
+        if upgrade and status == SWITCHING_PROTOCOLS:
+            try:
+                return self.tunnels.relay(environ, start_response, response, backend.url)
+            finally:
+                backend.in_flight -= 1
         start_response(f"{status} {response.reason or _reason(status)}",
                        response_headers(response.headers, *_body_length(response, method)))
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
@@ -86,7 +96,8 @@ class Proxy:
             return iter(())
         return ResponseBody(response, backend, environ, report=self._report)
 
-    def _send(self, environ: dict, method: str, target: str, body: ReplayableBody):
+    def _send(self, environ: dict, method: str, target: str, body: ReplayableBody,
+              upgrade: str = ""):
         """Choose a backend and send; after a failure that may be retried, try another.
 
         A pooled keep-alive connection the backend had closed is not a failure: the same
@@ -101,7 +112,8 @@ class Proxy:
         backend, fresh = self.balancer.choose(key), False
         while True:
             try:
-                return backend, self._attempt(environ, backend, method, target, body, fresh)
+                return backend, self._attempt(environ, backend, method, target, body, fresh,
+                                              upgrade)
             except UpstreamError as error:
                 fresh = error.stale and may_retry(error, method, body)
                 if fresh:
@@ -119,18 +131,21 @@ class Proxy:
                     raise
 
     def _attempt(self, environ: dict, backend: Backend, method: str, target: str,
-                 body: ReplayableBody, fresh: bool):
+                 body: ReplayableBody, fresh: bool, upgrade: str = ""):
         """One try on one backend, counted in flight and fed to its passive health."""
         environ["myproxy.backend"] = backend.url
         attempts = environ.setdefault("myproxy.tried", [])
         attempts.append((backend.url, None))
         environ["myproxy.attempts"] = len(attempts)
         headers = self._outbound_headers(environ, backend)
+        if upgrade:
+            headers["Connection"], headers["Upgrade"] = "Upgrade", upgrade
         backend.in_flight += 1
         backend.requests += 1
         try:
-            response = self.upstream.send(backend.origin, method, _upstream_target(backend, target),
-                                          headers, body.attempt(), body.chunked, fresh=fresh)
+            send = self.tunnels.send if upgrade else self.upstream.send
+            response = send(backend.origin, method, _upstream_target(backend, target),
+                            headers, body.attempt(), body.chunked, fresh=fresh)
         except BaseException as error:
             backend.in_flight -= 1
             if isinstance(error, UpstreamError):

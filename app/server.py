@@ -3,7 +3,8 @@
 Owns what gevent's pywsgi leaves to the application (STACK-FACTS 13-21): ``TCP_NODELAY``
 on every accepted socket, the raw request target and header lines in environ, no stray
 body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
-log and tracebacks, and a shutdown sequence with a deadline (below).
+log and tracebacks, the hand-over of a connection to an upgrade tunnel (``app.handoff``),
+and a shutdown sequence with a deadline (below).
 
 Each request is read strictly and every wait is bounded by ``connection.StrictConnection``
 (``app.http1`` and ``limits``/``timeouts``); the shutdown sequence:
@@ -11,7 +12,8 @@ Each request is read strictly and every wait is bounded by ``connection.StrictCo
 1. SIGTERM or SIGINT sets an event (signals are events, never places to do work);
 2. the server stops accepting, idle keep-alive connections are closed, and responses
    still in flight carry ``Connection: close``;
-3. ``server.stop(shutdown_timeout)`` waits for the in-flight requests in the pool;
+3. ``server.stop(shutdown_timeout)`` waits for the in-flight requests in the pool, open
+   tunnels included, then kills what is left (a tunnel then closes both its connections);
 4. the app's background work stops and the process exits 0.
 
 SIGHUP is an event too: a greenlet re-reads the config file and applies it
@@ -44,6 +46,7 @@ class Handler(StrictConnection, WSGIHandler):
     strict reading of each request is ``StrictConnection``'s."""
 
     idle = True          # waiting for a request line: safe to close when draining
+    taken_over = False   # the connection was handed to an upgrade tunnel (app.handoff)
 
     def handle(self):
         try:
@@ -70,9 +73,26 @@ class Handler(StrictConnection, WSGIHandler):
         environ["RAW_URI"] = self.path                      # pywsgi decodes PATH_INFO
         environ["myproxy.headers"] = list(self.head.fields)
         environ["myproxy.head_checked"] = True
-        if environ["wsgi.input"] is self.wsgi_input:        # not an upgrade: we read the body
-            self.wsgi_input = environ["wsgi.input"] = self.strict_input()
+        # Every body is read strictly, an upgrade request's too (pywsgi would hand it the
+        # raw reader): a tunnel then starts right after the body.
+        self.wsgi_input = environ["wsgi.input"] = self.strict_input()
+        environ["wsgi.input_terminated"] = True
+        environ["myproxy.take_connection"] = self.take_connection
         return environ
+
+    def take_connection(self):
+        """Hand the connection to an upgrade tunnel: return the socket and its reader.
+
+        The app then writes the response itself; this handler writes nothing more and
+        closes the connection once the app returns.
+        """
+        self.taken_over = True
+        self.close_connection = True
+        return self.socket, self.rfile
+
+    def process_result(self):
+        if not self.taken_over:
+            super().process_result()
 
     def start_response(self, status, headers, exc_info=None):
         code = int(status.split(" ", 1)[0])
@@ -109,6 +129,8 @@ class Handler(StrictConnection, WSGIHandler):
         if not issubclass(t, (UpstreamError, gevent.GreenletExit)):
             log.error("unhandled error serving %s %s", self.command, self.path,
                       exc_info=(t, v, tb))
+        if self.taken_over:
+            return       # the tunnel owns the connection: nothing more goes on it
         if isinstance(v, ProxyError) and not self.response_length:
             # The backend failed before a byte was sent: answer its status, not a 500.
             self.start_response(v.status_line, [("Content-Type", "text/plain; charset=utf-8"),
