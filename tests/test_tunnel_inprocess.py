@@ -83,6 +83,21 @@ def test_a_tunnel_counts_as_in_flight_for_its_backend_until_it_closes(serve):
         ws_backend.stop()
 
 
+def test_tunnels_go_where_the_policy_sends_them(serve):
+    ws_backends = [WebSocketBackend(name).start() for name in ("a", "b", "c")]
+    try:
+        urls = "".join(f"  - {backend.url}\n" for backend in ws_backends)
+        port = serve(create_app(parse(f"backends:\n{urls}", environ={})))
+        sockets = [websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=10)
+                   for _ in range(6)]
+        assert [ws.getheaders()["x-backend"] for ws in sockets] == ["a", "b", "c"] * 2
+        for ws in sockets:
+            ws.close()
+    finally:
+        for backend in ws_backends:
+            backend.stop()
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1: (certificate file, key file)."""
