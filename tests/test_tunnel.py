@@ -5,9 +5,7 @@ A real WebSocket backend (``tests.websocket_backend``) and a real WebSocket clie
 """
 import os
 import signal
-import sys
 
-import gevent
 import pytest
 import websocket
 import yaml
@@ -15,37 +13,15 @@ from gevent.pool import Pool
 
 from tests.backends import free_port, wait_until
 from tests.conftest import ProxyProcess, base_config
+from tests.servers import SERVERS, launch
 from tests.websocket_backend import CLOSE, WebSocketBackend
 from tests.wire import connect, read_response, request
 
-SERVERS = ["wsgi", "gunicorn"]
-GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-SIGTERM_SEEN = {"wsgi": "received SIGTERM", "gunicorn": "Handling signal: term"}
+SIGTERM_SEEN = {"wsgi.py": "received SIGTERM", "gunicorn": "Handling signal: term"}
 CLOSED = (websocket.WebSocketConnectionClosedException, ConnectionError)
 # The WebSocket backend shares this process with clients moving megabytes: keep active
 # health checks from taking it out while it is busy. Tunnels are what is tested here.
 NO_CHECKS = {"health_check": {"enabled": False}}
-
-
-def launch(server: str, config_path: str) -> ProxyProcess:
-    """The proxy under ``server``, accepting connections."""
-    if server == "wsgi":
-        return ProxyProcess([sys.executable, "wsgi.py", "--config", config_path]).wait_listening()
-    port = free_port()
-    process = ProxyProcess([GUNICORN, "-k", "gevent", "wsgi:application"],
-                           env={"MYPROXY_CONFIG": config_path, "PORT": str(port)})
-    process.wait_for(r"Booting worker")
-    process.port = port
-    assert wait_until(lambda: _accepts(port), timeout=10)
-    return process
-
-
-def _accepts(port: int) -> bool:
-    try:
-        connect(port, timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def open_ws(proxy, path="/chat") -> websocket.WebSocket:
@@ -235,6 +211,17 @@ def test_refused_backend_is_502(start, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
+def test_a_refused_handshake_is_retried_on_another_backend(start, ws_backend, server):
+    refused = f"http://127.0.0.1:{free_port()}"
+    proxy = start(server, base_config([refused, ws_backend.url], **NO_CHECKS))
+    sockets = [open_ws(proxy) for _ in range(4)]
+    assert {ws.getheaders()["x-backend"] for ws in sockets} == {"one"}
+    for ws in sockets:
+        ws.close()                 # the access line is written when a tunnel ends
+    assert f"tried={refused}(connect)," in proxy.wait_for(r"myproxy.access .*status=101.*").group(0)
+
+
+@pytest.mark.parametrize("server", SERVERS)
 def test_tunnel_outlives_the_read_timeout_and_closes_when_idle(start, ws_backend, server):
     proxy = start(server, base_config([ws_backend.url], **NO_CHECKS,
                                       timeouts={"read": "200ms", "tunnel_idle": "1s"}))
@@ -259,5 +246,25 @@ def test_sigterm_gives_a_tunnel_the_grace_period_then_closes_it(start, ws_backen
     with pytest.raises(CLOSED):
         ws.recv()                  # and is closed when it ends
     assert proxy.wait(timeout=15) == 0
-    if server == "wsgi":
+    if server == "wsgi.py":
         assert "closed_by=shutdown" in proxy.output
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_reload_leaves_open_tunnels_alone(start, write_config, ws_backend, server):
+    other = WebSocketBackend("two").start()
+    try:
+        proxy = start(server, base_config([ws_backend.url], **NO_CHECKS))
+        ws = open_ws(proxy)
+        assert ws.getheaders()["x-backend"] == "one"
+        write_config(base_config([other.url], **NO_CHECKS, timeouts={"tunnel_idle": "5s"}))
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for(r"config reloaded")
+        ws.send("after the reload")    # its backend is gone from the config: it carries on
+        assert ws.recv() == "after the reload"
+        fresh = open_ws(proxy)         # new tunnels follow the new list
+        assert fresh.getheaders()["x-backend"] == "two"
+        for client in (ws, fresh):
+            client.close()
+    finally:
+        other.stop()
