@@ -21,6 +21,7 @@ from urllib3 import HTTPHeaderDict
 from .balancer import Backend, Balancer, CheckResult
 from .config import ConfigHolder, HealthCheckConfig
 from .errors import UpstreamError
+from .logs import Fields
 from .upstream import Upstream
 
 log = logging.getLogger("myproxy.health")
@@ -86,13 +87,13 @@ class HealthChecker:
         if self._on_result is not None:
             self._on_result(backend, result)
         if transition == "down":
-            log.warning("backend down: backend=%s cause=%s after %d failed checks",
-                        backend.url, backend.last_error, backend.failures)
+            log.warning(Fields("backend down", backend=backend.url, cause=backend.last_error,
+                               failed_checks=backend.failures))
         elif transition == "up":
-            log.info("backend up: backend=%s after %d passed checks", backend.url, backend.passes)
+            log.info(Fields("backend up", backend=backend.url, passed_checks=backend.passes))
         elif transition == "ejected":       # up by its checks, still serving an ejection
-            log.info("backend passes checks: backend=%s returns when its ejection ends in %.1fs",
-                     backend.url, backend.ejection_left)
+            log.info(Fields("backend passes checks", backend=backend.url,
+                            returns_in_s=round(backend.ejection_left, 1)))
 
     def start(self) -> None:
         """Run rounds in a background greenlet: the first at once, then every interval."""

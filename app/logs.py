@@ -1,7 +1,15 @@
 """Logging set-up: one format for our own lines, whichever server runs the app.
 
-Owns the root handler and format (``text``: ``time level logger message``; ``json``: one
-object per line). It knows nothing of what is logged.
+Owns the root handler and the two formats: ``text`` (``time level logger message``, easy
+to grep) and ``json`` (one object per line, for log shippers). A line with structured data
+is logged as a ``Fields`` message::
+
+    log.warning(Fields("backend down", backend=url, cause=cause))
+
+Any formatter shows it as ``backend down: backend=URL cause="..."`` (values quoted when
+they hold spaces, quotes, ``=`` or control characters, so a line always splits into
+pairs and a client cannot forge one); the JSON format turns the fields into keys of the
+object instead. It knows nothing of what is logged.
 """
 from __future__ import annotations
 
@@ -10,9 +18,41 @@ import logging
 import sys
 import time
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class Fields:
+    """A log message made of a short text and ``key=value`` pairs, rendered only when shown."""
+
+    __slots__ = ("message", "fields")
+
+    def __init__(self, message: str = "", fields: dict | None = None, **more):
+        self.message = message
+        self.fields = {**fields, **more} if fields else more
+
+    def __str__(self) -> str:
+        pairs = render_fields(self.fields)
+        return f"{self.message}: {pairs}" if self.message else pairs
+
+
+def render_value(value) -> str:
+    """One value of a ``key=value`` pair, quoted and escaped when needed."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = value if isinstance(value, str) else str(value)
+    if text and text.isprintable() and " " not in text and '"' not in text and "=" not in text:
+        return text
+    return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
+def render_fields(fields: dict) -> str:
+    return " ".join(f"{key}={render_value(value)}" for key, value in fields.items())
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the traceback if any."""
+    """One JSON object per line: time, level, logger, message, the fields, and any traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -20,9 +60,14 @@ class JsonFormatter(logging.Formatter):
                     + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
+        if isinstance(record.msg, Fields):
+            if record.msg.message:
+                entry["message"] = record.msg.message
+            entry.update(record.msg.fields)
+        else:
+            entry["message"] = record.getMessage()
+        fields = getattr(record, "fields", None)      # also from a record's extra
         if fields:
             entry.update(fields)
         if record.exc_info:
@@ -33,10 +78,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "info", fmt: str = "text", stream=None) -> None:
     """Send the ``myproxy`` loggers to ``stream`` (stderr) at ``level`` in ``fmt``."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logger = logging.getLogger("myproxy")
     for old in list(logger.handlers):
         logger.removeHandler(old)
