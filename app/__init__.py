@@ -1,8 +1,10 @@
 """MyProxy: an HTTP/1.1 load balancer as a WSGI application.
 
 ``create_app(config)`` is the composition root: it builds every part and wires them, and
-starts nothing. The returned ``App`` is the WSGI callable; ``App.start()`` starts its
-background work (the health checker) and ``App.stop()`` stops it. Servers call those:
+starts nothing. The returned ``App`` is the WSGI callable: request log and metrics
+(``middleware``) around the admin surface (``admin``) around the proxy (``proxy``).
+``App.start()`` starts its background work (the health checker, and in multiprocess mode
+the gauge refresher) and ``App.stop()`` stops it. Servers call those:
 ``app.server`` under ``python wsgi.py``, ``gunicorn.conf.py`` in each worker.
 ``App.reload(config)`` applies a new config to the running parts (SIGHUP calls
 ``reload_file``).
@@ -14,6 +16,7 @@ or urllib3 imported there break HTTPS upstreams in every worker (STACK-FACTS 12)
 from __future__ import annotations
 
 import logging
+import os
 
 from gevent.lock import Semaphore
 
@@ -25,13 +28,14 @@ log = logging.getLogger("myproxy")
 class App:
     """The load balancer: a WSGI callable with a start/stop life cycle and live reload."""
 
-    def __init__(self, settings: ConfigHolder, balancer, upstream, health, wsgi):
+    def __init__(self, settings: ConfigHolder, balancer, upstream, health, metrics, wsgi=None):
         self.settings = settings
         self.balancer = balancer
         self.upstream = upstream
         self.health = health
+        self.metrics = metrics
         self._wsgi = wsgi
-        self.draining = False
+        self.draining = False      # set on SIGTERM: /_myproxy/health answers 503
         self.started = False
         # Reloads by result, for myproxy_config_reloads_total{result}.
         self.reloads = {"success": 0, "failure": 0}
@@ -49,11 +53,13 @@ class App:
         """Start background work; call once per process, after any fork."""
         self.started = True
         self.health.start()
+        self.metrics.start()
 
     def stop(self) -> None:
         """Stop background work and close upstream connections; safe to call twice."""
         self.started = False
         self.health.stop()
+        self.metrics.stop()
         self.upstream.close()
 
     def reload(self, new: Config) -> list[str]:
@@ -91,6 +97,7 @@ class App:
             configure_logging(new.log_level, new.log_format)
 
         self.reloads["success"] += 1
+        self.metrics.config_reloaded("success")
         log.info("config reloaded: %s%s", "; ".join(changed) or "no changes",
                  f" (not applied, needs a restart: {', '.join(kept)})" if kept else "")
         return changed
@@ -106,18 +113,26 @@ class App:
                 new = load(self.config.source)
             except ConfigError as error:
                 self.reloads["failure"] += 1
+                self.metrics.config_reloaded("failure")
                 log.error("config reload refused, the running config stays: %s", error)
                 return False
             self.reload(new)
             return True
 
 
-def create_app(config: Config, session=None) -> App:
-    """Build the load balancer described by ``config``. Starts nothing."""
+def create_app(config: Config, session=None, metrics_dir: str | None = None) -> App:
+    """Build the load balancer described by ``config``. Starts nothing.
+
+    ``metrics_dir`` (default ``$PROMETHEUS_MULTIPROC_DIR``) puts the metrics in
+    prometheus_client's multiprocess mode, so that gunicorn workers add up.
+    """
+    from .admin import Admin
     from .balancer import Backend, Balancer
     from .health import HealthChecker
+    from .metrics import Metrics
     from .middleware import RequestLog, ServerConnection
     from .proxy import Proxy
+    from .status import Status
     from .upstream import Upstream, make_session
 
     settings = ConfigHolder(config)
@@ -125,7 +140,12 @@ def create_app(config: Config, session=None) -> App:
     balancer = Balancer(backends, config.policy, slow_start=config.slow_start)
     pools = max(16, 2 * len(backends))
     upstream = Upstream(settings, session or make_session(pools=pools))
-    health = HealthChecker(balancer, settings, upstream)
+    metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    health = HealthChecker(balancer, settings, upstream, on_result=metrics.health_checked)
     proxy = Proxy(settings, balancer, upstream)
-    wsgi = ServerConnection(RequestLog(proxy, settings), send_timeout=config.timeouts.client_idle)
-    return App(settings, balancer, upstream, health, wsgi)
+    app = App(settings, balancer, upstream, health, metrics)
+    status = Status(settings, balancer, metrics, draining=lambda: app.draining)
+    admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
+    app._wsgi = ServerConnection(RequestLog(admin, settings, metrics),
+                                 send_timeout=config.timeouts.client_idle)
+    return app

@@ -140,6 +140,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     access_log: bool = True
+    server_timing: bool = True   # add a Server-Timing header naming the backend to responses
     admin: AdminConfig = AdminConfig()
     # Where the config came from, and where each effective value came from
     # ("file", "env NAME", "default"), for `--check` and the status page.
@@ -249,7 +250,11 @@ def _path(value: Any) -> str:
 
 
 def _admin_prefix(value: Any) -> str:
-    return _path(value).rstrip("/") or "/"
+    prefix = _path(value).rstrip("/")
+    if not prefix:
+        raise ValueError("must be a path below '/', such as /_myproxy: '/' would hide every "
+                         "request from the backends")
+    return prefix
 
 
 def _hash_key(value: Any) -> str:
@@ -329,7 +334,7 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "port": _port, "host": _string, "policy": _choice(*POLICIES), "hash_key": _hash_key,
     "slow_start": parse_duration, "shutdown_timeout": parse_duration,
     "log_level": _choice(*LOG_LEVELS), "log_format": _choice(*LOG_FORMATS),
-    "access_log": _boolean,
+    "access_log": _boolean, "server_timing": _boolean,
 }
 
 BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _boolean}

@@ -1,11 +1,16 @@
-"""WSGI middleware: request IDs, the access log, and connection control under gunicorn.
+"""WSGI middleware: request IDs, the access log, per-request metrics, Server-Timing, and
+connection control under gunicorn.
 
 ``RequestLog`` wraps any WSGI app. It gives each request an ``X-Request-ID`` (kept from a
-trusted proxy, otherwise generated), returns it to the client, and writes one access line
-when the response body is closed, reading what the proxy left in ``myproxy.*`` environ
-keys. Usage::
+trusted proxy, otherwise generated) and returns it to the client with a ``Server-Timing``
+header (upstream and total time to the response headers, and the backend's name). When
+the server closes the response body, it writes one access line and hands the outcome to
+``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
+``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``, ``myproxy.error`` and
+``myproxy.upstream_duration`` from the proxy, ``myproxy.admin`` from the admin surface
+(admin requests are logged but not counted as traffic). Usage::
 
-    app = RequestLog(proxy, settings)     # settings: the ConfigHolder of the config in force
+    app = RequestLog(proxy, settings, metrics)  # settings: the ConfigHolder of the config in force
 
 It knows nothing of backends beyond those keys.
 
@@ -20,14 +25,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .config import ConfigHolder, ForwardedConfig
+from .errors import UpstreamError
+from .logs import Fields
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("myproxy.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID = 200          # longer IDs from a trusted proxy are replaced
+SERVER_TIMING_HEADER = "Server-Timing"   # W3C Server Timing
 
 
 def new_request_id() -> str:
@@ -35,11 +46,12 @@ def new_request_id() -> str:
 
 
 class RequestLog:
-    """Assigns request IDs and logs one line per request."""
+    """Assigns request IDs, logs one line per request, and counts it."""
 
-    def __init__(self, app: Callable, settings: ConfigHolder):
+    def __init__(self, app: Callable, settings: ConfigHolder, metrics: "Metrics | None" = None):
         self.app = app
         self.settings = settings
+        self.metrics = metrics
 
     @property
     def forwarded(self) -> ForwardedConfig:
@@ -56,45 +68,74 @@ class RequestLog:
                 and self.forwarded.trusts(environ.get("REMOTE_ADDR", ""))):
             request_id = new_request_id()
         environ["myproxy.request_id"] = request_id
+        received = None
+        if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+            received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
         state = {"status": "-"}
+        timing = self.settings.config.server_timing
 
         def start(status: str, headers: list, exc_info=None):
             state["status"] = status.split(" ", 1)[0]
             headers.append((REQUEST_ID_HEADER, request_id))
+            if timing:
+                headers.append((SERVER_TIMING_HEADER, server_timing(environ, started)))
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start)
         if "myproxy.tunnel" in environ:
-            # An upgraded connection that has ended: log it now, and give the server its
-            # "already handled" marker unwrapped (app.handoff).
-            self.write(environ, state["status"], environ["myproxy.tunnel"], started)
+            # An upgraded connection that has ended: log and count it now, and give the server
+            # its "already handled" marker unwrapped (app.handoff).
+            self.finish(environ, state["status"], environ["myproxy.tunnel"],
+                        received.count if received is not None else 0, started, tunnel=True)
             return body
-        return _LoggedBody(body, self, environ, state, started)
+        return _LoggedBody(body, self, environ, state, started, received)
 
-    def write(self, environ: dict, status: str, sent: int, started: float) -> None:
+    def finish(self, environ: dict, status: str, sent: int, received: int, started: float,
+               tunnel: bool = False) -> None:
+        """Count and log one finished request (or tunnel: its life is no request latency)."""
+        duration = time.monotonic() - started
+        error = environ.get("myproxy.error")
+        admin = environ.get("myproxy.admin", False)
+        backend = environ.get("myproxy.backend")
+        tried = environ.get("myproxy.tried") or ()
+        if self.metrics is not None and not admin and status.isdigit():
+            self.metrics.observe(backend, int(status), None if tunnel else duration, tried,
+                                 error.kind if isinstance(error, UpstreamError) else None)
         if not self.enabled:
             return
-        error = environ.get("myproxy.error")
-        log.info(
-            "request_id=%s client=%s method=%s target=%s status=%s bytes=%d duration_ms=%.1f "
-            "backend=%s attempts=%s tried=%s%s",
-            environ["myproxy.request_id"], environ.get("REMOTE_ADDR", "-"),
-            environ.get("REQUEST_METHOD", "-"), _quote(target_of(environ)), status, sent,
-            (time.monotonic() - started) * 1000, environ.get("myproxy.backend", "-"),
-            environ.get("myproxy.attempts", 0), _tried(environ.get("myproxy.tried")),
-            f" error={error.kind}" if error is not None else "",
-        )
+        upstream = environ.get("myproxy.upstream_duration")
+        fields = {
+            "request_id": environ["myproxy.request_id"],
+            "client": environ.get("REMOTE_ADDR") or None,
+            "method": environ.get("REQUEST_METHOD"),
+            "target": target_of(environ),
+            "status": int(status) if status.isdigit() else None,
+            "bytes_in": received,
+            "bytes_out": sent,
+            "duration_ms": round(duration * 1000, 2),
+            "upstream_ms": round(upstream * 1000, 2) if upstream is not None else None,
+            "backend": backend,
+            "attempts": environ.get("myproxy.attempts", 0),
+            "tried": _tried(tried),
+        }
+        if error is not None:
+            fields["error"] = error.kind
+        if admin:
+            fields["admin"] = True
+        log.info(Fields("", fields))
 
 
 class _LoggedBody:
     """Passes the body through, counting bytes; logs when the server closes it."""
 
-    def __init__(self, body, owner: RequestLog, environ: dict, state: dict, started: float):
+    def __init__(self, body, owner: RequestLog, environ: dict, state: dict, started: float,
+                 received: "_CountingInput | None"):
         self._body = body
         self._owner = owner
         self._environ = environ
         self._state = state
         self._started = started
+        self._received = received
         self._sent = 0
 
     def __iter__(self):
@@ -108,12 +149,56 @@ class _LoggedBody:
             if close is not None:
                 close()
         finally:
-            self._owner.write(self._environ, self._state["status"], self._sent, self._started)
+            received = self._received.count if self._received is not None else 0
+            self._owner.finish(self._environ, self._state["status"], self._sent, received,
+                               self._started)
 
 
-def _tried(attempts) -> str:
-    """``url(why it failed),url`` for each backend tried, or ``-``."""
-    return ",".join(url + (f"({failure})" if failure else "") for url, failure in attempts or ()) or "-"
+class _CountingInput:
+    """``wsgi.input`` as the app reads it, counting the bytes of the request body."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.count = 0
+
+    def read(self, *args) -> bytes:
+        data = self._stream.read(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args) -> bytes:
+        data = self._stream.readline(*args)
+        self.count += len(data)
+        return data
+
+    def readlines(self, *args) -> list[bytes]:
+        lines = self._stream.readlines(*args)
+        self.count += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self):
+        for line in self._stream:
+            self.count += len(line)
+            yield line
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def server_timing(environ: dict, started: float) -> str:
+    """``upstream;dur=MS;desc="BACKEND", total;dur=MS``: times to the response headers."""
+    total = f"total;dur={(time.monotonic() - started) * 1000:.1f}"
+    upstream = environ.get("myproxy.upstream_duration")
+    backend = environ.get("myproxy.backend")
+    if upstream is None or backend is None:
+        return total
+    name = backend.replace("\\", "\\\\").replace('"', '\\"')
+    return f'upstream;dur={upstream * 1000:.1f};desc="{name}", {total}'
+
+
+def _tried(attempts) -> str | None:
+    """``url(why it failed),url`` for each backend tried, or None."""
+    return ",".join(url + (f"({failure})" if failure else "") for url, failure in attempts) or None
 
 
 def target_of(environ: dict) -> str:
@@ -122,13 +207,6 @@ def target_of(environ: dict) -> str:
         return raw
     query = environ.get("QUERY_STRING")
     return environ.get("PATH_INFO", "") + ("?" + query if query else "")
-
-
-def _quote(text: str) -> str:
-    """A log-safe rendering: quoted when it holds spaces, quotes or control characters."""
-    if text and text.isprintable() and " " not in text and '"' not in text:
-        return text
-    return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
 
 
 class CloseConnection(Exception):

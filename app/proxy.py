@@ -15,13 +15,16 @@ at all (origin-form target, framing, limits); the request body streams through
 puts the raw request target in ``RAW_URI`` and the header lines as received in
 ``myproxy.headers``; the proxy
 leaves ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
-per attempt: the error kind, ``"stale"`` for a keep-alive reconnect, None for the answer)
-and ``myproxy.error`` for the logging middleware. It knows nothing about sockets, signals or logging formats.
+per attempt: the error kind, ``"stale"`` for a keep-alive reconnect, None for the answer),
+``myproxy.upstream_duration`` (seconds from sending the last attempt to its response
+headers) and ``myproxy.error`` for the logging middleware and metrics. It knows nothing
+about sockets, signals or logging formats.
 """
 from __future__ import annotations
 
 import http
 import logging
+import time
 from typing import Callable, Iterator
 
 from urllib3 import HTTPHeaderDict
@@ -32,6 +35,7 @@ from .balancer import Backend, Balancer
 from .body import CHUNK_SIZE, request_body
 from .config import Config, ConfigHolder
 from .errors import ClientError, NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
+from .logs import Fields
 from .retry import ReplayableBody, RetryBudget, may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
 from .upstream import Upstream, classify
@@ -142,6 +146,7 @@ class Proxy:
             headers["Connection"], headers["Upgrade"] = "Upgrade", upgrade
         backend.in_flight += 1
         backend.requests += 1
+        sent_at = time.monotonic()
         try:
             send = self.tunnels.send if upgrade else self.upstream.send
             response = send(backend.origin, method, _upstream_target(backend, target),
@@ -153,6 +158,8 @@ class Proxy:
                 if not (error.stale or body.client_failed):
                     self._report(backend, error)
             raise
+        finally:
+            environ["myproxy.upstream_duration"] = time.monotonic() - sent_at
         self._report(backend, None)
         return response
 
@@ -161,10 +168,10 @@ class Proxy:
         failure = f"{error.kind}: {error.detail}" if error is not None else None
         transition = self.balancer.record_request(backend, failure, self.config.passive_health)
         if transition == "ejected":
-            log.warning("backend ejected: backend=%s for %.1fs cause=%s", backend.url,
-                        self.config.passive_health.eject_for, failure)
+            log.warning(Fields("backend ejected", backend=backend.url,
+                               eject_for_s=self.config.passive_health.eject_for, cause=failure))
         elif transition == "up":
-            log.info("backend up: backend=%s after a successful request", backend.url)
+            log.info(Fields("backend up", backend=backend.url, after="a request succeeded"))
 
     def _outbound_headers(self, environ: dict, backend: Backend) -> HTTPHeaderDict:
         """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID."""

@@ -50,15 +50,13 @@ class Traffic:
         self.by_class = {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
         self.upstream_errors: dict[str, int] = {}
 
-    def record(self, status: int, seconds: float, error_kind: str | None = None) -> None:
-        """One finished request: its status, how long it took, and the upstream error if any."""
+    def record(self, status: int, seconds: float | None) -> None:
+        """One finished request: its status and how long it took (None: not a latency)."""
         self.requests += 1
         failed = status >= 500
-        self.by_class[_CLASSES[status // 100] if 1 <= status // 100 <= 5 else "5xx"] += 1
+        self.by_class[_CLASSES.get(status // 100, "5xx")] += 1
         if failed:
             self.errors += 1
-        if error_kind is not None:
-            self.upstream_errors[error_kind] = self.upstream_errors.get(error_kind, 0) + 1
         now = int(self._clock())
         slot = self._slots[now % WINDOW]
         if slot.second != now:
@@ -66,6 +64,8 @@ class Traffic:
         slot.count += 1
         if failed:
             slot.errors += 1
+        if seconds is None:
+            return
         samples = slot.samples
         if len(samples) < SAMPLES_PER_SECOND:
             samples.append(seconds)
@@ -73,6 +73,10 @@ class Traffic:
             index = random.randrange(slot.count)
             if index < SAMPLES_PER_SECOND:
                 samples[index] = seconds
+
+    def upstream_error(self, kind: str) -> None:
+        """One failed attempt on this backend (a request may have more, with retries)."""
+        self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
 
     def snapshot(self) -> dict:
         """Totals, the window's rate, error rate and percentiles, and the per-second series."""

@@ -31,7 +31,9 @@ def test_window_latencies_and_counts_by_class():
     clock = Clock()
     traffic = Traffic(clock)
     for ms in range(1, 101):
-        traffic.record(200 if ms <= 90 else 502, ms / 1000, "reset" if ms > 98 else None)
+        traffic.record(200 if ms <= 90 else 502, ms / 1000)
+    traffic.upstream_error("reset")
+    traffic.upstream_error("reset")
     snapshot = traffic.snapshot()
     assert snapshot["requests"] == 100 and snapshot["errors"] == 10
     assert snapshot["responses"] == {"1xx": 0, "2xx": 90, "3xx": 0, "4xx": 0, "5xx": 10}

@@ -29,10 +29,10 @@ def test_access_log_line_per_request(start_proxy, backend):
     proxy = start_proxy(base_config([backend.url]))
     status, headers, _ = get(proxy.port, "/some/path?q=1")
     assert status == 200
-    line = proxy.wait_for(r"myproxy.access .*target=/some/path\?q=1.*").group(0)
+    line = proxy.wait_for(r'myproxy.access .*target="/some/path\?q=1".*').group(0)
     assert "method=GET" in line and "status=200" in line and f"backend={backend.url}" in line
     assert f"request_id={headers['x-request-id']}" in line
-    assert "bytes=" in line and "duration_ms=" in line
+    assert "bytes_in=0 bytes_out=12 " in line and "duration_ms=" in line and "upstream_ms=" in line
 
 
 def test_head_keeps_keep_alive_connections_in_sync(start_proxy, backend):

@@ -1,0 +1,133 @@
+"""Log formats, access lines, event lines and Server-Timing, from a real proxy process where it matters."""
+import json
+import logging
+import re
+
+import pytest
+
+from app.logs import TEXT_FORMAT, Fields, JsonFormatter
+from tests.backends import wait_until
+from tests.conftest import base_config
+from tests.wire import get, request
+
+
+def record(message, level=logging.INFO, **extra):
+    entry = logging.LogRecord("myproxy.test", level, __file__, 1, message, (), None)
+    entry.__dict__.update(extra)
+    return entry
+
+
+def text(message) -> str:
+    return logging.Formatter(TEXT_FORMAT).format(record(message))
+
+
+def test_text_lines_put_fields_after_the_message_as_key_value_pairs():
+    line = text(Fields("backend down", backend="http://h:1", cause='connection "refused"',
+                       target="/a?x=1", empty="", missing=None, count=3, flag=True))
+    assert line.endswith(' INFO myproxy.test backend down: backend=http://h:1 '
+                         'cause="connection \\"refused\\"" target="/a?x=1" empty="" missing=- '
+                         'count=3 flag=true')
+
+
+def test_text_access_lines_are_only_key_value_pairs():
+    assert text(Fields("", {"request_id": "abc", "status": 200})).endswith(
+        " INFO myproxy.test request_id=abc status=200")
+
+
+def test_text_values_cannot_forge_a_line():
+    line = text(Fields("", target="/x\nINFO fake=1"))
+    assert "\n" not in line and 'target="/x\\nINFO fake=1"' in line
+
+
+def test_any_handler_shows_the_fields(caplog):
+    with caplog.at_level(logging.INFO, logger="myproxy"):
+        logging.getLogger("myproxy.test").info(Fields("event", key="value"))
+    assert "event: key=value" in caplog.text
+
+
+def test_json_lines_merge_the_fields():
+    entry = json.loads(JsonFormatter().format(record(Fields("backend up", backend="http://h:1"))))
+    assert entry["message"] == "backend up" and entry["backend"] == "http://h:1"
+    assert entry["level"] == "info" and entry["logger"] == "myproxy.test"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", entry["time"])
+
+
+def test_json_keeps_plain_messages_and_extra_fields():
+    entry = json.loads(JsonFormatter().format(record("plain %s", fields={"k": 1})))
+    assert entry["message"] == "plain %s" and entry["k"] == 1
+
+
+def start_json_proxy(start_proxy, config):
+    """A proxy logging JSON (the start_proxy fixture waits for a text line)."""
+    proxy = start_proxy({**config, "log_format": "json"}, wait=False)
+    proxy.port = int(proxy.wait_for(r'"listening on http://[\d.]+:(\d+)').group(1))
+    return proxy
+
+
+def json_lines(proxy, logger):
+    entries = [json.loads(line) for line in proxy.lines if line.startswith("{")]
+    return [entry for entry in entries if entry["logger"] == logger]
+
+
+def test_json_access_line_has_every_field(start_proxy, backend):
+    proxy = start_json_proxy(start_proxy, base_config([backend.url]))
+    body = b"x" * 1000
+    status, headers, _ = request(proxy.port, b"POST /echo?q=1 HTTP/1.1\r\nHost: t\r\n"
+                                 b"Content-Length: 1000\r\nConnection: close\r\n\r\n" + body)
+    assert status == 200
+    assert wait_until(lambda: json_lines(proxy, "myproxy.access"), timeout=5)
+    entry = json_lines(proxy, "myproxy.access")[0]
+    assert entry["request_id"] == headers["x-request-id"]
+    assert (entry["client"], entry["method"], entry["target"], entry["status"]) == (
+        "127.0.0.1", "POST", "/echo?q=1", 200)
+    assert (entry["bytes_in"], entry["bytes_out"], entry["backend"], entry["attempts"]) == (
+        1000, 1000, backend.url, 1)
+    assert 0 < entry["upstream_ms"] <= entry["duration_ms"]
+    assert "time" in entry and "message" not in entry
+
+
+def test_json_events_are_lines_of_their_own(start_proxy, backend):
+    proxy = start_json_proxy(start_proxy, base_config([backend.url]))
+    backend.stop()
+    proxy.wait_for(r'"message": "backend down"', timeout=5)
+    down = [e for e in json_lines(proxy, "myproxy.health") if e.get("message") == "backend down"][0]
+    assert down["backend"] == backend.url and "refused" in down["cause"]
+    assert down["failed_checks"] == 2 and down["level"] == "warning"
+    assert any(e["message"].startswith("listening on") for e in json_lines(proxy, "myproxy.server"))
+
+
+def test_access_log_false_turns_access_lines_off_but_still_counts(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url], access_log=False))
+    for _ in range(3):
+        assert get(proxy.port, "/")[0] == 200
+    _, _, metrics = get(proxy.port, "/_myproxy/metrics")
+    assert f'myproxy_requests_total{{backend="{backend.url}",code="200"}} 3.0' in metrics.decode()
+    assert "myproxy.access" not in proxy.output
+
+
+def server_timing(header: str) -> dict:
+    metrics = {}
+    for part in header.split(","):
+        name, *params = [piece.strip() for piece in part.split(";")]
+        metrics[name] = dict(param.split("=", 1) for param in params)
+    return metrics
+
+
+def test_server_timing_names_the_backend_and_splits_the_time(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    _, headers, _ = get(proxy.port, "/slow?seconds=0.2")
+    timing = server_timing(headers["server-timing"])
+    assert timing["upstream"]["desc"] == f'"{backend.url}"'
+    assert 200 <= float(timing["upstream"]["dur"]) <= float(timing["total"]["dur"])
+
+
+def test_server_timing_without_a_backend_has_the_total_only(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url]))
+    _, headers, _ = get(proxy.port, "/_myproxy/health")
+    assert list(server_timing(headers["server-timing"])) == ["total"]
+
+
+def test_server_timing_false_leaves_the_header_out(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url], server_timing=False))
+    status, headers, _ = get(proxy.port, "/")
+    assert status == 200 and "server-timing" not in headers
