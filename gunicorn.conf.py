@@ -18,16 +18,29 @@ Signals, handled as under ``python wsgi.py``:
 - SIGTERM: each worker marks the app draining at once (``/_myproxy/health`` answers 503),
   stops accepting, closes idle keep-alive connections, and lets in-flight requests finish
   within ``graceful_timeout`` (``app/gunicorn_worker.py``).
+
+Metrics add up across workers: every worker writes its counters to files in
+``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode; a fresh temporary
+directory, removed at exit, unless you set one), and a scrape of any worker reads them all.
+The variable must be set before anything imports prometheus_client, so it comes first.
 """
+import glob
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
-from gunicorn.glogging import Logger
+_OWNED = "MYPROXY_METRICS_DIR_OWNED"       # the directory below is ours to remove
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_OWNED] = tempfile.mkdtemp(
+        prefix="myproxy-metrics-")
 
-from app.config import ConfigError, load
-from app.middleware import CloseConnection
+from gunicorn.glogging import Logger  # noqa: E402
+
+from app.config import ConfigError, load  # noqa: E402
+from app.middleware import CloseConnection  # noqa: E402
 
 try:
     _config = load()
@@ -76,12 +89,29 @@ logger_class = _Logger
 
 
 def on_starting(server):
-    """In the master: SIGHUP reloads the config inside each worker instead of replacing them."""
+    """In the master: SIGHUP reloads the config inside each worker instead of replacing them;
+    metrics count from zero (what an earlier run left in the directory is cleared)."""
     def reload_in_workers():
         server.log.info("Hang up: each worker reloads the MyProxy config (workers are kept)")
         server.kill_workers(signal.SIGHUP)
 
     server.handle_hup = reload_in_workers
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
+        os.remove(stale)
+    server.log.info("metrics of all workers add up in %s", metrics_dir)
+
+
+def child_exit(server, worker):
+    """A worker is gone: its gauges stop counting (its counters keep their totals)."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory if it is the temporary one made above."""
+    if os.environ.get(_OWNED) == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(os.environ[_OWNED], ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -74,10 +74,14 @@ def test_image_command_serves_with_the_shipped_config_and_its_healthcheck_passes
     assert process.proc.returncode == 0
 
 
-def test_procfile_runs_gunicorn_with_settings_that_finish_inside_a_paas_30_seconds(monkeypatch):
+def test_procfile_runs_gunicorn_with_settings_that_finish_inside_a_paas_30_seconds(monkeypatch,
+                                                                                  tmp_path):
     with open(os.path.join(ROOT, "Procfile")) as procfile:
         assert procfile.read().strip() == "web: gunicorn -k gevent wsgi:application"
     monkeypatch.chdir(ROOT)
+    # gunicorn.conf.py would otherwise make a metrics directory and put it in this
+    # process's environment, switching later apps in the test run to multiprocess metrics.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("PORT", "5999")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.delenv("MYPROXY_CONFIG", raising=False)

@@ -1,4 +1,5 @@
 """The same app under gunicorn, started with the Procfile's ``web`` command, over real sockets."""
+import json
 import os
 import shlex
 import signal
@@ -6,6 +7,7 @@ import sys
 
 import gevent
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import free_port, wait_until
 from tests.conftest import ROOT, ProxyProcess, base_config
@@ -147,3 +149,27 @@ def test_gunicorn_refuses_a_bad_config_at_start(write_config):
     assert f"myproxy: config error: {path}:3:1: prot: unknown key (did you mean `port`?)" \
         in process.output
     assert "Booting worker" not in process.output
+
+
+def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
+    proxy = start_gunicorn(base_config([backend.url]), workers=2)
+    metrics_dir = proxy.wait_for(r"metrics of all workers add up in (\S+)").group(1)
+    # Send until both workers have served some of the requests (each /status is one worker's view).
+    served, sent = {}, 0
+    while sum(1 for count in served.values() if count) < 2 and sent < 400:
+        for _ in range(10):
+            assert get(proxy.port, "/")[0] == 200
+            sent += 1
+        for _ in range(4):
+            document = json.loads(get(proxy.port, "/_myproxy/status")[2])
+            served[document["pid"]] = document["backends"][0]["requests"]
+    assert len(served) == 2 and all(served.values()), served
+    for _ in range(4):                       # whichever worker answers the scrape
+        text = get(proxy.port, "/_myproxy/metrics")[2].decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("myproxy_requests_total", (("backend", backend.url), ("code", "200")))] == sent
+        assert samples[("myproxy_backend_up", (("backend", backend.url),))] == 1
+        assert samples[("myproxy_backend_in_flight", (("backend", backend.url),))] == 0
+    proxy.stop()
+    assert not os.path.exists(metrics_dir)
