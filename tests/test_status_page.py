@@ -1,0 +1,42 @@
+"""The live status page in a real headless Chromium, served by a running proxy."""
+import json
+
+import pytest
+
+from tests.browser import CHROMIUM, Browser
+from tests.conftest import base_config
+from tests.wire import get
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium; .ci/run does)")
+
+
+def row(url: str) -> str:
+    return f"document.querySelector('.row[data-backend={json.dumps(url)}]')"
+
+
+def test_the_page_shows_a_stopped_backend_down_without_reloading(start_proxy, backends, tmp_path):
+    proxy = start_proxy(base_config(b.url for b in backends))
+    for _ in range(6):
+        get(proxy.port, "/")
+    victim = backends[1]
+    with Browser(tmp_path) as browser:
+        page = browser.open(proxy.url + "/_myproxy/")
+        page.wait_for("document.querySelectorAll('.row[data-state=\"up\"]').length === 3")
+        assert page.evaluate("document.getElementById('overall').textContent") == "3 of 3 up"
+        assert page.evaluate(f"{row(backends[0].url)}.querySelector('.checks i') !== null")
+        page.evaluate("window.notReloaded = true")
+
+        victim.stop()
+        page.wait_for(f"{row(victim.url)}.dataset.state === 'down'", timeout=5)
+        assert page.evaluate("window.notReloaded") is True
+        assert "refused" in page.evaluate(f"{row(victim.url)}.querySelector('.why').textContent")
+        assert page.evaluate(f"{row(victim.url)}.querySelector('.checks i.fail') !== null")
+        assert page.evaluate("document.getElementById('overall').textContent") == "2 of 3 up"
+        # Everything the page loaded came from the proxy itself.
+        origins = page.evaluate("performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+        assert origins and set(origins) == {proxy.url}
+
+        victim.start()
+        page.wait_for(f"{row(victim.url)}.dataset.state === 'up'", timeout=5)
+        page.close()
