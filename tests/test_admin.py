@@ -6,7 +6,7 @@ import pytest
 from webtest import TestApp
 
 from app import create_app
-from app.config import parse
+from app.config import ConfigError, parse
 from tests.scripted import ScriptedBackend
 
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
@@ -186,3 +186,8 @@ def test_status_shows_a_backend_ejected_for_failed_requests(backend):
         assert f'myproxy_backend_up{{backend="{bad.url}"}} 0.0' in metrics
     finally:
         bad.stop()
+
+
+def test_a_prefix_of_slash_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"admin\.prefix: must be a path below '/'"):
+        parse("backends:\n  - http://h:1\nadmin:\n  prefix: /\n", environ={})
