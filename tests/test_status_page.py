@@ -40,3 +40,15 @@ def test_the_page_shows_a_stopped_backend_down_without_reloading(start_proxy, ba
         victim.start()
         page.wait_for(f"{row(victim.url)}.dataset.state === 'up'", timeout=5)
         page.close()
+
+
+def test_with_a_token_a_browser_logs_in_with_basic_and_the_page_updates(start_proxy, backends, tmp_path):
+    proxy = start_proxy(base_config((b.url for b in backends), admin={"token": "s3cret"}))
+    with Browser(tmp_path) as browser:
+        # As after the browser's login prompt: the page's own requests must carry the credentials.
+        page = browser.open(f"http://admin:s3cret@127.0.0.1:{proxy.port}/_myproxy/")
+        page.wait_for("document.querySelectorAll('.row[data-state=\"up\"]').length === 3")
+        first = page.evaluate("document.getElementById('live').textContent")
+        page.wait_for(f"document.getElementById('live').textContent !== {json.dumps(first)}", timeout=5)
+        assert page.evaluate("document.getElementById('error').style.display") != "block"
+        page.close()
