@@ -151,14 +151,15 @@ class Metrics:
             previous = failure
         if error_kind is not None and tried and tried[-1][1] is None:
             url = tried[-1][0]
-            self._upstream_error(self._series.get(url) or self.series(url), url, error_kind)
+            self._upstream_error(self._series.get(url) or self.series(url), url, error_kind,
+                                 answered=True)
 
-    def _upstream_error(self, series: _Series, url: str, kind: str) -> None:
+    def _upstream_error(self, series: _Series, url: str, kind: str, answered: bool = False) -> None:
         errors = series.errors.get(kind)
         if errors is None:
             errors = series.errors[kind] = self.upstream_errors.labels(url, kind)
         errors.inc()
-        series.traffic.upstream_error(kind)
+        series.traffic.upstream_error(kind, answered)
 
     def health_checked(self, backend: Backend, result: CheckResult) -> None:
         """Count one active health check (the ``HealthChecker``'s ``on_result``)."""

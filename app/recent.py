@@ -1,8 +1,9 @@
 """Recent traffic per backend: what the status page shows, over a sliding window of seconds.
 
 A ``Traffic`` keeps, for one backend, totals since start (responses by status class,
-upstream errors by kind) and one slot per second for the last ``WINDOW`` seconds (request
-count, error count, and a bounded sample of latencies). From those it reports the request
+upstream errors by kind) and one slot per second for the last ``WINDOW`` seconds (attempts,
+errors, and a bounded sample of latencies). In the window, an attempt is an answer or a
+failed attempt, and an error is a 5xx answer or a failed attempt. From those it reports the request
 rate, the error rate, latency percentiles, and a per-second series for a sparkline.
 
 Recording is a few integer operations and a list append, so it can sit on every request.
@@ -57,10 +58,7 @@ class Traffic:
         self.by_class[_CLASSES.get(status // 100, "5xx")] += 1
         if failed:
             self.errors += 1
-        now = int(self._clock())
-        slot = self._slots[now % WINDOW]
-        if slot.second != now:
-            slot.reset(now)
+        slot = self._current()
         slot.count += 1
         if failed:
             slot.errors += 1
@@ -74,9 +72,25 @@ class Traffic:
             if index < SAMPLES_PER_SECOND:
                 samples[index] = seconds
 
-    def upstream_error(self, kind: str) -> None:
-        """One failed attempt on this backend (a request may have more, with retries)."""
+    def upstream_error(self, kind: str, answered: bool = False) -> None:
+        """One failed attempt on this backend (a request may have more, with retries).
+
+        In the window it is an attempt and an error, so a backend that fails while
+        retries hide it from clients still shows its error rate; ``answered`` says the
+        attempt was already counted by ``record`` (the body broke off after the answer).
+        """
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
+        slot = self._current()
+        if not answered:
+            slot.count += 1
+        slot.errors += 1
+
+    def _current(self) -> _Second:
+        now = int(self._clock())
+        slot = self._slots[now % WINDOW]
+        if slot.second != now:
+            slot.reset(now)
+        return slot
 
     def snapshot(self) -> dict:
         """Totals, the window's rate, error rate and percentiles, and the per-second series."""

@@ -191,3 +191,9 @@ def test_status_shows_a_backend_ejected_for_failed_requests(backend):
 def test_a_prefix_of_slash_is_a_config_error():
     with pytest.raises(ConfigError, match=r"admin\.prefix: must be a path below '/'"):
         parse("backends:\n  - http://h:1\nadmin:\n  prefix: /\n", environ={})
+
+
+def test_status_shows_a_backend_with_weight_0_drained(backends):
+    client = client_of(make_app([backends[0].url], f"  - url: {backends[1].url}\n    weight: 0\n"))
+    states = [b["state"] for b in client.get("/_myproxy/status").json["backends"]]
+    assert states == ["up", "drained"]

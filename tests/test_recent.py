@@ -32,12 +32,10 @@ def test_window_latencies_and_counts_by_class():
     traffic = Traffic(clock)
     for ms in range(1, 101):
         traffic.record(200 if ms <= 90 else 502, ms / 1000)
-    traffic.upstream_error("reset")
-    traffic.upstream_error("reset")
     snapshot = traffic.snapshot()
     assert snapshot["requests"] == 100 and snapshot["errors"] == 10
     assert snapshot["responses"] == {"1xx": 0, "2xx": 90, "3xx": 0, "4xx": 0, "5xx": 10}
-    assert snapshot["upstream_errors"] == {"reset": 2}
+    assert snapshot["upstream_errors"] == {}
     window = snapshot["window"]
     assert window["latency_ms"] == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
     assert (window["requests"], window["errors"], window["error_rate"]) == (100, 10, 0.1)
@@ -91,3 +89,16 @@ def test_a_busy_second_keeps_a_bounded_sample_but_its_true_count():
     snapshot = traffic.snapshot()
     assert snapshot["window"]["requests"] == SAMPLES_PER_SECOND * 10
     assert snapshot["window"]["latency_ms"]["p50"] == 1.0
+
+
+def test_failed_attempts_count_as_errors_in_the_window():
+    traffic = Traffic(Clock())
+    traffic.record(200, 0.001)
+    traffic.upstream_error("connect")            # failed, retried elsewhere
+    traffic.record(200, 0.001)
+    traffic.upstream_error("reset", answered=True)   # the body broke off
+    snapshot = traffic.snapshot()
+    assert (snapshot["requests"], snapshot["errors"]) == (2, 0)     # answers, 5xx answers
+    assert snapshot["upstream_errors"] == {"connect": 1, "reset": 1}
+    window = snapshot["window"]
+    assert (window["requests"], window["errors"], window["error_rate"]) == (3, 2, round(2 / 3, 4))
