@@ -46,6 +46,8 @@ try:
     _config = load()
 except ConfigError as _error:
     print(f"myproxy: config error: {_error}", file=sys.stderr)
+    if os.environ.get(_OWNED):
+        shutil.rmtree(os.environ[_OWNED], ignore_errors=True)     # no on_exit hook will run
     sys.exit(1)
 
 bind = [f"{_config.host}:{_config.port}"]          # the config's port is $PORT when set

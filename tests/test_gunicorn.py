@@ -141,14 +141,17 @@ def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backe
     assert "MonkeyPatchWarning" not in proxy.output
 
 
-def test_gunicorn_refuses_a_bad_config_at_start(write_config):
+def test_gunicorn_refuses_a_bad_config_at_start(write_config, tmp_path):
     path = write_config("backends:\n  - http://127.0.0.1:1\nprot: 1\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
     process = ProxyProcess(procfile_web_command(), env={"MYPROXY_CONFIG": path,
-                                                        "PORT": str(free_port())})
+                                                        "PORT": str(free_port()), "TMPDIR": str(temp)})
     assert process.wait(timeout=15) != 0
     assert f"myproxy: config error: {path}:3:1: prot: unknown key (did you mean `port`?)" \
         in process.output
     assert "Booting worker" not in process.output
+    assert list(temp.iterdir()) == []        # the metrics directory it made is gone too
 
 
 def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
