@@ -1,0 +1,99 @@
+"""Configuration texts for the benchmark's servers: pure functions, no I/O.
+
+Each balancer gets one process (or one thread) of work and the product's usual defaults,
+with keep-alive to the backends, so the comparison is one core's worth of each. Knows
+nothing of how the servers are started.
+"""
+from __future__ import annotations
+
+# The static files every backend serves: URL path -> size in bytes.
+FILES = {"/100b": 100, "/64k": 64 * 1024, "/1m": 1024 * 1024}
+HEALTH_PATH = "/100b"
+
+# nginx closes a keep-alive connection after 1,000 requests by default; neither HAProxy nor
+# MyProxy does, so lift it for a like-for-like comparison.
+KEEPALIVE_REQUESTS = 1_000_000
+UPSTREAM_KEEPALIVE = 100      # idle backend connections each balancer may keep (MyProxy: per backend)
+# nginx's default proxy_buffers (8 x 4 KiB) move a 1 MiB body 4 KiB at a time, at 2-3 ms of
+# CPU a request here, slower than HAProxy's defaults by 3x: no yardstick. 16 x 64 KiB is the
+# usual tuning for large responses.
+NGINX_PROXY_BUFFERS = "proxy_buffers 16 64k;\n      proxy_busy_buffers_size 128k;"
+
+_NGINX_COMMON = """\
+worker_processes 1;
+daemon off;
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}-error.log warn;
+events {{ worker_connections {worker_connections}; }}
+"""
+
+_NGINX_TEMP = """\
+  client_body_temp_path {workdir}/{name}-tmp/body;
+  proxy_temp_path {workdir}/{name}-tmp/proxy;
+  fastcgi_temp_path {workdir}/{name}-tmp/fastcgi;
+  uwsgi_temp_path {workdir}/{name}-tmp/uwsgi;
+  scgi_temp_path {workdir}/{name}-tmp/scgi;
+"""
+
+
+def nginx_backends(workdir: str, root: str, ports: list[int]) -> str:
+    """One nginx (one worker) serving ``root``'s files on each of ``ports``."""
+    name = "backend-nginx"
+    servers = "".join(f"  server {{ listen 127.0.0.1:{port}; root {root}; }}\n" for port in ports)
+    return (_NGINX_COMMON.format(workdir=workdir, name=name, worker_connections=8192)
+            + "http {\n"
+            + "  access_log off;\n  sendfile on;\n  tcp_nodelay on;\n"
+            + "  default_type application/octet-stream;\n"
+            + f"  keepalive_requests {KEEPALIVE_REQUESTS};\n  keepalive_timeout 300s;\n"
+            + _NGINX_TEMP.format(workdir=workdir, name=name)
+            + servers + "}\n")
+
+
+def nginx_balancer(workdir: str, port: int, backends: list[str]) -> str:
+    """nginx as a round-robin balancer (one worker), HTTP/1.1 keep-alive to the backends,
+    its default access log on (to a file), buffers sized for large responses."""
+    name = "nginx-lb"
+    upstreams = "".join(f"    server {url.split('://', 1)[1]};\n" for url in backends)
+    return (_NGINX_COMMON.format(workdir=workdir, name=name, worker_connections=20000)
+            + "http {\n"
+            + f"  access_log {workdir}/{name}-access.log;\n"
+            + f"  keepalive_requests {KEEPALIVE_REQUESTS};\n  keepalive_timeout 300s;\n"
+            + _NGINX_TEMP.format(workdir=workdir, name=name)
+            + "  upstream backends {\n" + upstreams
+            + f"    keepalive {UPSTREAM_KEEPALIVE};\n"
+            + f"    keepalive_requests {KEEPALIVE_REQUESTS};\n  }}\n"
+            + f"  server {{\n    listen 127.0.0.1:{port};\n"
+            + "    location / {\n      proxy_pass http://backends;\n"
+            + "      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n"
+            + f"      {NGINX_PROXY_BUFFERS}\n"
+            + "    }\n  }\n}\n")
+
+
+def haproxy_balancer(port: int, backends: list[str]) -> str:
+    """HAProxy as a round-robin balancer (one thread), keep-alive both sides, no logging
+    (its default without a syslog target)."""
+    servers = "".join(f"  server b{index} {url.split('://', 1)[1]}\n"
+                      for index, url in enumerate(backends))
+    return ("global\n  nbthread 1\n  maxconn 5000\n\n"
+            "defaults\n  mode http\n  option http-keep-alive\n"
+            "  timeout connect 3s\n  timeout client 60s\n  timeout server 30s\n"
+            "  timeout http-keep-alive 300s\n\n"
+            f"frontend bench\n  bind 127.0.0.1:{port}\n  default_backend backends\n\n"
+            "backend backends\n  balance roundrobin\n  http-reuse safe\n" + servers)
+
+
+def myproxy(port: int, backends: list[str], **overrides) -> dict:
+    """A MyProxy config: the product's defaults, on loopback, health checks on a file the
+    backends serve. ``overrides`` replace top-level keys (sections merge)."""
+    config = {
+        "host": "127.0.0.1",
+        "port": port,
+        "backends": list(backends),
+        "health_check": {"path": HEALTH_PATH},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config

@@ -1,0 +1,140 @@
+"""The servers under test: backends, MyProxy (standalone and under gunicorn), nginx, HAProxy.
+
+Each ``start_*`` function writes its config into the work directory, starts the server
+through the ``Supervisor`` (which stops it later), waits until it serves, and returns a
+``Contender``: the URL to load and the process whose CPU and memory are measured.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from . import configs
+from .processes import Process, Supervisor, free_port, wait_serving
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class Contender:
+    name: str            # short id used in results: direct, nginx, haproxy, myproxy, ...
+    description: str
+    url: str             # base URL, without a path
+    process: Process     # measured: this process and its descendants
+
+
+def find_tool(name: str, *candidates: str) -> str | None:
+    """The path of a program, from ``candidates`` or ``PATH``; None when not installed."""
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which(name)
+
+
+def tool_version(path: str, flag: str = "-v") -> str:
+    result = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
+    text = (result.stdout + result.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def write_files(root: str) -> None:
+    """The static files of ``configs.FILES``, readable by nginx's unprivileged workers."""
+    os.makedirs(root, exist_ok=True)
+    for path, size in configs.FILES.items():
+        with open(os.path.join(root, path.lstrip("/")), "wb") as handle:
+            handle.write((b"0123456789abcdef" * (size // 16 + 1))[:size])
+
+
+def start_backends(sup: Supervisor, workdir: str, nginx: str | None,
+                   count: int = 3) -> tuple[list[str], Contender]:
+    """``count`` backends on loopback: nginx (one worker, every port) when installed,
+    else the built-in gevent backend. Returns their URLs and the backend as a contender
+    (``direct``: wrk straight at the first backend, the ceiling)."""
+    root = os.path.join(workdir, "www")
+    write_files(root)
+    ports = [free_port() for _ in range(count)]
+    if nginx:
+        os.makedirs(os.path.join(workdir, "backend-nginx-tmp"), exist_ok=True)
+        conf = _write(workdir, "backend-nginx.conf", configs.nginx_backends(workdir, root, ports))
+        process = sup.start("backend-nginx", [nginx, "-e", os.path.join(workdir, "backend-nginx-error.log"),
+                                               "-p", workdir, "-c", conf])
+        what = "wrk straight at one nginx backend (the ceiling)"
+    else:
+        process = start_builtin_backend(sup, root, ports)
+        what = "wrk straight at one built-in backend (the ceiling)"
+    for port in ports:
+        wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    return urls, Contender("direct", what, urls[0], process)
+
+
+def start_builtin_backend(sup: Supervisor, root: str, ports: list[int],
+                          name: str = "backend-builtin") -> Process:
+    return sup.start(name, [sys.executable, "-m", "bench.backend", "--root", root,
+                            *map(str, ports)], cwd=ROOT)
+
+
+def start_nginx(sup: Supervisor, workdir: str, nginx: str, backends: list[str]) -> Contender:
+    port = free_port()
+    os.makedirs(os.path.join(workdir, "nginx-lb-tmp"), exist_ok=True)
+    conf = _write(workdir, "nginx-lb.conf", configs.nginx_balancer(workdir, port, backends))
+    process = sup.start("nginx-lb", [nginx, "-e", os.path.join(workdir, "nginx-lb-error.log"),
+                                     "-p", workdir, "-c", conf])
+    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
+    return Contender("nginx", "nginx, 1 worker, round-robin, upstream keep-alive",
+                     f"http://127.0.0.1:{port}", process)
+
+
+def start_haproxy(sup: Supervisor, workdir: str, haproxy: str, backends: list[str]) -> Contender:
+    port = free_port()
+    conf = _write(workdir, "haproxy.cfg", configs.haproxy_balancer(port, backends))
+    process = sup.start("haproxy", [haproxy, "-db", "-f", conf])
+    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
+    return Contender("haproxy", "HAProxy, 1 thread, roundrobin, http-reuse safe",
+                     f"http://127.0.0.1:{port}", process)
+
+
+def start_myproxy(sup: Supervisor, workdir: str, backends: list[str], name: str = "myproxy",
+                  **overrides) -> Contender:
+    """``python wsgi.py --config FILE``: one process."""
+    port = free_port()
+    path = _write(workdir, f"{name}.yaml",
+                  yaml.safe_dump(configs.myproxy(port, backends, **overrides)))
+    process = sup.start(name, [sys.executable, "wsgi.py", "--config", path], cwd=ROOT,
+                        env=_env())
+    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
+    return Contender(name, "MyProxy, python wsgi.py (pywsgi), 1 process",
+                     f"http://127.0.0.1:{port}", process)
+
+
+def start_gunicorn(sup: Supervisor, workdir: str, backends: list[str],
+                   name: str = "myproxy-gunicorn") -> Contender:
+    """``gunicorn -k gevent wsgi:application`` with one worker (measured with its master)."""
+    port = free_port()
+    path = _write(workdir, f"{name}.yaml", yaml.safe_dump(configs.myproxy(port, backends)))
+    env = _env(MYPROXY_CONFIG=path, PORT=str(port), WEB_CONCURRENCY="1")
+    process = sup.start(name, [sys.executable, "-m", "gunicorn", "-k", "gevent",
+                               "wsgi:application"], cwd=ROOT, env=env)
+    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
+    return Contender(name, "MyProxy, gunicorn -k gevent, 1 worker",
+                     f"http://127.0.0.1:{port}", process)
+
+
+def _env(**extra: str) -> dict:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PORT", "MYPROXY_CONFIG", "MYPROXY_BACKENDS", "WEB_CONCURRENCY")}
+    env.update(extra)
+    return env
+
+
+def _write(workdir: str, name: str, text: str) -> str:
+    path = os.path.join(workdir, name)
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path

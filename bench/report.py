@@ -1,0 +1,151 @@
+"""Summarising measurements and rendering them: medians, ratios to nginx, targets, Markdown.
+
+Pure functions over plain dicts (the same dicts the JSON file holds): no I/O, no clocks.
+A *record* is one wrk run of one contender on one path at one concurrency; a *row* is the
+summary of the records of one contender in one such cell.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+BASELINE = "nginx"                  # ratios are to this contender, in the same run
+MYPROXY_NAMES = ("myproxy", "myproxy-gunicorn")
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """One row per (path, connections, contender), in the order cells were first measured:
+    medians of req/s, latency and CPU per request over the rounds, errors summed, the
+    highest peak RSS, and req/s and CPU relative to nginx's medians in the same cell."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["path"], record["connections"], record["contender"]),
+                          []).append(record)
+    rows = []
+    for (path, connections, contender), runs in groups.items():
+        rows.append({
+            "path": path, "connections": connections, "contender": contender,
+            "runs": len(runs),
+            "rps": statistics.median(r["rps"] for r in runs),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "cpu_us": statistics.median(r["cpu_us_per_request"] for r in runs),
+            "peak_rss_mib": max(r["peak_rss_bytes"] for r in runs) / MIB,
+        })
+    baseline = {(row["path"], row["connections"]): row for row in rows
+                if row["contender"] == BASELINE}
+    for row in rows:
+        base = baseline.get((row["path"], row["connections"]))
+        row["rps_vs_nginx"] = row["rps"] / base["rps"] if base and base["rps"] else None
+        row["cpu_vs_nginx"] = row["cpu_us"] / base["cpu_us"] if base and base["cpu_us"] else None
+    order = {cell: index for index, cell in enumerate(dict.fromkeys(
+        (r["path"], r["connections"]) for r in records))}
+    contenders = list(dict.fromkeys(r["contender"] for r in records))
+    rows.sort(key=lambda row: (order[(row["path"], row["connections"])],
+                               contenders.index(row["contender"])))
+    return rows
+
+
+@dataclass(frozen=True)
+class Target:
+    measure: str
+    goal: str
+    results: dict            # contender -> (text, met: bool | None)
+
+
+def targets(rows: list[dict]) -> list[Target]:
+    """The issue's throughput and latency targets, checked for each MyProxy contender."""
+    def row(contender, path, connections):
+        return next((r for r in rows if (r["contender"], r["path"], r["connections"])
+                     == (contender, path, connections)), None)
+
+    present = [name for name in MYPROXY_NAMES if any(r["contender"] == name for r in rows)]
+    checks = [
+        ("CPU per proxied request, 100 B, c=50", "<= 200 us",
+         lambda name: _check(row(name, "/100b", 50), "cpu_us", lambda v: v <= 200, "{:.0f} us")),
+        ("p99 latency at c=500, 100 B", "<= 100 ms",
+         lambda name: _check(row(name, "/100b", 500), "p99_ms", lambda v: v <= 100, "{:.1f} ms")),
+        ("1 MiB responses, req/s vs nginx", ">= 0.8 x",
+         lambda name: _check(row(name, "/1m", 50), "rps_vs_nginx", lambda v: v >= 0.8, "{:.2f} x")),
+        ("errors in every run", "0",
+         lambda name: _errors([r for r in rows if r["contender"] == name])),
+    ]
+    return [Target(measure, goal, {name: check(name) for name in present})
+            for measure, goal, check in checks]
+
+
+def _check(row, key, passes, fmt):
+    if row is None or row.get(key) is None:
+        return ("not measured", None)
+    return (fmt.format(row[key]), bool(passes(row[key])))
+
+
+def _errors(rows):
+    if not rows:
+        return ("not measured", None)
+    total = sum(r["errors"] for r in rows)
+    return (str(total), total == 0)
+
+
+def _number(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The results as one Markdown table, a group of rows per path and concurrency."""
+    lines = ["| path | c | contender | req/s | x nginx | p50 ms | p99 ms | errors | "
+             "CPU us/req | x nginx CPU | peak RSS MiB |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append("| " + " | ".join([
+            row["path"], str(row["connections"]), row["contender"],
+            _number(row["rps"], "{:,.0f}"), _number(row["rps_vs_nginx"], "{:.2f}"),
+            _number(row["p50_ms"], "{:.2f}"), _number(row["p99_ms"], "{:.2f}"),
+            str(row["errors"]), _number(row["cpu_us"], "{:.0f}"),
+            _number(row["cpu_vs_nginx"], "{:.1f}"), _number(row["peak_rss_mib"], "{:.1f}"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def targets_table(checked: list[Target]) -> str:
+    names = list(dict.fromkeys(name for target in checked for name in target.results))
+    lines = ["| measure | target | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for target in checked:
+        cells = []
+        for name in names:
+            text, met = target.results.get(name, ("-", None))
+            cells.append(text + ("" if met is None else " (met)" if met else " (NOT met)"))
+        lines.append(f"| {target.measure} | {target.goal} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_lines(meta: dict) -> str:
+    """A bullet list describing the machine and the run, from ``meta``."""
+    keys = [("machine", "machine"), ("software", "software"), ("run", "run"),
+            ("command", "command"), ("contenders", "contenders")]
+    lines = []
+    for key, label in keys:
+        value = meta.get(key)
+        if isinstance(value, dict):
+            value = "; ".join(f"{k}: {v}" for k, v in value.items())
+        if value:
+            lines.append(f"- {label}: {value}")
+    return "\n".join(lines)
+
+
+def render(meta: dict, rows: list[dict]) -> str:
+    """The whole Markdown report: the run, the results table, the targets."""
+    return "\n\n".join([
+        f"# MyProxy benchmark, {meta.get('started', '')}",
+        machine_lines(meta),
+        markdown_table(rows),
+        "Medians over the rounds; errors summed; CPU is the measured process tree's user+system "
+        "time over the run divided by the requests wrk completed; peak RSS is VmHWM summed over "
+        "the process tree. `direct` is wrk straight at one backend: its CPU and RSS are the "
+        "backend's.",
+        "## Targets (issue 7)",
+        targets_table(targets(rows)),
+    ]) + "\n"

@@ -1,0 +1,209 @@
+"""``python bench/run.py [--quick]``: MyProxy against nginx and HAProxy, on this machine.
+
+Starts three backends (nginx serving static files of 100 B, 64 KiB and 1 MiB; the
+built-in backend where nginx is not installed), MyProxy under ``python wsgi.py`` and under
+gunicorn, and, when installed, nginx and HAProxy as round-robin balancers over the same
+backends. Then, round after round, drives each with wrk (keep-alive): every path at c=50,
+and the 100 B path at c=1, 10, 100 and 500, the contenders interleaved in a rotating order
+so that drift on a shared machine touches them all alike. Writes a JSON file and a
+Markdown report to ``bench/results/`` and prints the report. Every process it starts is
+stopped by PID at the end, also on an error or Ctrl-C; every run is bounded in time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+if __package__ in (None, ""):   # run as a script: import `bench` from the repository root,
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # not bench/
+
+from bench import contenders, procfs, report, wrk  # noqa: E402
+from bench.processes import Supervisor, raise_fd_limit  # noqa: E402
+
+RESULTS = os.path.join(contenders.ROOT, "bench", "results")
+CELLS = (("/100b", 50), ("/64k", 50), ("/1m", 50),
+         ("/100b", 1), ("/100b", 10), ("/100b", 100), ("/100b", 500))
+FD_LIMIT = 20000
+
+
+@dataclass(frozen=True)
+class Mode:
+    rounds: int
+    duration: float       # seconds per wrk run
+    warmup: float         # seconds of load per contender before measuring
+
+
+MODES = {"full": Mode(rounds=3, duration=8.0, warmup=2.0),
+         "quick": Mode(rounds=1, duration=3.0, warmup=1.0)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one short round: about two minutes")
+    parser.add_argument("--rounds", type=int, help="rounds (default: 3, or 1 with --quick)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default: 8, or 3)")
+    parser.add_argument("--only", help="comma-separated contenders to run "
+                        "(direct,nginx,haproxy,myproxy,myproxy-gunicorn)")
+    parser.add_argument("--output", default=RESULTS, help="directory for the JSON and Markdown")
+    args = parser.parse_args(argv)
+    base = MODES["quick" if args.quick else "full"]
+    mode = Mode(args.rounds or base.rounds, args.duration or base.duration, base.warmup)
+
+    tools = {"wrk": contenders.find_tool("wrk", "/usr/bin/wrk"),
+             "nginx": contenders.find_tool("nginx", "/usr/sbin/nginx"),
+             "haproxy": contenders.find_tool("haproxy", "/usr/sbin/haproxy")}
+    if not tools["wrk"]:
+        print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    raise_fd_limit(FD_LIMIT)
+    only = set(args.only.split(",")) if args.only else None
+    meta = describe_run(tools, mode, argv if argv is not None else sys.argv[1:])
+    records: list[dict] = []
+    interrupted = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="myproxy-bench-") as workdir:
+            os.chmod(workdir, 0o755)               # nginx's workers run unprivileged
+            with Supervisor(workdir) as sup:
+                field = start_field(sup, workdir, tools, only)
+                meta["contenders"] = {c.name: c.description for c in field}
+                print(f"bench: {len(field)} contenders, {mode.rounds} round(s) of {len(CELLS)} "
+                      f"cells, {mode.duration:g}s each: about "
+                      f"{estimate(mode, len(field)) / 60:.0f} min", flush=True)
+                for contender in field:
+                    wrk.run(tools["wrk"], contender.url + "/100b", 50, mode.warmup)
+                measure_all(field, tools["wrk"], mode, records)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    meta["run"]["load average after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if records:
+        write_results(args.output, meta, records, interrupted)
+    return 130 if interrupted else 0
+
+
+def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) -> list:
+    """Start the backends and every contender; ``direct`` (the ceiling) first."""
+    backends, direct = contenders.start_backends(sup, workdir, tools["nginx"])
+    field = [direct]
+    wanted = (lambda name: only is None or name in only)
+    if tools["nginx"] and wanted("nginx"):
+        field.append(contenders.start_nginx(sup, workdir, tools["nginx"], backends))
+    if tools["haproxy"] and wanted("haproxy"):
+        field.append(contenders.start_haproxy(sup, workdir, tools["haproxy"], backends))
+    if wanted("myproxy"):
+        field.append(contenders.start_myproxy(sup, workdir, backends))
+    if wanted("myproxy-gunicorn"):
+        field.append(contenders.start_gunicorn(sup, workdir, backends))
+    return [c for c in field if wanted(c.name)]
+
+
+def measure_all(field: list, wrk_path: str, mode: Mode, records: list[dict]) -> None:
+    """Every round, every cell, every contender in an order rotated per round and cell."""
+    for round_number in range(1, mode.rounds + 1):
+        for index, (path, connections) in enumerate(CELLS):
+            shift = (round_number + index) % len(field)
+            for contender in field[shift:] + field[:shift]:
+                record = measure(contender, wrk_path, path, connections, mode.duration)
+                record["round"] = round_number
+                records.append(record)
+                print(f"  round {round_number} {path:>5} c={connections:<3} {contender.name:<16} "
+                      f"{record['rps']:>9,.0f} req/s  p99 {record['p99_ms']:>8.2f} ms  "
+                      f"{record['cpu_us_per_request']:>6.0f} us/req  errors {record['errors']}",
+                      flush=True)
+
+
+def measure(contender, wrk_path: str, path: str, connections: int, duration: float) -> dict:
+    """One wrk run, with the contender's CPU time read before and after."""
+    pid = contender.process.pid
+    before = procfs.cpu_seconds(pid)
+    result = wrk.run(wrk_path, contender.url + path, connections, duration)
+    cpu = procfs.cpu_seconds(pid) - before
+    if not contender.process.running():
+        raise RuntimeError(f"{contender.name} exited during the run:\n"
+                           f"{contender.process.log_tail()}")
+    return {
+        "contender": contender.name, "path": path, "connections": connections,
+        "requests": result.requests, "seconds": result.seconds, "rps": result.rps,
+        "p50_ms": result.p50_ms, "p75_ms": result.p75_ms, "p90_ms": result.p90_ms,
+        "p99_ms": result.p99_ms, "socket_errors": result.socket_errors,
+        "bad_status": result.bad_status, "errors": result.errors, "cpu_seconds": cpu,
+        "cpu_us_per_request": cpu / result.requests * 1e6 if result.requests else None,
+        "peak_rss_bytes": procfs.memory(pid)["VmHWM"],
+    }
+
+
+def estimate(mode: Mode, contenders_count: int) -> float:
+    return contenders_count * (mode.warmup + mode.rounds * len(CELLS) * (mode.duration + 0.3))
+
+
+def describe_run(tools: dict, mode: Mode, argv: list[str]) -> dict:
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": "python bench/run.py " + " ".join(argv),
+        "machine": machine(),
+        "software": software(tools),
+        "run": {"rounds": mode.rounds, "seconds per run": mode.duration,
+                "wrk": "1 thread, keep-alive, --latency, --timeout 5s",
+                "commit": git_commit(),
+                "load average before": " ".join(f"{x:.2f}" for x in os.getloadavg())},
+    }
+
+
+def machine() -> dict:
+    model = "?"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as handle:
+        mem_kib = int(handle.readline().split()[1])
+    return {"nproc": os.cpu_count(), "cpu": model, "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+            "kernel": platform.release()}
+
+
+def software(tools: dict) -> dict:
+    import gevent
+    import gunicorn
+    found = {"python": platform.python_version(), "gevent": gevent.__version__,
+             "gunicorn": gunicorn.__version__}
+    flags = {"wrk": "-v", "nginx": "-v", "haproxy": "-v"}
+    for name, path in tools.items():
+        if path:
+            found[name] = contenders.tool_version(path, flags[name])
+    return found
+
+
+def git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=contenders.ROOT,
+                              capture_output=True, text=True, timeout=10)
+        return done.stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def write_results(directory: str, meta: dict, records: list[dict], partial: bool) -> None:
+    os.makedirs(directory, exist_ok=True)
+    rows = report.summarise(records)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"bench-{stamp}{'-partial' if partial else ''}"
+    with open(os.path.join(directory, name + ".json"), "w") as handle:
+        json.dump({"meta": meta, "rows": rows, "records": records}, handle, indent=1)
+    text = report.render(meta, rows)
+    with open(os.path.join(directory, name + ".md"), "w") as handle:
+        handle.write(text)
+    print("\n" + text)
+    print(f"bench: wrote {os.path.join(directory, name)}.json and .md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The benchmark's pure parts: wrk's report, /proc files, summaries, tables, configs."""
+import pytest
+
+from bench import configs, procfs, report, wrk
+from bench.memory import idle_overrides
+from bench.profile import summarise as summarise_profile
+
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:50225/100b
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    29.35ms   10.72ms 120.25ms   82.32%
+    Req/Sec     1.73k   303.69     2.07k    90.00%
+  Latency Distribution
+     50%   28.21ms
+     75%   34.13ms
+     90%   39.12ms
+     99%   76.50ms
+  3430 requests in 2.00s, 1.27MB read
+Requests/sec:   1712.87
+Transfer/sec:    649.02KB
+"""
+
+WRK_WITH_ERRORS = """\
+Running 3s test @ http://127.0.0.1:8080/1m
+  1 threads and 500 connections
+  Latency Distribution
+     50%  612.00us
+     75%  900.00us
+     90%    1.50ms
+     99%    2.01s
+  120000 requests in 3.00s, 12.00MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 7
+Requests/sec:  40000.00
+Transfer/sec:      4.00MB
+"""
+
+
+def test_wrk_report_is_parsed():
+    result = wrk.parse(WRK_OUTPUT)
+    assert (result.requests, result.seconds, result.rps) == (3430, 2.0, 1712.87)
+    assert (result.p50_ms, result.p75_ms, result.p90_ms, result.p99_ms) == (28.21, 34.13, 39.12, 76.5)
+    assert result.errors == 0
+
+
+def test_wrk_units_and_errors_are_read():
+    result = wrk.parse(WRK_WITH_ERRORS)
+    assert result.p50_ms == pytest.approx(0.612)
+    assert result.p99_ms == pytest.approx(2010.0)
+    assert (result.socket_errors, result.bad_status, result.errors) == (10, 7, 17)
+
+
+def test_wrk_output_without_a_latency_distribution_is_refused():
+    text = WRK_OUTPUT.replace("  Latency Distribution\n", "").replace("     99%   76.50ms\n", "")
+    with pytest.raises(wrk.WrkError):
+        wrk.parse(text)
+
+
+def test_wrk_command_keeps_threads_within_connections():
+    args = wrk.command("/usr/bin/wrk", "http://127.0.0.1:1/100b", 1, 3, threads=2)
+    assert args == ["/usr/bin/wrk", "-t1", "-c1", "-d3s", "--timeout=5s", "--latency",
+                    "http://127.0.0.1:1/100b"]
+
+
+def test_proc_stat_is_parsed_past_a_command_name_with_spaces_and_parentheses():
+    text = "4242 (we (ird) name) S 17 4242 4242 0 -1 4194560 1 2 3 4 150 25 7 8 20 0 1 0 98765 1 2"
+    stat = procfs.parse_stat(text)
+    assert (stat.pid, stat.ppid) == (4242, 17)
+    assert (stat.utime, stat.stime, stat.cutime, stat.cstime) == (150, 25, 7, 8)
+    assert (stat.ticks, stat.starttime) == (190, 98765)
+
+
+def test_proc_status_sizes_are_bytes():
+    values = procfs.parse_status("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t1024 kB\nThreads:\t1\n")
+    assert values == {"VmHWM": 2048 * 1024, "VmRSS": 1024 * 1024}
+
+
+def test_descendants_are_the_tree_under_the_root_only():
+    def stat(pid, ppid):
+        return procfs.Stat(pid, ppid, 0, 0, 0, 0, 0)
+    stats = {s.pid: s for s in (stat(1, 0), stat(10, 1), stat(11, 10), stat(12, 10),
+                                stat(13, 11), stat(20, 1))}
+    assert procfs.descendants(10, stats) == [10, 11, 12, 13]
+    assert procfs.descendants(99, stats) == []
+
+
+def test_live_process_figures_are_read_for_this_process():
+    import os
+    assert procfs.cpu_seconds(os.getpid()) > 0
+    assert procfs.memory(os.getpid())["VmHWM"] > 0
+
+
+def _record(contender, rps, cpu_us, path="/100b", connections=50, errors=0, p99=10.0):
+    return {"contender": contender, "path": path, "connections": connections, "rps": rps,
+            "p50_ms": 1.0, "p99_ms": p99, "errors": errors, "cpu_us_per_request": cpu_us,
+            "peak_rss_bytes": 40 * report.MIB}
+
+
+def test_summary_takes_medians_sums_errors_and_divides_by_nginx():
+    records = [_record("nginx", rps, 10) for rps in (900, 1000, 1100)] + [
+        _record("myproxy", rps, cpu, errors=1) for rps, cpu in ((100, 500), (250, 400), (200, 450))]
+    rows = report.summarise(records)
+    assert [row["contender"] for row in rows] == ["nginx", "myproxy"]
+    mine = rows[1]
+    assert (mine["runs"], mine["rps"], mine["cpu_us"], mine["errors"]) == (3, 200, 450, 3)
+    assert mine["rps_vs_nginx"] == pytest.approx(0.2)
+    assert mine["cpu_vs_nginx"] == pytest.approx(45.0)
+
+
+def test_table_shows_a_dash_when_nginx_was_not_measured():
+    rows = report.summarise([_record("myproxy", 2000, 480)])
+    table = report.markdown_table(rows)
+    assert table.splitlines()[2] == "| /100b | 50 | myproxy | 2,000 | - | 1.00 | 10.00 | 0 | 480 | - | 40.0 |"
+
+
+def test_targets_say_which_are_met():
+    rows = report.summarise([
+        _record("nginx", 1000, 10), _record("myproxy", 2000, 150),
+        _record("nginx", 30000, 10, connections=500), _record("myproxy", 2000, 150, connections=500, p99=300),
+        _record("nginx", 500, 100, path="/1m"), _record("myproxy", 450, 900, path="/1m"),
+    ])
+    results = {t.measure: t.results["myproxy"] for t in report.targets(rows)}
+    assert results["CPU per proxied request, 100 B, c=50"] == ("150 us", True)
+    assert results["p99 latency at c=500, 100 B"] == ("300.0 ms", False)
+    assert results["1 MiB responses, req/s vs nginx"] == ("0.90 x", True)
+    assert results["errors in every run"] == ("0", True)
+    assert "(NOT met)" in report.targets_table(report.targets(rows))
+
+
+def test_profile_counts_self_at_the_leaf_and_cumulative_once_per_sample():
+    lines = ["main (a.py:1);f (a.py:5);f (a.py:5);g (b.py:2) 3\n",
+             "main (a.py:1);h (c.py:9) 1\n", "garbage\n"]
+    total, own, cumulative = summarise_profile(lines)
+    assert total == 4
+    assert own == {"g (b.py:2)": 3, "h (c.py:9)": 1}
+    assert cumulative["f (a.py:5)"] == 3 and cumulative["main (a.py:1)"] == 4
+
+
+def test_balancer_configs_name_every_backend_with_keep_alive():
+    backends = ["http://127.0.0.1:5001", "http://127.0.0.1:5002"]
+    nginx = configs.nginx_balancer("/w", 8080, backends)
+    assert "server 127.0.0.1:5001;" in nginx and "server 127.0.0.1:5002;" in nginx
+    assert "keepalive 100;" in nginx and "proxy_http_version 1.1;" in nginx
+    assert "listen 127.0.0.1:8080;" in nginx
+    haproxy = configs.haproxy_balancer(8081, backends)
+    assert "balance roundrobin" in haproxy and "bind 127.0.0.1:8081" in haproxy
+    assert "server b1 127.0.0.1:5002" in haproxy
+
+
+def test_myproxy_bench_config_merges_sections():
+    config = configs.myproxy(9000, ["http://127.0.0.1:1"], health_check={"interval": "1s"},
+                             access_log=False)
+    assert config["health_check"] == {"path": configs.HEALTH_PATH, "interval": "1s"}
+    assert (config["port"], config["host"], config["access_log"]) == (9000, "127.0.0.1", False)
+
+
+def test_bench_configs_are_valid_myproxy_configs():
+    import yaml
+
+    from app.config import parse
+    plain = parse(yaml.safe_dump(configs.myproxy(9000, ["http://127.0.0.1:1"])))
+    assert plain.health_check.path == configs.HEALTH_PATH
+    idle = parse(yaml.safe_dump(configs.myproxy(9000, ["http://127.0.0.1:1"],
+                                                **idle_overrides(10000))))
+    assert (idle.limits.max_connections, idle.timeouts.client_idle) == (10200, 3600.0)
