@@ -7,6 +7,7 @@ through the ``Supervisor`` (which stops it later), waits until it serves, and re
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from .processes import Process, Supervisor, free_port, wait_serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT = 20.0
+_VERSION = re.compile(r"\d+\.\d+[\w.+~-]*")
 
 
 @dataclass
@@ -38,9 +40,10 @@ def find_tool(name: str, *candidates: str) -> str | None:
 
 
 def tool_version(path: str, flag: str = "-v") -> str:
+    """The version a program prints of itself, such as ``1.22.1`` for nginx."""
     result = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
-    text = (result.stdout + result.stderr).strip().splitlines()
-    return text[0] if text else "?"
+    match = _VERSION.search(result.stdout + result.stderr)
+    return match.group(0) if match else "?"
 
 
 def write_files(root: str) -> None:

@@ -50,6 +50,17 @@ def parse_status(text: str) -> dict[str, int]:
     return values
 
 
+def parse_cpu_busy(text: str) -> int:
+    """Ticks the whole machine spent busy, from the ``cpu`` line of ``/proc/stat``: every
+    column but idle and iowait (proc(5); guest time is already inside user time)."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            ticks = [int(value) for value in line.split()[1:]]
+            user, nice, system, idle, iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+            return user + nice + system + irq + softirq + steal
+    raise ValueError("no cpu line in /proc/stat")
+
+
 def descendants(root: int, stats: dict[int, Stat]) -> list[int]:
     """``root`` and every process below it in ``stats`` (PID to Stat), parents first."""
     children: dict[int, list[int]] = {}
@@ -106,3 +117,9 @@ def memory(root: int) -> dict[str, int]:
         for key in total:
             total[key] += values.get(key, 0)
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot, all cores together."""
+    with open("/proc/stat") as handle:
+        return parse_cpu_busy(handle.read()) / CLOCK_TICKS

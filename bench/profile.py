@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,10 +26,15 @@ from bench.processes import Supervisor, raise_fd_limit  # noqa: E402
 
 SETTLE = 1.0          # seconds of load before sampling starts
 
+# Leaves where a thread waits rather than works, though py-spy counts it busy: gevent's
+# threadpool (its DNS resolver's) worker threads block on a native lock between jobs.
+WAITING_LEAVES = ("acquire_with_timeout (gevent/_threading.py",)
+
 
 def summarise(lines) -> tuple[int, collections.Counter, collections.Counter]:
     """Total samples, and per-frame self and cumulative counts, from py-spy's raw
-    (collapsed) output: one ``frame;frame;...;leaf COUNT`` line per distinct stack."""
+    (collapsed) output: one ``frame;frame;...;leaf COUNT`` line per distinct stack.
+    Stacks that end waiting (``WAITING_LEAVES``) are left out."""
     total, own, cumulative = 0, collections.Counter(), collections.Counter()
     for line in lines:
         stack, _, count = line.rstrip("\n").rpartition(" ")
@@ -36,6 +42,8 @@ def summarise(lines) -> tuple[int, collections.Counter, collections.Counter]:
             continue
         count = int(count)
         frames = stack.split(";")
+        if frames[-1].startswith(WAITING_LEAVES):
+            continue
         total += count
         own[frames[-1]] += count
         for frame in set(frames):          # a recursive frame counts once per sample
@@ -57,6 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--path", default="/100b", choices=("/100b", "/64k", "/1m"))
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--save", metavar="FILE",
+                        help="also keep py-spy's collapsed stacks (for flamegraph.pl or speedscope)")
     args = parser.parse_args(argv)
     py_spy = contenders.find_tool("py-spy", os.path.join(os.path.dirname(sys.executable), "py-spy"))
     wrk_path = contenders.find_tool("wrk", "/usr/bin/wrk")
@@ -85,6 +95,8 @@ def main(argv=None) -> int:
         result = wrk.parse(open(load.log_path).read())
         with open(raw) as handle:
             total, own, cumulative = summarise(handle)
+        if args.save:
+            shutil.copyfile(raw, args.save)
     # wrk ran a little longer than the sampling: scale its count to the sampled window.
     requests = result.rps * args.duration
     print(f"# MyProxy profile: {args.path} at c={args.connections}, {args.duration:g}s, "

@@ -136,11 +136,21 @@ def machine_lines(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def render(meta: dict, rows: list[dict]) -> str:
+def disturbance(records: list[dict]) -> str:
+    """How busy the machine was with other work during the runs, as one sentence."""
+    shares = [r["others_cpu_share"] for r in records if r.get("others_cpu_share") is not None]
+    if not shares:
+        return ""
+    return (f"Other processes (not started by the benchmark) used {statistics.median(shares):.0%} "
+            f"of the machine's CPU during the median run, {max(shares):.0%} at most.")
+
+
+def render(meta: dict, rows: list[dict], records: list[dict] = ()) -> str:
     """The whole Markdown report: the run, the results table, the targets."""
-    return "\n\n".join([
+    return "\n\n".join(part for part in [
         f"# MyProxy benchmark, {meta.get('started', '')}",
         machine_lines(meta),
+        disturbance(list(records)),
         markdown_table(rows),
         "Medians over the rounds; errors summed; CPU is the measured process tree's user+system "
         "time over the run divided by the requests wrk completed; peak RSS is VmHWM summed over "
@@ -148,4 +158,4 @@ def render(meta: dict, rows: list[dict]) -> str:
         "backend's.",
         "## Targets (issue 7)",
         targets_table(targets(rows)),
-    ]) + "\n"
+    ] if part) + "\n"

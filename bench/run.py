@@ -116,16 +116,22 @@ def measure_all(field: list, wrk_path: str, mode: Mode, records: list[dict]) -> 
                 records.append(record)
                 print(f"  round {round_number} {path:>5} c={connections:<3} {contender.name:<16} "
                       f"{record['rps']:>9,.0f} req/s  p99 {record['p99_ms']:>8.2f} ms  "
-                      f"{record['cpu_us_per_request']:>6.0f} us/req  errors {record['errors']}",
+                      f"{record['cpu_us_per_request']:>6.0f} us/req  errors {record['errors']}  "
+                      f"others {record['others_cpu_share']:.0%}",
                       flush=True)
 
 
 def measure(contender, wrk_path: str, path: str, connections: int, duration: float) -> dict:
-    """One wrk run, with the contender's CPU time read before and after."""
+    """One wrk run, with the contender's CPU time read before and after, and how busy the
+    rest of the machine (what this benchmark did not start) was meanwhile."""
     pid = contender.process.pid
+    started, machine_busy, ours = time.monotonic(), procfs.machine_busy_seconds(), \
+        procfs.cpu_seconds(os.getpid())
     before = procfs.cpu_seconds(pid)
     result = wrk.run(wrk_path, contender.url + path, connections, duration)
     cpu = procfs.cpu_seconds(pid) - before
+    others = (procfs.machine_busy_seconds() - machine_busy) - (procfs.cpu_seconds(os.getpid()) - ours)
+    others_share = max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))
     if not contender.process.running():
         raise RuntimeError(f"{contender.name} exited during the run:\n"
                            f"{contender.process.log_tail()}")
@@ -137,6 +143,7 @@ def measure(contender, wrk_path: str, path: str, connections: int, duration: flo
         "bad_status": result.bad_status, "errors": result.errors, "cpu_seconds": cpu,
         "cpu_us_per_request": cpu / result.requests * 1e6 if result.requests else None,
         "peak_rss_bytes": procfs.memory(pid)["VmHWM"],
+        "others_cpu_share": others_share,
     }
 
 
@@ -198,7 +205,7 @@ def write_results(directory: str, meta: dict, records: list[dict], partial: bool
     name = f"bench-{stamp}{'-partial' if partial else ''}"
     with open(os.path.join(directory, name + ".json"), "w") as handle:
         json.dump({"meta": meta, "rows": rows, "records": records}, handle, indent=1)
-    text = report.render(meta, rows)
+    text = report.render(meta, rows, records)
     with open(os.path.join(directory, name + ".md"), "w") as handle:
         handle.write(text)
     print("\n" + text)

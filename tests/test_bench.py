@@ -130,7 +130,8 @@ def test_targets_say_which_are_met():
 
 def test_profile_counts_self_at_the_leaf_and_cumulative_once_per_sample():
     lines = ["main (a.py:1);f (a.py:5);f (a.py:5);g (b.py:2) 3\n",
-             "main (a.py:1);h (c.py:9) 1\n", "garbage\n"]
+             "main (a.py:1);h (c.py:9) 1\n", "garbage\n",
+             "_WorkerGreenlet.run (gevent/threadpool.py:199);acquire_with_timeout (gevent/_threading.py:34) 9\n"]
     total, own, cumulative = summarise_profile(lines)
     assert total == 4
     assert own == {"g (b.py:2)": 3, "h (c.py:9)": 1}
@@ -164,3 +165,17 @@ def test_bench_configs_are_valid_myproxy_configs():
     idle = parse(yaml.safe_dump(configs.myproxy(9000, ["http://127.0.0.1:1"],
                                                 **idle_overrides(10000))))
     assert (idle.limits.max_connections, idle.timeouts.client_idle) == (10200, 3600.0)
+
+
+def test_machine_busy_time_leaves_out_idle_and_iowait():
+    text = "cpu  100 5 50 9000 300 7 8 2 0 0\ncpu0 50 2 25 4500 150 3 4 1 0 0\nintr 1 2\n"
+    assert procfs.parse_cpu_busy(text) == 100 + 5 + 50 + 7 + 8 + 2
+
+
+def test_report_says_how_busy_the_rest_of_the_machine_was():
+    records = [{**_record("myproxy", 100, 500), "others_cpu_share": share}
+               for share in (0.1, 0.3, 0.2)]
+    assert report.disturbance(records) == ("Other processes (not started by the benchmark) "
+                                           "used 20% of the machine's CPU during the median run, "
+                                           "30% at most.")
+    assert "used 20%" in report.render({}, report.summarise(records), records)
