@@ -92,7 +92,8 @@ def main(argv=None) -> int:
                        timeout=args.duration + 60)
         cpu = procfs.cpu_seconds(proxy.process.pid) - cpu
         load.popen.wait(timeout=args.duration + 60)
-        result = wrk.parse(open(load.log_path).read())
+        with open(load.log_path) as handle:
+            result = wrk.parse(handle.read())
         with open(raw) as handle:
             total, own, cumulative = summarise(handle)
         if args.save:
