@@ -94,7 +94,7 @@ class Proxy:
             finally:
                 backend.in_flight -= 1
         start_response(f"{status} {response.reason or _reason(status)}",
-                       response_headers(response.headers, *_body_length(response, method)))
+                       response_headers(response.header_lines, *_body_length(response, method)))
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
             _finish(response, backend, complete=True)
             return iter(())
@@ -327,7 +327,7 @@ def connection_tokens(headers) -> frozenset[str]:
     return frozenset(tokens)
 
 
-def response_headers(upstream_headers: HTTPHeaderDict, body_follows: bool = False,
+def response_headers(upstream_headers, body_follows: bool = False,
                      length: int | None = None) -> list[tuple[str, str]]:
     """The backend's headers less hop-by-hop ones, each repeated line kept separate.
 
@@ -335,7 +335,8 @@ def response_headers(upstream_headers: HTTPHeaderDict, body_follows: bool = Fals
     it is dropped when there is none (a chunked body: RFC 9112 §6.3 says a proxy removes a
     Content-Length that Transfer-Encoding overrides), and the server frames the body itself.
     """
-    pairs = list(upstream_headers.iteritems())
+    pairs = upstream_headers if isinstance(upstream_headers, list) else \
+        list(upstream_headers.iteritems())
     dropped = connection_tokens(pairs)
     headers, length_sent = [], False
     for name, value in pairs:

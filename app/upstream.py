@@ -25,6 +25,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
                                 ProtocolError, ReadTimeoutError, SSLError)
 from urllib3.util import SKIP_HEADER
 
+from . import exchange
 from .config import ConfigHolder
 from .errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
@@ -104,29 +105,59 @@ class Upstream:
         Raises a subclass of ``UpstreamError``; its ``reused`` says whether the failure
         was on a pooled keep-alive connection.
         """
-        for name in LIBRARY_DEFAULT_HEADERS:
-            if name not in headers:
-                headers[name] = SKIP_HEADER
         pool = self.pool(origin)
         conn = pool._get_conn()     # a pooled connection the backend closed is dropped here
         if fresh:
             conn.close()
+        reused = conn.sock is not None
+        timeout = timeout or self.timeout
+        if pool.scheme == "http":
+            return self._exchange(pool, conn, reused, method, target, headers, body, chunked,
+                                  timeout)
+        # https: http.client and urllib3's TLS handling, as before.
+        for name in LIBRARY_DEFAULT_HEADERS:
+            if name not in headers:
+                headers[name] = SKIP_HEADER
         # http.client encodes the request line as ASCII; the target is the client's bytes
         # decoded as latin-1 (raw UTF-8 included), so it goes back out as latin-1.
         conn._encode_request = _latin1
-        reused = conn.sock is not None
         try:
-            return pool._make_request(
+            response = pool._make_request(
                 conn, method, target, body=body, headers=headers, retries=None,
-                timeout=timeout or self.timeout, chunked=chunked, response_conn=conn,
+                timeout=timeout, chunked=chunked, response_conn=conn,
                 preload_content=False, decode_content=False)
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
-            conn.close()
+            failure = _failed(pool, conn, reused, error)
+            if failure is error:
+                raise
+            raise failure from error
+        response.header_lines = list(response.headers.iteritems())
+        return response
+
+    @staticmethod
+    def _exchange(pool, conn, reused: bool, method: str, target: str, headers, body,
+                  chunked: bool, timeout: urllib3.Timeout) -> exchange.Response:
+        """The request and response on a plain connection, with ``app.exchange``'s codec."""
+        lines = headers.iteritems() if hasattr(headers, "iteritems") else headers
+        head = exchange.build_head(method, target, list(lines), chunked, body is not None)
+
+        def release(keep: bool) -> None:
+            if not keep:
+                conn.close()
             pool._put_conn(conn)
-            if isinstance(error, ClientError):
-                raise       # reading the client's body failed: the client's fault, not the backend's
-            failure = classify(error)
-            failure.reused = reused
+
+        try:
+            if conn.sock is None:
+                conn.timeout = timeout.connect_timeout
+                conn.connect()
+            sock = conn.sock
+            sock.settimeout(timeout.read_timeout)
+            exchange.send_request(sock, head, body, chunked)
+            return exchange.Response(sock, method, release)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
+            failure = _failed(pool, conn, reused, error)
+            if failure is error:
+                raise
             raise failure from error
 
     def forget(self, origin: str) -> None:
@@ -145,6 +176,18 @@ class Upstream:
     def close(self) -> None:
         self.session.close()
         self._pools.clear()
+
+
+def _failed(pool, conn, reused: bool, error: BaseException) -> BaseException:
+    """Close and give back the connection; the typed error to raise (a client's own error,
+    from reading its body, passes through: it is not the backend's)."""
+    conn.close()
+    pool._put_conn(conn)
+    if isinstance(error, ClientError):
+        return error
+    failure = classify(error)
+    failure.reused = reused
+    return failure
 
 
 def _latin1(request: str) -> bytes:

@@ -1,0 +1,134 @@
+"""The upstream codec (app.exchange) through Upstream.send, against raw backends on real
+sockets: response framing, keep-alive reuse, strict heads, and the request as sent."""
+import pytest
+from urllib3 import HTTPHeaderDict
+
+from app.config import ConfigHolder, parse
+from app.errors import UpstreamError, UpstreamProtocolError, UpstreamReset
+from tests.rawbackend import CLOSE, RawBackend
+from tests.test_tunnel_inprocess import certificate, tls_backend  # noqa: F401 - fixtures
+
+
+@pytest.fixture
+def raw():
+    backends = []
+
+    def start(respond):
+        backend = RawBackend(respond).start()
+        backends.append(backend)
+        return backend
+
+    yield start
+    for backend in backends:
+        backend.stop()
+
+
+def upstream_for(url):
+    from app.upstream import Upstream
+    return Upstream(ConfigHolder(parse(f"backends:\n  - {url}\ntimeouts:\n  read: 2s\n", environ={})))
+
+
+def fetch(upstream, url, method="GET", target="/", body=None, chunked=False, headers=None):
+    response = upstream.send(url, method, target, HTTPHeaderDict(headers or {"Host": "b"}), body,
+                             chunked)
+    data = b""
+    while True:
+        piece = response.read1(7)
+        if not piece:
+            break
+        data += piece
+    response.release_conn()
+    return response, data
+
+
+@pytest.mark.parametrize("answer,body,reuses", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello", True),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\nT: 1\r\n\r\n",
+     b"hello", True),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello", b"hello", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello", False),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello", b"hello", True),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", True),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", b"", True),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", b"", True),
+], ids=["content-length", "chunked-with-trailer", "connection-close", "http-1.0", "http-1.0-keep-alive",
+        "interim-100-skipped", "204", "304-with-length"])
+def test_framed_responses_are_read_whole_and_kept_alive_when_allowed(raw, answer, body, reuses):
+    backend = raw(lambda received: answer)
+    upstream = upstream_for(backend.url)
+    for _ in range(2):
+        _, data = fetch(upstream, backend.url)
+        assert data == body
+    assert backend.connections == (1 if reuses else 2)
+
+
+def test_a_body_read_until_close_is_whole_and_the_connection_not_reused(raw):
+    backend = raw(lambda received: [b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"closed", CLOSE])
+    upstream = upstream_for(backend.url)
+    response, data = fetch(upstream, backend.url)
+    assert data == b"until closed" and response.length_remaining is None
+    assert fetch(upstream, backend.url)[1] == b"until closed" and backend.connections == 2
+
+
+def test_head_responses_have_no_body_whatever_their_length(raw):
+    backend = raw(lambda received: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    upstream = upstream_for(backend.url)
+    assert fetch(upstream, backend.url, "HEAD")[1] == b""
+    assert fetch(upstream, backend.url, "HEAD")[1] == b"" and backend.connections == 1
+
+
+@pytest.mark.parametrize("answer", [
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", CLOSE],
+    [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", CLOSE],
+    [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", CLOSE],
+], ids=["short-content-length", "mid-chunk", "no-last-chunk"])
+def test_a_truncated_body_raises_and_never_looks_complete(raw, answer):
+    backend = raw(lambda received: answer)
+    response = upstream_for(backend.url).send(backend.url, "GET", "/", HTTPHeaderDict({"Host": "b"}))
+    with pytest.raises(UpstreamReset, match="ended early"):
+        while response.read1(3):
+            pass
+    assert not response.complete
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
+    b"HTTP/2 200 OK\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+], ids=["two-lengths", "signed-length", "space-in-name", "obs-fold", "version", "status"])
+def test_an_invalid_head_is_a_protocol_error(raw, answer):
+    backend = raw(lambda received: answer)
+    with pytest.raises(UpstreamProtocolError):
+        upstream_for(backend.url).send(backend.url, "GET", "/", HTTPHeaderDict({"Host": "b"}))
+
+
+def test_a_bad_chunk_size_is_a_protocol_error(raw):
+    backend = raw(lambda received: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    response = upstream_for(backend.url).send(backend.url, "GET", "/", HTTPHeaderDict({"Host": "b"}))
+    with pytest.raises(UpstreamProtocolError):
+        response.read1(10)
+
+
+def test_the_request_goes_out_byte_for_byte_with_its_framing(raw):
+    backend = raw(lambda received: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    upstream = upstream_for(backend.url)
+    fetch(upstream, backend.url, "GET", "/a%2Fb?x=%zz&é".encode().decode("latin-1"),
+          headers={"Host": "b", "X-Two": "1"})
+    fetch(upstream, backend.url, "POST", "/p", body=iter([b"ab", b"cd"]), chunked=True)
+    fetch(upstream, backend.url, "POST", "/e")
+    fetch(upstream, backend.url, "PUT", "/l", body=[b"xyz"], headers={"Host": "b", "Content-Length": "3"})
+    first, chunked, empty, sized = backend.received
+    assert first.head == "GET /a%2Fb?x=%zz&é HTTP/1.1\r\nHost: b\r\nX-Two: 1\r\n\r\n".encode()
+    assert chunked.values("Transfer-Encoding") == ["chunked"] and chunked.body == b"2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"
+    assert empty.values("Content-Length") == ["0"] and empty.values("Transfer-Encoding") == []
+    assert sized.values("Content-Length") == ["3"] and sized.body == b"xyz"
+    assert backend.connections == 1
+
+
+def test_https_backends_still_go_through_urllib3_and_verify_certificates(tls_backend):  # noqa: F811
+    with pytest.raises(UpstreamError) as caught:
+        upstream_for(tls_backend.url).send(tls_backend.url, "GET", "/", HTTPHeaderDict({"Host": "b"}))
+    assert "certificate" in caught.value.detail.lower() or "TLS" in caught.value.detail
