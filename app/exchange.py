@@ -48,12 +48,22 @@ def build_head(method: str, target: str, headers, chunked: bool, has_body: bool)
     return "".join(lines).encode("latin-1")
 
 
+def send_all(sock, data) -> None:
+    """``sock.sendall(data)``, but one plain ``send`` when the kernel takes it all (nearly
+    always for a head or a small body): gevent's ``sendall`` asks the socket for its
+    buffer size with a ``getsockopt`` call on every call. The rest, if any, goes through
+    ``sendall``, with its timeout."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def send_request(sock, head: bytes, body, chunked: bool) -> None:
     """Send the head and the body. A reset while sending is swallowed: the backend may
     have answered already (an early 413, say), and reading the response tells."""
     try:
         if body is None:
-            sock.sendall(head)
+            send_all(sock, head)
             return
         first = True
         for piece in body:
@@ -63,9 +73,11 @@ def send_request(sock, head: bytes, body, chunked: bool) -> None:
                 piece = b"%x\r\n%b\r\n" % (len(piece), piece)
             if first:
                 piece, first = head + piece, False
-            sock.sendall(piece)
-        sock.sendall(head + b"0\r\n\r\n" if first and chunked else
-                     head if first else b"0\r\n\r\n" if chunked else b"")
+            send_all(sock, piece)
+        if first:
+            send_all(sock, head + b"0\r\n\r\n" if chunked else head)
+        elif chunked:
+            send_all(sock, b"0\r\n\r\n")
     except (BrokenPipeError, ConnectionResetError):
         pass
 

@@ -37,8 +37,11 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 from .config import LimitsConfig, TimeoutsConfig
 from .connection import StrictConnection
 from .errors import ProxyError, UpstreamError
+from .exchange import send_all
 
 log = logging.getLogger("myproxy.server")
+
+COALESCE_BYTES = 16 * 1024   # a first body piece up to this size goes out with the head
 
 
 class Handler(StrictConnection, WSGIHandler):
@@ -116,6 +119,41 @@ class Handler(StrictConnection, WSGIHandler):
             self.response_use_chunked = False
             return
         super().finalize_headers()
+
+    def _sendall(self, data):
+        # pywsgi's, with exchange.send_all: one send() for what the kernel takes at once.
+        try:
+            send_all(self.socket, data)
+        except OSError as ex:
+            self.status = f"socket error: {ex}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
+    def _write_with_headers(self, data):
+        # pywsgi's, but the head and a first body piece that is not large go out in one
+        # send, not two.
+        self.headers_sent = True
+        self.finalize_headers()
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += self.status
+        towrite += b"\r\n"
+        for header, value in self.response_headers:
+            towrite += header
+            towrite += b": "
+            towrite += value
+            towrite += b"\r\n"
+        towrite += b"\r\n"
+        if not data or len(data) > COALESCE_BYTES:
+            self._sendall(towrite)
+            self._write(data)
+        elif self.response_use_chunked:
+            towrite += b"%x\r\n%b\r\n" % (len(data), data)
+            self._sendall(towrite)
+        else:
+            towrite += data
+            self._sendall(towrite)
 
     def log_request(self):
         pass             # the access log is RequestLog's
