@@ -121,12 +121,14 @@ class Response:
             raise UpstreamProtocolError("invalid response: too many header lines")
         version, _, rest = lines[0].partition(b" ")
         code, _, reason = rest.partition(b" ")
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
+                or b"\n" in reason or b"\r" in reason:
             raise UpstreamProtocolError(f"invalid response: bad status line {lines[0][:100]!r}")
         fields = []
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon or not name or not _TCHAR.issuperset(name):
+            if not colon or not name or not _TCHAR.issuperset(name) or b"\n" in value \
+                    or b"\r" in value:
                 raise UpstreamProtocolError(f"invalid response: bad header line {line[:100]!r}")
             fields.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
         return int(code), reason.decode("latin-1"), version, fields

@@ -96,9 +96,13 @@ def test_a_truncated_body_raises_and_never_looks_complete(raw, answer):
     b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
     b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\nInjected: b\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\rInjected: b\r\n\r\n",
     b"HTTP/2 200 OK\r\n\r\n",
     b"HTTP/1.1 2000 OK\r\n\r\n",
-], ids=["two-lengths", "signed-length", "space-in-name", "obs-fold", "version", "status"])
+    b"HTTP/1.1 200 OK\nX: y\r\n\r\n",
+], ids=["two-lengths", "signed-length", "space-in-name", "obs-fold", "bare-lf", "bare-cr", "version",
+        "status", "lf-in-reason"])
 def test_an_invalid_head_is_a_protocol_error(raw, answer):
     backend = raw(lambda received: answer)
     with pytest.raises(UpstreamProtocolError):
