@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from io import BytesIO
 
 import gevent
 
@@ -101,11 +100,9 @@ class StrictConnection:
         self.requestline = raw_requestline
         self.command, self.path, self.request_version = (
             head.request.method, head.request.target, head.request.version)
-        # pywsgi's get_environ reads an http.client message; fill one without re-parsing
-        # (http.client would refuse a 100th line).
-        self.headers = self.MessageClass(BytesIO(b"\r\n"), 0)
-        for name, value in head.fields:
-            self.headers[name] = value
+        # pywsgi's get_environ reads an http.client message; building one costs an email
+        # parse per request, so this gives it the few things it reads.
+        self.headers = RequestHeaders(head.fields)
         self.content_length = head.framing.length
         tokens = {token.strip().lower() for name, value in head.fields
                   if name.lower() == "connection" for token in value.split(",")}
@@ -163,6 +160,32 @@ class StrictConnection:
         expects = self.head.framing.has_body and any(
             n.lower() == "expect" and v.lower() == "100-continue" for n, v in self.head.fields)
         return RequestInput(self.rfile, self.head.framing, self.socket if expects else None)
+
+
+class RequestHeaders:
+    """The part of an ``http.client`` message that pywsgi reads: ``get`` (the first value,
+    any case), ``getheader``, ``typeheader``, and ``headers`` as raw lines."""
+
+    __slots__ = ("_fields", "_first")
+
+    def __init__(self, fields):
+        self._fields = fields
+        self._first = {}
+        for name, value in fields:
+            self._first.setdefault(name.lower(), value)
+
+    def get(self, name: str, default=None):
+        return self._first.get(name.lower(), default)
+
+    getheader = get
+
+    @property
+    def typeheader(self):
+        return self._first.get("content-type")
+
+    @property
+    def headers(self) -> list[str]:
+        return [f"{name}: {value}\r\n" for name, value in self._fields]
 
 
 class RequestInput:
