@@ -15,6 +15,7 @@ WSGI or of how backends are chosen.
 from __future__ import annotations
 
 import http.client
+import queue
 import socket
 
 import requests
@@ -106,12 +107,15 @@ class Upstream:
         was on a pooled keep-alive connection.
         """
         pool = self.pool(origin)
-        conn = pool._get_conn()     # a pooled connection the backend closed is dropped here
+        plain = pool.scheme == "http"
+        # A pooled connection the backend closed is dropped here. (With TLS, bytes waiting
+        # may be a session ticket, so urllib3's own test stays.)
+        conn = _checkout(pool) if plain else pool._get_conn()
         if fresh:
             conn.close()
         reused = conn.sock is not None
         timeout = timeout or self.timeout
-        if pool.scheme == "http":
+        if plain:
             return self._exchange(pool, conn, reused, method, target, headers, body, chunked,
                                   timeout)
         # https: http.client and urllib3's TLS handling, as before.
@@ -176,6 +180,31 @@ class Upstream:
     def close(self) -> None:
         self.session.close()
         self._pools.clear()
+
+
+def _checkout(pool):
+    """``pool._get_conn()``, with a cheaper test that a pooled connection is still open:
+    one non-blocking peek at the socket instead of urllib3's ``poll`` (which was 8 % of
+    the CPU per request). Bytes waiting on an idle connection mean it is not clean either."""
+    connections = pool.pool
+    if connections is None:
+        return pool._get_conn()     # closed: urllib3 raises its error
+    try:
+        conn = connections.get(block=False)
+    except queue.Empty:
+        conn = None
+    if conn is None:
+        return pool._new_conn()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            getattr(sock, "_sock", sock).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return conn             # open, and nothing unasked-for waiting: reusable
+        except OSError:
+            pass
+        conn.close()
+    return conn
 
 
 def _failed(pool, conn, reused: bool, error: BaseException) -> BaseException:
