@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from app.logs import TEXT_FORMAT, Fields, JsonFormatter
+from app.logs import TEXT_FORMAT, Fields, JsonFormatter, TextFormatter
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.wire import get, request
@@ -19,6 +19,14 @@ def record(message, level=logging.INFO, **extra):
 
 def text(message) -> str:
     return logging.Formatter(TEXT_FORMAT).format(record(message))
+
+
+def test_the_text_formatter_writes_the_time_as_the_standard_one_does_across_seconds():
+    ours, standard = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    for created in (1700000000.001, 1700000000.999, 1700000001.5, 1700000000.25):
+        entry = record("m")
+        entry.created, entry.msecs = created, (created - int(created)) * 1000
+        assert ours.format(entry) == standard.format(entry)
 
 
 def test_text_lines_put_fields_after_the_message_as_key_value_pairs():
