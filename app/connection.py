@@ -114,6 +114,12 @@ class StrictConnection:
         """Wait for the next request's first byte; False if the client closed, or stayed
         idle past ``client_idle`` (a first request is under the head timer instead)."""
         seconds = self.server.timeouts.client_idle if self.served else None
+        if self.served:
+            # Let every other ready connection have its turn first. Without this, a client
+            # whose next request is already in (wrk, any fast keep-alive client) is served
+            # again and again while others wait: at c=500 a tenth of requests waited
+            # over a second (p99 2.9 s against a p50 of 130 ms; with it, 275 ms).
+            gevent.sleep(0)
         with gevent.Timeout(seconds, False):
             return bool(self.rfile.peek(1))
         log.debug("closing an idle keep-alive connection of %s", self._client())
