@@ -164,3 +164,20 @@ def test_demo_serves_three_named_backends(write_config):
             assert body.startswith(f"Hello from backend {index} (port {port})")
     finally:
         process.stop()
+
+
+def test_the_listening_socket_queues_more_than_gevents_128_pending_connections():
+    import subprocess
+
+    from app.server import LISTEN_BACKLOG, Server
+    server = Server(("127.0.0.1", 0), lambda environ, start_response: [])
+    server.init_socket()
+    try:
+        port = server.address[1]
+        shown = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                               text=True, timeout=10).stdout.split()
+        with open("/proc/sys/net/core/somaxconn") as handle:
+            cap = int(handle.read())
+        assert int(shown[2]) == min(LISTEN_BACKLOG, cap) > 128     # Send-Q: the backlog
+    finally:
+        server.close()
