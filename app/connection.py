@@ -90,7 +90,16 @@ class StrictConnection:
             if not getattr(self.wsgi_input, "finished", True):
                 self._linger()
             return None
+        self._forget_request()
         return True
+
+    def _forget_request(self) -> None:
+        """Drop what the request just answered left on the handler (its environ, head,
+        headers, input and response headers): an idle keep-alive connection then holds
+        only its socket, reader and greenlet."""
+        self.environ = self.head = self.wsgi_input = self.result = None
+        self.response_headers = self._head_timer = None
+        self.__dict__.pop("headers", None)      # back to pywsgi's empty class default
 
     def read_request(self, raw_requestline):
         """Read the header lines with ``http1.read_head`` and set what pywsgi reads later."""

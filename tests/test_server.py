@@ -181,3 +181,21 @@ def test_the_listening_socket_queues_more_than_gevents_128_pending_connections()
         assert int(shown[2]) == min(LISTEN_BACKLOG, cap) > 128     # Send-Q: the backlog
     finally:
         server.close()
+
+
+def test_an_idle_keep_alive_connection_keeps_nothing_of_the_request_it_answered():
+    from app.server import Server
+    server = Server(("127.0.0.1", 0), lambda environ, start_response: (
+        start_response("200 OK", [("Content-Length", "2")]) and [] or [b"ok"]))
+    server.start()
+    try:
+        sock = connect(server.address[1])
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 4000 + b"\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        assert wait_until(lambda: [h.idle for h in server.connections] == [True], timeout=5)
+        handler = next(iter(server.connections))
+        assert handler.environ is None and handler.head is None and handler.wsgi_input is None
+        assert handler.response_headers is None and not handler.headers.get("x-big")
+        sock.close()
+    finally:
+        server.stop(timeout=1)
