@@ -303,7 +303,7 @@ def _upstream_target(backend: Backend, target: str) -> str:
 
 
 def _body_length(response, method: str) -> tuple[bool, int | None]:
-    """Whether a body follows, and its length as urllib3 parsed it (None: read to the end)."""
+    """Whether a body follows, and its length as the response head framed it (None: read to the end)."""
     if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
         return False, None
     return True, response.length_remaining
@@ -335,7 +335,7 @@ def response_headers(upstream_headers, body_follows: bool = False,
                      length: int | None = None) -> list[tuple[str, str]]:
     """The backend's headers less hop-by-hop ones, each repeated line kept separate.
 
-    When a body follows, ``Content-Length`` is the ``length`` urllib3 framed it by, once;
+    When a body follows, ``Content-Length`` is the ``length`` the body was framed by, once;
     it is dropped when there is none (a chunked body: RFC 9112 §6.3 says a proxy removes a
     Content-Length that Transfer-Encoding overrides), and the server frames the body itself.
     """

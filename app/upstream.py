@@ -1,12 +1,17 @@
 """The upstream client: one ``requests.Session`` and the connection pools its adapter holds.
 
 The proxy uses the session at the level a proxy needs: its ``HTTPAdapter``'s pool
-manager, one keep-alive pool per backend, and urllib3's ``urlopen`` with everything a
-client library does for its own users switched off (STACK-FACTS 1-8):
+manager, one keep-alive pool per backend, and nothing a client library does for its own
+users (STACK-FACTS 1-8):
 
 - no cookie jar, no environment (proxies, ``.netrc``), no redirects followed;
 - no headers of its own (``User-Agent``, ``Accept``, ``Accept-Encoding``);
 - bodies neither decoded nor preloaded; the target is sent byte for byte.
+
+For ``http://`` backends it takes a connection from the adapter's pool and makes the
+exchange with ``app.exchange``'s lean codec (one send of a pre-built head, a small strict
+response parser), which costs a fraction of ``http.client`` and the ``email`` package;
+for ``https://`` backends it keeps urllib3's ``_make_request`` and its TLS handling.
 
 It turns urllib3's exceptions into the typed errors of ``errors``, telling a failure
 before anything was sent (safe to retry anywhere) from one after. It knows nothing of
@@ -100,7 +105,7 @@ class Upstream:
 
         ``target`` goes on the request line exactly as given: the pool's own ``urlopen``
         would re-encode it (STACK-FACTS 7), so this takes a connection and makes the one
-        request itself. ``headers`` is a ``urllib3.HTTPHeaderDict`` (repeated names stay
+        request itself (``app.exchange`` on plain connections, urllib3 on TLS ones). ``headers`` is a ``urllib3.HTTPHeaderDict`` (repeated names stay
         separate lines). ``fresh`` opens a new connection instead of reusing a pooled
         one. The caller gives the connection back with ``release_conn()``.
         Raises a subclass of ``UpstreamError``; its ``reused`` says whether the failure
