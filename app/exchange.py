@@ -151,6 +151,8 @@ class Response:
         status = self.status
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
             self.length_remaining = 0
+            if status == SWITCHING_PROTOCOLS:
+                self._keep = False   # the connection now speaks another protocol
         elif codings is not None:
             self._keep = False       # RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored
             if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":

@@ -51,8 +51,9 @@ def fetch(upstream, url, method="GET", target="/", body=None, chunked=False, hea
     (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", True),
     (b"HTTP/1.1 204 No Content\r\n\r\n", b"", True),
     (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", b"", True),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", b"", False),
 ], ids=["content-length", "chunked-with-trailer", "connection-close", "http-1.0", "http-1.0-keep-alive",
-        "interim-100-skipped", "204", "304-with-length"])
+        "interim-100-skipped", "204", "304-with-length", "101-never-pooled"])
 def test_framed_responses_are_read_whole_and_kept_alive_when_allowed(raw, answer, body, reuses):
     backend = raw(lambda received: answer)
     upstream = upstream_for(backend.url)
