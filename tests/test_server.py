@@ -1,4 +1,5 @@
 """``python wsgi.py`` over real sockets: start-up, rotation, health, errors, and shutdown."""
+import shutil
 import signal
 import socket
 import sys
@@ -166,6 +167,7 @@ def test_demo_serves_three_named_backends(write_config):
         process.stop()
 
 
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (Debian iproute2; .ci/run installs it)")
 def test_the_listening_socket_queues_more_than_gevents_128_pending_connections():
     import subprocess
 
