@@ -147,9 +147,7 @@ class _LoggedBody:
 
     def close(self) -> None:
         try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
+            _close(self._body)
         finally:
             received = self._received.count if self._received is not None else 0
             self._owner.finish(self._environ, self._state["status"], self._sent, received,
@@ -268,11 +266,16 @@ class _ServerBody:
 
     def close(self) -> None:
         try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
+            _close(self._body)
         finally:
             try:
                 self._sock.settimeout(None)
             except OSError:
                 pass
+
+
+def _close(body) -> None:
+    """Close a WSGI response iterable, as PEP 3333 requires of whoever wraps it."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
