@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from .config import ConfigHolder, ForwardedConfig
 from .errors import UpstreamError
-from .logs import Fields
+from .logs import info_fields
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -124,7 +124,7 @@ class RequestLog:
             fields["error"] = error.kind
         if admin:
             fields["admin"] = True
-        log.info(Fields("", fields))
+        info_fields(log, fields)
 
 
 class _LoggedBody:

@@ -1,11 +1,14 @@
 """Log formats, access lines, event lines and Server-Timing, from a real proxy process where it matters."""
+import io
 import json
 import logging
 import re
 
 import pytest
 
-from app.logs import TEXT_FORMAT, Fields, JsonFormatter, TextFormatter
+from app import logs
+from app.logs import (TEXT_FORMAT, Fields, JsonFormatter, TextFormatter, configure_logging,
+                      info_fields)
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.wire import get, request
@@ -139,3 +142,53 @@ def test_server_timing_false_leaves_the_header_out(start_proxy, backend):
     proxy = start_proxy(base_config([backend.url], server_timing=False))
     status, headers, _ = get(proxy.port, "/")
     assert status == 200 and "server-timing" not in headers
+
+
+@pytest.fixture
+def configured():
+    """``configure_logging`` in this process, to a string; undone after the test."""
+    logger = logging.getLogger("myproxy")
+    saved = (logger.handlers[:], logger.level, logger.propagate, logs._installed)
+
+    def configure(fmt: str) -> io.StringIO:
+        stream = io.StringIO()
+        configure_logging("info", fmt, stream)
+        return stream
+
+    yield configure
+    logger.handlers[:], logger.level, logger.propagate, logs._installed = saved
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_direct_access_line_is_the_line_a_record_makes(fmt, configured):
+    stream = configured(fmt)
+    logger = logging.getLogger("myproxy.access")
+    fields = {"request_id": "abc", "target": "/a b", "status": 200, "backend": None}
+    made, factory = [], logging.getLogRecordFactory()
+    logging.setLogRecordFactory(lambda *args, **kwargs: made.append(1) or factory(*args, **kwargs))
+    try:
+        info_fields(logger, fields)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert not made                                     # written without a record
+    logger.info(Fields("", fields))
+    direct, recorded = stream.getvalue().splitlines()
+    if fmt == "json":
+        direct, recorded = json.loads(direct), json.loads(recorded)
+        assert direct.pop("time")[:19] == recorded.pop("time")[:19]   # the same second
+    else:
+        assert direct[:19] == recorded[:19]
+        direct, recorded = direct[23:], recorded[23:]
+    assert direct == recorded
+
+
+def test_a_direct_access_line_goes_through_logging_when_another_handler_listens(caplog, configured):
+    configured("text")
+    logger = logging.getLogger("myproxy")
+    with caplog.at_level(logging.INFO, logger="myproxy"):
+        logger.addHandler(caplog.handler)
+        try:
+            info_fields(logging.getLogger("myproxy.access"), {"request_id": "xyz"})
+        finally:
+            logger.removeHandler(caplog.handler)
+    assert "request_id=xyz" in caplog.text
