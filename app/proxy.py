@@ -27,8 +27,6 @@ import logging
 import time
 from typing import Callable, Iterator
 
-from urllib3 import HTTPHeaderDict
-
 from .admission import admit
 from .affinity import request_key
 from .balancer import Backend, Balancer
@@ -147,7 +145,7 @@ class Proxy:
         environ["myproxy.attempts"] = len(attempts)
         headers = self._outbound_headers(environ, backend)
         if upgrade:
-            headers["Connection"], headers["Upgrade"] = "Upgrade", upgrade
+            headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
         backend.in_flight += 1
         backend.requests += 1
         sent_at = time.monotonic()
@@ -177,17 +175,22 @@ class Proxy:
         elif transition == "up":
             log.info(Fields("backend up", backend=backend.url, after="a request succeeded"))
 
-    def _outbound_headers(self, environ: dict, backend: Backend) -> HTTPHeaderDict:
-        """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID."""
-        headers = HTTPHeaderDict()
+    def _outbound_headers(self, environ: dict, backend: Backend) -> list[tuple[str, str]]:
+        """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID,
+        as ``(name, value)`` lines in order (a repeated name stays separate lines)."""
+        headers = []
         incoming = environ.get("myproxy.headers") or headers_from_environ(environ)
         dropped = connection_tokens(incoming)
         client = environ.get("REMOTE_ADDR", "")
-        trusted = self.config.forwarded.trusts(client)
+        request_id = environ.get("myproxy.request_id")
+        forwarded = self.config.forwarded
+        trusted = forwarded.trusts(client)
+        preserve_host = forwarded.preserve_host
         forwarded_for = ""
+        has_proto = has_host = has_forwarded_host = False
         for name, value in incoming:
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in dropped or lower in NOT_FORWARDED:
+            if lower in HOP_BY_HOP or lower in NOT_FORWARDED or (dropped and lower in dropped):
                 continue
             if "_" in name:
                 # X_Forwarded_For reads as X-Forwarded-For to CGI-style servers: dropped,
@@ -199,23 +202,28 @@ class Proxy:
                 if lower == "x-forwarded-for":
                     forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
                     continue
-            if lower == "host" and not self.config.forwarded.preserve_host:
-                continue
-            headers.add(name, value)
-        headers["X-Forwarded-For"] = f"{forwarded_for}, {client}" if forwarded_for else client
-        if not (trusted and "X-Forwarded-Proto" in headers):
-            headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
-        if not (trusted and "X-Forwarded-Host" in headers):
+                if lower == "x-request-id" and request_id:
+                    continue            # the middleware's request ID replaces it
+                has_proto = has_proto or lower == "x-forwarded-proto"
+                has_forwarded_host = has_forwarded_host or lower == "x-forwarded-host"
+            elif lower == "host":
+                if not preserve_host:
+                    continue
+                has_host = True
+            headers.append((name, value))
+        headers.append(("X-Forwarded-For", f"{forwarded_for}, {client}" if forwarded_for else client))
+        if not has_proto:
+            headers.append(("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")))
+        if not has_forwarded_host:
             host = environ.get("HTTP_HOST")
             if host:
-                headers["X-Forwarded-Host"] = host
-        if "Host" not in headers:
-            headers["Host"] = backend.netloc
-        request_id = environ.get("myproxy.request_id")
+                headers.append(("X-Forwarded-Host", host))
+        if not has_host:
+            headers.append(("Host", backend.netloc))
         if request_id:
-            headers["X-Request-ID"] = request_id
+            headers.append(("X-Request-ID", request_id))
         protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
-        headers.add("Via", f"{protocol} {VIA_NAME}")
+        headers.append(("Via", f"{protocol} {VIA_NAME}"))
         return headers
 
     def _fail(self, environ: dict, start_response: Callable, error: ProxyError):

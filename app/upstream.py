@@ -26,6 +26,7 @@ import socket
 import requests
 import requests.adapters
 import urllib3
+from urllib3 import HTTPHeaderDict
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError,
                                 ProtocolError, ReadTimeoutError, SSLError)
@@ -105,8 +106,9 @@ class Upstream:
 
         ``target`` goes on the request line exactly as given: the pool's own ``urlopen``
         would re-encode it (STACK-FACTS 7), so this takes a connection and makes the one
-        request itself (``app.exchange`` on plain connections, urllib3 on TLS ones). ``headers`` is a ``urllib3.HTTPHeaderDict`` (repeated names stay
-        separate lines). ``fresh`` opens a new connection instead of reusing a pooled
+        request itself (``app.exchange`` on plain connections, urllib3 on TLS ones).
+        ``headers`` are ``(name, value)`` lines or a ``urllib3.HTTPHeaderDict`` (repeated
+        names stay separate lines either way). ``fresh`` opens a new connection instead of reusing a pooled
         one. The caller gives the connection back with ``release_conn()``.
         Raises a subclass of ``UpstreamError``; its ``reused`` says whether the failure
         was on a pooled keep-alive connection.
@@ -124,6 +126,8 @@ class Upstream:
             return self._exchange(pool, conn, reused, method, target, headers, body, chunked,
                                   timeout)
         # https: http.client and urllib3's TLS handling, as before.
+        if not isinstance(headers, HTTPHeaderDict):
+            headers = HTTPHeaderDict(headers)
         for name in LIBRARY_DEFAULT_HEADERS:
             if name not in headers:
                 headers[name] = SKIP_HEADER
