@@ -49,8 +49,12 @@ def closed_within(sock, seconds: float) -> bool:
         return False
 
 
-def test_slowloris_headers_are_cut_off(proxy):
+@pytest.mark.parametrize("after_a_request", [False, True], ids=["first", "keep-alive"])
+def test_slowloris_headers_are_cut_off(proxy, after_a_request):
     with connect(proxy.port) as sock:
+        if after_a_request:     # the head deadline also holds for a later request's head
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(sock)[0] == 200
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
 
         def drip():
