@@ -18,6 +18,8 @@ import logging
 import sys
 import time
 
+from gevent import get_hub, getcurrent
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -111,16 +113,47 @@ def _json_entry(created: float, level: str, name: str) -> dict:
 
 class LineHandler(logging.StreamHandler):
     """The handler ``configure_logging`` installs: a ``StreamHandler`` that can also write
-    a line of fields straight to its stream (``info_fields``), without building a record."""
+    a line of fields straight to its stream (``info_fields``), without building a record.
+
+    Lines written in a greenlet of the gevent hub are gathered and written together when
+    the hub next comes round, before it waits for the network again: under load that is
+    one write for many requests, when idle it is at once. Every other line (a record, or
+    a line from outside the hub) writes what is gathered first, so lines stay in order;
+    ``flush`` (at exit) writes it too.
+    """
+
+    def __init__(self, stream=None):
+        super().__init__(stream)
+        self._pending: list[str] = []
 
     def write_fields(self, name: str, fields: dict) -> None:
-        line = self.formatter.fields_line(time.time(), name, fields)
-        stream = self.stream
+        pending = self._pending
+        pending.append(self.formatter.fields_line(time.time(), name, fields))
+        hub = get_hub()
+        if getcurrent().parent is not hub:
+            self.write_pending()
+        elif len(pending) == 1:
+            hub.loop.run_callback(self.write_pending)
+
+    def write_pending(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        text = self.terminator.join(pending) + self.terminator
+        pending.clear()
         try:
-            stream.write(line + self.terminator)
-            stream.flush()
+            self.stream.write(text)
+            self.stream.flush()
         except Exception:  # noqa: BLE001 - logging never takes the caller down
-            self.handleError(logging.makeLogRecord({"name": name, "msg": line}))
+            self.handleError(logging.makeLogRecord({"name": "myproxy.access", "msg": text}))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write_pending()
+        super().emit(record)
+
+    def flush(self) -> None:
+        self.write_pending()
+        super().flush()
 
 
 _installed: LineHandler | None = None     # configure_logging's handler, while it is installed

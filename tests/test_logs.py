@@ -150,8 +150,8 @@ def configured():
     logger = logging.getLogger("myproxy")
     saved = (logger.handlers[:], logger.level, logger.propagate, logs._installed)
 
-    def configure(fmt: str) -> io.StringIO:
-        stream = io.StringIO()
+    def configure(fmt: str, stream_class=io.StringIO) -> io.StringIO:
+        stream = stream_class()
         configure_logging("info", fmt, stream)
         return stream
 
@@ -192,3 +192,35 @@ def test_a_direct_access_line_goes_through_logging_when_another_handler_listens(
         finally:
             logger.removeHandler(caplog.handler)
     assert "request_id=xyz" in caplog.text
+
+
+class CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+def test_direct_lines_from_greenlets_are_written_together_and_in_order(configured):
+    import gevent
+    stream = configured("text", CountingStream)
+    access, events = logging.getLogger("myproxy.access"), logging.getLogger("myproxy.test")
+
+    def serve(n):
+        info_fields(access, {"request": n})
+        if n == 4:
+            events.warning("after the fifth")      # a record: what is gathered goes first
+
+    gevent.joinall([gevent.spawn(serve, n) for n in range(6)], timeout=5)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" ", 4)[-1] for line in lines] == [
+        "request=0", "request=1", "request=2", "request=3", "request=4", "after the fifth",
+        "request=5"]
+    assert stream.writes == 3       # five lines at once, the record, the last line
+
+
+def test_a_direct_line_outside_the_hub_is_written_at_once(configured):
+    stream = configured("text")
+    info_fields(logging.getLogger("myproxy.access"), {"request": "main"})
+    assert stream.getvalue().endswith(" request=main\n")
