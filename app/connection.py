@@ -100,7 +100,6 @@ class StrictConnection:
         only its socket, reader and greenlet."""
         self.environ = self.head = self.wsgi_input = self.result = None
         self.response_headers = self._head_timer = None
-        self.__dict__.pop("headers", None)      # back to pywsgi's empty class default
 
     def read_request(self, raw_requestline):
         """Read the header lines with ``http1.read_head`` and set what pywsgi reads later."""
@@ -110,9 +109,6 @@ class StrictConnection:
         self.requestline = raw_requestline
         self.command, self.path, self.request_version = (
             head.request.method, head.request.target, head.request.version)
-        # pywsgi's get_environ reads an http.client message; building one costs an email
-        # parse per request, so this gives it the few things it reads.
-        self.headers = RequestHeaders(head.fields)
         self.content_length = head.framing.length
         tokens = {token.strip().lower() for name, value in head.fields
                   if name.lower() == "connection" for token in value.split(",")}
@@ -181,32 +177,6 @@ class StrictConnection:
         expects = self.head.framing.has_body and any(
             n.lower() == "expect" and v.lower() == "100-continue" for n, v in self.head.fields)
         return RequestInput(self.rfile, self.head.framing, self.socket if expects else None)
-
-
-class RequestHeaders:
-    """The part of an ``http.client`` message that pywsgi reads: ``get`` (the first value,
-    any case), ``getheader``, ``typeheader``, and ``headers`` as raw lines."""
-
-    __slots__ = ("_fields", "_first")
-
-    def __init__(self, fields):
-        self._fields = fields
-        self._first = {}
-        for name, value in fields:
-            self._first.setdefault(name.lower(), value)
-
-    def get(self, name: str, default=None):
-        return self._first.get(name.lower(), default)
-
-    getheader = get
-
-    @property
-    def typeheader(self):
-        return self._first.get("content-type")
-
-    @property
-    def headers(self) -> list[str]:
-        return [f"{name}: {value}\r\n" for name, value in self._fields]
 
 
 class RequestInput:

@@ -28,11 +28,12 @@ import signal
 import socket
 import time
 from typing import Callable
+from urllib.parse import unquote
 
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
 
 from .config import LimitsConfig, TimeoutsConfig
 from .connection import StrictConnection
@@ -43,6 +44,7 @@ log = logging.getLogger("myproxy.server")
 
 LISTEN_BACKLOG = 2048       # pending connections the kernel queues before accept()
 COALESCE_BYTES = 16 * 1024   # a first body piece up to this size goes out with the head
+_CGI_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})   # environ keys without HTTP_
 
 
 class Handler(StrictConnection, WSGIHandler):
@@ -73,9 +75,37 @@ class Handler(StrictConnection, WSGIHandler):
         return self.read_strict_requestline()
 
     def get_environ(self):
-        environ = super().get_environ()
-        environ["RAW_URI"] = self.path                      # pywsgi decodes PATH_INFO
-        environ["myproxy.headers"] = list(self.head.fields)
+        """The WSGI environ, as pywsgi's own would be, made straight from the strict parse:
+        ``HTTP_*`` keys (repeated fields joined with ``,``, cookies with ``; ``; names with
+        ``_`` left out), plus the raw target (pywsgi decodes ``PATH_INFO``), the header
+        lines as received, and the strict body reader."""
+        environ = self.server.get_environ()
+        environ["REQUEST_METHOD"] = self.command
+        environ["SCRIPT_NAME"] = ""
+        path, _, query = self.path.partition("?")
+        environ["PATH_INFO"] = unquote(path, encoding="latin-1")
+        environ["QUERY_STRING"] = query
+        environ["SERVER_PROTOCOL"] = self.request_version
+        address = self.client_address
+        if isinstance(address, tuple):
+            environ["REMOTE_ADDR"] = str(address[0])
+            environ["REMOTE_PORT"] = str(address[1])
+        fields = self.head.fields
+        for name, value in fields:
+            if "_" in name:
+                continue                # as pywsgi: X_Forwarded_For must not pass as X-Forwarded-For
+            key = name.upper().replace("-", "_")
+            if key in _CGI_KEYS:
+                if key not in environ and (value or key == "CONTENT_TYPE"):
+                    environ[key] = value          # the first one
+                continue
+            key = "HTTP_" + key
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            else:
+                environ[key] = value
+        environ["RAW_URI"] = self.path
+        environ["myproxy.headers"] = list(fields)
         environ["myproxy.head_checked"] = True
         # Every body is read strictly, an upgrade request's too (pywsgi would hand it the
         # raw reader): a tunnel then starts right after the body.
@@ -112,14 +142,22 @@ class Handler(StrictConnection, WSGIHandler):
         return super().start_response(status, headers, exc_info)
 
     def finalize_headers(self):
+        # pywsgi's, with the Date made once a second, and no framing at all when no body
+        # follows: pywsgi would chunk and send a stray final chunk that desynchronises
+        # keep-alive connections.
+        if self.provided_date is None:
+            self.response_headers.append((b"Date", _http_date()))
         if self.command == "HEAD" or self.code < 200 or self.code in (204, 304):
-            # No body follows, so no framing: pywsgi would otherwise chunk and send a
-            # stray final chunk that desynchronises keep-alive connections.
-            if self.provided_date is None:
-                self.response_headers.append((b"Date", _http_date()))
             self.response_use_chunked = False
             return
-        super().finalize_headers()
+        if self.provided_content_length is not None:
+            return
+        if hasattr(self.result, "__len__"):
+            length = sum(len(chunk) for chunk in self.result)
+            self.response_headers.append((b"Content-Length", b"%d" % length))
+        elif self.request_version != "HTTP/1.0":
+            self.response_use_chunked = True
+            self.response_headers.append((b"Transfer-Encoding", b"chunked"))
 
     def _sendall(self, data):
         # pywsgi's, with exchange.send_all: one send() for what the kernel takes at once.
@@ -187,9 +225,15 @@ class Handler(StrictConnection, WSGIHandler):
         return super()._handle_client_error(ValueError(str(ex)))
 
 
+_date = [0, b""]         # the second and its Date value, made once a second
+
+
 def _http_date() -> bytes:
-    from gevent.pywsgi import format_date_time
-    return format_date_time(time.time())
+    """The ``Date`` value for now (RFC 9110 §6.6.1), made once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = now, format_date_time(now)
+    return _date[1]
 
 
 class Server(WSGIServer):

@@ -9,7 +9,7 @@ import pytest
 
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import ProxyProcess, base_config
-from tests.wire import connect, get, read_response
+from tests.wire import connect, get, read_response, request
 
 
 def test_startup_line_names_address_and_backends(start_proxy, backends):
@@ -201,3 +201,39 @@ def test_an_idle_keep_alive_connection_keeps_nothing_of_the_request_it_answered(
         sock.close()
     finally:
         server.stop(timeout=1)
+
+
+def test_the_environ_is_the_one_pywsgi_would_build(tmp_path):
+    """``Handler.get_environ`` builds the environ from the strict parse itself; an app sees
+    the same keys and values as under pywsgi's own handler (plus ours)."""
+    import json
+
+    from gevent.pywsgi import WSGIServer
+
+    from app.server import Server
+
+    def app(environ, start_response):
+        shown = {key: value for key, value in environ.items()
+                 if isinstance(value, str) and key not in ("RAW_URI", "SERVER_SOFTWARE")}
+        body = json.dumps(shown, sort_keys=True).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    raw = (b"POST /a%20b/c?x=1&y=%41 HTTP/1.1\r\nHost: h:1\r\nCookie: a=1\r\nX-Multi: 1\r\n"
+           b"Content-Type: text/plain\r\nCookie: b=2\r\nX-Multi: 2\r\nX_Under: no\r\n"
+           b"Accept: */*\r\nContent-Length: 2\r\n\r\nok")
+    seen = []
+    for server in (Server(("127.0.0.1", 0), app), WSGIServer(("127.0.0.1", 0), app, log=None)):
+        server.start()
+        try:
+            status, _, body = request(server.server_port, raw)
+        finally:
+            server.stop()
+        assert status == 200
+        environ = json.loads(body)
+        environ.pop("REMOTE_PORT"), environ.pop("SERVER_PORT")
+        seen.append(environ)
+    ours, pywsgi = seen
+    assert ours == pywsgi
+    assert ours["HTTP_COOKIE"] == "a=1; b=2" and ours["HTTP_X_MULTI"] == "1,2"
+    assert ours["PATH_INFO"] == "/a b/c" and "HTTP_X_UNDER" not in ours
