@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
-from gevent.lock import RLock
+from gevent.lock import BoundedSemaphore
 
 from .config import BackendConfig, HealthCheckConfig, PassiveHealthConfig
 from .errors import NoBackendAvailable
@@ -181,7 +181,7 @@ class Balancer:
         self._rng = rng
         self._policy = make_policy(policy, rng)
         self._clock = clock          # also for backends added by a reload
-        self._lock = RLock()
+        self._lock = BoundedSemaphore(1)   # gevent's lock; never taken twice by one greenlet
 
     def choose(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Backend:
         """The backend for the next request, skipping ``exclude`` (those already tried).
@@ -215,6 +215,8 @@ class Balancer:
         """Passive health: ``Backend.record_request``, except that failed requests never
         eject the last backend that could take requests (active checks decide for it)."""
         with self._lock:
+            if failure is None:
+                return backend.record_request(None, rules)
             others = any(b.available for b in self.backends if b is not backend)
             return backend.record_request(failure, rules, may_eject=others)
 

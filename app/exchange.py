@@ -145,6 +145,7 @@ class Response:
             elif lower == "connection":
                 connection = f"{connection},{value.lower()}"
         tokens = {token.strip() for token in connection.split(",")}
+        self.connection_tokens = tokens      # names the backend listed as hop-by-hop
         self._keep = ("keep-alive" in tokens) if self.version == b"HTTP/1.0" else ("close" not in tokens)
         self._chunked = False
         self.length_remaining: int | None = None

@@ -96,7 +96,8 @@ class Proxy:
             finally:
                 backend.in_flight -= 1
         start_response(f"{status} {response.reason or _reason(status)}",
-                       response_headers(response.header_lines, *_body_length(response, method)))
+                       response_headers(response.header_lines, *_body_length(response, method),
+                                        getattr(response, "connection_tokens", None)))
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
             _finish(response, backend, complete=True)
             return iter(())
@@ -180,7 +181,8 @@ class Proxy:
         as ``(name, value)`` lines in order (a repeated name stays separate lines)."""
         headers = []
         incoming = environ.get("myproxy.headers") or headers_from_environ(environ)
-        dropped = connection_tokens(incoming)
+        connection = environ.get("HTTP_CONNECTION")      # every Connection line, joined
+        dropped = connection_tokens([("Connection", connection)]) if connection else ()
         client = environ.get("REMOTE_ADDR", "")
         request_id = environ.get("myproxy.request_id")
         forwarded = self.config.forwarded
@@ -340,16 +342,18 @@ def connection_tokens(headers) -> frozenset[str]:
 
 
 def response_headers(upstream_headers, body_follows: bool = False,
-                     length: int | None = None) -> list[tuple[str, str]]:
+                     length: int | None = None, dropped=None) -> list[tuple[str, str]]:
     """The backend's headers less hop-by-hop ones, each repeated line kept separate.
 
     When a body follows, ``Content-Length`` is the ``length`` the body was framed by, once;
     it is dropped when there is none (a chunked body: RFC 9112 §6.3 says a proxy removes a
     Content-Length that Transfer-Encoding overrides), and the server frames the body itself.
+    ``dropped``: the lower-cased names ``Connection`` lists, when the caller has them.
     """
     pairs = upstream_headers if isinstance(upstream_headers, list) else \
         list(upstream_headers.iteritems())
-    dropped = connection_tokens(pairs)
+    if dropped is None:
+        dropped = connection_tokens(pairs)
     headers, length_sent = [], False
     for name, value in pairs:
         lower = name.lower()

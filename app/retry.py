@@ -132,9 +132,11 @@ class RetryBudget:
 
     def _bucket(self) -> list:
         now = self._clock()
-        while self._buckets and self._buckets[0][0] <= now - self.window:
-            self._buckets.popleft()
         second = int(now)
-        if not self._buckets or self._buckets[-1][0] != second:
-            self._buckets.append([second, 0, 0])
-        return self._buckets[-1]
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == second:
+            return buckets[-1]          # the same second: nothing has aged out since
+        while buckets and buckets[0][0] <= now - self.window:
+            buckets.popleft()
+        buckets.append([second, 0, 0])
+        return buckets[-1]

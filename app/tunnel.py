@@ -56,8 +56,10 @@ def upgrade_requested(environ: dict) -> str:
     header value that spans lines.
     """
     upgrade = environ.get("HTTP_UPGRADE")
+    if upgrade is None:
+        return ""
     connection = {token.strip().lower() for token in environ.get("HTTP_CONNECTION", "").split(",")}
-    if upgrade is None or "upgrade" not in connection or \
+    if "upgrade" not in connection or \
             environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or not handoff.can_take(environ):
         return ""
     protocols = [item.strip() for item in upgrade.split(",") if item.strip()]
