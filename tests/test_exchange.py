@@ -5,7 +5,7 @@ from urllib3 import HTTPHeaderDict
 
 from app.config import ConfigHolder, parse
 from app.errors import UpstreamError, UpstreamProtocolError, UpstreamReset
-from tests.rawbackend import CLOSE, RawBackend
+from tests.rawbackend import CLOSE, OK, RawBackend
 from tests.test_tunnel_inprocess import certificate, tls_backend  # noqa: F401 - fixtures
 
 
@@ -137,3 +137,25 @@ def test_https_backends_still_go_through_urllib3_and_verify_certificates(tls_bac
     with pytest.raises(UpstreamError) as caught:
         upstream_for(tls_backend.url).send(tls_backend.url, "GET", "/", HTTPHeaderDict({"Host": "b"}))
     assert "certificate" in caught.value.detail.lower() or "TLS" in caught.value.detail
+
+
+@pytest.mark.parametrize("host, looked_up", [("127.0.0.1", False), ("localhost", True)])
+def test_a_backend_given_by_address_is_connected_to_without_a_lookup(raw, monkeypatch, host,
+                                                                     looked_up):
+    # gevent runs each lookup in its thread pool; a burst of them stalled new connections.
+    import socket
+    backend = raw(lambda received: OK)
+    url = backend.url.replace("127.0.0.1", host)
+    lookups, real = [], socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kw: lookups.append(args) or real(*args, **kw))
+    upstream = upstream_for(url)
+    assert fetch(upstream, url)[0].status == 200
+    assert bool(lookups) is looked_up
+
+
+def test_a_refused_connection_to_an_address_is_a_connect_error():
+    from app.errors import UpstreamConnectError
+    from tests.backends import free_port
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(UpstreamConnectError):
+        fetch(upstream_for(url), url)
