@@ -129,17 +129,57 @@ class Handler(StrictConnection, WSGIHandler):
             super().process_result()
 
     def start_response(self, status, headers, exc_info=None):
+        """pywsgi's checks and bookkeeping in one pass over the headers, plus ours:
+        ``Content-Length`` is dropped from a 204 or 304 (pywsgi rejects a legal one,
+        STACK-FACTS 17), and ``Connection: close`` is added while draining or when the
+        request body was not read to its end (the connection cannot carry another)."""
+        if exc_info:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        if not isinstance(status, str):
+            raise UnicodeError("The status string must be a native string")
+        if "\r" in status or "\n" in status:
+            raise ValueError("carriage return or newline in status", status)
         code = int(status.split(" ", 1)[0])
-        if code in (204, 304):
-            # pywsgi rejects a legal 304 that carries Content-Length (STACK-FACTS 17).
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        if self.server.draining and self.request_version == "HTTP/1.1":
-            headers = [*headers, ("Connection", "close")]
-        elif not getattr(self.wsgi_input, "finished", True) and not any(
-                k.lower() == "connection" for k, _ in headers):
-            # The body was not read to its end: the connection cannot carry another request.
-            headers = [*headers, ("Connection", "close")]
-        return super().start_response(status, headers, exc_info)
+        no_body = code in (204, 304)
+        encoded = []
+        connection = date = length = None
+        for name, value in headers:
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise UnicodeError("The header must be a native string", name, value)
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+                raise ValueError("carriage return or newline in header", name, value)
+            lower = name.lower()
+            if lower == "content-length":
+                if no_body:
+                    continue
+                length = value
+            elif lower == "connection":
+                connection = value
+            elif lower == "date":
+                date = value
+            try:
+                encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+            except UnicodeEncodeError:
+                raise UnicodeError("Non-latin1 header", repr(name), repr(value)) from None
+        if connection != "close" and (self.server.draining
+                                      or not getattr(self.wsgi_input, "finished", True)):
+            encoded.append((b"Connection", b"close"))
+            connection = "close"
+        elif connection is None and self.request_version == "HTTP/1.0":   # say what happens next
+            encoded.append((b"Connection", b"close" if self.close_connection else b"keep-alive"))
+        if connection == "close":
+            self.close_connection = True
+        self.status = status.encode("latin-1")
+        self._orig_status = status
+        self.response_headers = encoded
+        self.code = code
+        self.provided_date = date
+        self.provided_content_length = length
+        return self.write
 
     def finalize_headers(self):
         # pywsgi's, with the Date made once a second, and no framing at all when no body

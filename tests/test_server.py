@@ -237,3 +237,25 @@ def test_the_environ_is_the_one_pywsgi_would_build(tmp_path):
     assert ours == pywsgi
     assert ours["HTTP_COOKIE"] == "a=1; b=2" and ours["HTTP_X_MULTI"] == "1,2"
     assert ours["PATH_INFO"] == "/a b/c" and "HTTP_X_UNDER" not in ours
+
+
+@pytest.mark.parametrize("status, headers", [
+    ("200 OK", [("X-Value", "a\r\nX-Evil: 1")]),
+    ("200 OK", [("X-Name\r\nX-Evil", "1")]),
+    ("200 OK\r\nX-Evil: 1", []),
+    ("200 OK", [("X-Value", "\u2603")]),
+])
+def test_a_header_that_would_split_the_response_is_refused(status, headers):
+    from app.server import Server
+
+    def app(environ, start_response):
+        start_response(status, headers)
+        return [b"ok"]
+
+    server = Server(("127.0.0.1", 0), app)
+    server.start()
+    try:
+        code, seen, _ = request(server.server_port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    finally:
+        server.stop()
+    assert code == 500 and "x-evil" not in seen

@@ -290,3 +290,14 @@ def test_chunked_response_with_a_length_is_sent_with_one_framing(proxy):
     head = data.split(b"\r\n\r\n")[0].lower()
     assert b"content-length" not in head and b"transfer-encoding: chunked" in head
     assert _dechunk(data.split(b"\r\n\r\n", 1)[1]) == b"hello"
+
+
+def test_an_http_1_0_client_gets_close_by_default_and_keep_alive_when_it_asks(proxy):
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET /a HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers.get("connection", "").lower() == "keep-alive"
+        sock.sendall(b"GET /b HTTP/1.0\r\nHost: t\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers.get("connection", "close").lower() == "close"
+        assert read_until_closed(sock, timeout=5) == b""
