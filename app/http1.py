@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
-from .errors import (BadRequest, HeadersTooLarge, MethodNotAllowed, UriTooLong,
+from .errors import (BadRequest, ClientError, HeadersTooLarge, MethodNotAllowed, UriTooLong,
                      VersionNotSupported)
 
 # RFC 9112 §3: a server should accept request lines of at least 8000 octets; longer: 414.
@@ -161,11 +162,12 @@ def origin_form(method: str, target: str) -> tuple[str, str | None]:
     return (path if path.startswith("/") else "/" + path), authority
 
 
-def read_line(rfile, budget: int, too_long) -> bytes:
-    """One CRLF-terminated line of at most ``budget`` bytes (CRLF included), without CRLF."""
+def read_line(rfile, budget: int, too_long: Callable[[], ClientError]) -> bytes:
+    """One CRLF-terminated line of at most ``budget`` bytes (CRLF included), without CRLF.
+    ``too_long`` makes the error for a longer line (made only then: a line is read often)."""
     line = rfile.readline(max(budget, 0) + 1)
     if len(line) > budget:
-        raise too_long
+        raise too_long()
     if not line.endswith(b"\n"):
         raise Incomplete("connection closed in the middle of a line")
     if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
@@ -186,7 +188,7 @@ def read_head(rfile, max_bytes: int, first_line: bytes | None = None) -> Head:
     fields, raw = [], []
     while True:
         line = read_line(rfile, max_bytes - used,
-                         HeadersTooLarge(f"the request head is over {max_bytes} bytes"))
+                         lambda: HeadersTooLarge(f"the request head is over {max_bytes} bytes"))
         used += len(line) + 2
         if not line:
             break
@@ -202,7 +204,10 @@ def read_head(rfile, max_bytes: int, first_line: bytes | None = None) -> Head:
 def read_request_line(rfile, max_bytes: int) -> bytes:
     """The request line, skipping one empty line before it (RFC 9112 §2.2)."""
     budget = min(MAX_REQUEST_LINE, max_bytes)
-    too_long = UriTooLong(f"the request line is over {budget} bytes")
+
+    def too_long():
+        return UriTooLong(f"the request line is over {budget} bytes")
+
     line = read_line(rfile, budget, too_long)
     return read_line(rfile, budget, too_long) if line == b"" else line
 
@@ -237,7 +242,7 @@ class ChunkedReader:
         return data
 
     def _next_size(self) -> int:
-        line = read_line(self._rfile, MAX_CHUNK_SIZE_LINE, BadRequest("chunk size line too long"))
+        line = read_line(self._rfile, MAX_CHUNK_SIZE_LINE, lambda: BadRequest("chunk size line too long"))
         match = CHUNK_SIZE_LINE.fullmatch(line)
         if not match:
             raise BadRequest("invalid chunk size line")
@@ -246,7 +251,7 @@ class ChunkedReader:
     def _read_trailers(self) -> None:
         budget = MAX_TRAILER_BYTES
         while True:
-            line = read_line(self._rfile, budget, HeadersTooLarge("trailer section too large"))
+            line = read_line(self._rfile, budget, lambda: HeadersTooLarge("trailer section too large"))
             if not line:
                 return
             budget -= len(line) + 2

@@ -44,6 +44,7 @@ from .errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, 
 LIBRARY_DEFAULT_HEADERS = ("User-Agent", "Accept-Encoding")
 
 POOL_MAXSIZE = 100          # keep-alive connections kept per backend
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # made once: enum flags cost per use
 
 
 class _LiteralAddress:
@@ -257,7 +258,7 @@ def _checkout(pool):
     sock = conn.sock
     if sock is not None:
         try:
-            getattr(sock, "_sock", sock).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            getattr(sock, "_sock", sock).recv(1, _PEEK_NOW)
         except BlockingIOError:
             return conn             # open, and nothing unasked-for waiting: reusable
         except OSError:
