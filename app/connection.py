@@ -102,9 +102,10 @@ class StrictConnection:
         self.response_headers = self._head_timer = None
 
     def read_request(self, raw_requestline):
-        """Read the header lines with ``http1.read_head`` and set what pywsgi reads later."""
-        head = http1.read_head(self.rfile, self.server.limits.max_header_bytes,
-                               first_line=raw_requestline.encode("latin-1"))
+        """Read the header lines with ``http1.read_head`` (unless the head was parsed whole
+        already) and set what pywsgi reads later."""
+        head = self.head or http1.read_head(self.rfile, self.server.limits.max_header_bytes,
+                                            first_line=raw_requestline.encode("latin-1"))
         self.head = head
         self.requestline = raw_requestline
         self.command, self.path, self.request_version = (
@@ -165,9 +166,20 @@ class StrictConnection:
             pass
 
     def read_strict_requestline(self) -> str:
-        """The request line, once its first byte is in; starts the head timer if not yet,
-        unless the whole head is in already (nearly always): then no read can wait."""
-        if self._head_timer is None and b"\r\n\r\n" not in self.rfile.peek():
+        """The request line, once its first byte is in.
+
+        When the whole head is in the reader's buffer already (nearly always), it is parsed
+        at once (``http1.parse_head``), and no read can wait. Otherwise it is read line by
+        line, under the head timer (started here if not yet).
+        """
+        buffered = self.rfile.peek()
+        end = buffered.find(b"\r\n\r\n")
+        if end > 0 and not buffered.startswith(b"\r\n"):
+            self.head = http1.parse_head(self.rfile.read(end + 4),
+                                         self.server.limits.max_header_bytes)
+            request = self.head.request
+            return f"{request.method} {request.target} {request.version}"
+        if self._head_timer is None:
             self._head_timer = gevent.Timeout.start_new(self.server.timeouts.client_header)
         line = http1.read_request_line(self.rfile, self.server.limits.max_header_bytes)
         return line.decode("latin-1")

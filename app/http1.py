@@ -183,11 +183,37 @@ def read_head(rfile, max_bytes: int, first_line: bytes | None = None) -> Head:
     ``BadRequest`` (400) for anything malformed or ambiguous.
     """
     line = first_line if first_line is not None else read_request_line(rfile, max_bytes)
+    return _head(line, lambda budget, too_long: read_line(rfile, budget, too_long), max_bytes)
+
+
+def parse_head(data: bytes, max_bytes: int) -> Head:
+    """``read_head`` of a head already in memory (the reader's buffer, nearly always):
+    ``data`` runs from the request line to the empty line that ends the head, both CRLFs
+    included, with no empty line before the request line. The same checks and errors,
+    without a read per line."""
+    lines = iter(data.split(b"\r\n"))
+
+    def next_line(budget: int, too_long: Callable[[], ClientError]) -> bytes:
+        line = next(lines)
+        if b"\n" in line or b"\r" in line:
+            raise BadRequest("a line not ended by CRLF")   # bare LF or bare CR (RFC 9112 §2.2)
+        if len(line) + 2 > budget:
+            raise too_long()
+        return line
+
+    budget = min(MAX_REQUEST_LINE, max_bytes)
+    line = next_line(budget, lambda: UriTooLong(f"the request line is over {budget} bytes"))
+    return _head(line, next_line, max_bytes)
+
+
+def _head(line: bytes, next_line: Callable, max_bytes: int) -> Head:
+    """The head after its request line ``line``; ``next_line(budget, too_long)`` gives
+    each following line without its CRLF."""
     request = parse_request_line(line)
     used = len(line) + 2
     fields, raw = [], []
     while True:
-        line = read_line(rfile, max_bytes - used,
+        line = next_line(max_bytes - used,
                          lambda: HeadersTooLarge(f"the request head is over {max_bytes} bytes"))
         used += len(line) + 2
         if not line:

@@ -110,3 +110,36 @@ def test_invalid_chunks_are_400(body):
     with pytest.raises(BadRequest):
         while reader.read(100):
             pass
+
+
+HEADS = [
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
+    b"POST /p?q HTTP/1.0\r\nContent-Length: 3\r\n\r\n",
+    b"PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: h\r\n\r\n",                       # bare LF ends the request line
+    b"GET / HTTP/1.1\r\nHost: h\nX: 1\r\n\r\n",                # bare LF in the fields
+    b"GET / HTTP/1.1\r\nHost: h\rX: 1\r\n\r\n",                # bare CR
+    b"GET / HTTP/1.1\r\n\r\n",                                 # no Host
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",  # request line over 8 KiB
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 200 + b"\r\n\r\n",   # over the head limit
+    b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: 1\r\n" * 100 + b"\r\n",   # over 100 lines
+    b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", HEADS, ids=range(len(HEADS)))
+def test_a_head_parsed_whole_is_read_as_line_by_line(data):
+    def outcome(parse):
+        try:
+            head = parse()
+        except Exception as error:  # noqa: BLE001 - the error is the outcome compared
+            return type(error)
+        return head
+    limit = 16 * 1024 if len(data) > 8000 or data.count(b"\r\n") > 50 else 120
+    whole = outcome(lambda: http1.parse_head(data, limit))
+    assert whole == outcome(lambda: http1.read_head(BytesIO(data), limit))
+    if not isinstance(whole, type):
+        assert whole.raw_fields == data[data.index(b"\r\n") + 2:-2]
