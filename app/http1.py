@@ -13,8 +13,7 @@ It knows nothing of sockets, timeouts, WSGI, or configuration: callers pass the 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .errors import (BadRequest, ClientError, HeadersTooLarge, MethodNotAllowed, UriTooLong,
                      VersionNotSupported)
@@ -39,6 +38,14 @@ CHUNK_SIZE_LINE = re.compile(
     rb"((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
     rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*\"))?)*)")
 MAX_CHUNK_SIZE_LINE = 4096
+# The common case in one match each, for a head parsed whole (``parse_head``): a valid
+# request line of a supported version, and field lines that are all valid (values stripped
+# of OWS afterwards). Anything they do not match is parsed line by line, which names what
+# is wrong. Neither pattern can backtrack: no two parts can match the same bytes.
+_VALID_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) (HTTP/1\.[01])")
+_FIELD_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
+_VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
+_FIELD = re.compile(_FIELD_LINE)
 MAX_TRAILER_BYTES = 16 * 1024
 
 
@@ -46,15 +53,16 @@ class Incomplete(EOFError):
     """The client closed the connection before the head (or a chunk) was complete."""
 
 
-@dataclass(frozen=True)
-class RequestLine:
+# The parsed head is made of named tuples rather than frozen dataclasses: as immutable,
+# and several times quicker to make, which counts once per request.
+
+class RequestLine(NamedTuple):
     method: str
     target: str          # as sent, decoded as latin-1 so it re-encodes byte for byte
     version: str         # "HTTP/1.0" or "HTTP/1.1"
 
 
-@dataclass(frozen=True)
-class Framing:
+class Framing(NamedTuple):
     """How the request body is delimited (RFC 9112 §6.3): chunked, a length, or none."""
 
     chunked: bool = False
@@ -65,8 +73,7 @@ class Framing:
         return self.chunked or bool(self.length)
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     request: RequestLine
     fields: tuple[tuple[str, str], ...]   # (name as sent, value without OWS), in order
     raw_fields: bytes                     # the field lines as received, CRLF-terminated
@@ -190,7 +197,21 @@ def parse_head(data: bytes, max_bytes: int) -> Head:
     """``read_head`` of a head already in memory (the reader's buffer, nearly always):
     ``data`` runs from the request line to the empty line that ends the head, both CRLFs
     included, with no empty line before the request line. The same checks and errors,
-    without a read per line."""
+    without a read per line; a valid head (nearly all) takes two matches in all."""
+    first = data.find(b"\r\n")
+    end = len(data) - 2
+    request = _VALID_REQUEST_LINE.fullmatch(data, 0, first)
+    if request is not None and first + 2 <= MAX_REQUEST_LINE and end + 2 <= max_bytes \
+            and _VALID_FIELDS.fullmatch(data, first + 2, end) is not None:
+        fields = [(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
+                  for name, value in _FIELD.findall(data, first + 2, end)]
+        if len(fields) <= MAX_FIELD_LINES:
+            version = request[3].decode()
+            check_host(fields, version)
+            return Head(RequestLine(request[1].decode("ascii"), request[2].decode("latin-1"),
+                                    version),
+                        tuple(fields), data[first + 2:end], body_framing(fields, version),
+                        end + 2)
     lines = iter(data.split(b"\r\n"))
 
     def next_line(budget: int, too_long: Callable[[], ClientError]) -> bytes:
