@@ -15,6 +15,7 @@ WSGI, backends or retries.
 """
 from __future__ import annotations
 
+import re
 import socket
 
 from .errors import UpstreamProtocolError, UpstreamReset
@@ -30,8 +31,11 @@ METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 NO_BODY_STATUSES = frozenset({204, 304})       # RFC 9110 §15.3.5, §15.4.5
 SWITCHING_PROTOCOLS = 101
 
-# RFC 9110 §5.6.2: tchar, the characters a header name (a token) may contain.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# A field line: a token (RFC 9110 §5.6.2), a colon, a value without CR or LF, CRLF. No two
+# parts can match the same bytes, so neither pattern backtracks.
+_FIELD_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n]*)\r\n"
+_FIELD = re.compile(_FIELD_LINE)
+_VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
 
 
 def build_head(method: str, target: str, headers, chunked: bool, has_body: bool) -> bytes:
@@ -116,21 +120,25 @@ class Response:
             buffer += data
             end = buffer.find(b"\r\n\r\n", max(0, len(buffer) - len(data) - 3))
         self._buffer = buffer[end + 4:]
-        lines = buffer[:end].split(b"\r\n")
-        if len(lines) > MAX_HEADER_LINES + 1:
-            raise UpstreamProtocolError("invalid response: too many header lines")
-        version, _, rest = lines[0].partition(b" ")
+        first = buffer.find(b"\r\n")
+        status_line = buffer[:first]
+        version, _, rest = status_line.partition(b" ")
         code, _, reason = rest.partition(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
                 or b"\n" in reason or b"\r" in reason:
-            raise UpstreamProtocolError(f"invalid response: bad status line {lines[0][:100]!r}")
-        fields = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or not _TCHAR.issuperset(name) or b"\n" in value \
-                    or b"\r" in value:
-                raise UpstreamProtocolError(f"invalid response: bad header line {line[:100]!r}")
-            fields.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
+            raise UpstreamProtocolError(f"invalid response: bad status line {status_line[:100]!r}")
+        # The field lines, each with its CRLF: checked by one match, taken apart by another.
+        if first == end:
+            fields = []
+        elif _VALID_FIELDS.fullmatch(buffer, first + 2, end + 2) is None:
+            raise UpstreamProtocolError("invalid response: bad header line " + repr(next(
+                line for line in buffer[first + 2:end].split(b"\r\n")
+                if not _FIELD.fullmatch(line + b"\r\n"))[:100]))
+        else:
+            fields = [(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
+                      for name, value in _FIELD.findall(buffer, first + 2, end + 2)]
+        if len(fields) > MAX_HEADER_LINES:
+            raise UpstreamProtocolError("invalid response: too many header lines")
         return int(code), reason.decode("latin-1"), version, fields
 
     def _frame(self, method: str) -> None:

@@ -159,3 +159,18 @@ def test_a_refused_connection_to_an_address_is_a_connect_error():
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UpstreamConnectError):
         fetch(upstream_for(url), url)
+
+
+def test_response_fields_are_taken_as_sent_less_ows(raw):
+    backend = raw(lambda received: b"HTTP/1.1 204 No Content\r\nX-A:\t a b \t\r\nX-Empty:\r\n"
+                                   b"X-Obs: caf\xe9\r\nX-A: 2\r\n\r\n")
+    response = upstream_for(backend.url).send(backend.url, "GET", "/", HTTPHeaderDict({"Host": "b"}))
+    assert response.header_lines == [("X-A", "a b"), ("X-Empty", ""), ("X-Obs", "caf\xe9"),
+                                     ("X-A", "2")]
+
+
+def test_a_response_with_too_many_header_lines_is_a_protocol_error(raw):
+    backend = raw(lambda received: b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 101 +
+                  b"Content-Length: 0\r\n\r\n")
+    with pytest.raises(UpstreamProtocolError):
+        upstream_for(backend.url).send(backend.url, "GET", "/", HTTPHeaderDict({"Host": "b"}))
