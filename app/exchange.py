@@ -62,6 +62,19 @@ def send_all(sock, data) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
+def wait_readable(sock) -> None:
+    """Wait until ``sock`` has bytes (or EOF) to read, within its timeout.
+
+    What gevent's ``recv`` does after a read found nothing, without that first read: right
+    after a request goes out, its answer is never in yet, and the read that says so is a
+    system call and an exception per request. A socket that is not gevent's is left to its
+    own ``recv``.
+    """
+    wait = getattr(sock, "_wait", None)
+    if wait is not None:
+        wait(sock._read_event)
+
+
 def send_request(sock, head: bytes, body, chunked: bool) -> None:
     """Send the head and the body. A reset while sending is swallowed: the backend may
     have answered already (an early 413, say), and reading the response tells."""
@@ -109,6 +122,8 @@ class Response:
     def _read_head(self):
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
+        if end < 0 and not buffer:
+            wait_readable(self._sock)       # the request was just sent: the answer is not in yet
         while end < 0:
             if len(buffer) > MAX_HEAD_BYTES:
                 raise UpstreamProtocolError("invalid response: the head is too long")
