@@ -26,7 +26,7 @@ import socket
 import gevent
 from gevent.event import Event
 
-from .server import reload_on
+from .server import reload_on, tune_gc
 
 log = logging.getLogger("myproxy.server")
 
@@ -85,6 +85,7 @@ def start_worker(worker) -> None:
     """Start the app of a freshly forked worker and take over its SIGHUP and SIGTERM."""
     app = worker.wsgi
     app.start()
+    tune_gc()
     connections = Connections()
     connections.track(worker)
     reload = Event()

@@ -4,7 +4,8 @@ Owns what gevent's pywsgi leaves to the application (STACK-FACTS 13-21): ``TCP_N
 on every accepted socket, the raw request target and header lines in environ, no stray
 body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
 log and tracebacks, the hand-over of a connection to an upgrade tunnel (``app.handoff``),
-and a shutdown sequence with a deadline (below).
+the garbage collector's settings for serving (``tune_gc``), and a shutdown sequence with
+a deadline (below).
 
 Each request is read strictly and every wait is bounded by ``connection.StrictConnection``
 (``app.http1`` and ``limits``/``timeouts``); the shutdown sequence:
@@ -23,6 +24,7 @@ Nothing here runs at import time.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -44,6 +46,7 @@ log = logging.getLogger("myproxy.server")
 
 LISTEN_BACKLOG = 2048       # pending connections the kernel queues before accept()
 COALESCE_BYTES = 16 * 1024   # a first body piece up to this size goes out with the head
+GC_THRESHOLDS = (10_000, 10, 10)   # see tune_gc
 _CGI_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})   # environ keys without HTTP_
 
 
@@ -343,6 +346,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
 
     reloader = gevent.spawn(reload_on, reload, app, follow_config)
     app.start()
+    tune_gc()
     server.start()
     if ready is not None:
         ready.set()
@@ -362,6 +366,22 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         app.stop()
     log.info("stopped")
     return 0
+
+
+def tune_gc() -> None:
+    """Set the cyclic garbage collector for serving, once the app has started.
+
+    With Python's defaults (a young collection every 700 net allocations, a full one after
+    100 of those) a full collection ran every half second at c=500 and paused the process
+    for 11-22 ms each time, finding nothing: every request in flight waited, which is the
+    p99. What the start-up made stays for the process's life, so it is frozen out of the
+    collector's scans (``gc.freeze``), and young collections run every ``GC_THRESHOLDS[0]``
+    net allocations: a request's objects are freed by reference counting, and what cycles
+    it leaves are still collected, young, a few times a minute under load.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _on_signal(signum: int, stop: Event) -> None:

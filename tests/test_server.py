@@ -259,3 +259,16 @@ def test_a_header_that_would_split_the_response_is_refused(status, headers):
     finally:
         server.stop()
     assert code == 500 and "x-evil" not in seen
+
+
+def test_the_garbage_collector_is_set_for_serving():
+    import gc
+
+    from app.server import GC_THRESHOLDS, tune_gc
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
