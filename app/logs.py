@@ -41,7 +41,10 @@ def render_value(value) -> str:
     """One value of a ``key=value`` pair, quoted and escaped when needed."""
     if value is None:
         return "-"
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is int or kind is float:
+        return str(value)               # nothing in a number needs quoting
+    if kind is bool:
         return "true" if value else "false"
     text = value if isinstance(value, str) else str(value)
     if text and text.isprintable() and " " not in text and '"' not in text and "=" not in text:
