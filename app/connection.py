@@ -111,8 +111,7 @@ class StrictConnection:
         self.command, self.path, self.request_version = (
             head.request.method, head.request.target, head.request.version)
         self.content_length = head.framing.length
-        tokens = {token.strip().lower() for name, value in head.fields
-                  if name.lower() == "connection" for token in value.split(",")}
+        tokens = http1.connection_tokens(head.fields)
         self.close_connection = ("close" in tokens if self.request_version == "HTTP/1.1"
                                  else "keep-alive" not in tokens)
         return True

@@ -19,6 +19,7 @@ import re
 import socket
 
 from .errors import UpstreamProtocolError, UpstreamReset
+from .http1 import connection_tokens
 
 MAX_HEAD_BYTES = 64 * 1024      # the status line and header lines together
 MAX_HEADER_LINES = 100          # as http.client
@@ -158,16 +159,14 @@ class Response:
 
     def _frame(self, method: str) -> None:
         """Decide from the head how the body is framed and whether the connection lasts."""
-        connection, codings, lengths = "", None, set()
+        codings, lengths = None, set()
         for name, value in self.header_lines:
             lower = name.lower()
             if lower == "content-length":
                 lengths.add(value)
             elif lower == "transfer-encoding":
                 codings = f"{codings}, {value}" if codings else value
-            elif lower == "connection":
-                connection = f"{connection},{value.lower()}"
-        tokens = {token.strip() for token in connection.split(",")}
+        tokens = connection_tokens(self.header_lines)
         self.connection_tokens = tokens      # names the backend listed as hop-by-hop
         self._keep = ("keep-alive" in tokens) if self.version == b"HTTP/1.0" else ("close" not in tokens)
         self._chunked = False

@@ -135,6 +135,19 @@ def body_framing(fields, version: str) -> Framing:
     return Framing()
 
 
+def list_tokens(value: str) -> frozenset[str]:
+    """The items of a comma-separated field value (RFC 9110 §5.6.1), lower-cased, without
+    empty ones: ``"keep-alive, X-Private"`` gives ``{"keep-alive", "x-private"}``."""
+    return frozenset(item for item in (part.strip().lower() for part in value.split(","))
+                     if item)
+
+
+def connection_tokens(fields) -> frozenset[str]:
+    """What every ``Connection`` line of ``fields`` lists (RFC 9110 §7.6.1), lower-cased:
+    ``close``, ``keep-alive``, ``upgrade``, or names of hop-by-hop fields."""
+    return list_tokens(",".join(value for name, value in fields if name.lower() == "connection"))
+
+
 def check_host(fields, version: str) -> None:
     """RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0."""
     hosts = sum(1 for name, _ in fields if name.lower() == "host")

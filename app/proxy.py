@@ -33,6 +33,7 @@ from .balancer import Backend, Balancer
 from .body import CHUNK_SIZE, request_body
 from .config import Config, ConfigHolder
 from .errors import ClientError, NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
+from .http1 import connection_tokens, list_tokens
 from .logs import Fields
 from .retry import ReplayableBody, RetryBudget, may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
@@ -181,8 +182,7 @@ class Proxy:
         as ``(name, value)`` lines in order (a repeated name stays separate lines)."""
         headers = []
         incoming = environ.get("myproxy.headers") or headers_from_environ(environ)
-        connection = environ.get("HTTP_CONNECTION")      # every Connection line, joined
-        dropped = connection_tokens([("Connection", connection)]) if connection else ()
+        dropped = list_tokens(environ.get("HTTP_CONNECTION", ""))   # every line, joined
         client = environ.get("REMOTE_ADDR", "")
         request_id = environ.get("myproxy.request_id")
         forwarded = self.config.forwarded
@@ -192,7 +192,7 @@ class Proxy:
         has_proto = has_host = has_forwarded_host = False
         for name, value in incoming:
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in NOT_FORWARDED or (dropped and lower in dropped):
+            if lower in HOP_BY_HOP or lower in NOT_FORWARDED or lower in dropped:
                 continue
             if "_" in name:
                 # X_Forwarded_For reads as X-Forwarded-For to CGI-style servers: dropped,
@@ -330,15 +330,6 @@ def headers_from_environ(environ: dict) -> list[tuple[str, str]]:
     if environ.get("CONTENT_LENGTH"):
         headers.append(("Content-Length", environ["CONTENT_LENGTH"]))
     return headers
-
-
-def connection_tokens(headers) -> frozenset[str]:
-    """Header names listed in ``Connection`` (RFC 9110 §7.6.1), lower-cased."""
-    tokens = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return frozenset(tokens)
 
 
 def response_headers(upstream_headers, body_follows: bool = False,

@@ -32,6 +32,7 @@ from urllib3 import HTTPHeaderDict
 from . import handoff
 from .config import ConfigHolder, TimeoutsConfig
 from .errors import BadRequest, ClientError, UpstreamConnectError, UpstreamConnectTimeout
+from .http1 import list_tokens
 from .upstream import classify
 
 log = logging.getLogger("myproxy.tunnel")
@@ -58,8 +59,7 @@ def upgrade_requested(environ: dict) -> str:
     upgrade = environ.get("HTTP_UPGRADE")
     if upgrade is None:
         return ""
-    connection = {token.strip().lower() for token in environ.get("HTTP_CONNECTION", "").split(",")}
-    if "upgrade" not in connection or \
+    if "upgrade" not in list_tokens(environ.get("HTTP_CONNECTION", "")) or \
             environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or not handoff.can_take(environ):
         return ""
     protocols = [item.strip() for item in upgrade.split(",") if item.strip()]

@@ -149,3 +149,9 @@ def test_a_head_parsed_whole_is_read_as_line_by_line(data):
     assert whole == outcome(lambda: http1.read_head(BytesIO(data), limit))
     if not isinstance(whole, type):
         assert whole.raw_fields == data[data.index(b"\r\n") + 2:-2]
+
+
+def test_connection_tokens_gather_every_connection_line_lower_cased():
+    fields = [("Connection", "keep-alive, X-Private"), ("Host", "h"), ("connection", " ,Upgrade,")]
+    assert http1.connection_tokens(fields) == {"keep-alive", "x-private", "upgrade"}
+    assert http1.list_tokens("") == frozenset()
