@@ -16,7 +16,6 @@ from typing import Callable
 import gevent
 import urllib3
 from gevent.event import Event
-from urllib3 import HTTPHeaderDict
 
 from .balancer import Backend, Balancer, CheckResult
 from .config import ConfigHolder, HealthCheckConfig
@@ -66,8 +65,8 @@ class HealthChecker:
     def probe(self, backend: Backend) -> CheckResult:
         """One ``GET`` of the health path; never raises."""
         started = time.monotonic()
-        headers = HTTPHeaderDict({"Host": backend.netloc, "User-Agent": "myproxy-health-check",
-                                  "Connection": "close"})
+        headers = [("Host", backend.netloc), ("User-Agent", "myproxy-health-check"),
+                   ("Connection", "close")]
         timeout = urllib3.Timeout(connect=self.rules.timeout, read=self.rules.timeout)
         try:
             response = self.upstream.send(backend.origin, "GET", backend.prefix + self.rules.path,

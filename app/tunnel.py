@@ -110,7 +110,7 @@ class Tunnels:
     def timeouts(self) -> TimeoutsConfig:
         return self.settings.config.timeouts
 
-    def send(self, origin: str, method: str, target: str, headers, body=None,
+    def send(self, origin: str, method: str, target: str, headers: list, body=None,
              chunked: bool = False, fresh: bool = True) -> Handshake:
         """Send an upgrade request on a new connection; return the answer, body unread.
 
@@ -119,8 +119,7 @@ class Tunnels:
         of ``UpstreamError`` (a connect or TLS failure means nothing was sent), or the
         ``ClientError`` reading the client's body raised.
         """
-        pairs = headers.iteritems() if hasattr(headers, "iteritems") else headers
-        lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in pairs)]
+        lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
         if chunked:
             lines.append("Transfer-Encoding: chunked")
         head = _head(lines)

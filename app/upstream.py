@@ -151,15 +151,15 @@ class Upstream:
             self._pools[origin] = pool
         return pool
 
-    def send(self, origin: str, method: str, target: str, headers, body=None,
+    def send(self, origin: str, method: str, target: str, headers: list, body=None,
              chunked: bool = False, timeout: urllib3.Timeout | None = None, fresh: bool = False):
         """Send the request; return the response with its body unread and undecoded.
 
         ``target`` goes on the request line exactly as given: the pool's own ``urlopen``
         would re-encode it (STACK-FACTS 7), so this takes a connection and makes the one
         request itself (``app.exchange`` on plain connections, urllib3 on TLS ones).
-        ``headers`` are ``(name, value)`` lines or a ``urllib3.HTTPHeaderDict`` (repeated
-        names stay separate lines either way). ``fresh`` opens a new connection instead of reusing a pooled
+        ``headers`` are ``(name, value)`` lines, in order (a repeated name stays separate
+        lines). ``fresh`` opens a new connection instead of reusing a pooled
         one. The caller gives the connection back with ``release_conn()``.
         Raises a subclass of ``UpstreamError``; its ``reused`` says whether the failure
         was on a pooled keep-alive connection.
@@ -177,8 +177,7 @@ class Upstream:
             return self._exchange(pool, conn, reused, method, target, headers, body, chunked,
                                   timeout)
         # https: http.client and urllib3's TLS handling, as before.
-        if not isinstance(headers, HTTPHeaderDict):
-            headers = HTTPHeaderDict(headers)
+        headers = HTTPHeaderDict(headers)
         for name in LIBRARY_DEFAULT_HEADERS:
             if name not in headers:
                 headers[name] = SKIP_HEADER
@@ -202,8 +201,7 @@ class Upstream:
     def _exchange(pool, conn, reused: bool, method: str, target: str, headers, body,
                   chunked: bool, timeout: urllib3.Timeout) -> exchange.Response:
         """The request and response on a plain connection, with ``app.exchange``'s codec."""
-        lines = headers.iteritems() if hasattr(headers, "iteritems") else headers
-        head = exchange.build_head(method, target, list(lines), chunked, body is not None)
+        head = exchange.build_head(method, target, headers, chunked, body is not None)
 
         def release(keep: bool) -> None:
             if not keep:

@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 import websocket
-from urllib3 import HTTPHeaderDict
 from webtest import TestApp
 
 from app import create_app
@@ -140,8 +139,8 @@ def test_https_backends_are_tunnelled_over_tls(serve, certificate, tls_backend):
 def test_an_untrusted_backend_certificate_fails_before_anything_is_sent(tls_backend):
     config = parse(f"backends:\n  - {tls_backend.url}\n", environ={})
     with pytest.raises(UpstreamConnectError) as caught:
-        Tunnels(ConfigHolder(config)).send(tls_backend.url, "GET", "/", HTTPHeaderDict(
-            {"Host": "127.0.0.1", "Connection": "Upgrade", "Upgrade": "echo"}))
+        Tunnels(ConfigHolder(config)).send(tls_backend.url, "GET", "/", [
+            ("Host", "127.0.0.1"), ("Connection", "Upgrade"), ("Upgrade", "echo")])
     assert "TLS handshake failed" in caught.value.detail and caught.value.sent is False
     assert tls_backend.requests == []
 
