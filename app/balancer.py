@@ -193,12 +193,8 @@ class Balancer:
             candidates = self.candidates(exclude)
             if not candidates:
                 raise NoBackendAvailable(self.describe_unavailable(exclude))
-            if self.slow_start > 0:
-                now = self._clock()
-                weights = [self.weight_of(b, now) for b in candidates]
-            else:
-                weights = [float(b.weight) for b in candidates]
-            return self._policy.pick(candidates, weights, key)
+            now = self._clock()
+            return self._policy.pick(candidates, [self.weight_of(b, now) for b in candidates], key)
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> list[Backend]:
         """Who may take a request: available primaries, else available backups."""
