@@ -40,6 +40,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from gunicorn.glogging import Logger  # noqa: E402
 
 from app.config import ConfigError, load  # noqa: E402
+from app.errors import UpstreamError  # noqa: E402
 from app.middleware import CloseConnection  # noqa: E402
 
 try:
@@ -75,12 +76,14 @@ errorlog = "-"
 
 class _Logger(Logger):
     """gunicorn's logger, without a traceback for the two ways app.middleware's
-    ServerConnection ends a connection on purpose."""
+    ServerConnection ends a connection on purpose, nor for a backend that failed partway
+    through a response body (the proxy has logged it in one line, and the client's
+    connection is closed so that the cut body cannot pass for a whole one)."""
 
     def exception(self, msg, *args, **kwargs):
         error = sys.exc_info()[1]
-        if isinstance(error, CloseConnection):
-            return          # a refused request: the app has logged it
+        if isinstance(error, (CloseConnection, UpstreamError)):
+            return          # a refused request or a failed backend: the app has logged it
         if isinstance(error, TimeoutError):
             self.info("closed a client connection: it stopped sending or reading")
             return
