@@ -1,12 +1,16 @@
 """Run the proxy under each server it supports: ``python wsgi.py`` and gunicorn's gevent worker.
 
 ``launch(kind, config_path)`` starts one and waits until it accepts connections; wire tests
-parametrize over ``SERVERS`` so every behaviour is proved under both.
+parametrize over ``SERVERS`` so every behaviour is proved under both. ``serving(kind,
+tmp_path_factory, config)`` is the whole life of one for a module's fixture.
 """
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
+
+import yaml
 
 from tests.backends import free_port, wait_until
 from tests.conftest import ProxyProcess
@@ -28,6 +32,21 @@ def launch(kind: str, config_path: str) -> ProxyProcess:
         process.stop()
         raise AssertionError(f"gunicorn does not accept on {port}:\n{process.output}")
     return process
+
+
+@contextmanager
+def serving(kind: str, tmp_path_factory, config: dict):
+    """A proxy under ``kind`` on ``config`` (written to a file of its own), with ``kind`` on
+    it; stopped at the end, when its output must hold no traceback."""
+    path = tmp_path_factory.mktemp(kind) / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = launch(kind, str(path))
+    process.kind = kind
+    try:
+        yield process
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output, process.output
 
 
 def _accepts(port: int) -> bool:

@@ -6,12 +6,11 @@ every byte it receives) never sees either request. A tripwire listener fails the
 the proxy ever connects anywhere but its backend.
 """
 import pytest
-import yaml
 
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.rawbackend import RawBackend, Tripwire, read_until_closed, statuses
-from tests.servers import SERVERS, launch
+from tests.servers import SERVERS, serving
 from tests.wire import connect, read_response, request
 
 PIPELINED = b"GET /pipelined HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -36,15 +35,10 @@ def tripwire():
 
 @pytest.fixture(scope="module", params=SERVERS)
 def proxy(request, raw, tripwire, tmp_path_factory):
-    path = tmp_path_factory.mktemp(request.param) / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(
-        [raw.url], health_check={"enabled": False}, retries={"attempts": 1},
-        limits={"max_header_bytes": MAX_HEADER_BYTES, "max_body_bytes": MAX_BODY_BYTES})))
-    process = launch(request.param, str(path))
-    process.kind = request.param
-    yield process
-    process.stop()
-    assert "Traceback" not in process.output
+    with serving(request.param, tmp_path_factory, base_config(
+            [raw.url], health_check={"enabled": False}, retries={"attempts": 1},
+            limits={"max_header_bytes": MAX_HEADER_BYTES, "max_body_bytes": MAX_BODY_BYTES})) as process:
+        yield process
 
 
 def refused(proxy, raw, data: bytes) -> list[int]:

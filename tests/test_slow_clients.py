@@ -4,12 +4,11 @@ import socket
 
 import gevent
 import pytest
-import yaml
 
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.rawbackend import OK, RawBackend, read_until_closed
-from tests.servers import SERVERS, launch
+from tests.servers import SERVERS, serving
 from tests.wire import connect, get, read_response
 
 PIECE = b"x" * 65536
@@ -31,14 +30,10 @@ def raw():
 
 @pytest.fixture(scope="module", params=SERVERS)
 def proxy(request, raw, tmp_path_factory):
-    path = tmp_path_factory.mktemp(request.param) / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(
-        [raw.url], health_check={"enabled": False},
-        timeouts={"client_header": "1s", "client_idle": "1s"})))
-    process = launch(request.param, str(path))
-    yield process
-    process.stop()
-    assert "Traceback" not in process.output
+    with serving(request.param, tmp_path_factory, base_config(
+            [raw.url], health_check={"enabled": False},
+            timeouts={"client_header": "1s", "client_idle": "1s"})) as process:
+        yield process
 
 
 def closed_within(sock, seconds: float) -> bool:

@@ -8,12 +8,11 @@ import signal
 
 import pytest
 import websocket
-import yaml
 from gevent.pool import Pool
 
 from tests.backends import free_port, wait_until
 from tests.conftest import ProxyProcess, base_config
-from tests.servers import SERVERS, launch
+from tests.servers import SERVERS, launch, serving
 from tests.websocket_backend import CLOSE, WebSocketBackend
 from tests.wire import connect, read_response, request
 
@@ -44,12 +43,9 @@ def ws_backend():
 @pytest.fixture(scope="module", params=SERVERS)
 def proxy(request, ws_backend, tmp_path_factory):
     """One proxy per server for the tests that need nothing special."""
-    path = tmp_path_factory.mktemp(request.param) / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config([ws_backend.url], **NO_CHECKS)))
-    process = launch(request.param, str(path))
-    yield process
-    process.stop()
-    assert "Traceback" not in process.output, process.output
+    with serving(request.param, tmp_path_factory,
+                 base_config([ws_backend.url], **NO_CHECKS)) as process:
+        yield process
 
 
 @pytest.fixture

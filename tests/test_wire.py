@@ -8,13 +8,12 @@ import gzip
 
 import gevent
 import pytest
-import yaml
 from gevent.event import Event
 
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.rawbackend import CLOSE, OK, RawBackend, read_until_closed, statuses
-from tests.servers import SERVERS, launch
+from tests.servers import SERVERS, serving
 from tests.wire import connect, read_response, request
 
 GZIPPED = gzip.compress(b"hello gzip " * 100)
@@ -70,13 +69,9 @@ def raw():
 
 @pytest.fixture(scope="module", params=SERVERS)
 def proxy(request, raw, tmp_path_factory):
-    path = tmp_path_factory.mktemp(request.param) / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(
-        [raw.url + "/base"], health_check={"enabled": False}, retries={"attempts": 1})))
-    process = launch(request.param, str(path))
-    process.kind = request.param
-    yield process
-    process.stop()
+    with serving(request.param, tmp_path_factory, base_config(
+            [raw.url + "/base"], health_check={"enabled": False}, retries={"attempts": 1})) as process:
+        yield process
 
 
 def send(proxy, head: str, body: bytes = b"") -> tuple[int, dict, bytes]:
