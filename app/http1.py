@@ -38,6 +38,7 @@ CHUNK_SIZE_LINE = re.compile(
     rb"((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
     rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*\"))?)*)")
 MAX_CHUNK_SIZE_LINE = 4096
+_NO_TOKENS: frozenset[str] = frozenset()
 # The common case in one match each, for a head parsed whole (``parse_head``): a valid
 # request line of a supported version, and field lines that are all valid (values stripped
 # of OWS afterwards). Anything they do not match is parsed line by line, which names what
@@ -138,6 +139,8 @@ def body_framing(fields, version: str) -> Framing:
 def list_tokens(value: str) -> frozenset[str]:
     """The items of a comma-separated field value (RFC 9110 §5.6.1), lower-cased, without
     empty ones: ``"keep-alive, X-Private"`` gives ``{"keep-alive", "x-private"}``."""
+    if not value:
+        return _NO_TOKENS               # the usual case: no such field
     return frozenset(item for item in (part.strip().lower() for part in value.split(","))
                      if item)
 
