@@ -6,7 +6,7 @@ Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
 fork (STACK-FACTS 22, 24): nothing connects or spawns in the master, which imports no
 requests or urllib3 (imported before the worker's monkey-patching, they break HTTPS
 upstreams: STACK-FACTS 12). Maps the config's limits and client timeouts onto gunicorn's
-own settings (app.admission and app.middleware.ServerConnection cover what those cannot).
+own settings (app.proxy.admission and app.server.gunicorn_worker.ServerConnection cover what those cannot).
 
 Signals, handled as under ``python wsgi.py``:
 
@@ -37,11 +37,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_OWNED] = tempfile.mkdtemp(
         prefix="myproxy-metrics-")
 
-from gunicorn.glogging import Logger  # noqa: E402
-
 from app.config import ConfigError, load  # noqa: E402
-from app.errors import UpstreamError  # noqa: E402
-from app.middleware import CloseConnection  # noqa: E402
+from app.server.gunicorn_worker import quiet_logger_class  # noqa: E402
 
 try:
     _config = load()
@@ -74,23 +71,7 @@ accesslog = None          # the app writes its own access log
 errorlog = "-"
 
 
-class _Logger(Logger):
-    """gunicorn's logger, without a traceback for the two ways app.middleware's
-    ServerConnection ends a connection on purpose, nor for a backend that failed partway
-    through a response body (the proxy has logged it in one line, and the client's
-    connection is closed so that the cut body cannot pass for a whole one)."""
-
-    def exception(self, msg, *args, **kwargs):
-        error = sys.exc_info()[1]
-        if isinstance(error, (CloseConnection, UpstreamError)):
-            return          # a refused request or a failed backend: the app has logged it
-        if isinstance(error, TimeoutError):
-            self.info("closed a client connection: it stopped sending or reading")
-            return
-        super().exception(msg, *args, **kwargs)
-
-
-logger_class = _Logger
+logger_class = quiet_logger_class()
 
 
 def on_starting(server):
@@ -121,7 +102,7 @@ def on_exit(server):
 
 def post_worker_init(worker):
     """In each worker, after the fork: start background work; SIGHUP reloads, SIGTERM drains."""
-    from app.gunicorn_worker import start_worker
+    from app.server.gunicorn_worker import start_worker
     start_worker(worker)
 
 

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         return 0 if passed else 1
 
     configure_logging(config.log_level, config.log_format)
-    from app.server import serve
+    from app.server.standalone import serve
     demo_servers = []
     if args.demo:
         from app.demo import start_demo_backends

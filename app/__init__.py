@@ -37,8 +37,6 @@ class App:
         self._wsgi = wsgi
         self.draining = False      # set on SIGTERM: /_myproxy/health answers 503
         self.started = False
-        # Reloads by result, for myproxy_config_reloads_total{result}.
-        self.reloads = {"success": 0, "failure": 0}
         self._reloading = Semaphore()
 
     @property
@@ -96,7 +94,6 @@ class App:
             from .logs import configure_logging
             configure_logging(new.log_level, new.log_format)
 
-        self.reloads["success"] += 1
         self.metrics.config_reloaded("success")
         log.info("config reloaded: %s%s", "; ".join(changed) or "no changes",
                  f" (not applied, needs a restart: {', '.join(kept)})" if kept else "")
@@ -112,7 +109,6 @@ class App:
             try:
                 new = load(self.config.source)
             except ConfigError as error:
-                self.reloads["failure"] += 1
                 self.metrics.config_reloaded("failure")
                 log.error("config reload refused, the running config stays: %s", error)
                 return False
@@ -126,14 +122,15 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     ``metrics_dir`` (default ``$PROMETHEUS_MULTIPROC_DIR``) puts the metrics in
     prometheus_client's multiprocess mode, so that gunicorn workers add up.
     """
-    from .admin import Admin
-    from .balancer import Backend, Balancer
-    from .health import HealthChecker
-    from .metrics import Metrics
-    from .middleware import RequestLog, ServerConnection
-    from .proxy import Proxy
-    from .status import Status
-    from .upstream import Upstream, make_session
+    from .middleware.admin import Admin
+    from .lb.balancer import Backend, Balancer
+    from .lb.health import HealthChecker
+    from .middleware.metrics import Metrics
+    from .middleware.access import RequestLog
+    from .server.gunicorn_worker import ServerConnection
+    from .proxy.proxy import Proxy
+    from .middleware.status import Status
+    from .proxy.upstream import Upstream, make_session
 
     settings = ConfigHolder(config)
     backends = [Backend(backend, probed=config.health_check.enabled) for backend in config.backends]

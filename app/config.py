@@ -341,8 +341,6 @@ BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _bool
 
 TOP_LEVEL_KEYS = ("backends", *SCALARS, *SECTIONS)
 
-ENV_OVERRIDES = {"PORT": "port", "MYPROXY_BACKENDS": "backends", "MYPROXY_ADMIN_TOKEN": "admin.token"}
-
 
 # --- YAML with positions --------------------------------------------------------------------
 

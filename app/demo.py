@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import gevent
 from gevent.event import Event
 
-from .server import Server
+from .server.standalone import Server
 
 log = logging.getLogger("myproxy.demo")
 

@@ -231,7 +231,7 @@ def serve_backend(port: int, name: str) -> None:
     """A drill backend: the demo app on a pywsgi server (TCP_NODELAY, no access log)."""
     sys.path.insert(0, ROOT)
     from app.demo import demo_app
-    from app.server import Server
+    from app.server.standalone import Server
     server = Server(("127.0.0.1", port), demo_app(name), max_connections=1000)
     server.serve_forever()
 

@@ -146,7 +146,9 @@ def test_reload_file_applies_a_good_file_and_refuses_a_bad_one(tmp_path, backend
         assert not app.reload_file()
     assert f"{path}:4:3: health_check.intervall: unknown key (did you mean `interval`?)" in caplog.text
     assert [x.url for x in app.balancer.backends] == [b.url]
-    assert app.reloads == {"success": 1, "failure": 1}
+    reloads = {result: app.metrics.registry.get_sample_value(
+        "myproxy_config_reloads_total", {"result": result}) for result in ("success", "failure")}
+    assert reloads == {"success": 1, "failure": 1}
 
 
 def test_changes_name_each_setting_as_written():

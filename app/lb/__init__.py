@@ -1,0 +1,7 @@
+"""Who gets the request: backends and their state, the balancer, policies, active health
+checks, retry rules and the request key for affinity (routes and DNS discovery land here).
+
+Imports only the leaves (``app.config``, ``app.errors``, ``app.logs``): nothing from
+``proxy``, ``middleware`` or ``server``. A collaborator that does I/O (the health check's
+upstream) is handed in by the composition root.
+"""

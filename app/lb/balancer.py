@@ -1,0 +1,262 @@
+"""Backends, their state, and the choice of one for each request.
+
+A ``Backend`` holds everything the proxy knows about one upstream server: its address,
+whether it is up, down (active checks) or ejected (failed requests), what is in flight,
+and its counters. Its availability changes in one place (``Backend._set_state``), fed by
+``record_check`` (active health) and ``record_request`` (passive health); both return the
+transition, if any, for the caller to log. ``Balancer.choose`` decides who may take a
+request (healthy, not ejected, not drained, not already tried; backups only when no other
+is left), weighs them for slow start, and lets the policy (``policies``) pick. It does no
+I/O, and the clock is passed in, so all of it is tested with plain asserts. Imports
+nothing from the rest of the app but config values and errors.
+"""
+from __future__ import annotations
+
+import collections
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+from gevent.lock import BoundedSemaphore
+
+from ..config import BackendConfig, HealthCheckConfig, PassiveHealthConfig
+from ..errors import NoBackendAvailable
+from .policies import make_policy
+
+HEALTH_HISTORY = 20     # health-check results kept per backend, newest last
+SLOW_START_FLOOR = 0.05  # a recovering backend gets at least this share of its weight
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One health check: when, how long, whether it passed, and why not."""
+
+    time: float
+    ok: bool
+    latency: float
+    status: int | None = None
+    error: str = ""
+
+
+class Backend:
+    """One upstream server and its live state.
+
+    ``probed`` says whether active checks run: then an ejected backend comes back only
+    on a passing check once ``eject_for`` is over; without them it gets trial requests
+    once ``eject_for`` is over, and the first success brings it back.
+    """
+
+    def __init__(self, config: BackendConfig, clock: Callable[[], float] = time.time,
+                 probed: bool = True):
+        self.config = config
+        self.url = config.url
+        parts = urlsplit(config.url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.netloc = parts.netloc
+        self.prefix = parts.path.rstrip("/")   # prepended to every request target
+        self._clock = clock
+        self.probed = probed
+        self.healthy = True                    # backends start healthy so the proxy serves at once
+        self.ejected_until: float | None = None  # set while ejected by failed requests
+        self.since = clock()
+        self.recovered_at: float | None = None   # when it last came back up (slow start)
+        self.passes = 0                        # consecutive passed checks
+        self.failures = 0                      # consecutive failed checks
+        self.request_failures = 0              # consecutive failed requests (passive health)
+        self.checks: collections.deque[CheckResult] = collections.deque(maxlen=HEALTH_HISTORY)
+        self.last_error = ""
+        self.in_flight = 0
+        self.requests = 0
+        self.errors = 0
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.url} {self.state}>"
+
+    @property
+    def weight(self) -> int:
+        return self.config.weight
+
+    @property
+    def state(self) -> str:
+        """``up``, ``down`` (failed active checks) or ``ejected`` (failed requests)."""
+        if not self.healthy:
+            return "down"
+        return "up" if self.ejected_until is None else "ejected"
+
+    @property
+    def available(self) -> bool:
+        """May take new requests: up, not drained (or an unprobed one on trial)."""
+        if not self.healthy or self.config.weight <= 0:
+            return False
+        return self.ejected_until is None or self._on_trial()
+
+    @property
+    def ejection_left(self) -> float:
+        """Seconds until an ejection's ``eject_for`` is over; 0 when there is none left."""
+        return 0.0 if self.ejected_until is None else max(0.0, self.ejected_until - self._clock())
+
+    def record_check(self, result: CheckResult, rules: HealthCheckConfig) -> str | None:
+        """Apply one health-check result; return the new state on a transition."""
+        self.checks.append(result)
+        if result.ok:
+            self.passes += 1
+            self.failures = 0
+        else:
+            self.failures += 1
+            self.passes = 0
+            self.last_error = result.error or f"status {result.status}"
+        healthy = self.healthy
+        if healthy and self.failures >= rules.fall:
+            healthy = False
+        elif not healthy and self.passes >= rules.rise:
+            healthy = True
+        ejected_until = self.ejected_until
+        if result.ok and ejected_until is not None and self._clock() >= ejected_until:
+            ejected_until = None
+        return self._set_state(healthy, ejected_until)
+
+    def record_request(self, failure: str | None, rules: PassiveHealthConfig,
+                       may_eject: bool = True) -> str | None:
+        """Apply one proxied request's outcome: ``failure`` says why it failed (a connect
+        error, reset or timeout; never a status the application chose), None if the
+        backend answered. Returns the new state on a transition."""
+        if failure is None:
+            self.request_failures = 0
+            if self.ejected_until is not None and self._clock() >= self.ejected_until:
+                return self._set_state(self.healthy, None)
+            return None
+        self.errors += 1
+        self.request_failures += 1
+        self.last_error = failure
+        if rules.failures == 0 or not may_eject or not self.healthy:
+            return None
+        if self._on_trial() or (self.ejected_until is None
+                                and self.request_failures >= rules.failures):
+            # A backend on trial is ejected again by its first failure.
+            return self._set_state(self.healthy, self._clock() + rules.eject_for) or "ejected"
+        return None
+
+    def assume_healthy(self) -> str | None:
+        """Count the backend healthy again, as at start (active checks were switched off)."""
+        return self._set_state(True, self.ejected_until)
+
+    def _on_trial(self) -> bool:
+        return (not self.probed and self.ejected_until is not None
+                and self._clock() >= self.ejected_until)
+
+    def _set_state(self, healthy: bool, ejected_until: float | None) -> str | None:
+        """The one place availability changes. Returns the new state if it changed."""
+        before = self.state
+        self.healthy, self.ejected_until = healthy, ejected_until
+        after = self.state
+        if after == before:
+            return None
+        self.since = self._clock()
+        self.request_failures = 0
+        if after == "up":
+            self.recovered_at = self.since
+        return after
+
+
+class Balancer:
+    """Chooses a backend for each request, under a gevent lock.
+
+    ``policy`` is one of the names in ``config.POLICIES``; ``slow_start`` (seconds) ramps
+    a recovered backend's weight up linearly; ``clock`` and ``rng`` are for tests.
+    """
+
+    def __init__(self, backends: Sequence[Backend], policy: str = "round_robin",
+                 slow_start: float = 0.0, clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None):
+        if not backends:
+            raise ValueError("a balancer needs at least one backend")
+        self.backends = list(backends)
+        self.policy = policy
+        self.slow_start = slow_start
+        self._rng = rng
+        self._policy = make_policy(policy, rng)
+        self._clock = clock          # also for backends added by a reload
+        self._lock = BoundedSemaphore(1)   # gevent's lock; never taken twice by one greenlet
+
+    def choose(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Backend:
+        """The backend for the next request, skipping ``exclude`` (those already tried).
+
+        ``key`` is the request's hash key for ``policy: hash``. Raises
+        ``NoBackendAvailable`` when no backend can take it.
+        """
+        with self._lock:
+            candidates = self.candidates(exclude)
+            if not candidates:
+                raise NoBackendAvailable(self.describe_unavailable(exclude))
+            now = self._clock()
+            return self._policy.pick(candidates, [self.weight_of(b, now) for b in candidates], key)
+
+    def candidates(self, exclude: Iterable[Backend] = ()) -> list[Backend]:
+        """Who may take a request: available primaries, else available backups."""
+        excluded = set(exclude)
+        usable = [b for b in self.backends if b.available and b not in excluded]
+        return [b for b in usable if not b.config.backup] or usable
+
+    def weight_of(self, backend: Backend, now: float) -> float:
+        """The configured weight, ramped up linearly for ``slow_start`` after a recovery."""
+        if self.slow_start > 0 and backend.recovered_at is not None:
+            ramp = (now - backend.recovered_at) / self.slow_start
+            if ramp < 1:
+                return backend.weight * max(ramp, SLOW_START_FLOOR)
+        return float(backend.weight)
+
+    def record_request(self, backend: Backend, failure: str | None,
+                       rules: PassiveHealthConfig) -> str | None:
+        """Passive health: ``Backend.record_request``, except that failed requests never
+        eject the last backend that could take requests (active checks decide for it)."""
+        with self._lock:
+            if failure is None:
+                return backend.record_request(None, rules)
+            others = any(b.available for b in self.backends if b is not backend)
+            return backend.record_request(failure, rules, may_eject=others)
+
+    def describe_unavailable(self, exclude: Iterable[Backend] = ()) -> str:
+        """Why no backend can take a request, for the 503 body and the log."""
+        excluded = set(exclude)
+        reasons = []
+        for backend in self.backends:
+            if backend in excluded:
+                reasons.append(f"{backend.url} already tried")
+            elif not backend.healthy:
+                reasons.append(f"{backend.url} down: {backend.last_error or 'failed checks'}")
+            elif not backend.available and backend.ejected_until is not None:
+                reasons.append(f"{backend.url} ejected after failed requests: {backend.last_error}")
+            elif backend.weight == 0:
+                reasons.append(f"{backend.url} drained")
+        return "; ".join(reasons)
+
+    def find(self, url: str) -> Backend | None:
+        return next((b for b in self.backends if b.url == url), None)
+
+    def reload(self, configs: Sequence[BackendConfig], policy: str, slow_start: float = 0.0,
+               probed: bool = True) -> list[Backend]:
+        """Swap in a new backend list and policy at once, under the lock; return the removed.
+
+        A backend whose URL stays keeps its object (health state, counters, in-flight
+        count) with the new weight and backup flag; a new URL gets a new, healthy
+        backend. Requests already sent to a removed backend keep their reference and
+        finish. The policy starts afresh, so new weights hold from the next request.
+        """
+        if not configs:
+            raise ValueError("a balancer needs at least one backend")
+        with self._lock:
+            current = {backend.url: backend for backend in self.backends}
+            backends = []
+            for config in configs:
+                backend = current.pop(config.url, None) or Backend(config, self._clock, probed)
+                backend.config, backend.probed = config, probed
+                backends.append(backend)
+            self.backends = backends
+            self.policy, self.slow_start = policy, slow_start
+            self._policy = make_policy(policy, self._rng)
+            return list(current.values())

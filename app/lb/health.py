@@ -1,0 +1,128 @@
+"""Active health checks: a greenlet that probes every backend each interval.
+
+``check_once`` runs one round (every backend at once, each with the check timeout) and is
+what tests call; ``start`` runs rounds in a loop until ``stop``; ``wake`` runs the next round
+at once (after a reload). The rules are read from the config in force at each round. A
+backend's state changes only through ``Backend.record_check``; this module logs the
+transitions it reports. It knows nothing of WSGI or of how requests are proxied.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Callable
+
+import gevent
+import urllib3
+from gevent.event import Event
+
+from .balancer import Backend, Balancer, CheckResult
+from ..config import ConfigHolder, HealthCheckConfig
+from ..errors import UpstreamError
+from ..logs import Fields
+
+log = logging.getLogger("myproxy.health")
+
+JITTER = 0.1   # each round starts up to 10% of the interval early or late
+
+
+class HealthChecker:
+    """Probes ``GET health_check.path`` on each backend of a balancer, through ``upstream``
+    (the proxy's ``Upstream``, handed in: this package never imports the proxy)."""
+
+    def __init__(self, balancer: Balancer, settings: ConfigHolder, upstream,
+                 clock: Callable[[], float] = time.time, on_result: Callable | None = None):
+        self.balancer = balancer
+        self.settings = settings
+        self.upstream = upstream
+        self._clock = clock
+        self._on_result = on_result     # called with (backend, result): metrics hook
+        self._greenlet: gevent.Greenlet | None = None
+        self._wake = Event()
+        self.rounds = 0
+
+    @property
+    def rules(self) -> HealthCheckConfig:
+        return self.settings.config.health_check
+
+    def check_once(self) -> None:
+        """Check every backend once, concurrently, and apply the results."""
+        backends = list(self.balancer.backends)
+        rules = self.rules
+        jobs = [gevent.spawn(self.probe, backend) for backend in backends]
+        gevent.joinall(jobs, timeout=rules.timeout + 1)
+        for backend, job in zip(backends, jobs):
+            if job.successful():
+                result = job.value
+            else:
+                job.kill(block=False)
+                result = CheckResult(self._clock(), False, rules.timeout,
+                                     error=f"check did not finish: {job.exception or 'timeout'}")
+            self.apply(backend, result)
+        self.rounds += 1
+
+    def probe(self, backend: Backend) -> CheckResult:
+        """One ``GET`` of the health path; never raises."""
+        started = time.monotonic()
+        headers = [("Host", backend.netloc), ("User-Agent", "myproxy-health-check"),
+                   ("Connection", "close")]
+        timeout = urllib3.Timeout(connect=self.rules.timeout, read=self.rules.timeout)
+        try:
+            response = self.upstream.send(backend.origin, "GET", backend.prefix + self.rules.path,
+                                          headers, timeout=timeout)
+        except UpstreamError as error:
+            return CheckResult(self._clock(), False, time.monotonic() - started, error=error.detail)
+        try:
+            response.drain_conn()
+        finally:
+            response.release_conn()
+        ok = self.rules.passes(response.status)
+        return CheckResult(self._clock(), ok, time.monotonic() - started, response.status,
+                           "" if ok else f"status {response.status}")
+
+    def apply(self, backend: Backend, result: CheckResult) -> None:
+        transition = backend.record_check(result, self.rules)
+        if self._on_result is not None:
+            self._on_result(backend, result)
+        if transition == "down":
+            log.warning(Fields("backend down", backend=backend.url, cause=backend.last_error,
+                               failed_checks=backend.failures))
+        elif transition == "up":
+            log.info(Fields("backend up", backend=backend.url, passed_checks=backend.passes))
+        elif transition == "ejected":       # up by its checks, still serving an ejection
+            log.info(Fields("backend passes checks", backend=backend.url,
+                            returns_in_s=round(backend.ejection_left, 1)))
+
+    def start(self) -> None:
+        """Run rounds in a background greenlet: the first at once, then every interval."""
+        if self._greenlet is None and self.rules.enabled:
+            self._greenlet = gevent.spawn(self._run)
+
+    def wake(self) -> None:
+        """Start the next round now rather than at the end of the interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the loop; safe to call twice."""
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=1)
+
+    @property
+    def running(self) -> bool:
+        return self._greenlet is not None and not self._greenlet.dead
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.check_once()
+            except Exception:  # noqa: BLE001 - a background loop never dies silently
+                log.exception("health-check round failed; retrying next interval")
+            self._wake.wait(self.next_delay())
+            self._wake.clear()
+
+    def next_delay(self) -> float:
+        """Seconds to the next round: the interval, spread by ±JITTER so that many
+        proxies do not probe the same backends in step."""
+        return self.rules.interval * random.uniform(1 - JITTER, 1 + JITTER)

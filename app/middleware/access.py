@@ -1,0 +1,203 @@
+"""WSGI middleware: request IDs, the access log, per-request metrics and Server-Timing.
+
+``RequestLog`` wraps any WSGI app. It gives each request an ``X-Request-ID`` (kept from a
+trusted proxy, otherwise generated) and returns it to the client with a ``Server-Timing``
+header (upstream and total time to the response headers, and the backend's name). When
+the server closes the response body, it writes one access line and hands the outcome to
+``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
+``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``, ``myproxy.error`` and
+``myproxy.upstream_duration`` from the proxy, ``myproxy.admin`` from the admin surface
+(admin requests are logged but not counted as traffic). Usage::
+
+    app = RequestLog(proxy, settings, metrics)  # settings: the ConfigHolder of the config in force
+
+It knows nothing of backends beyond those keys.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from random import getrandbits
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from ..config import ConfigHolder, ForwardedConfig
+from ..errors import UpstreamError
+from ..logs import info_fields
+from ..server.responses import close_body
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+log = logging.getLogger("myproxy.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID = 200          # longer IDs from a trusted proxy are replaced
+SERVER_TIMING_HEADER = "Server-Timing"   # W3C Server Timing
+
+
+def new_request_id() -> str:
+    """96 random bits in hex. ``random`` (reseeded in each forked child) rather than
+    ``os.urandom``: a request ID must be unique, not secret, and this takes no system call."""
+    return "%024x" % getrandbits(96)
+
+
+class RequestLog:
+    """Assigns request IDs, logs one line per request, and counts it."""
+
+    def __init__(self, app: Callable, settings: ConfigHolder, metrics: "Metrics | None" = None):
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+
+    @property
+    def forwarded(self) -> ForwardedConfig:
+        return self.settings.config.forwarded
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.config.access_log
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.monotonic()
+        request_id = environ.get("HTTP_X_REQUEST_ID", "")
+        if not (request_id and len(request_id) <= MAX_REQUEST_ID and request_id.isprintable()
+                and self.forwarded.trusts(environ.get("REMOTE_ADDR", ""))):
+            request_id = new_request_id()
+        environ["myproxy.request_id"] = request_id
+        received = None
+        if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+            received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
+        state = {"status": "-"}
+        timing = self.settings.config.server_timing
+
+        def start(status: str, headers: list, exc_info=None):
+            state["status"] = status.split(" ", 1)[0]
+            headers.append((REQUEST_ID_HEADER, request_id))
+            if timing:
+                headers.append((SERVER_TIMING_HEADER, server_timing(environ, started)))
+            return start_response(status, headers, exc_info)
+
+        body = self.app(environ, start)
+        if "myproxy.tunnel" in environ:
+            # An upgraded connection that has ended: log and count it now, and give the server
+            # its "already handled" marker unwrapped (app.handoff).
+            self.finish(environ, state["status"], environ["myproxy.tunnel"],
+                        received.count if received is not None else 0, started, tunnel=True)
+            return body
+        return _LoggedBody(body, self, environ, state, started, received)
+
+    def finish(self, environ: dict, status: str, sent: int, received: int, started: float,
+               tunnel: bool = False) -> None:
+        """Count and log one finished request (or tunnel: its life is no request latency)."""
+        duration = time.monotonic() - started
+        error = environ.get("myproxy.error")
+        admin = environ.get("myproxy.admin", False)
+        backend = environ.get("myproxy.backend")
+        tried = environ.get("myproxy.tried") or ()
+        if self.metrics is not None and not admin and status.isdigit():
+            self.metrics.observe(backend, int(status), None if tunnel else duration, tried,
+                                 error.kind if isinstance(error, UpstreamError) else None)
+        if not self.enabled:
+            return
+        upstream = environ.get("myproxy.upstream_duration")
+        fields = {
+            "request_id": environ["myproxy.request_id"],
+            "client": environ.get("REMOTE_ADDR") or None,
+            "method": environ.get("REQUEST_METHOD"),
+            "target": target_of(environ),
+            "status": int(status) if status.isdigit() else None,
+            "bytes_in": received,
+            "bytes_out": sent,
+            "duration_ms": round(duration * 1000, 2),
+            "upstream_ms": round(upstream * 1000, 2) if upstream is not None else None,
+            "backend": backend,
+            "attempts": environ.get("myproxy.attempts", 0),
+            "tried": _tried(tried),
+        }
+        if error is not None:
+            fields["error"] = error.kind
+        if admin:
+            fields["admin"] = True
+        info_fields(log, fields)
+
+
+class _LoggedBody:
+    """Passes the body through, counting bytes; logs when the server closes it."""
+
+    def __init__(self, body, owner: RequestLog, environ: dict, state: dict, started: float,
+                 received: "_CountingInput | None"):
+        self._body = body
+        self._owner = owner
+        self._environ = environ
+        self._state = state
+        self._started = started
+        self._received = received
+        self._sent = 0
+
+    def __iter__(self):
+        for chunk in self._body:
+            self._sent += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            close_body(self._body)
+        finally:
+            received = self._received.count if self._received is not None else 0
+            self._owner.finish(self._environ, self._state["status"], self._sent, received,
+                               self._started)
+
+
+class _CountingInput:
+    """``wsgi.input`` as the app reads it, counting the bytes of the request body."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.count = 0
+
+    def read(self, *args) -> bytes:
+        data = self._stream.read(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args) -> bytes:
+        data = self._stream.readline(*args)
+        self.count += len(data)
+        return data
+
+    def readlines(self, *args) -> list[bytes]:
+        lines = self._stream.readlines(*args)
+        self.count += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self):
+        for line in self._stream:
+            self.count += len(line)
+            yield line
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def server_timing(environ: dict, started: float) -> str:
+    """``upstream;dur=MS;desc="BACKEND", total;dur=MS``: times to the response headers."""
+    total = f"total;dur={(time.monotonic() - started) * 1000:.1f}"
+    upstream = environ.get("myproxy.upstream_duration")
+    backend = environ.get("myproxy.backend")
+    if upstream is None or backend is None:
+        return total
+    name = backend.replace("\\", "\\\\").replace('"', '\\"')
+    return f'upstream;dur={upstream * 1000:.1f};desc="{name}", {total}'
+
+
+def _tried(attempts) -> str | None:
+    """``url(why it failed),url`` for each backend tried, or None."""
+    return ",".join(url + (f"({failure})" if failure else "") for url, failure in attempts) or None
+
+
+def target_of(environ: dict) -> str:
+    raw = environ.get("RAW_URI")
+    if raw is not None:
+        return raw
+    query = environ.get("QUERY_STRING")
+    return environ.get("PATH_INFO", "") + ("?" + query if query else "")

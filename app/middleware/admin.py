@@ -1,0 +1,165 @@
+"""The admin surface: health, status, metrics and the status page under ``admin.prefix``.
+
+``Admin`` wraps the proxy as WSGI middleware. A request whose path is the prefix or under
+it is answered here and never proxied; every other request passes straight on::
+
+    app = Admin(proxy, settings, status=status, metrics=metrics, draining=lambda: False)
+
+| path        | answer                                                                   |
+|-------------|--------------------------------------------------------------------------|
+| ``/health`` | 200 ``ok``; 503 while draining or with no backend able to serve. Open.  |
+| ``/status`` | the JSON of ``status.Status``                                            |
+| ``/metrics``| Prometheus text (OpenMetrics when the scraper asks for it)               |
+| ``/``       | the live status page (``static/status.html``), which polls ``/status``   |
+
+Access: everything but ``/health`` needs the token when ``admin.token`` is set, as
+``Authorization: Bearer TOKEN`` (or HTTP Basic with the token as password, which is how a
+browser on a phone can send it), compared in constant time; without a token, only
+loopback clients are answered. Others get 401 or 403 and a body that says nothing about
+the backends. It marks admin requests with ``myproxy.admin`` so they are not counted as
+proxied traffic, and knows nothing of how requests are proxied. The prefix and the token
+are read from the config in force at each request, so a reload can change them.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import re
+from typing import Callable
+
+from ..config import ConfigHolder
+from .metrics import Metrics
+from .status import Status
+
+PAGE_PATH = os.path.join(os.path.dirname(__file__), "static", "status.html")
+REALM = "myproxy"
+ALLOWED_METHODS = ("GET", "HEAD")
+# The page is self-contained: it may load nothing from anywhere, and talk only to us.
+CSP = ("default-src 'none'; {inline}; connect-src 'self'; img-src data:; base-uri 'none'; "
+       "form-action 'none'; frame-ancestors 'none'")
+
+
+class Admin:
+    """Answers the admin paths; passes everything else to ``app``."""
+
+    def __init__(self, app: Callable, settings: ConfigHolder, status: Status, metrics: Metrics,
+                 draining: Callable[[], bool] = lambda: False, page_path: str = PAGE_PATH):
+        self.app = app
+        self.settings = settings
+        self.status = status
+        self.metrics = metrics
+        self.draining = draining
+        with open(page_path, "rb") as handle:
+            self._page = handle.read()
+        self._page_csp = CSP.format(inline=_inline_hashes(self._page))
+        self._routes = {"/health": self.health, "/status": self.status_json,
+                        "/metrics": self.metrics_text, "": self.page, "/": self.page}
+
+    def __call__(self, environ: dict, start_response: Callable):
+        path = environ.get("PATH_INFO", "")
+        prefix = self.settings.config.admin.prefix
+        if not (path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")):
+            return self.app(environ, start_response)
+        environ["myproxy.admin"] = True
+        route = path[len(prefix):]
+        if len(route) > 1:
+            route = route.rstrip("/")
+        handler = self._routes.get(route)
+        if route != "/health":
+            refusal = self.refuse(environ)
+            if refusal is not None:
+                return _respond(environ, start_response, *refusal)
+        if handler is None:
+            return _respond(environ, start_response, "404 Not Found", _TEXT, b"no such admin page\n")
+        if environ["REQUEST_METHOD"] not in ALLOWED_METHODS:
+            return _respond(environ, start_response, "405 Method Not Allowed",
+                            [*_TEXT, ("Allow", ", ".join(ALLOWED_METHODS))], b"use GET or HEAD\n")
+        return _respond(environ, start_response, *handler(environ))
+
+    # --- access ----------------------------------------------------------------------------
+
+    def refuse(self, environ: dict):
+        """None if the client may see admin pages; else the 401 or 403 to answer."""
+        token = self.settings.config.admin.token.encode("utf-8")
+        if token:
+            if _token_matches(environ.get("HTTP_AUTHORIZATION", ""), token):
+                return None
+            return ("401 Unauthorized",
+                    [*_TEXT, ("WWW-Authenticate", f'Bearer realm="{REALM}"'),
+                     ("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')],
+                    b"the admin pages need the admin token\n")
+        if is_loopback(environ.get("REMOTE_ADDR", "")):
+            return None
+        return ("403 Forbidden", _TEXT,
+                b"the admin pages answer loopback clients only while no admin token is set\n")
+
+    # --- pages -----------------------------------------------------------------------------
+
+    def health(self, environ: dict):
+        if self.draining():
+            return "503 Service Unavailable", _TEXT, b"draining\n"
+        if not any(backend.available for backend in self.status.balancer.backends):
+            return "503 Service Unavailable", _TEXT, b"no healthy backend\n"
+        return "200 OK", _TEXT, b"ok\n"
+
+    def status_json(self, environ: dict):
+        body = json.dumps(self.status.document(), separators=(",", ":")).encode()
+        return "200 OK", [("Content-Type", "application/json")], body
+
+    def metrics_text(self, environ: dict):
+        body, content_type = self.metrics.exposition(environ.get("HTTP_ACCEPT", ""))
+        return "200 OK", [("Content-Type", content_type)], body
+
+    def page(self, environ: dict):
+        return "200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                          ("Content-Security-Policy", self._page_csp)], self._page
+
+
+_TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+
+
+def _token_matches(header: str, token: bytes) -> bool:
+    """Whether ``Authorization`` carries ``token``: as a bearer token, or as the password of
+    HTTP Basic (any user name). Compared in constant time."""
+    scheme, _, credentials = header.strip().partition(" ")
+    scheme = scheme.lower()
+    supplied = b""
+    if scheme == "bearer":
+        supplied = credentials.strip().encode("utf-8")
+    elif scheme == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        supplied = decoded.partition(b":")[2]
+    return hmac.compare_digest(supplied, token)
+
+
+def _respond(environ: dict, start_response: Callable, status: str, headers: list, body: bytes):
+    start_response(status, [*headers, ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")])
+    return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def _inline_hashes(page: bytes) -> str:
+    """CSP sources allowing exactly the page's own inline script and style, by hash."""
+    def hashes(tag: str) -> str:
+        found = re.findall(rb"<" + tag.encode() + rb">(.*?)</" + tag.encode() + rb">", page, re.S)
+        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(text).digest()).decode() + "'"
+                        for text in found) or "'none'"
+    return f"script-src {hashes('script')}; style-src {hashes('style')}"

@@ -1,0 +1,213 @@
+"""Metrics: the Prometheus registry of one app, and the hooks the proxy and health checks feed.
+
+Owns the metric families of SPEC §5 (all ``myproxy_``, labelled by the backend URL as
+written in the config) in a ``CollectorRegistry`` of its own, so that several apps in one
+process (tests) never share counters, and the recent-traffic windows the status page
+reads (``recent.Traffic``, one per backend). The hooks:
+
+- ``observe(backend, status, seconds, tried, error_kind)``: one finished request, called
+  by the request-log middleware with the proxy's ``myproxy.tried`` (a ``(url, failure)``
+  pair per attempt); backend ``"none"`` when no backend was chosen;
+- ``health_checked(backend, result)``: one health check, the ``HealthChecker``'s ``on_result``;
+- ``config_reloaded(result)``: one reload, ``success`` or ``failure``.
+
+Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects, which own that state,
+when scraped, so they cost nothing per request.
+
+Several gunicorn workers add up through prometheus_client's multiprocess mode:
+``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
+prometheus_client; each worker then writes its values to files there, and a scrape in any
+worker reads them all. In that mode a small greenlet copies the gauges to the files every
+``GAUGE_REFRESH`` seconds, since the scraping worker cannot read another's ``Backend``.
+It knows nothing of WSGI or HTTP beyond a status code.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import gevent
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from ..lb.balancer import Backend, Balancer, CheckResult
+from .recent import Traffic
+
+log = logging.getLogger("myproxy.metrics")
+
+NO_BACKEND = "none"          # the backend label of requests no backend was chosen for
+# Request durations: a proxy's answers range from sub-millisecond to its read timeout.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0)
+GAUGE_REFRESH = 1.0          # seconds between gauge copies in multiprocess mode
+
+
+class _Series:
+    """The per-backend label children, made once so a request costs dict lookups only."""
+
+    __slots__ = ("codes", "duration", "retries", "errors", "traffic")
+
+    def __init__(self, metrics: "Metrics", url: str):
+        self.codes: dict[int, object] = {}
+        self.duration = metrics.request_duration.labels(url)
+        self.retries = metrics.retries.labels(url)
+        self.errors: dict[str, object] = {}
+        self.traffic = Traffic(metrics.clock)
+
+
+class Metrics:
+    """The registry and hooks of one app (see the module docstring)."""
+
+    def __init__(self, balancer: Balancer, multiprocess_dir: str | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.balancer = balancer
+        self.multiprocess = bool(multiprocess_dir)
+        self.clock = clock
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("myproxy_requests_total", "Requests answered, by backend and status code.",
+                                ["backend", "code"], registry=r)
+        self.request_duration = Histogram(
+            "myproxy_request_duration_seconds",
+            "Time from receiving a request to sending the last byte of its response, by backend.",
+            ["backend"], buckets=DURATION_BUCKETS, registry=r)
+        self.up = Gauge("myproxy_backend_up", "1 while the backend is up: passing its health checks "
+                        "and not ejected for failed requests.",
+                        ["backend"], registry=r, multiprocess_mode="livemin")
+        self.in_flight = Gauge("myproxy_backend_in_flight", "Requests sent to the backend and not finished.",
+                               ["backend"], registry=r, multiprocess_mode="livesum")
+        self.retries = Counter("myproxy_retries_total",
+                               "Requests retried on this backend after another attempt failed.",
+                               ["backend"], registry=r)
+        self.upstream_errors = Counter("myproxy_upstream_errors_total",
+                                       "Failed upstream requests, by backend and kind of failure.",
+                                       ["backend", "kind"], registry=r)
+        self.health_checks = Counter("myproxy_health_checks_total",
+                                     "Active health checks, by backend and result (pass or fail).",
+                                     ["backend", "result"], registry=r)
+        self.config_reloads = Counter("myproxy_config_reloads_total",
+                                      "Configuration reloads, by result (success or failure).",
+                                      ["result"], registry=r)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        self._series: dict[str, _Series] = {}
+        self._gauged: set[str] = set()
+        for backend in balancer.backends:
+            self.series(backend.url)
+            for result in ("pass", "fail"):
+                self.health_checks.labels(backend.url, result)
+        self._exposed = self.registry
+        if self.multiprocess:
+            from prometheus_client import multiprocess, values
+            if values.ValueClass is values.MutexValue:
+                raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client "
+                                   "is first imported (gunicorn.conf.py does it first thing)")
+            self._exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._exposed, path=multiprocess_dir)
+        self._refresher: gevent.Greenlet | None = None
+
+    # --- hooks ---------------------------------------------------------------------------
+
+    def series(self, url: str) -> _Series:
+        series = self._series.get(url)
+        if series is None:
+            series = self._series[url] = _Series(self, url)
+        return series
+
+    def observe(self, backend: str | None, status: int, seconds: float | None, tried=(),
+                error_kind: str | None = None) -> None:
+        """Count one finished request (called once per request, on the hot path).
+
+        ``seconds`` is None for a tunnel (an upgraded connection): counted, but its life
+        is not a request's latency.
+
+        ``tried`` has a ``(url, failure)`` pair per attempt (failure: an error kind,
+        ``"stale"`` for a keep-alive reconnect, None for the answer); ``error_kind`` is the
+        upstream failure the request ended with, which may have come after the answer
+        began (mid-body).
+        """
+        backend = backend or NO_BACKEND
+        series = self._series.get(backend) or self.series(backend)
+        counter = series.codes.get(status)
+        if counter is None:
+            counter = series.codes[status] = self.requests.labels(backend, str(status))
+        counter.inc()
+        if seconds is not None:
+            series.duration.observe(seconds)
+        series.traffic.record(status, seconds)
+        if len(tried) > 1 or error_kind is not None:
+            self._attempts(tried, error_kind)
+
+    def _attempts(self, tried, error_kind: str | None) -> None:
+        """Upstream errors and retries, each on the backend it happened to."""
+        previous = None
+        for url, failure in tried:
+            series = self._series.get(url) or self.series(url)
+            if previous is not None and previous != "stale":
+                series.retries.inc()
+            if failure is not None and failure != "stale":
+                self._upstream_error(series, url, failure)
+            previous = failure
+        if error_kind is not None and tried and tried[-1][1] is None:
+            url = tried[-1][0]
+            self._upstream_error(self._series.get(url) or self.series(url), url, error_kind,
+                                 answered=True)
+
+    def _upstream_error(self, series: _Series, url: str, kind: str, answered: bool = False) -> None:
+        errors = series.errors.get(kind)
+        if errors is None:
+            errors = series.errors[kind] = self.upstream_errors.labels(url, kind)
+        errors.inc()
+        series.traffic.upstream_error(kind, answered)
+
+    def health_checked(self, backend: Backend, result: CheckResult) -> None:
+        """Count one active health check (the ``HealthChecker``'s ``on_result``)."""
+        self.health_checks.labels(backend.url, "pass" if result.ok else "fail").inc()
+
+    def config_reloaded(self, result: str) -> None:
+        self.config_reloads.labels(result).inc()
+
+    def traffic(self, url: str) -> Traffic:
+        return self.series(url).traffic
+
+    # --- exposition ----------------------------------------------------------------------
+
+    def refresh_gauges(self) -> None:
+        """Copy each backend's health and in-flight count into the gauges; drop removed backends."""
+        current = set()
+        for backend in self.balancer.backends:
+            current.add(backend.url)
+            self.up.labels(backend.url).set(1 if backend.state == "up" else 0)
+            self.in_flight.labels(backend.url).set(backend.in_flight)
+        for url in self._gauged - current:
+            for gauge in (self.up, self.in_flight):
+                try:
+                    gauge.remove(url)
+                except KeyError:
+                    pass
+        self._gauged = current
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The Prometheus text (or OpenMetrics, if ``accept`` asks for it) and its content type."""
+        self.refresh_gauges()
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self._exposed), content_type
+
+    def start(self) -> None:
+        """In multiprocess mode, keep this worker's gauges current for scrapes by other workers."""
+        if self.multiprocess and self._refresher is None:
+            self._refresher = gevent.spawn(self._refresh_loop)
+
+    def stop(self) -> None:
+        greenlet, self._refresher = self._refresher, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=1)
+
+    def _refresh_loop(self) -> None:
+        while True:
+            try:
+                self.refresh_gauges()
+            except Exception:  # noqa: BLE001 - a background loop never dies silently
+                log.exception("refreshing the gauges failed; retrying")
+            gevent.sleep(GAUGE_REFRESH)

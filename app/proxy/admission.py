@@ -1,0 +1,84 @@
+"""Admission: whether a request may be forwarded at all, decided on the WSGI environ.
+
+``admit(environ, limits)`` runs under every server before a backend is chosen:
+
+- The target is made origin-form (``http1.origin_form``): an absolute-form target keeps
+  only its path and query and names the ``Host``; ``CONNECT`` is 405; anything else that
+  is not a path is 400. So the proxy only ever connects to its configured backends.
+- Under ``python wsgi.py`` the server's handler has already read the head strictly with
+  ``http1`` and says so with ``myproxy.head_checked``. Under gunicorn, its own parser has
+  refused most ambiguous framing (STACK-FACTS 23); this covers what it lets through: a
+  ``Transfer-Encoding`` other than a single ``chunked`` (gunicorn accepts ``gzip,
+  chunked``), a missing ``Host``, and a head over ``limits.max_header_bytes``, measured
+  from the environ (gunicorn keeps no raw bytes, so names and values count as
+  ``name:value`` lines: never more than what was sent).
+
+It leaves the checked target in ``RAW_URI``. It knows nothing of backends or sockets.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from ..server import http1
+from ..config import LimitsConfig
+from ..errors import BadRequest, HeadersTooLarge
+
+
+def admit(environ: dict, limits: LimitsConfig) -> str:
+    """Check the request; return its origin-form target (also left in ``RAW_URI``)."""
+    method = environ["REQUEST_METHOD"]
+    target, host = http1.origin_form(method, request_target(environ))
+    if not environ.get("myproxy.head_checked"):
+        check_environ(environ, limits)
+    environ["RAW_URI"] = target
+    if host is not None:
+        # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
+        environ["HTTP_HOST"] = host
+        headers = environ.get("myproxy.headers")
+        if headers is not None:
+            environ["myproxy.headers"] = [(n, host if n.lower() == "host" else v)
+                                          for n, v in headers]
+    return target
+
+
+def request_target(environ: dict) -> str:
+    """The request target exactly as the client sent it.
+
+    pywsgi's ``PATH_INFO`` is percent-decoded (STACK-FACTS 18), so the server's handler
+    and gunicorn both supply ``RAW_URI``; without it (webtest), rebuild it as best we can.
+    """
+    raw = environ.get("RAW_URI")
+    if raw is None:
+        raw = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+                    safe="/;=,+@:!$&'()*~")
+        if environ.get("QUERY_STRING"):
+            raw += "?" + environ["QUERY_STRING"]
+    return raw or "/"
+
+
+def check_environ(environ: dict, limits: LimitsConfig) -> None:
+    """The framing and size rules for a head no strict parser has read (gunicorn, webtest)."""
+    coding = environ.get("HTTP_TRANSFER_ENCODING")
+    length = environ.get("CONTENT_LENGTH")
+    if coding is not None:
+        if length:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if coding.strip().lower() != "chunked":
+            raise BadRequest("Transfer-Encoding other than a single chunked")
+    if length and not (length.isascii() and length.isdigit()):
+        raise BadRequest("Content-Length is not a decimal number")
+    if environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and not environ.get("HTTP_HOST"):
+        raise BadRequest("an HTTP/1.1 request without a Host header")
+    if head_size(environ) > limits.max_header_bytes:
+        raise HeadersTooLarge(f"the request head is over {limits.max_header_bytes} bytes")
+
+
+def head_size(environ: dict) -> int:
+    """The fewest bytes the request line and header lines can have taken on the wire."""
+    size = len(environ["REQUEST_METHOD"]) + len(request_target(environ)) + 12   # SP SP HTTP/1.1 CRLF
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            size += len(key) - 5 + len(value) + 3                      # name:value CRLF
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            size += len(key) + len(value) + 3
+    return size + 2                                                     # the empty line

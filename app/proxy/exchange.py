@@ -1,0 +1,269 @@
+"""One HTTP/1.1 request and response on a pooled upstream connection, without http.client.
+
+``Upstream.send`` takes a connection from the session adapter's urllib3 pool and hands it
+here for ``http://`` backends: the request goes out as one pre-built head (and the body
+behind it, framed as the caller says), and the response head is read by a small strict
+parser instead of ``http.client`` and the ``email`` package, which were a third of the
+proxy's CPU per request. ``Response`` streams the body with the framing the head says
+(RFC 9112 §6.3: none for HEAD/1xx/204/304, chunked, ``Content-Length``, or until close)
+and gives the connection back to its pool only when the body was read to its end and
+the connection may carry another request.
+
+Failures are raised as the typed errors of ``errors`` (a reset, a timeout, an invalid
+head); the caller marks whether the connection was a reused one. It knows nothing of
+WSGI, backends or retries.
+"""
+from __future__ import annotations
+
+import re
+import socket
+
+from ..errors import UpstreamProtocolError, UpstreamReset
+from ..server.http1 import connection_tokens
+from ..server.sockets import send_all, wait_readable
+
+MAX_HEAD_BYTES = 64 * 1024      # the status line and header lines together
+MAX_HEADER_LINES = 100          # as http.client
+MAX_CHUNK_LINE = 4096           # a chunk-size line, extensions included
+READ_SIZE = 64 * 1024           # bytes asked of the socket per recv
+
+# RFC 9110 §9.3.x: methods whose request carries content, so no body still means length 0
+# (what urllib3 sends, so backends see the same request as before).
+METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+NO_BODY_STATUSES = frozenset({204, 304})       # RFC 9110 §15.3.5, §15.4.5
+SWITCHING_PROTOCOLS = 101
+
+# A field line: a token (RFC 9110 §5.6.2), a colon, a value without CR or LF, CRLF. No two
+# parts can match the same bytes, so neither pattern backtracks.
+_FIELD_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n]*)\r\n"
+_FIELD = re.compile(_FIELD_LINE)
+_VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
+
+
+def build_head(method: str, target: str, headers, chunked: bool, has_body: bool) -> bytes:
+    """The request line and header lines, as the bytes that go on the wire (latin-1: the
+    target is the client's bytes decoded as latin-1)."""
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    if chunked:
+        lines.append("Transfer-Encoding: chunked\r\n")
+    elif not has_body and method in METHODS_WITH_BODY and not any(
+            name.lower() == "content-length" for name, _ in headers):
+        lines.append("Content-Length: 0\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def send_request(sock, head: bytes, body, chunked: bool) -> None:
+    """Send the head and the body. A reset while sending is swallowed: the backend may
+    have answered already (an early 413, say), and reading the response tells."""
+    try:
+        if body is None:
+            send_all(sock, head)
+            return
+        first = True
+        for piece in body:
+            if not piece:
+                continue
+            if chunked:
+                piece = b"%x\r\n%b\r\n" % (len(piece), piece)
+            if first:
+                piece, first = head + piece, False
+            send_all(sock, piece)
+        if first:
+            send_all(sock, head + b"0\r\n\r\n" if chunked else head)
+        elif chunked:
+            send_all(sock, b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+class Response:
+    """The response of a backend on one connection: status, reason, header lines, and a
+    body read with ``read1`` as its framing says.
+
+    ``release`` is called with True once the connection may serve another request, with
+    False when it must be closed instead.
+    """
+
+    def __init__(self, sock, method: str, release):
+        self._sock = sock
+        self._release = release
+        self._buffer = b""
+        self._done = False
+        self.status, self.reason, self.version, self.header_lines = self._read_head()
+        while 100 <= self.status < 200 and self.status != SWITCHING_PROTOCOLS:
+            self.status, self.reason, self.version, self.header_lines = self._read_head()
+        self._frame(method)
+
+    # The head -------------------------------------------------------------------------
+
+    def _read_head(self):
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0 and not buffer:
+            wait_readable(self._sock)       # the request was just sent: the answer is not in yet
+        while end < 0:
+            if len(buffer) > MAX_HEAD_BYTES:
+                raise UpstreamProtocolError("invalid response: the head is too long")
+            data = self._sock.recv(READ_SIZE)
+            if not data:
+                if buffer:
+                    raise UpstreamReset("connection reset: the head ended early")
+                raise UpstreamReset("connection reset: remote end closed connection without response")
+            buffer += data
+            end = buffer.find(b"\r\n\r\n", max(0, len(buffer) - len(data) - 3))
+        self._buffer = buffer[end + 4:]
+        first = buffer.find(b"\r\n")
+        status_line = buffer[:first]
+        version, _, rest = status_line.partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
+                or b"\n" in reason or b"\r" in reason:
+            raise UpstreamProtocolError(f"invalid response: bad status line {status_line[:100]!r}")
+        # The field lines, each with its CRLF: checked by one match, taken apart by another.
+        if first == end:
+            fields = []
+        elif _VALID_FIELDS.fullmatch(buffer, first + 2, end + 2) is None:
+            raise UpstreamProtocolError("invalid response: bad header line " + repr(next(
+                line for line in buffer[first + 2:end].split(b"\r\n")
+                if not _FIELD.fullmatch(line + b"\r\n"))[:100]))
+        else:
+            fields = [(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
+                      for name, value in _FIELD.findall(buffer, first + 2, end + 2)]
+        if len(fields) > MAX_HEADER_LINES:
+            raise UpstreamProtocolError("invalid response: too many header lines")
+        return int(code), reason.decode("latin-1"), version, fields
+
+    def _frame(self, method: str) -> None:
+        """Decide from the head how the body is framed and whether the connection lasts."""
+        codings, lengths = None, set()
+        for name, value in self.header_lines:
+            lower = name.lower()
+            if lower == "content-length":
+                lengths.add(value)
+            elif lower == "transfer-encoding":
+                codings = f"{codings}, {value}" if codings else value
+        tokens = connection_tokens(self.header_lines)
+        self.connection_tokens = tokens      # names the backend listed as hop-by-hop
+        self._keep = ("keep-alive" in tokens) if self.version == b"HTTP/1.0" else ("close" not in tokens)
+        self._chunked = False
+        self.length_remaining: int | None = None
+        status = self.status
+        if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
+            self.length_remaining = 0
+            if status == SWITCHING_PROTOCOLS:
+                self._keep = False   # the connection now speaks another protocol
+        elif codings is not None:
+            self._keep = False       # RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored
+            if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
+                self._chunked, self._chunk_left = True, 0
+                self._keep = not lengths and ("close" not in tokens if self.version == b"HTTP/1.1"
+                                              else "keep-alive" in tokens)
+        elif lengths:
+            if len(lengths) > 1 or not all(part.strip().isdigit() for part in lengths):
+                raise UpstreamProtocolError("invalid response: bad Content-Length")
+            self.length_remaining = int(lengths.pop())
+        else:
+            self._keep = False       # read until the backend closes
+        if self.length_remaining == 0 and not self._chunked:
+            self._end()
+
+    # The body -------------------------------------------------------------------------
+
+    def read1(self, size: int = READ_SIZE) -> bytes:
+        """Up to ``size`` bytes of the body; b"" at its end. Raises ``UpstreamReset`` when
+        the backend closes before the body's end, a socket timeout when it stalls."""
+        if self._done:
+            return b""
+        if self._chunked:
+            return self._read_chunked(size)
+        left = self.length_remaining
+        if left is not None:
+            size = min(size, left)
+        data = self._take(size)
+        if not data:
+            if left is None:
+                self._end()
+                return b""
+            raise UpstreamReset("the response body ended early")
+        if left is not None:
+            left -= len(data)
+            self.length_remaining = left
+            if left == 0:
+                self._end()
+        return data
+
+    def _take(self, size: int) -> bytes:
+        buffer = self._buffer
+        if buffer:
+            data, self._buffer = buffer[:size], buffer[size:]
+            return data
+        return self._sock.recv(size)
+
+    def _line(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\r\n")
+            if end >= 0:
+                line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+                return line
+            if len(self._buffer) > MAX_CHUNK_LINE:
+                raise UpstreamProtocolError("invalid response: a chunk line is too long")
+            data = self._sock.recv(READ_SIZE)
+            if not data:
+                raise UpstreamReset("the response body ended early")
+            self._buffer += data
+
+    def _read_chunked(self, size: int) -> bytes:
+        if self._chunk_left == 0:
+            size_text = self._line().split(b";", 1)[0].strip()
+            if not size_text or len(size_text) > 16 or \
+                    not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                raise UpstreamProtocolError(f"invalid response: bad chunk size {size_text[:20]!r}")
+            self._chunk_left = int(size_text, 16)
+            if self._chunk_left == 0:
+                while self._line():        # trailer fields: dropped (hop-by-hop here)
+                    pass
+                self._end()
+                return b""
+        data = self._take(min(size, self._chunk_left))
+        if not data:
+            raise UpstreamReset("the response body ended early")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0:
+            if self._line():
+                raise UpstreamProtocolError("invalid response: a chunk without its CRLF")
+        return data
+
+    def _end(self) -> None:
+        self._done = True
+        if self._buffer:
+            self._keep = False       # bytes behind the response: the connection is not clean
+        release, self._release = self._release, None
+        if release is not None:
+            release(self._keep)
+
+    # For the callers ------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    def drain_conn(self) -> None:
+        """Read the rest of the body and drop it; errors just close the connection."""
+        try:
+            while self.read1(READ_SIZE):
+                pass
+        except (OSError, UpstreamReset, UpstreamProtocolError, socket.timeout):
+            self.close()
+
+    def close(self) -> None:
+        """Give up on the rest of the body: the connection is closed, not reused."""
+        self._done = True
+        release, self._release = self._release, None
+        if release is not None:
+            release(False)
+
+    def release_conn(self) -> None:
+        """After the body was read to its end this is a no-op; before, it closes."""
+        self.close()

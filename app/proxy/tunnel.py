@@ -1,0 +1,287 @@
+"""Protocol upgrades (WebSocket and any other ``Upgrade``): the handshake and the tunnel.
+
+``upgrade_requested`` tells an upgrade request from an ordinary one. ``Tunnels.send`` has
+the contract of ``Upstream.send`` for an upgrade request: it opens a connection of its own
+to the backend (plain TCP for ``http://``, TLS for ``https://``), writes the request head
+as given (the raw target, each header line), and returns the backend's answer unread. Any
+answer but ``101`` is an ordinary response the proxy relays as usual. After a ``101``,
+``Tunnels.relay`` takes the client connection from the server (``app.handoff``), passes the
+``101`` on, and copies bytes both ways, unchanged, until either side closes, no byte has
+moved either way for ``timeouts.tunnel_idle``, or the server shuts down and kills it.
+
+Each direction holds at most one ``BUFFER_SIZE`` read at a time, so a fast sender waits for
+a slow receiver instead of filling memory. This module knows nothing of how backends are
+chosen, retried or counted: the proxy does that around ``send`` and ``relay``.
+"""
+from __future__ import annotations
+
+import http.client
+import logging
+import re
+import socket
+import ssl
+import time
+from typing import Callable
+from urllib.parse import urlsplit
+
+import gevent
+import urllib3
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3 import HTTPHeaderDict
+
+from ..server import handoff
+from ..config import ConfigHolder, TimeoutsConfig
+from ..errors import BadRequest, ClientError, UpstreamConnectError, UpstreamConnectTimeout
+from ..server.http1 import list_tokens
+from .upstream import classify
+
+log = logging.getLogger("myproxy.tunnel")
+
+SWITCHING_PROTOCOLS = 101             # RFC 9110 §15.2.2
+BUFFER_SIZE = 64 * 1024               # bytes read at a time, per direction
+HALF_CLOSE_GRACE = 1.0                # after one side closes, the other direction gets this
+                                      # long to finish (a WebSocket close handshake's reply)
+
+# RFC 9110 §7.8: Upgrade = #protocol; protocol = protocol-name ["/" protocol-version].
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PROTOCOL = re.compile(rf"{_TOKEN}(?:/{_TOKEN})?")
+
+
+def upgrade_requested(environ: dict) -> str:
+    """The client's ``Upgrade`` value if this request asks to switch protocols, else "".
+
+    A request asks when it is HTTP/1.1, carries ``Upgrade``, and names ``upgrade`` in
+    ``Connection`` (RFC 9110 §7.8); otherwise ``Upgrade`` is an ordinary hop-by-hop header.
+    A server that cannot hand its connection over (``app.handoff``) serves it as an
+    ordinary request too. Raises ``BadRequest`` (400) for a malformed ``Upgrade`` list or a
+    header value that spans lines.
+    """
+    upgrade = environ.get("HTTP_UPGRADE")
+    if upgrade is None:
+        return ""
+    if "upgrade" not in list_tokens(environ.get("HTTP_CONNECTION", "")) or \
+            environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or not handoff.can_take(environ):
+        return ""
+    protocols = [item.strip() for item in upgrade.split(",") if item.strip()]
+    if not protocols or not all(_PROTOCOL.fullmatch(item) for item in protocols):
+        raise BadRequest(f"malformed Upgrade header: {upgrade[:100]!r}")
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str) and ("\r" in value or "\n" in value):
+            raise BadRequest(f"header {key[5:].replace('_', '-').title()} spans lines")
+    return ", ".join(protocols)
+
+
+class Handshake(urllib3.HTTPResponse):
+    """The backend's answer to an upgrade request, on a connection of its own.
+
+    For any status but 101 it is an ordinary response: the proxy streams its body and
+    releases it, which closes the connection (it is never pooled). After a 101, ``reader``
+    holds what the backend sent right behind the head, and ``socket`` is the connection.
+    """
+
+    def __init__(self, sock, raw: http.client.HTTPResponse, method: str):
+        super().__init__(body=raw, headers=HTTPHeaderDict(raw.msg.items()), status=raw.status,
+                         version=raw.version, reason=raw.reason, preload_content=False,
+                         decode_content=False, original_response=raw, connection=sock,
+                         enforce_content_length=True, request_method=method)
+        self.socket = sock
+        self.reader = raw.fp
+        self.header_lines = raw.msg.items()
+
+    def release_conn(self) -> None:
+        self.close()
+
+
+class Tunnels:
+    """Upgrade handshakes with backends, and the tunnels that follow a ``101``.
+
+    The timeouts are those of the config in force (``settings.config.timeouts``);
+    ``ssl_context`` verifies ``https://`` backends (default: the CA bundle the upstream
+    session uses); ``clock`` measures idleness.
+    """
+
+    def __init__(self, settings: ConfigHolder, ssl_context: ssl.SSLContext | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self._ssl_context = ssl_context
+        self._clock = clock
+
+    @property
+    def timeouts(self) -> TimeoutsConfig:
+        return self.settings.config.timeouts
+
+    def send(self, origin: str, method: str, target: str, headers: list, body=None,
+             chunked: bool = False, fresh: bool = True) -> Handshake:
+        """Send an upgrade request on a new connection; return the answer, body unread.
+
+        The contract of ``Upstream.send``; every connection is a fresh one, never pooled.
+        ``headers`` already carry ``Connection: Upgrade`` and ``Upgrade``. Raises a subclass
+        of ``UpstreamError`` (a connect or TLS failure means nothing was sent), or the
+        ``ClientError`` reading the client's body raised.
+        """
+        lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        head = _head(lines)
+        sock = self._connect(origin)
+        raw = None
+        try:
+            sock.settimeout(self.timeouts.read)
+            sock.sendall(head)
+            for piece in _body_pieces(body, chunked):
+                sock.sendall(piece)
+            raw = http.client.HTTPResponse(sock, method=method)
+            raw.begin()
+        except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
+            if raw is not None:
+                raw.close()
+            sock.close()
+            if isinstance(error, ClientError):
+                raise       # reading the client's body failed: the client's fault
+            raise classify(error) from error
+        return Handshake(sock, raw, method)
+
+    def relay(self, environ: dict, start_response: Callable, response: Handshake,
+              backend: str):
+        """Pass the backend's 101 to the client, then relay bytes until the tunnel ends.
+
+        Blocks for the tunnel's life and returns what the WSGI app must return so the
+        server writes nothing more. Leaves the bytes sent to the client in
+        ``environ["myproxy.tunnel"]`` for the access log.
+        """
+        status = f"{SWITCHING_PROTOCOLS} {response.reason or 'Switching Protocols'}"
+        added: list = []    # middleware adds its headers (X-Request-ID) to the 101 here
+        try:
+            client = handoff.take(environ)
+            start_response(status, added)
+        except BaseException:
+            response.close()
+            raise
+        head = _head([f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value
+                                             in [*response.header_lines, *added])])
+        tunnel = _Tunnel(client, response, self._clock)
+        started = self._clock()
+        closed_by = tunnel.run(head, self.timeouts.tunnel_idle)
+        environ["myproxy.tunnel"] = tunnel.sent["client"]
+        log.info("tunnel closed: request_id=%s backend=%s closed_by=%s duration_s=%.1f "
+                 "bytes_to_backend=%d bytes_to_client=%d", environ.get("myproxy.request_id", "-"),
+                 backend, closed_by, self._clock() - started, tunnel.sent["backend"],
+                 tunnel.sent["client"])
+        return client.handled
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
+        return self._ssl_context
+
+    def _connect(self, origin: str):
+        parts = urlsplit(origin)
+        https = parts.scheme == "https"
+        host, port = parts.hostname, parts.port or (443 if https else 80)
+        try:
+            sock = socket.create_connection((host, port), timeout=self.timeouts.connect)
+        except TimeoutError:
+            raise UpstreamConnectTimeout("connect timed out") from None
+        except OSError as error:
+            raise UpstreamConnectError(f"connection failed: {_describe(error)}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not https:
+            return sock
+        try:
+            return self.ssl_context.wrap_socket(sock, server_hostname=host)
+        except OSError as error:   # ssl.SSLError (certificates), resets, timeouts
+            sock.close()
+            raise UpstreamConnectError(f"TLS handshake failed: {_describe(error)}") from None
+
+
+class _Tunnel:
+    """One upgraded connection: two pumps and the watch over them."""
+
+    def __init__(self, client: handoff.ClientConnection, backend: Handshake, clock):
+        self.client = client
+        self.backend = backend
+        self._clock = clock
+        self.last_active = clock()
+        self.sent = {"client": 0, "backend": 0}
+
+    def run(self, head: bytes, idle: float) -> str:
+        """Relay until the tunnel ends; return who ended it: client, backend, idle, shutdown."""
+        pumps = []
+        try:
+            self.backend.socket.settimeout(None)     # idleness is watched here, not per read
+            self.client.socket.sendall(head)
+            pumps = [gevent.spawn(self._pump, self.client.read, "client",
+                                  self.backend.socket, "backend"),
+                     gevent.spawn(self._pump, self.backend.reader.read1, "backend",
+                                  self.client.socket, "client")]
+            while True:
+                wait = max(0.0, self.last_active + idle - self._clock()) if idle else None
+                ended = gevent.wait(pumps, timeout=wait, count=1)
+                if ended:
+                    gevent.wait(pumps, timeout=HALF_CLOSE_GRACE)
+                    return ended[0].value or "error"
+                if self._clock() - self.last_active >= idle:
+                    return "idle"
+        except OSError:
+            return "client"          # gone before the 101 reached it
+        except gevent.GreenletExit:
+            return "shutdown"        # the server's drain deadline passed
+        finally:
+            gevent.killall(pumps)
+            self.close()
+
+    def _pump(self, read, source: str, destination, name: str) -> str:
+        """Copy ``source`` to ``destination`` until one fails; return the side that ended it."""
+        while True:
+            try:
+                data = read(BUFFER_SIZE)
+            except (OSError, ValueError):
+                return source
+            if not data:
+                if not isinstance(destination, ssl.SSLSocket):   # TLS has no half-close
+                    _shutdown(destination, socket.SHUT_WR)       # the other peer sees the close
+                return source
+            self.last_active = self._clock()
+            try:
+                destination.sendall(data)
+            except (OSError, ValueError):
+                return name
+            self.sent[name] += len(data)
+            self.last_active = self._clock()
+
+    def close(self) -> None:
+        """End both connections. The server closes the client socket when the app returns."""
+        _shutdown(self.client.socket, socket.SHUT_RDWR)
+        _shutdown(self.backend.socket, socket.SHUT_RDWR)
+        self.backend.close()
+
+
+def _head(lines: list[str]) -> bytes:
+    """A message head: the start line and header lines, each ending in CRLF, then CRLF."""
+    return "".join(f"{line}\r\n" for line in lines).encode("latin-1") + b"\r\n"
+
+
+def _body_pieces(body, chunked: bool):
+    """The request body as pieces to write, chunk-framed when ``chunked``."""
+    if body is None:
+        return
+    pieces = iter(lambda: body.read(BUFFER_SIZE), b"") if hasattr(body, "read") else body
+    for piece in pieces:
+        if piece:
+            yield b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+    if chunked:
+        yield b"0\r\n\r\n"
+
+
+def _shutdown(sock, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except (OSError, ValueError):
+        pass
+
+
+def _describe(error: OSError) -> str:
+    if error.strerror:
+        return error.strerror.lower()
+    return (str(error) or type(error).__name__)[:200]

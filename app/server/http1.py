@@ -1,0 +1,316 @@
+"""HTTP/1.1 request syntax (RFC 9112), strictly: the request head and the chunked body.
+
+pywsgi's own parsing is lax (STACK-FACTS 15-19), and every laxness is a request-smuggling
+shape once the request is forwarded. This module owns the rules instead: small pure
+functions over bytes (``parse_request_line``, ``parse_field_line``, ``body_framing``,
+``origin_form``) plus two readers over any buffered binary file (``read_head``,
+``ChunkedReader``). Each violation raises a typed error from ``errors`` that carries the
+status it means (400, 405, 414, 431, 505). A client that goes away mid-head raises
+``Incomplete``.
+
+It knows nothing of sockets, timeouts, WSGI, or configuration: callers pass the limits.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, NamedTuple
+
+from ..errors import (BadRequest, ClientError, HeadersTooLarge, MethodNotAllowed, UriTooLong,
+                     VersionNotSupported)
+
+# RFC 9112 §3: a server should accept request lines of at least 8000 octets; longer: 414.
+MAX_REQUEST_LINE = 8 * 1024
+# More header lines than this: 431 (gunicorn's limit_request_fields default, and nginx's order).
+MAX_FIELD_LINES = 100
+# RFC 9110 §5.6.2: token = 1*tchar.
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: a field value is VCHAR, obs-text, SP and HTAB; CR, LF, NUL and the other
+# controls are invalid and dangerous, so the request is refused.
+FIELD_VALUE_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112 §3.2: no whitespace or controls in the target. Raw bytes >= 0x80 pass, as nginx
+# lets them: the target is forwarded byte for byte, never decoded.
+TARGET_INVALID = re.compile(rb"[\x00-\x20\x7f]")
+VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
+SUPPORTED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
+# RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF.
+CHUNK_SIZE_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})"
+    rb"((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+    rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*\"))?)*)")
+MAX_CHUNK_SIZE_LINE = 4096
+_NO_TOKENS: frozenset[str] = frozenset()
+# The common case in one match each, for a head parsed whole (``parse_head``): a valid
+# request line of a supported version, and field lines that are all valid (values stripped
+# of OWS afterwards). Anything they do not match is parsed line by line, which names what
+# is wrong. Neither pattern can backtrack: no two parts can match the same bytes.
+_VALID_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) (HTTP/1\.[01])")
+_FIELD_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
+_VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
+_FIELD = re.compile(_FIELD_LINE)
+MAX_TRAILER_BYTES = 16 * 1024
+
+
+class Incomplete(EOFError):
+    """The client closed the connection before the head (or a chunk) was complete."""
+
+
+# The parsed head is made of named tuples rather than frozen dataclasses: as immutable,
+# and several times quicker to make, which counts once per request.
+
+class RequestLine(NamedTuple):
+    method: str
+    target: str          # as sent, decoded as latin-1 so it re-encodes byte for byte
+    version: str         # "HTTP/1.0" or "HTTP/1.1"
+
+
+class Framing(NamedTuple):
+    """How the request body is delimited (RFC 9112 §6.3): chunked, a length, or none."""
+
+    chunked: bool = False
+    length: int | None = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
+
+
+class Head(NamedTuple):
+    request: RequestLine
+    fields: tuple[tuple[str, str], ...]   # (name as sent, value without OWS), in order
+    framing: Framing
+
+
+def parse_request_line(line: bytes) -> RequestLine:
+    """``method SP request-target SP HTTP-version``, single spaces (RFC 9112 §3)."""
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise BadRequest("malformed request line")
+    method, target, version = parts
+    if not TOKEN.fullmatch(method):
+        raise BadRequest("invalid method")
+    if not target or TARGET_INVALID.search(target):
+        raise BadRequest("invalid request target")
+    if not VERSION.fullmatch(version):
+        raise BadRequest("invalid HTTP version")
+    if version.decode() not in SUPPORTED_VERSIONS:
+        raise VersionNotSupported(f"{version.decode()} is not supported")
+    return RequestLine(method.decode("ascii"), target.decode("latin-1"), version.decode())
+
+
+def parse_field_line(line: bytes) -> tuple[str, str]:
+    """``field-name ":" OWS field-value OWS`` (RFC 9112 §5), with no obs-fold."""
+    if line[:1] in (b" ", b"\t"):
+        raise BadRequest("obsolete line folding in the headers")       # RFC 9112 §5.2
+    name, colon, value = line.partition(b":")
+    if not colon:
+        raise BadRequest("a header line without a colon")
+    if not TOKEN.fullmatch(name):
+        # Includes "Name : value": RFC 9112 §5.1 says a server MUST reject it with 400.
+        raise BadRequest("invalid header name")
+    value = value.strip(b" \t")
+    if FIELD_VALUE_INVALID.search(value):
+        raise BadRequest(f"invalid character in the {name.decode()} header")
+    return name.decode("ascii"), value.decode("latin-1")
+
+
+def body_framing(fields, version: str) -> Framing:
+    """The body's framing, refusing every ambiguous shape (RFC 9112 §6.1-6.3)."""
+    lengths = [value for name, value in fields if name.lower() == "content-length"]
+    codings = [value for name, value in fields if name.lower() == "transfer-encoding"]
+    if codings:
+        if lengths:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if len(codings) > 1 or codings[0].lower() != "chunked":
+            raise BadRequest("Transfer-Encoding other than a single chunked")
+        if version == "HTTP/1.0":
+            raise BadRequest("chunked Transfer-Encoding in an HTTP/1.0 request")
+        return Framing(chunked=True)
+    if lengths:
+        if len(lengths) > 1:
+            raise BadRequest("repeated Content-Length")
+        if not lengths[0].isdigit() or not lengths[0].isascii() or len(lengths[0]) > 18:
+            raise BadRequest("Content-Length is not a decimal number")
+        return Framing(length=int(lengths[0]))
+    return Framing()
+
+
+def list_tokens(value: str) -> frozenset[str]:
+    """The items of a comma-separated field value (RFC 9110 §5.6.1), lower-cased, without
+    empty ones: ``"keep-alive, X-Private"`` gives ``{"keep-alive", "x-private"}``."""
+    if not value:
+        return _NO_TOKENS               # the usual case: no such field
+    return frozenset(item for item in (part.strip().lower() for part in value.split(","))
+                     if item)
+
+
+def connection_tokens(fields) -> frozenset[str]:
+    """What every ``Connection`` line of ``fields`` lists (RFC 9110 §7.6.1), lower-cased:
+    ``close``, ``keep-alive``, ``upgrade``, or names of hop-by-hop fields."""
+    return list_tokens(",".join(value for name, value in fields if name.lower() == "connection"))
+
+
+def check_host(fields, version: str) -> None:
+    """RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0."""
+    hosts = sum(1 for name, _ in fields if name.lower() == "host")
+    if hosts > 1:
+        raise BadRequest("more than one Host header")
+    if hosts == 0 and version == "HTTP/1.1":
+        raise BadRequest("an HTTP/1.1 request without a Host header")
+
+
+def origin_form(method: str, target: str) -> tuple[str, str | None]:
+    """The target to forward in origin-form, and the Host an absolute-form target names.
+
+    Only the path and query of an absolute-form target are kept, so the proxy never connects
+    anywhere the target says; ``CONNECT`` is refused (405); authority-form and anything that
+    is not a path is refused (400); ``*`` only with ``OPTIONS`` (RFC 9112 §3.2).
+    """
+    if method == "CONNECT":
+        raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
+    if target.startswith("/"):
+        return target, None
+    if target == "*":
+        if method != "OPTIONS":
+            raise BadRequest("asterisk-form is only for OPTIONS")
+        return target, None
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise BadRequest("the request target must be a path")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if not authority or "@" in authority:      # RFC 9110 §4.2.4: no userinfo in http URIs
+        raise BadRequest("invalid authority in the request target")
+    return (path if path.startswith("/") else "/" + path), authority
+
+
+def read_line(rfile, budget: int, too_long: Callable[[], ClientError]) -> bytes:
+    """One CRLF-terminated line of at most ``budget`` bytes (CRLF included), without CRLF.
+    ``too_long`` makes the error for a longer line (made only then: a line is read often)."""
+    line = rfile.readline(max(budget, 0) + 1)
+    if len(line) > budget:
+        raise too_long()
+    if not line.endswith(b"\n"):
+        raise Incomplete("connection closed in the middle of a line")
+    if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+        raise BadRequest("a line not ended by CRLF")   # bare LF or bare CR (RFC 9112 §2.2)
+    return line[:-2]
+
+
+def read_head(rfile, max_bytes: int, first_line: bytes | None = None) -> Head:
+    """Read and check a request head; ``first_line`` is the request line if already read.
+
+    Raises ``UriTooLong`` (414) for a request line over ``MAX_REQUEST_LINE`` or
+    ``max_bytes``, ``HeadersTooLarge`` (431) past ``max_bytes`` or ``MAX_FIELD_LINES``, and
+    ``BadRequest`` (400) for anything malformed or ambiguous.
+    """
+    line = first_line if first_line is not None else read_request_line(rfile, max_bytes)
+    return _head(line, lambda budget, too_long: read_line(rfile, budget, too_long), max_bytes)
+
+
+def parse_head(data: bytes, max_bytes: int) -> Head:
+    """``read_head`` of a head already in memory (the reader's buffer, nearly always):
+    ``data`` runs from the request line to the empty line that ends the head, both CRLFs
+    included, with no empty line before the request line. The same checks and errors,
+    without a read per line; a valid head (nearly all) takes two matches in all."""
+    first = data.find(b"\r\n")
+    end = len(data) - 2
+    request = _VALID_REQUEST_LINE.fullmatch(data, 0, first)
+    if request is not None and first + 2 <= MAX_REQUEST_LINE and end + 2 <= max_bytes \
+            and _VALID_FIELDS.fullmatch(data, first + 2, end) is not None:
+        fields = [(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
+                  for name, value in _FIELD.findall(data, first + 2, end)]
+        if len(fields) <= MAX_FIELD_LINES:
+            version = request[3].decode()
+            check_host(fields, version)
+            return Head(RequestLine(request[1].decode("ascii"), request[2].decode("latin-1"),
+                                    version),
+                        tuple(fields), body_framing(fields, version))
+    lines = iter(data.split(b"\r\n"))
+
+    def next_line(budget: int, too_long: Callable[[], ClientError]) -> bytes:
+        line = next(lines)
+        if b"\n" in line or b"\r" in line:
+            raise BadRequest("a line not ended by CRLF")   # bare LF or bare CR (RFC 9112 §2.2)
+        if len(line) + 2 > budget:
+            raise too_long()
+        return line
+
+    budget = min(MAX_REQUEST_LINE, max_bytes)
+    line = next_line(budget, lambda: UriTooLong(f"the request line is over {budget} bytes"))
+    return _head(line, next_line, max_bytes)
+
+
+def _head(line: bytes, next_line: Callable, max_bytes: int) -> Head:
+    """The head after its request line ``line``; ``next_line(budget, too_long)`` gives
+    each following line without its CRLF."""
+    request = parse_request_line(line)
+    used = len(line) + 2
+    fields = []
+    while True:
+        line = next_line(max_bytes - used,
+                         lambda: HeadersTooLarge(f"the request head is over {max_bytes} bytes"))
+        used += len(line) + 2
+        if not line:
+            break
+        if len(fields) == MAX_FIELD_LINES:
+            raise HeadersTooLarge(f"more than {MAX_FIELD_LINES} header lines")
+        fields.append(parse_field_line(line))
+    check_host(fields, request.version)
+    return Head(request, tuple(fields), body_framing(fields, request.version))
+
+
+def read_request_line(rfile, max_bytes: int) -> bytes:
+    """The request line, skipping one empty line before it (RFC 9112 §2.2)."""
+    budget = min(MAX_REQUEST_LINE, max_bytes)
+
+    def too_long():
+        return UriTooLong(f"the request line is over {budget} bytes")
+
+    line = read_line(rfile, budget, too_long)
+    return read_line(rfile, budget, too_long) if line == b"" else line
+
+
+class ChunkedReader:
+    """Decodes a chunked request body from ``rfile`` (RFC 9112 §7.1), strictly.
+
+    ``read(size)`` returns up to ``size`` bytes of data, ``b""`` at the end; trailers are
+    checked and dropped. Any syntax error raises ``BadRequest``; EOF raises ``Incomplete``.
+    """
+
+    def __init__(self, rfile):
+        self._rfile = rfile
+        self._left = 0              # bytes left in the current chunk
+        self.done = False
+
+    def read(self, size: int) -> bytes:
+        if self.done:
+            return b""
+        if self._left == 0:
+            self._left = self._next_size()
+            if self._left == 0:
+                self._read_trailers()
+                self.done = True
+                return b""
+        data = self._rfile.read(min(size, self._left))
+        if not data:
+            raise Incomplete("connection closed in the middle of a chunk")
+        self._left -= len(data)
+        if self._left == 0 and self._rfile.read(2) != b"\r\n":
+            raise BadRequest("chunk data not followed by CRLF")
+        return data
+
+    def _next_size(self) -> int:
+        line = read_line(self._rfile, MAX_CHUNK_SIZE_LINE, lambda: BadRequest("chunk size line too long"))
+        match = CHUNK_SIZE_LINE.fullmatch(line)
+        if not match:
+            raise BadRequest("invalid chunk size line")
+        return int(match.group(1), 16)
+
+    def _read_trailers(self) -> None:
+        budget = MAX_TRAILER_BYTES
+        while True:
+            line = read_line(self._rfile, budget, lambda: HeadersTooLarge("trailer section too large"))
+            if not line:
+                return
+            budget -= len(line) + 2
+            parse_field_line(line)

@@ -1,0 +1,405 @@
+"""Standalone serving: the pywsgi server and handler, signals, and the graceful drain.
+
+Owns what gevent's pywsgi leaves to the application (STACK-FACTS 13-21): ``TCP_NODELAY``
+on every accepted socket, the raw request target and header lines in environ, no stray
+body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
+log and tracebacks, the hand-over of a connection to an upgrade tunnel (``app.server.handoff``),
+the garbage collector's settings for serving (``tune_gc``), and a shutdown sequence with
+a deadline (below).
+
+Each request is read strictly and every wait is bounded by ``connection.StrictConnection``
+(``app.server.http1`` and ``limits``/``timeouts``); the shutdown sequence:
+
+1. SIGTERM or SIGINT sets an event (signals are events, never places to do work);
+2. the server stops accepting, idle keep-alive connections are closed, and responses
+   still in flight carry ``Connection: close``;
+3. ``server.stop(shutdown_timeout)`` waits for the in-flight requests in the pool, open
+   tunnels included, then kills what is left (a tunnel then closes both its connections);
+4. the app's background work stops and the process exits 0.
+
+SIGHUP is an event too: a greenlet re-reads the config file and applies it
+(``App.reload_file``) while requests go on being served.
+
+Nothing here runs at import time.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import socket
+import time
+from typing import Callable
+from urllib.parse import unquote
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
+
+from ..config import LimitsConfig, TimeoutsConfig
+from .connection import StrictConnection
+from ..errors import ProxyError, UpstreamError
+from .sockets import send_all
+
+log = logging.getLogger("myproxy.server")
+
+LISTEN_BACKLOG = 2048       # pending connections the kernel queues before accept()
+COALESCE_BYTES = 16 * 1024   # a first body piece up to this size goes out with the head
+GC_THRESHOLDS = (10_000, 10, 10)   # see tune_gc
+_CGI_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})   # environ keys without HTTP_
+
+
+class Handler(StrictConnection, WSGIHandler):
+    """pywsgi's handler with the fixes a proxy needs (see the module docstring); the
+    strict reading of each request is ``StrictConnection``'s."""
+
+    idle = True          # waiting for a request line: safe to close when draining
+    taken_over = False   # the connection was handed to an upgrade tunnel (app.server.handoff)
+
+    def handle(self):
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass         # not TCP (a UNIX socket in a test): nothing to tune
+        self.server.connections.add(self)
+        try:
+            super().handle()
+        finally:
+            self.server.connections.discard(self)
+
+    def read_requestline(self):
+        self.idle = True
+        if self.server.draining:
+            return ""    # stop reading requests on this connection: it is closing
+        if not self._wait_for_request():
+            return ""
+        self.idle = False
+        return self.read_strict_requestline()
+
+    def get_environ(self):
+        """The WSGI environ, as pywsgi's own would be, made straight from the strict parse:
+        ``HTTP_*`` keys (repeated fields joined with ``,``, cookies with ``; ``; names with
+        ``_`` left out), plus the raw target (pywsgi decodes ``PATH_INFO``), the header
+        lines as received, and the strict body reader."""
+        environ = self.server.get_environ()
+        environ["REQUEST_METHOD"] = self.command
+        environ["SCRIPT_NAME"] = ""
+        path, _, query = self.path.partition("?")
+        environ["PATH_INFO"] = unquote(path, encoding="latin-1")
+        environ["QUERY_STRING"] = query
+        environ["SERVER_PROTOCOL"] = self.request_version
+        address = self.client_address
+        if isinstance(address, tuple):
+            environ["REMOTE_ADDR"] = str(address[0])
+            environ["REMOTE_PORT"] = str(address[1])
+        fields = self.head.fields
+        for name, value in fields:
+            if "_" in name:
+                continue                # as pywsgi: X_Forwarded_For must not pass as X-Forwarded-For
+            key = name.upper().replace("-", "_")
+            if key in _CGI_KEYS:
+                if key not in environ and (value or key == "CONTENT_TYPE"):
+                    environ[key] = value          # the first one
+                continue
+            key = "HTTP_" + key
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            else:
+                environ[key] = value
+        environ["RAW_URI"] = self.path
+        environ["myproxy.headers"] = list(fields)
+        environ["myproxy.head_checked"] = True
+        # Every body is read strictly, an upgrade request's too (pywsgi would hand it the
+        # raw reader): a tunnel then starts right after the body.
+        self.wsgi_input = environ["wsgi.input"] = self.strict_input()
+        environ["wsgi.input_terminated"] = True
+        environ["myproxy.take_connection"] = self.take_connection
+        return environ
+
+    def take_connection(self):
+        """Hand the connection to an upgrade tunnel: return the socket and its reader.
+
+        The app then writes the response itself; this handler writes nothing more and
+        closes the connection once the app returns.
+        """
+        self.taken_over = True
+        self.close_connection = True
+        return self.socket, self.rfile
+
+    def process_result(self):
+        if not self.taken_over:
+            super().process_result()
+
+    def start_response(self, status, headers, exc_info=None):
+        """pywsgi's checks and bookkeeping in one pass over the headers, plus ours:
+        ``Content-Length`` is dropped from a 204 or 304 (pywsgi rejects a legal one,
+        STACK-FACTS 17), and ``Connection: close`` is added while draining or when the
+        request body was not read to its end (the connection cannot carry another)."""
+        if exc_info:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        if not isinstance(status, str):
+            raise UnicodeError("The status string must be a native string")
+        if "\r" in status or "\n" in status:
+            raise ValueError("carriage return or newline in status", status)
+        code = int(status.split(" ", 1)[0])
+        no_body = code in (204, 304)
+        encoded = []
+        connection = date = length = None
+        for name, value in headers:
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise UnicodeError("The header must be a native string", name, value)
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+                raise ValueError("carriage return or newline in header", name, value)
+            lower = name.lower()
+            if lower == "content-length":
+                if no_body:
+                    continue
+                length = value
+            elif lower == "connection":
+                connection = value
+            elif lower == "date":
+                date = value
+            try:
+                encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+            except UnicodeEncodeError:
+                raise UnicodeError("Non-latin1 header", repr(name), repr(value)) from None
+        if connection != "close" and (self.server.draining
+                                      or not getattr(self.wsgi_input, "finished", True)):
+            encoded.append((b"Connection", b"close"))
+            connection = "close"
+        elif connection is None and self.request_version == "HTTP/1.0":   # say what happens next
+            encoded.append((b"Connection", b"close" if self.close_connection else b"keep-alive"))
+        if connection == "close":
+            self.close_connection = True
+        self.status = status.encode("latin-1")
+        self._orig_status = status
+        self.response_headers = encoded
+        self.code = code
+        self.provided_date = date
+        self.provided_content_length = length
+        return self.write
+
+    def finalize_headers(self):
+        # pywsgi's, with the Date made once a second, and no framing at all when no body
+        # follows: pywsgi would chunk and send a stray final chunk that desynchronises
+        # keep-alive connections.
+        if self.provided_date is None:
+            self.response_headers.append((b"Date", _http_date()))
+        if self.command == "HEAD" or self.code < 200 or self.code in (204, 304):
+            self.response_use_chunked = False
+            return
+        if self.provided_content_length is not None:
+            return
+        if hasattr(self.result, "__len__"):
+            length = sum(len(chunk) for chunk in self.result)
+            self.response_headers.append((b"Content-Length", b"%d" % length))
+        elif self.request_version != "HTTP/1.0":
+            self.response_use_chunked = True
+            self.response_headers.append((b"Transfer-Encoding", b"chunked"))
+
+    def _sendall(self, data):
+        # pywsgi's, with sockets.send_all: one send() for what the kernel takes at once.
+        try:
+            send_all(self.socket, data)
+        except OSError as ex:
+            self.status = f"socket error: {ex}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
+    def _write_with_headers(self, data):
+        # pywsgi's, but the head and a first body piece that is not large go out in one
+        # send, not two.
+        self.headers_sent = True
+        self.finalize_headers()
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += self.status
+        towrite += b"\r\n"
+        for header, value in self.response_headers:
+            towrite += header
+            towrite += b": "
+            towrite += value
+            towrite += b"\r\n"
+        towrite += b"\r\n"
+        if not data or len(data) > COALESCE_BYTES:
+            self._sendall(towrite)
+            self._write(data)
+        elif self.response_use_chunked:
+            towrite += b"%x\r\n%b\r\n" % (len(data), data)
+            self._sendall(towrite)
+        else:
+            towrite += data
+            self._sendall(towrite)
+
+    def log_request(self):
+        pass             # the access log is RequestLog's
+
+    def handle_error(self, t, v, tb):
+        self.close_connection = True
+        if issubclass(t, (socket.timeout, TimeoutError)):
+            log.info("closing the connection of %s: it stopped reading the response",
+                     self._client())
+            return
+        if not issubclass(t, (UpstreamError, gevent.GreenletExit)):
+            log.error("unhandled error serving %s %s", self.command, self.path,
+                      exc_info=(t, v, tb))
+        if self.taken_over:
+            return       # the tunnel owns the connection: nothing more goes on it
+        if isinstance(v, ProxyError) and not self.response_length:
+            # The backend failed before a byte was sent: answer its status, not a 500.
+            self.start_response(v.status_line, [("Content-Type", "text/plain; charset=utf-8"),
+                                                ("Content-Length", str(len(v.body()))),
+                                                ("Connection", "close")])
+            try:
+                self.write(v.body())
+            except OSError:
+                pass
+            return
+        self._send_error_response_if_possible(500)
+
+    def _handle_client_error(self, ex):
+        log.info("bad request from %s: %s", self._client(), ex)
+        return super()._handle_client_error(ValueError(str(ex)))
+
+
+_date = [0, b""]         # the second and its Date value, made once a second
+
+
+def _http_date() -> bytes:
+    """The ``Date`` value for now (RFC 9110 §6.6.1), made once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = now, format_date_time(now)
+    return _date[1]
+
+
+class Server(WSGIServer):
+    """A pywsgi server that knows which connections it holds and whether it is draining."""
+
+    handler_class = Handler
+    # gevent listens with a backlog of 128: when more clients connect at once (wrk at
+    # c=500), the kernel drops their handshakes and they retry after a second or more,
+    # which was the whole p99 at c=500. nginx uses 511 and gunicorn 2048; the kernel caps
+    # it at net.core.somaxconn.
+    backlog = LISTEN_BACKLOG
+
+    def __init__(self, listener, application, max_connections: int = 10000,
+                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig()):
+        super().__init__(listener, application, spawn=Pool(max_connections), log=None,
+                         error_log=LoggingLogAdapter(log, logging.ERROR))
+        self.limits = limits
+        self.timeouts = timeouts
+        self.connections: set[Handler] = set()
+        self.draining = False
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting, close idle connections, wait up to ``timeout`` for the rest.
+
+        Returns True when every in-flight request finished in time.
+        """
+        self.draining = True
+        self.close()
+        self._close_idle()
+        in_flight = len(self.connections)
+        log.info("draining: %d connection(s) open, waiting up to %.1fs", in_flight, timeout)
+        self.stop(timeout=timeout)
+        finished = len(self.pool) == 0 if self.pool is not None else True
+        return finished
+
+    def _close_idle(self) -> None:
+        for handler in list(self.connections):
+            if handler.idle:
+                sock = getattr(handler, "socket", None)
+                try:
+                    if sock is not None:
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def serve(app, config, listener=None, ready: Event | None = None) -> int:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain. Returns the exit code (0).
+
+    ``listener`` is an address or a bound socket (tests pass one on port 0); ``ready`` is
+    set once the server accepts connections.
+    """
+    server = Server(listener or (config.host, config.port), app,
+                    max_connections=config.limits.max_connections, limits=config.limits,
+                    timeouts=config.timeouts)
+    server.init_socket()
+    host, port = server.address[:2]
+    log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
+             ",".join(b.url for b in config.backends), config.policy)
+    stop, reload = Event(), Event()
+    handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
+                for signum in (signal.SIGTERM, signal.SIGINT)]
+    handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
+
+    def follow_config():     # the limits and timeouts the handler reads, as reloaded
+        server.limits, server.timeouts = app.config.limits, app.config.timeouts
+
+    reloader = gevent.spawn(reload_on, reload, app, follow_config)
+    app.start()
+    tune_gc()
+    server.start()
+    if ready is not None:
+        ready.set()
+    try:
+        stop.wait()
+        app.draining = True
+        reloader.kill()
+        timeout = app.config.shutdown_timeout       # as reloaded, if it was
+        finished = server.drain(timeout)
+        if not finished:
+            log.warning("shutdown timeout of %.1fs passed; remaining requests were cut off",
+                        timeout)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+        reloader.kill()
+        app.stop()
+    log.info("stopped")
+    return 0
+
+
+def tune_gc() -> None:
+    """Set the cyclic garbage collector for serving, once the app has started.
+
+    With Python's defaults (a young collection every 700 net allocations, a full one after
+    100 of those) a full collection ran every half second at c=500 and paused the process
+    for 11-22 ms each time, finding nothing: every request in flight waited, which is the
+    p99. What the start-up made stays for the process's life, so it is frozen out of the
+    collector's scans (``gc.freeze``), and young collections run every ``GC_THRESHOLDS[0]``
+    net allocations: a request's objects are freed by reference counting, and what cycles
+    it leaves are still collected, young, a few times a minute under load.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _on_signal(signum: int, stop: Event) -> None:
+    log.info("received %s: stopping", signal.Signals(signum).name)
+    stop.set()
+
+
+def reload_on(event: Event, app, applied: Callable[[], None] | None = None) -> None:
+    """Reload the config each time ``event`` is set (SIGHUP); several at once make one.
+    ``applied`` is called after each reload that was applied.
+
+    Also run in each gunicorn worker (``app.server.gunicorn_worker``)."""
+    while True:
+        event.wait()
+        event.clear()
+        log.info("received SIGHUP: reloading the config")
+        try:
+            if app.reload_file() and applied is not None:
+                applied()
+        except Exception:  # noqa: BLE001 - a background loop never dies silently
+            log.exception("config reload failed; the running config stays")

@@ -1,0 +1,155 @@
+"""app.http1's pure functions, with plain asserts; the wire tests cover the same rules end to end."""
+from io import BytesIO
+
+import pytest
+
+from app.server import http1
+from app.errors import BadRequest, HeadersTooLarge, MethodNotAllowed, UriTooLong
+
+
+def test_request_line_keeps_the_target_bytes():
+    line = http1.parse_request_line(b"GET /caf\xc3\xa9%zz?a=%2F HTTP/1.1")
+    assert (line.method, line.target.encode("latin-1"), line.version) == (
+        "GET", b"/caf\xc3\xa9%zz?a=%2F", "HTTP/1.1")
+
+
+@pytest.mark.parametrize("line", [b"GET  / HTTP/1.1", b"GET / HTTP/1.1 x", b"G@T / HTTP/1.1",
+                                  b"GET /\x7f HTTP/1.1", b"GET / HTTP/1.10", b"GET /"],
+                         ids=["double-space", "extra-word", "bad-method", "del-in-target",
+                              "bad-version", "no-version"])
+def test_malformed_request_lines_are_400(line):
+    with pytest.raises(BadRequest):
+        http1.parse_request_line(line)
+
+
+@pytest.mark.parametrize("line,expected", [
+    (b"Name: value", ("Name", "value")), (b"Name:\t value \t", ("Name", "value")),
+    (b"X-Empty:", ("X-Empty", "")), (b"X-Obs: caf\xe9", ("X-Obs", "caf\xe9")),
+])
+def test_field_lines(line, expected):
+    assert http1.parse_field_line(line) == expected
+
+
+@pytest.mark.parametrize("line", [b" folded", b"Name : v", b"Na me: v", b": v", b"NoColon",
+                                  b"Name: a\rb", b"Name: a\x00b"],
+                         ids=["obs-fold", "space-before-colon", "space-in-name", "empty-name",
+                              "no-colon", "bare-cr", "nul"])
+def test_malformed_field_lines_are_400(line):
+    with pytest.raises(BadRequest):
+        http1.parse_field_line(line)
+
+
+def test_framing():
+    assert http1.body_framing([("Content-Length", "12")], "HTTP/1.1") == http1.Framing(length=12)
+    assert http1.body_framing([("transfer-encoding", "Chunked")], "HTTP/1.1").chunked
+    assert not http1.body_framing([], "HTTP/1.1").has_body
+
+
+@pytest.mark.parametrize("fields", [
+    [("Content-Length", "1"), ("Transfer-Encoding", "chunked")],
+    [("Content-Length", "1"), ("Content-Length", "1")], [("Content-Length", "+1")],
+    [("Content-Length", "１")], [("Transfer-Encoding", "gzip, chunked")],
+    [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+], ids=["cl-and-te", "repeated-cl", "signed-cl", "non-ascii-digit", "te-list", "repeated-te"])
+def test_ambiguous_framing_is_400(fields):
+    with pytest.raises(BadRequest):
+        http1.body_framing(fields, "HTTP/1.1")
+
+
+@pytest.mark.parametrize("method,target,expected", [
+    ("GET", "/a?b", ("/a?b", None)), ("GET", "//h/p", ("//h/p", None)),
+    ("OPTIONS", "*", ("*", None)), ("GET", "http://h:1", ("/", "h:1")),
+    ("GET", "HTTPS://h/x?y", ("/x?y", "h")), ("GET", "http://h?q", ("/?q", "h")),
+])
+def test_origin_form(method, target, expected):
+    assert http1.origin_form(method, target) == expected
+
+
+@pytest.mark.parametrize("method,target,error", [
+    ("CONNECT", "h:443", MethodNotAllowed), ("GET", "h:443", BadRequest),
+    ("GET", "@h/", BadRequest), ("GET", "http://u@h/", BadRequest),
+    ("GET", "ftp://h/", BadRequest), ("GET", "*", BadRequest), ("GET", "http:///x", BadRequest),
+])
+def test_targets_that_could_reach_another_host_are_refused(method, target, error):
+    with pytest.raises(error):
+        http1.origin_form(method, target)
+
+
+def test_read_head_counts_the_request_line_and_fields_against_the_limit():
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"
+    assert http1.read_head(BytesIO(head), len(head)).fields == (("Host", "h"), ("X-A", "1"))
+    with pytest.raises(HeadersTooLarge):
+        http1.read_head(BytesIO(head), len(head) - 1)
+    with pytest.raises(UriTooLong):
+        http1.read_head(BytesIO(head), 10)
+
+
+def test_read_head_skips_one_empty_line_and_needs_host():
+    assert http1.read_head(BytesIO(b"\r\nGET / HTTP/1.0\r\n\r\n"), 1000).request.version == "HTTP/1.0"
+    with pytest.raises(BadRequest):
+        http1.read_head(BytesIO(b"GET / HTTP/1.1\r\n\r\n"), 1000)
+
+
+def test_read_head_of_a_closed_connection_is_incomplete():
+    with pytest.raises(http1.Incomplete):
+        http1.read_head(BytesIO(b"GET / HTTP/1.1\r\nHost: h\r\n"), 1000)
+
+
+def test_chunked_reader_decodes_and_drops_trailers():
+    reader = http1.ChunkedReader(BytesIO(b"5;a=\"q\"\r\nhello\r\n1\r\n!\r\n0\r\nX-T: 1\r\n\r\nNEXT"))
+    assert b"".join(iter(lambda: reader.read(3), b"")) == b"hello!"
+    assert reader.done
+
+
+@pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXX", b"5\nhello\r\n", b" 5\r\nhello\r\n",
+                                  b"5;\r\nhello\r\n", b"0\r\nBad Trailer\r\n\r\n"],
+                         ids=["not-hex", "no-crlf-after-data", "bare-lf", "leading-space",
+                              "empty-extension", "bad-trailer"])
+def test_invalid_chunks_are_400(body):
+    reader = http1.ChunkedReader(BytesIO(body))
+    with pytest.raises(BadRequest):
+        while reader.read(100):
+            pass
+
+
+HEADS = [
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
+    b"POST /p?q HTTP/1.0\r\nContent-Length: 3\r\n\r\n",
+    b"PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: h\r\n\r\n",                       # bare LF ends the request line
+    b"GET / HTTP/1.1\r\nHost: h\nX: 1\r\n\r\n",                # bare LF in the fields
+    b"GET / HTTP/1.1\r\nHost: h\rX: 1\r\n\r\n",                # bare CR
+    b"GET / HTTP/1.1\r\n\r\n",                                 # no Host
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",  # request line over 8 KiB
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 200 + b"\r\n\r\n",   # over the head limit
+    b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: 1\r\n" * 100 + b"\r\n",   # over 100 lines
+    b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+    b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost:h\r\nX-Ows: \t a \t b\t \r\nX-Empty:\r\nX-Obs: \xe9\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n" + b"X: 1\r\n" * 99 + b"\r\n",     # 100 lines
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: a" + b" " * 7000 + b"\x00\r\n\r\n",  # no backtracking
+    b"GET / HTTP/1.1\r\nHost: h\r\nX : 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x7fb\r\n\r\n",
+    b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", HEADS, ids=range(len(HEADS)))
+def test_a_head_parsed_whole_is_read_as_line_by_line(data):
+    def outcome(parse):
+        try:
+            head = parse()
+        except Exception as error:  # noqa: BLE001 - the error is the outcome compared
+            return type(error)
+        return head
+    limit = 16 * 1024 if len(data) > 1000 or data.count(b"\r\n") > 50 else 120
+    whole = outcome(lambda: http1.parse_head(data, limit))
+    assert whole == outcome(lambda: http1.read_head(BytesIO(data), limit))
+
+
+def test_connection_tokens_gather_every_connection_line_lower_cased():
+    fields = [("Connection", "keep-alive, X-Private"), ("Host", "h"), ("connection", " ,Upgrade,")]
+    assert http1.connection_tokens(fields) == {"keep-alive", "x-private", "upgrade"}
+    assert http1.list_tokens("") == frozenset()
