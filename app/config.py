@@ -55,8 +55,16 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class BackendConfig:
     url: str               # as written in the config: the backend's name in logs and metrics
+                           # (for `srv`: SCHEME://SRV-NAME)
     weight: int = 1        # 0 = drained: no new requests
     backup: bool = False   # used only while no other backend is healthy
+    resolve: float = 0.0   # > 0: a name looked up this often; each address is a member
+    srv: str = ""          # an SRV name: members' targets, ports and weights from its records
+
+    @property
+    def discovered(self) -> bool:
+        """Members come from DNS (``app.lb.discovery``): this entry is a template, not a backend."""
+        return self.resolve > 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,12 @@ class ForwardedConfig:
 
 
 @dataclass(frozen=True)
+class ResolverConfig:
+    servers: tuple[str, ...] = ()   # "host:port", tried in order; empty = /etc/resolv.conf
+    timeout: float = 2.0            # one lookup, every server tried included
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     prefix: str = "/_myproxy"
     token: str = ""
@@ -142,6 +156,7 @@ class Config:
     access_log: bool = True
     server_timing: bool = True   # add a Server-Timing header naming the backend to responses
     admin: AdminConfig = AdminConfig()
+    resolver: ResolverConfig = ResolverConfig()
     # Where the config came from, and where each effective value came from
     # ("file", "env NAME", "default"), for `--check` and the status page.
     source: str = ""
@@ -293,6 +308,52 @@ def _cidrs(value: Any) -> tuple:
     return tuple(networks)
 
 
+def _dns_servers(value: Any) -> tuple[str, ...]:
+    """``["127.0.0.1:8600", "[::1]:53", "10.0.0.2"]`` (port 53 by default), as host:port."""
+    if not isinstance(value, list):
+        raise ValueError('expected a list of "address:port", such as ["127.0.0.1:8600"]')
+    servers = []
+    for item in value:
+        text = str(item).strip()
+        host, port = text, "53"
+        if text.startswith("[") and "]" in text:            # [v6] or [v6]:port
+            host, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else (rest or "53")
+        elif text.count(":") == 1:                          # v4:port
+            host, port = text.split(":")
+        try:
+            address = ipaddress.ip_address(host)
+            number = int(port)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address with an optional port (a "
+                             'resolver is given by address: "127.0.0.1:8600", "[::1]:53")') from None
+        if not 0 < number <= 65535:
+            raise ValueError(f"{item!r}: the port must be 1 to 65535")
+        servers.append(f"[{address}]:{number}" if address.version == 6 else f"{address}:{number}")
+    return tuple(servers)
+
+
+def _resolve_interval(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < MIN_RESOLVE:
+        raise ValueError(f"must be at least {MIN_RESOLVE:g}s")
+    return seconds
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be more than 0")
+    return seconds
+
+
+def _srv_name(value: Any) -> str:
+    name = _string(value).strip().rstrip(".")
+    if not re.match(r"^_[A-Za-z0-9-]+\._(tcp|udp)(\.[A-Za-z0-9_-]+)+$", name):
+        raise ValueError(f"{value!r} is not an SRV name such as _http._tcp.api.service.consul")
+    return name
+
+
 def parse_backend_url(value: Any) -> str:
     url = _string(value).strip()
     parts = urlsplit(url)
@@ -328,6 +389,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     }),
     "forwarded": (ForwardedConfig, {"trusted_proxies": _cidrs, "preserve_host": _boolean}),
     "admin": (AdminConfig, {"prefix": _admin_prefix, "token": _string}),
+    "resolver": (ResolverConfig, {"servers": _dns_servers, "timeout": _positive_duration}),
 }
 
 SCALARS: dict[str, Callable[[Any], Any]] = {
@@ -337,7 +399,10 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "access_log": _boolean, "server_timing": _boolean,
 }
 
-BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _boolean}
+BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _boolean,
+                "resolve": _resolve_interval, "srv": _srv_name, "scheme": _choice("http", "https")}
+MIN_RESOLVE = 1.0          # seconds: the shortest re-resolve interval, whatever the TTL says
+DEFAULT_SRV_RESOLVE = 10.0  # an `srv` entry without `resolve`
 
 TOP_LEVEL_KEYS = ("backends", *SCALARS, *SECTIONS)
 
@@ -551,7 +616,7 @@ def format_value(key: str, value: Any) -> str:
     parser = SECTIONS[section][1].get(name) if section in SECTIONS else SCALARS.get(key)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if parser is parse_duration:
+    if parser in (parse_duration, _positive_duration):
         return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
     if parser is parse_size:
         for unit, factor in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
@@ -583,15 +648,40 @@ def _backends(document: _Document, raw: Any) -> tuple[BackendConfig, ...]:
                 if key not in BACKEND_KEYS:
                     raise document.error(keypath + (key,), "unknown key" + _suggest(key, BACKEND_KEYS),
                                          at_key=True)
-            if "url" not in item:
-                raise document.error(keypath, "a backend written as a mapping needs a `url`")
             fields = {key: _checked(document, keypath + (key,), BACKEND_KEYS[key], value)
                       for key, value in item.items()}
-            backends.append(BackendConfig(**fields))
+            backends.append(_backend_mapping(document, keypath, fields))
         else:
             backends.append(BackendConfig(_checked(document, keypath, parse_backend_url, item)))
     _check_unique(document, backends)
     return tuple(backends)
+
+
+def _backend_mapping(document: _Document, keypath: tuple, fields: dict) -> BackendConfig:
+    """A backend mapping: a URL (found through DNS with ``resolve``), or an ``srv`` name."""
+    if "srv" in fields:
+        for key in ("url", "weight"):
+            if key in fields:
+                raise document.error(keypath + (key,), f"an `srv` backend takes no `{key}`: "
+                                     "the SRV records give targets, ports and weights", at_key=True)
+        scheme = fields.pop("scheme", "http")
+        fields.setdefault("resolve", DEFAULT_SRV_RESOLVE)
+        return BackendConfig(url=f"{scheme}://{fields['srv']}", **fields)
+    if "url" not in fields:
+        raise document.error(keypath, "a backend written as a mapping needs a `url` (or an `srv`)")
+    if "scheme" in fields:
+        raise document.error(keypath + ("scheme",), "`scheme` goes with `srv`; a `url` names "
+                             "its own scheme", at_key=True)
+    if "resolve" in fields:
+        host = urlsplit(fields["url"]).hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            raise document.error(keypath + ("resolve",), f"{host} is an IP address: there is "
+                                 "no name to resolve", at_key=True)
+    return BackendConfig(**fields)
 
 
 def _backends_from_env(path: str, text: str) -> tuple[BackendConfig, ...]:
