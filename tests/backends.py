@@ -61,19 +61,21 @@ class _Handler(WSGIHandler):
 class TestBackend:
     __test__ = False
 
-    def __init__(self, name: str = "b", port: int = 0):
+    def __init__(self, name: str = "b", port: int = 0, host: str = "127.0.0.1"):
         self.name = name
         self.port = port
+        self.host = host         # any of 127.0.0.0/8 (or ::1): several "hosts" share a port
         self.requests: list[Seen] = []
         self.release = Event()           # /wait blocks until this is set
         self.server = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self) -> "TestBackend":
-        self.server = WSGIServer(("127.0.0.1", self.port), self.app, handler_class=_Handler,
+        self.server = WSGIServer((self.host, self.port), self.app, handler_class=_Handler,
                                  log=None, error_log=None)
         self.server.sockets = set()
         self.server.start()

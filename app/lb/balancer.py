@@ -9,10 +9,17 @@ request (healthy, not ejected, not drained, not already tried; backups only when
 is left), weighs them for slow start, and lets the policy (``policies``) pick. It does no
 I/O, and the clock is passed in, so all of it is tested with plain asserts. Imports
 nothing from the rest of the app but config values and errors.
+
+Membership is dynamic in one place, ``Balancer.update_members``: a backend entry found
+through DNS (``BackendConfig.discovered``, resolved by ``discovery``) is a template, and
+each ``Endpoint`` its lookup gave is a member ``Backend`` of its own. Members that stay
+keep their object; a member that goes takes no new requests (``Balancer.leaving``) and is
+dropped by ``sweep`` once its in-flight requests are done.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -27,6 +34,22 @@ from .policies import make_policy
 
 HEALTH_HISTORY = 20     # health-check results kept per backend, newest last
 SLOW_START_FLOOR = 0.05  # a recovering backend gets at least this share of its weight
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One address a DNS name stands for: where to connect, and the name it was found under
+    (the ``Host`` when ``preserve_host`` is off, and the TLS name for ``https``)."""
+
+    address: str          # an IP address
+    port: int
+    host: str             # the URL's host (A/AAAA) or the SRV record's target
+    weight: int = 1
+    backup: bool = False  # an SRV record of a lower priority than the best (RFC 2782)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.address, self.port
 
 
 @dataclass(frozen=True)
@@ -49,7 +72,7 @@ class Backend:
     """
 
     def __init__(self, config: BackendConfig, clock: Callable[[], float] = time.time,
-                 probed: bool = True):
+                 probed: bool = True, endpoint: Endpoint | None = None):
         self.config = config
         self.url = config.url
         parts = urlsplit(config.url)
@@ -58,7 +81,19 @@ class Backend:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.netloc = parts.netloc
-        self.prefix = parts.path.rstrip("/")   # prepended to every request target
+        self.prefix = "" if config.srv else parts.path.rstrip("/")   # prepended to every target
+        self.endpoint = endpoint
+        self.server_name: str | None = None    # the TLS name when it is not the origin's host
+        if endpoint is not None:               # a member found through DNS: see Endpoint
+            literal = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+            # Its name: the entry's plus the address (and the port, which SRV records give).
+            self.url = f"{config.url} ({literal}:{endpoint.port})" if config.srv \
+                else f"{config.url} ({endpoint.address})"
+            self.host, self.port = endpoint.address, endpoint.port
+            self.origin = f"{parts.scheme}://{literal}:{endpoint.port}"
+            if config.srv:
+                self.netloc = f"{endpoint.host}:{endpoint.port}"
+            self.server_name = endpoint.host if parts.scheme == "https" else None
         self._clock = clock
         self.probed = probed
         self.healthy = True                    # backends start healthy so the proxy serves at once
@@ -163,6 +198,13 @@ class Backend:
         return after
 
 
+def member_config(template: BackendConfig, endpoint: Endpoint) -> BackendConfig:
+    """A member's settings: its template's, with the SRV record's weight (an A/AAAA member
+    has the entry's own) and backup when either the entry or the record's priority says so."""
+    return dataclasses.replace(template, weight=endpoint.weight if template.srv else template.weight,
+                               backup=template.backup or endpoint.backup)
+
+
 class Balancer:
     """Chooses a backend for each request, under a gevent lock.
 
@@ -172,16 +214,30 @@ class Balancer:
 
     def __init__(self, backends: Sequence[Backend], policy: str = "round_robin",
                  slow_start: float = 0.0, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None):
-        if not backends:
-            raise ValueError("a balancer needs at least one backend")
-        self.backends = list(backends)
+                 rng: random.Random | None = None, templates: Sequence[BackendConfig] = ()):
+        self.backends = list(backends)   # empty only while DNS has found no member yet
+        self.leaving: list[Backend] = []   # gone from DNS, finishing their in-flight requests
+        # The entries whose members DNS gives (``update_members``), by url.
+        self.templates: dict[str, BackendConfig] = {t.url: t for t in templates}
+        self.probed = all(b.probed for b in backends)   # members get active checks
         self.policy = policy
         self.slow_start = slow_start
         self._rng = rng
         self._policy = make_policy(policy, rng)
         self._clock = clock          # also for backends added by a reload
         self._lock = BoundedSemaphore(1)   # gevent's lock; never taken twice by one greenlet
+
+    @classmethod
+    def from_configs(cls, configs: Sequence[BackendConfig], policy: str = "round_robin",
+                     slow_start: float = 0.0, probed: bool = True,
+                     clock: Callable[[], float] = time.time, **kwargs) -> "Balancer":
+        """A balancer for a pool's backend entries: one ``Backend`` per URL, and the
+        entries found through DNS as templates, without members until their first answer."""
+        backends = [Backend(c, clock, probed) for c in configs if not c.discovered]
+        balancer = cls(backends, policy, slow_start, clock,
+                       templates=[c for c in configs if c.discovered], **kwargs)
+        balancer.probed = probed
+        return balancer
 
     def choose(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Backend:
         """The backend for the next request, skipping ``exclude`` (those already tried).
@@ -233,10 +289,65 @@ class Balancer:
                 reasons.append(f"{backend.url} ejected after failed requests: {backend.last_error}")
             elif backend.weight == 0:
                 reasons.append(f"{backend.url} drained")
+        for url in self.templates:
+            if not any(b.endpoint is not None and b.config.url == url for b in self.backends):
+                reasons.append(f"{url}: no address from DNS yet")
         return "; ".join(reasons)
 
     def find(self, url: str) -> Backend | None:
         return next((b for b in self.backends if b.url == url), None)
+
+    def members(self, template: str) -> list[Backend]:
+        """The members found through DNS for the entry whose url is ``template``."""
+        return [b for b in self.backends if b.endpoint is not None and b.config.url == template]
+
+    def update_members(self, template: BackendConfig, endpoints: Sequence[Endpoint]
+                       ) -> tuple[list[Backend], list[Backend]]:
+        """Make ``endpoints`` the members of ``template``; return (added, gone).
+
+        The one place DNS changes the pool. A member whose address and port stay keeps
+        its object (health, counters, in-flight count, slow-start ramp) with the weight
+        and backup flag its record now gives; a new one starts healthy, ramping up from
+        now under slow start; one that went takes no new requests and waits in
+        ``leaving`` for its in-flight requests (``sweep``). One that comes back while
+        still leaving is taken back as it was. Ignored for a template no longer
+        configured (a reload took it away while its lookup ran).
+        """
+        with self._lock:
+            if self.templates.get(template.url) != template:
+                return [], []
+            current = {b.endpoint.key: b for b in self.backends
+                       if b.endpoint is not None and b.config.url == template.url}
+            leaving = {b.endpoint.key: b for b in self.leaving if b.config.url == template.url}
+            added, kept = [], {}
+            for endpoint in endpoints:
+                if endpoint.key in kept:
+                    continue                    # the same address twice (A and SRV overlap)
+                config = member_config(template, endpoint)
+                backend = current.pop(endpoint.key, None) or leaving.pop(endpoint.key, None)
+                if backend is None:
+                    backend = Backend(config, self._clock, self.probed, endpoint)
+                    backend.recovered_at = backend.since if self.slow_start > 0 else None
+                    added.append(backend)
+                backend.config, backend.endpoint = config, endpoint
+                kept[endpoint.key] = backend
+            gone = list(current.values())
+            position = {id(b): i for i, b in enumerate(self.backends)}
+            others = [b for b in self.backends
+                      if b.endpoint is None or b.config.url != template.url]
+            members = sorted(kept.values(), key=lambda b: position.get(id(b), len(position)))
+            self.backends = others + members
+            self.leaving = [b for b in self.leaving if b.config.url != template.url
+                            or b.endpoint.key not in kept] + gone
+            self._policy = make_policy(self.policy, self._rng)
+            return added, gone
+
+    def sweep(self) -> list[Backend]:
+        """Drop the leaving members with nothing in flight; return them."""
+        with self._lock:
+            done = [b for b in self.leaving if b.in_flight <= 0]
+            self.leaving = [b for b in self.leaving if b.in_flight > 0]
+            return done
 
     def reload(self, configs: Sequence[BackendConfig], policy: str, slow_start: float = 0.0,
                probed: bool = True) -> list[Backend]:
@@ -247,16 +358,34 @@ class Balancer:
         backend. Requests already sent to a removed backend keep their reference and
         finish. The policy starts afresh, so new weights hold from the next request.
         """
-        if not configs:
-            raise ValueError("a balancer needs at least one backend")
         with self._lock:
             current = {backend.url: backend for backend in self.backends}
             backends = []
             for config in configs:
+                if config.discovered:
+                    # Its members stay as DNS last gave them, with the entry's new settings.
+                    for member in self._members_of(config, current):
+                        member.config = member_config(config, member.endpoint)
+                        backends.append(member)
+                    continue
                 backend = current.pop(config.url, None) or Backend(config, self._clock, probed)
                 backend.config, backend.probed = config, probed
                 backends.append(backend)
-            self.backends = backends
+            self.templates = {c.url: c for c in configs if c.discovered}
+            gone = [b for b in current.values() if b.endpoint is not None]
+            self.leaving += gone
+            for backend in backends:
+                backend.probed = probed
+            self.backends, self.probed = backends, probed
             self.policy, self.slow_start = policy, slow_start
             self._policy = make_policy(policy, self._rng)
-            return list(current.values())
+            return [b for b in current.values() if b.endpoint is None]
+
+    @staticmethod
+    def _members_of(template: BackendConfig, current: dict) -> list[Backend]:
+        """Pop ``template``'s members from ``current`` (url -> backend), in order."""
+        members = [b for b in current.values()
+                   if b.endpoint is not None and b.config.url == template.url]
+        for backend in members:
+            del current[backend.url]
+        return members
