@@ -15,6 +15,7 @@ import sys  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.config import ConfigError, load  # noqa: E402
+from app.errors import StartupError  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 
 
@@ -63,6 +64,9 @@ def main(argv=None) -> int:
         demo_servers = start_demo_backends(b.url for b in config.backends)
     try:
         return serve(create_app(config), config)
+    except StartupError as error:
+        print(f"myproxy: cannot start: {error}", file=sys.stderr)
+        return 1
     finally:
         for server in demo_servers:
             server.stop(timeout=1)

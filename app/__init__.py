@@ -3,8 +3,9 @@
 ``create_app(config)`` is the composition root: it builds every part and wires them, and
 starts nothing. The returned ``App`` is the WSGI callable: request log and metrics
 (``middleware``) around the admin surface (``admin``) around the proxy (``proxy``).
-``App.start()`` starts its background work (the health checker, and in multiprocess mode
-the gauge refresher) and ``App.stop()`` stops it. Servers call those:
+``App.start()`` starts its background work (DNS discovery, after a first bounded round of
+lookups; the health checker; in multiprocess mode the gauge refresher) and ``App.stop()``
+stops it. Servers call those:
 ``app.server`` under ``python wsgi.py``, ``gunicorn.conf.py`` in each worker.
 ``App.reload(config)`` applies a new config to the running parts (SIGHUP calls
 ``reload_file``).
@@ -28,9 +29,11 @@ log = logging.getLogger("myproxy")
 class App:
     """The load balancer: a WSGI callable with a start/stop life cycle and live reload."""
 
-    def __init__(self, settings: ConfigHolder, balancer, upstream, health, metrics, wsgi=None):
+    def __init__(self, settings: ConfigHolder, balancer, upstream, health, metrics, wsgi=None,
+                 discovery=None):
         self.settings = settings
         self.balancer = balancer
+        self.discovery = discovery   # the balancer's DNS discovery (app.lb.discovery)
         self.upstream = upstream
         self.health = health
         self.metrics = metrics
@@ -48,14 +51,20 @@ class App:
         return self._wsgi(environ, start_response)
 
     def start(self) -> None:
-        """Start background work; call once per process, after any fork."""
+        """Start background work; call once per process, after any fork.
+
+        Raises ``StartupError`` when the backends are to come from DNS and no lookup found
+        one within ``resolver.timeout``."""
+        self.discovery.resolve_at_start()
         self.started = True
+        self.discovery.start()
         self.health.start()
         self.metrics.start()
 
     def stop(self) -> None:
         """Stop background work and close upstream connections; safe to call twice."""
         self.started = False
+        self.discovery.stop()
         self.health.stop()
         self.metrics.stop()
         self.upstream.close()
@@ -72,10 +81,14 @@ class App:
         old = self.config
         new, kept = fixed_at_start(old, new)
         changed = changes(old, new)
+        # Names that are new (or re-resolved more or less often) are looked up first, so
+        # that they have members from the first request the new config serves.
+        prepared = self.discovery.prepare(new.backends)
         # The balancer swaps its backends under its lock, and nothing yields between that
         # and the config swap: no request sees the new backends with the old settings.
         removed = self.balancer.reload(new.backends, new.policy, new.slow_start,
                                        probed=new.health_check.enabled)
+        self.discovery.apply_prepared(prepared)
         self.settings.config = new
 
         in_use = {backend.origin for backend in self.balancer.backends}
@@ -85,6 +98,7 @@ class App:
             for backend in self.balancer.backends:
                 backend.assume_healthy()     # no checks now: nothing else would bring it back
         if self.started:
+            self.discovery.start()
             if new.health_check.enabled:
                 self.health.start()
                 self.health.wake()           # check added backends and new rules at once
@@ -123,7 +137,8 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     prometheus_client's multiprocess mode, so that gunicorn workers add up.
     """
     from .middleware.admin import Admin
-    from .lb.balancer import Backend, Balancer
+    from .lb.balancer import Balancer
+    from .lb.discovery import Discovery
     from .lb.health import HealthChecker
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
@@ -133,16 +148,39 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     from .proxy.upstream import Upstream, make_session
 
     settings = ConfigHolder(config)
-    backends = [Backend(backend, probed=config.health_check.enabled) for backend in config.backends]
-    balancer = Balancer(backends, config.policy, slow_start=config.slow_start)
-    pools = max(16, 2 * len(backends))
+    balancer = Balancer.from_configs(config.backends, config.policy, config.slow_start,
+                                     probed=config.health_check.enabled)
+    pools = max(16, 2 * len(config.backends))
     upstream = Upstream(settings, session or make_session(pools=pools))
     metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     health = HealthChecker(balancer, settings, upstream, on_result=metrics.health_checked)
+    discovery = Discovery(balancer, lambda: settings.config.resolver,
+                          on_added=lambda added: _members_added(upstream, health, added),
+                          on_removed=lambda gone: _members_removed(balancer, upstream, metrics, gone))
     proxy = Proxy(settings, balancer, upstream)
-    app = App(settings, balancer, upstream, health, metrics)
-    status = Status(settings, balancer, metrics, draining=lambda: app.draining)
+    app = App(settings, balancer, upstream, health, metrics, discovery=discovery)
+    status = Status(settings, balancer, metrics, draining=lambda: app.draining,
+                    discovery=discovery)
     admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
     app._wsgi = ServerConnection(RequestLog(admin, settings, metrics),
                                  send_timeout=config.timeouts.client_idle)
     return app
+
+
+def _members_added(upstream, health, added) -> None:
+    """Members DNS just gave: their TLS name is the DNS name, and they are checked at once."""
+    for backend in added:
+        if backend.server_name:
+            upstream.name_origin(backend.origin, backend.server_name)
+    if health.running:
+        health.wake()
+
+
+def _members_removed(balancer, upstream, metrics, gone) -> None:
+    """Members gone from DNS whose last request is done: their idle connections are
+    closed and their metric series dropped (so a label lives only as long as its member)."""
+    in_use = {backend.origin for backend in balancer.backends}
+    for backend in gone:
+        if backend.origin not in in_use:
+            upstream.forget(backend.origin)
+        metrics.forget(backend.url)

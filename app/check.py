@@ -1,9 +1,10 @@
 """``python wsgi.py --check [--probe]``: the effective config as a table, and a probe of each backend.
 
 ``describe`` renders every setting with its value as a user would write it and where it came
-from (file, environment, default). ``probe`` sends one health check to each backend, through
-the same ``HealthChecker.probe`` the running proxy uses, and reports each result. Neither
-serves nor starts anything.
+from (file, environment, default). ``probe`` resolves each DNS name once (``app.lb.discovery``)
+and lists what it found, then sends one health check to each backend, through the same
+``HealthChecker.probe`` the running proxy uses, and reports each result. Neither serves
+nor starts anything.
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def describe(config: Config) -> str:
             for key in SCALARS]
     for index, backend in enumerate(config.backends):
         value = f"{backend.url} weight={backend.weight}" + (" backup" if backend.backup else "")
+        if backend.srv:
+            value = f"srv {backend.srv} scheme={backend.url.partition(':')[0]}" + \
+                (" backup" if backend.backup else "")
+        if backend.discovered:
+            value += f" resolve={format_value('slow_start', backend.resolve)}"
         rows.append((f"backends[{index}]", value,
                      config.origins.get(f"backends[{index}]", config.origins.get("backends", "file"))))
     for section in SECTIONS:
@@ -43,11 +49,12 @@ def describe(config: Config) -> str:
 def probe(app) -> tuple[str, bool]:
     """One health check per backend of ``app``, at once; the report and whether all passed."""
     rules = app.config.health_check
+    lines, resolved = _resolve(app)
     backends = list(app.balancer.backends)
     jobs = [gevent.spawn(app.health.probe, backend) for backend in backends]
     gevent.joinall(jobs, timeout=rules.timeout + 1)
-    width = max(len(backend.url) for backend in backends)
-    lines = [f"probe: GET {rules.path} on each backend, timeout "
+    width = max((len(backend.url) for backend in backends), default=0)
+    lines += [f"probe: GET {rules.path} on each backend, timeout "
              f"{format_value('health_check.timeout', rules.timeout)}, passing "
              f"{format_value('health_check.expect', rules.expect)}"]
     failed = 0
@@ -65,4 +72,24 @@ def probe(app) -> tuple[str, bool]:
         failed += verdict != "up"
         lines.append(f"  {backend.url:<{width}}  {verdict:<4}  {detail}")
     lines.append(f"probe: {len(backends) - failed} of {len(backends)} backend(s) up")
-    return "\n".join(lines), failed == 0
+    return "\n".join(lines), failed == 0 and resolved and bool(backends)
+
+
+def _resolve(app) -> tuple[list[str], bool]:
+    """Each DNS name looked up once: the lines that say what it gave, and whether all did."""
+    discovery = app.discovery
+    if discovery is None or not discovery.entries:
+        return [], True
+    discovery.resolve_once()
+    lines = [f"resolve: each DNS name once, via {discovery.describe_servers()}, timeout "
+             f"{format_value('resolver.timeout', app.config.resolver.timeout)}"]
+    ok = True
+    for entry in discovery.describe():
+        if entry["error"]:
+            ok = False
+            lines.append(f"  {entry['backend']}  FAILED  {entry['error']}")
+            continue
+        lines.append(f"  {entry['backend']}  {entry['type']}  {len(entry['members'])} member(s), "
+                     f"ttl {entry['ttl_seconds']:g}s, from {entry['server']}")
+        lines += [f"    {member}" for member in entry["members"]]
+    return lines, ok

@@ -141,3 +141,8 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     kind = "invalid_response"
+
+
+class StartupError(Exception):
+    """What stops the process before it serves (exit 1), such as a pool whose backends DNS
+    could not give within ``resolver.timeout``. Not an HTTP error: nothing answers it."""

@@ -168,6 +168,22 @@ class Metrics:
     def config_reloaded(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
 
+    def forget(self, url: str) -> None:
+        """Drop a removed backend's series (a member DNS took away), so that the ``backend``
+        label has one value per backend that exists, not one per address ever seen. (In
+        multiprocess mode the other workers' files keep theirs until a restart.)"""
+        series = self._series.pop(url, None)
+        removals = [(self.request_duration, url), (self.retries, url),
+                    (self.health_checks, url, "pass"), (self.health_checks, url, "fail")]
+        if series is not None:
+            removals += [(self.requests, url, str(code)) for code in series.codes]
+            removals += [(self.upstream_errors, url, kind) for kind in series.errors]
+        for family, *labels in removals:
+            try:
+                family.remove(*labels)
+            except KeyError:
+                pass
+
     def traffic(self, url: str) -> Traffic:
         return self.series(url).traffic
 

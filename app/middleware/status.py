@@ -22,8 +22,10 @@ class Status:
     """Builds the status document of one app."""
 
     def __init__(self, settings: ConfigHolder, balancer: Balancer, metrics: Metrics,
-                 draining: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time):
+                 draining: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time,
+                 discovery=None):
         self.settings = settings
+        self.discovery = discovery     # app.lb.discovery.Discovery: the DNS names, if any
         self.balancer = balancer
         self.metrics = metrics
         self.draining = draining
@@ -37,6 +39,7 @@ class Status:
     def document(self) -> dict:
         now = self._clock()
         backends = [self.backend(b, now) for b in self.balancer.backends]
+        backends += [{**self.backend(b, now), "state": "leaving"} for b in self.balancer.leaving]
         unrouted = self.metrics.traffic(NO_BACKEND).snapshot()
         return {
             "time": round(now, 3),
@@ -67,6 +70,7 @@ class Status:
                 "no_backend": unrouted["requests"],
             },
             "backends": backends,
+            "discovery": self.discovery.describe() if self.discovery is not None else [],
         }
 
     def backend(self, backend: Backend, now: float) -> dict:
@@ -74,6 +78,7 @@ class Status:
         traffic = self.metrics.traffic(backend.url).snapshot()
         return {
             "url": backend.url,
+            "address": backend.endpoint.address if backend.endpoint is not None else None,
             "state": state_of(backend),
             "since": round(backend.since, 3),
             "since_seconds": round(now - backend.since, 1),
@@ -102,6 +107,6 @@ class Status:
 
 def state_of(backend: Backend) -> str:
     """``up``, ``down`` (failed its checks), ``ejected`` (failed requests), or ``drained``
-    (weight 0: no new requests)."""
+    (weight 0: no new requests); ``leaving`` (gone from DNS, finishing) is the document's."""
     state = backend.state
     return "drained" if state == "up" and backend.weight == 0 else state

@@ -129,6 +129,12 @@ class Upstream:
         self._timeouts = None
         self._timeout = None
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._tls_names: dict[str, str] = {}   # origin -> the name its certificate is for
+
+    def name_origin(self, origin: str, server_name: str) -> None:
+        """Verify ``origin``'s certificate for ``server_name`` (sent as SNI too): a backend
+        found through DNS is connected to by address, and its certificate names the host."""
+        self._tls_names[origin] = server_name
 
     @property
     def timeout(self) -> urllib3.Timeout:
@@ -146,6 +152,9 @@ class Upstream:
             adapter = self.session.get_adapter(origin)
             pool_kwargs = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH} \
                 if origin.startswith("https:") else {}
+            name = self._tls_names.get(origin)
+            if name and pool_kwargs:
+                pool_kwargs.update(server_hostname=name, assert_hostname=name)
             pool = adapter.poolmanager.connection_from_url(origin, pool_kwargs=pool_kwargs)
             pool.ConnectionCls = _TlsConnection if pool.scheme == "https" else _PlainConnection
             self._pools[origin] = pool
@@ -228,6 +237,7 @@ class Upstream:
         Connections still carrying a response are closed when it ends, not before.
         """
         pool = self._pools.pop(origin, None)
+        self._tls_names.pop(origin, None)
         if pool is None:
             return
         pools = self.session.get_adapter(origin).poolmanager.pools

@@ -33,9 +33,11 @@ from typing import Callable, Iterable
 import gevent
 from gevent.event import Event
 
-from ..errors import UpstreamError
+from ..errors import StartupError, UpstreamError
 from .responses import close_body
 from .standalone import reload_on, tune_gc
+
+WORKER_BOOT_ERROR = 3    # gunicorn's Arbiter.WORKER_BOOT_ERROR: a worker that exits so halts it
 
 log = logging.getLogger("myproxy.server")
 
@@ -93,7 +95,12 @@ def _end_reading(sock) -> None:
 def start_worker(worker) -> None:
     """Start the app of a freshly forked worker and take over its SIGHUP and SIGTERM."""
     app = worker.wsgi
-    app.start()
+    try:
+        app.start()
+    except StartupError as error:
+        log.error("cannot start: %s", error)
+        # gunicorn's WORKER_BOOT_ERROR: the arbiter stops instead of forking again and again.
+        sys.exit(WORKER_BOOT_ERROR)
     tune_gc()
     connections = Connections()
     connections.track(worker)

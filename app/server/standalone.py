@@ -333,6 +333,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
                     max_connections=config.limits.max_connections, limits=config.limits,
                     timeouts=config.timeouts)
     server.init_socket()
+    app.start()    # before the line that says we listen: it may fail (StartupError)
     host, port = server.address[:2]
     log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
              ",".join(b.url for b in config.backends), config.policy)
@@ -345,7 +346,6 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         server.limits, server.timeouts = app.config.limits, app.config.timeouts
 
     reloader = gevent.spawn(reload_on, reload, app, follow_config)
-    app.start()
     tune_gc()
     server.start()
     if ready is not None:
