@@ -44,6 +44,9 @@ def changes(old: Config, new: Config) -> list[str]:
             continue
         if before.weight != backend.weight:
             items.append(f"{url} weight {before.weight}->{backend.weight}")
+        if before.resolve != backend.resolve:
+            items.append(f"{url} resolve {format_value('slow_start', before.resolve)}->"
+                         f"{format_value('slow_start', backend.resolve)}")
         if before.backup != backend.backup:
             items.append(f"{url} backup {format_value('backup', before.backup)}->"
                          f"{format_value('backup', backend.backup)}")

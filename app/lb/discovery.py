@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -81,7 +81,7 @@ class _Entry:
     answer: Answer | None = None      # the last good answer
     answered_at: float | None = None  # wall-clock time of it
     error: str = ""                   # the last lookup's failure, "" after a good one
-    resolved: int = field(default=0)  # lookups made
+    resolved: int = 0                 # lookups made
 
 
 def make_resolver(config: ResolverConfig) -> dns.resolver.Resolver:
@@ -307,7 +307,10 @@ class Discovery:
 
     def _lookup_all(self, entries: list[_Entry]) -> list:
         # dnspython gives up at resolver.lifetime (an SRV's targets take a second one).
-        resolver = self.resolver
+        try:
+            resolver = self.resolver
+        except dns.exception.DNSException as error:     # no usable /etc/resolv.conf
+            return [LookupFailed(f"no DNS server to ask: {_first_line(error)}")] * len(entries)
         return _at_once([(lookup, e.template, resolver) for e in entries])
 
     def _apply_all(self, entries: list[_Entry], results: list) -> None:

@@ -192,7 +192,7 @@ class Metrics:
     def refresh_gauges(self) -> None:
         """Copy each backend's health and in-flight count into the gauges; drop removed backends."""
         current = set()
-        for backend in self.balancer.backends:
+        for backend in [*self.balancer.backends, *self.balancer.leaving]:
             current.add(backend.url)
             self.up.labels(backend.url).set(1 if backend.state == "up" else 0)
             self.in_flight.labels(backend.url).set(backend.in_flight)

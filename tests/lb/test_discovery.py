@@ -364,3 +364,8 @@ def test_a_removed_members_metrics_go_when_it_does(dns):
         app.stop()
         two.stop()
         three.stop()
+
+
+def test_a_reload_log_says_when_resolve_changes(dns):
+    from app.reload import changes
+    assert "http://web.test:1 resolve 5s->2s" in changes(app_config(dns, 1), app_config(dns, 1, "2s"))
