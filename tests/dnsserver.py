@@ -7,6 +7,8 @@ process, so a test changes the answers between two lookups without a restart or 
     dns.set("web.test", ["127.0.0.2", "127.0.0.3"], ttl=1)
     dns.set_srv("_http._tcp.api.test", [(10, 5, 8001, "a.api.test")], glue={"a.api.test": ["127.0.0.2"]})
     dns.mode = "servfail"     # or "drop" (no answer: the client times out), or "refused"
+    dns.refuse = {"AAAA"}     # REFUSED for questions of these types only (as dnsmasq does
+                              # for a name it knows no AAAA of, without an upstream)
 
 A name the server does not know gets NXDOMAIN; a known name without records of the type
 asked gets an empty NOERROR answer. ``queries`` counts the questions by (name, type).
@@ -26,6 +28,7 @@ class DnsServer:
         self.records: dict[str, dict[str, list]] = {}   # name -> type -> [(rdata, ttl)]
         self.glue: dict[str, list[str]] = {}            # SRV targets' addresses sent along
         self.mode = "answer"
+        self.refuse: set[str] = set()
         self.queries: collections.Counter = collections.Counter()
         self.server: DatagramServer | None = None
         self.port = 0
@@ -78,7 +81,7 @@ class DnsServer:
         if self.mode == "drop":
             return
         reply = request.reply()
-        if self.mode in ("servfail", "refused"):
+        if self.mode in ("servfail", "refused") or kind in self.refuse:
             reply.header.rcode = RCODE.SERVFAIL if self.mode == "servfail" else RCODE.REFUSED
         elif name not in self.records:
             reply.header.rcode = RCODE.NXDOMAIN

@@ -14,7 +14,9 @@ What a lookup may change (a pool never empties because DNS hiccuped):
 
 - an answer with addresses replaces the members (those that stay keep their state);
 - a failure (timeout, SERVFAIL, REFUSED) or an answer with no address keeps the last set,
-  logged once per outage with its cause and once when answers come back;
+  logged once per outage with its cause and once when answers come back; when only one of
+  the A and AAAA questions fails, the other's addresses are taken and the members of the
+  failed family stay;
 - NXDOMAIN drains the members of a name only on the second answer in a row that says so.
 
 Lookups go through dnspython over gevent-patched sockets (UDP, TCP on truncation), never
@@ -68,6 +70,10 @@ class Answer:
     endpoints: tuple[Endpoint, ...]
     ttl: float
     server: str
+    # (host, IP version) whose lookup failed while the rest answered (an AAAA refused, say):
+    # the members of those stay as they were; ``cause`` says why.
+    partial: tuple[tuple[str, int], ...] = ()
+    cause: str = ""
 
 
 @dataclass
@@ -113,31 +119,36 @@ def lookup(template: BackendConfig, resolver: dns.resolver.Resolver) -> Answer:
         return _lookup_srv(template, resolver)
     parts = urlsplit(template.url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    addresses, ttl, server = _addresses(parts.hostname, resolver)
+    addresses, ttl, server, failed, cause = _addresses(parts.hostname, resolver)
     if not addresses:
         raise LookupFailed(f"{parts.hostname} has no A or AAAA record (via {server})")
     return Answer(tuple(Endpoint(address, port, parts.hostname, template.weight)
-                        for address in addresses), ttl, server)
+                        for address in addresses), ttl, server,
+                  tuple((parts.hostname, version) for version in failed), cause)
 
 
-def _addresses(name: str, resolver: dns.resolver.Resolver) -> tuple[list[str], float, str]:
-    """The A and AAAA addresses of ``name`` (looked up at once), the shortest TTL, the server."""
-    outcomes = _at_once([(_query, name, kind, resolver) for kind in ("A", "AAAA")])
-    failures = [o for o in outcomes if isinstance(o, LookupFailed)]
-    if len(failures) == len(outcomes) and all(isinstance(f, NameNotFound) for f in failures):
-        raise failures[0]
-    hard = [failure for failure in failures if not isinstance(failure, NameNotFound)]
-    if hard:
-        raise hard[0]        # one family failing is no answer: the last members stay
-    addresses, ttls, servers = [], [], []
-    for outcome in outcomes:
-        if not isinstance(outcome, LookupFailed):
-            rrset, server, _ = outcome
-            servers.append(server)
-            if rrset is not None:
-                addresses += [record.address for record in rrset]
-                ttls.append(float(rrset.ttl))
-    return addresses, min(ttls, default=0.0), servers[0] if servers else describe_servers(resolver)
+def _addresses(name: str, resolver: dns.resolver.Resolver):
+    """The A and AAAA addresses of ``name`` (asked at once): (addresses, the shortest TTL,
+    the server, the IP versions whose question failed while the other answered, why).
+
+    Raises ``NameNotFound`` when both say NXDOMAIN, ``LookupFailed`` when a question
+    failed and the other gave no address."""
+    kinds = (("A", 4), ("AAAA", 6))
+    outcomes = _at_once([(_query, name, kind, resolver) for kind, _ in kinds])
+    answered = [o for o in outcomes if not isinstance(o, LookupFailed)]
+    hard = [(version, o) for (_, version), o in zip(kinds, outcomes)
+            if isinstance(o, LookupFailed) and not isinstance(o, NameNotFound)]
+    if not answered:
+        raise hard[0][1] if hard else outcomes[0]
+    addresses, ttls = [], []
+    for rrset, _, _ in answered:
+        if rrset is not None:
+            addresses += [record.address for record in rrset]
+            ttls.append(float(rrset.ttl))
+    if hard and not addresses:
+        raise hard[0][1]
+    return (addresses, min(ttls, default=0.0), answered[0][1], [v for v, _ in hard],
+            str(hard[0][1]) if hard else "")
 
 
 def _query(name: str, kind: str, resolver: dns.resolver.Resolver):
@@ -177,15 +188,18 @@ def _lookup_srv(template: BackendConfig, resolver: dns.resolver.Resolver) -> Ans
     missing = [target for target in targets if target not in glue]
     outcomes = _at_once([(_addresses, target.to_text(omit_final_dot=True), resolver)
                          for target in missing])
+    partial, causes = [], []
     for target, outcome in zip(missing, outcomes):
         if isinstance(outcome, NameNotFound):
             glue[target] = []        # a target that is gone is no member
         elif isinstance(outcome, LookupFailed):
             raise outcome
         else:
-            glue[target], target_ttl, _ = outcome
+            glue[target], target_ttl, _, failed, cause = outcome
             if glue[target]:
                 ttls.append(target_ttl)
+            partial += [(target.to_text(omit_final_dot=True), version) for version in failed]
+            causes += [cause] if cause else []
     endpoints = tuple(
         Endpoint(address, record.port, record.target.to_text(omit_final_dot=True),
                  # Weight 0 is the RFC's "very small chance": the smallest weight here.
@@ -193,7 +207,7 @@ def _lookup_srv(template: BackendConfig, resolver: dns.resolver.Resolver) -> Ans
         for record in records for address in glue[record.target])
     if not endpoints:
         raise LookupFailed(f"no address for the targets of {template.srv} (via {server})")
-    return Answer(endpoints, min(ttls), server)
+    return Answer(endpoints, min(ttls), server, tuple(partial), "; ".join(causes))
 
 
 def _at_once(calls: list[tuple]) -> list:
@@ -208,6 +222,10 @@ def _at_once(calls: list[tuple]) -> list:
     gevent.joinall(jobs)
     return [job.value if job.successful() else LookupFailed(
         f"the lookup failed: {_first_line(job.exception)}") for job in jobs]
+
+
+def _version(address: str) -> int:
+    return 6 if ":" in address else 4
 
 
 def _where(member: Backend) -> str:
@@ -328,12 +346,16 @@ class Discovery:
         interval = min(template.resolve, ttl) * self._rng.uniform(1 - JITTER, 1 + JITTER)
         entry.due = self._clock() + max(MIN_RESOLVE, interval)
         if isinstance(result, Answer):
-            if entry.outage is not None:
+            if result.cause and entry.outage is None:
+                log.warning(Fields("DNS lookup partly failed; the members it could not "
+                                   "answer for stay", backend=template.url, cause=result.cause))
+            elif not result.cause and entry.outage is not None:
                 log.info(Fields("DNS answers again", backend=template.url, server=result.server,
                                 addresses=len(result.endpoints)))
-            entry.outage, entry.not_found, entry.error = None, 0, ""
+            entry.outage = result.cause or None
+            entry.not_found, entry.error = 0, result.cause
             entry.answer, entry.answered_at = result, time.time()
-            self._update(template, result.endpoints, result.server)
+            self._update(template, self._with_unanswered(template, result), result.server)
             return
         entry.error = str(result)
         had_members = bool(self.balancer.members(template.url))
@@ -354,6 +376,17 @@ class Discovery:
             log.warning(Fields("DNS lookup failed; the last members stay" if had_members
                                else "DNS lookup failed; no member yet", backend=template.url,
                                cause=entry.error, members=len(self.balancer.members(template.url))))
+
+    def _with_unanswered(self, template: BackendConfig, answer: Answer) -> list[Endpoint]:
+        """The answer's endpoints, and the current members' of the hosts and IP versions
+        it could not get (a failed question keeps what it last said)."""
+        endpoints = list(answer.endpoints)
+        if answer.partial:
+            found = {e.key for e in endpoints}
+            endpoints += [m.endpoint for m in self.balancer.members(template.url)
+                          if (m.endpoint.host, _version(m.endpoint.address)) in answer.partial
+                          and m.endpoint.key not in found]
+        return endpoints
 
     def _update(self, template: BackendConfig, endpoints, server: str) -> None:
         added, gone = self.balancer.update_members(template, endpoints)

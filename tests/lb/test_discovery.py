@@ -369,3 +369,76 @@ def test_a_removed_members_metrics_go_when_it_does(dns):
 def test_a_reload_log_says_when_resolve_changes(dns):
     from app.reload import changes
     assert "http://web.test:1 resolve 5s->2s" in changes(app_config(dns, 1), app_config(dns, 1, "2s"))
+
+
+def test_one_address_family_failing_keeps_its_members_and_takes_the_others(dns, caplog):
+    dns.set("web.test", ["127.0.0.2", "::1"])
+    discovery, pool = discovery_for(dns, WEB)
+    discovery.resolve_once()
+    v6 = next(b for b in pool.backends if b.host == "::1")
+    dns.refuse = {"AAAA"}
+    dns.set("web.test", ["127.0.0.3"])
+    caplog.set_level(logging.INFO, logger="myproxy.discovery")
+    discovery.resolve_once()
+    discovery.resolve_once()
+    assert addresses(pool) == ["http://web.test:8000 (127.0.0.3)", "http://web.test:8000 (::1)"]
+    assert v6 in pool.backends
+    partly = [r.getMessage() for r in caplog.records if "partly failed" in r.getMessage()]
+    assert len(partly) == 1 and "REFUSED" in partly[0]
+    dns.refuse = set()
+    discovery.resolve_once()                       # AAAA answers again: now it has none
+    assert addresses(pool) == ["http://web.test:8000 (127.0.0.3)"]
+    assert any("DNS answers again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def dnsmasq(tmp_path):
+    """dnsmasq on 127.0.0.1 serving a hosts file (re-read on SIGHUP) and one SRV record."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    from tests.backends import free_port, wait_until
+    binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"      # sbin: not on every PATH
+    if not os.path.exists(binary):
+        pytest.skip("needs dnsmasq (Debian dnsmasq-base; .ci/run installs it)")
+    hosts, log = tmp_path / "hosts", tmp_path / "dnsmasq.log"
+    hosts.write_text("127.0.0.2 web.test\n127.0.0.3 web.test\n")
+    port = free_port()
+    output = open(log, "w")
+    process = subprocess.Popen(
+        [binary, "--no-daemon", "--no-resolv", "--no-hosts", f"--port={port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root", "--local-ttl=1",
+         f"--addn-hosts={hosts}", "--srv-host=_http._tcp.api.test,a.api.test,8001,10,5",
+         "--host-record=a.api.test,127.0.0.4", "--log-facility=-"],
+        stdout=output, stderr=subprocess.STDOUT)
+    if not wait_until(lambda: "read " in log.read_text() or process.poll() is not None, 10) \
+            or process.poll() is not None:
+        process.kill()
+        output.close()
+        pytest.skip(f"dnsmasq does not start here: {log.read_text()[-500:]}")
+
+    def reread(text: str) -> None:
+        reads = log.read_text().count(f"read {hosts}")
+        hosts.write_text(text)
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: log.read_text().count(f"read {hosts}") > reads, 5)
+
+    yield f"127.0.0.1:{port}", reread
+    process.terminate()
+    process.wait(timeout=5)
+    output.close()
+
+
+def test_a_real_dnsmasq_gives_the_members_and_its_changes(dnsmasq):
+    address, reread = dnsmasq
+    pool = Balancer.from_configs([WEB, API])
+    config = ResolverConfig(servers=(address,), timeout=1.0)
+    discovery = Discovery(pool, lambda: config)
+    discovery.resolve_once()
+    assert addresses(pool) == ["http://_http._tcp.api.test (127.0.0.4:8001)",
+                               "http://web.test:8000 (127.0.0.2)", "http://web.test:8000 (127.0.0.3)"]
+    reread("127.0.0.3 web.test\n127.0.0.5 web.test\n")
+    discovery.resolve_once()
+    assert [b.url for b in pool.members(WEB.url)] == ["http://web.test:8000 (127.0.0.3)",
+                                                        "http://web.test:8000 (127.0.0.5)"]
