@@ -16,8 +16,11 @@ Signals, handled as under ``python wsgi.py``:
   re-read) would lose both, and a bad file would stop the master. So this file is read
   once: the settings below (and ``host``, ``port``) need a restart to change.
 - SIGTERM: each worker marks the app draining at once (``/_myproxy/health`` answers 503),
-  stops accepting, closes idle keep-alive connections, and lets in-flight requests finish
-  within ``graceful_timeout`` (``app/gunicorn_worker.py``).
+  goes on accepting for ``shutdown_delay`` (every response closing its connection), then
+  stops accepting, closes idle keep-alive connections, and lets in-flight requests finish;
+  ``graceful_timeout`` is ``shutdown_delay + shutdown_timeout``
+  (``app/server/gunicorn_worker.py``).
+- SIGINT, SIGQUIT: gunicorn's quick stop (no delay, no drain).
 
 Metrics add up across workers: every worker writes its counters to files in
 ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode; a fresh temporary
@@ -52,7 +55,9 @@ bind = [f"{_config.host}:{_config.port}"]          # the config's port is $PORT 
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = _config.limits.max_connections
-graceful_timeout = max(1, round(_config.shutdown_timeout))
+# The master sends SIGKILL graceful_timeout after its SIGTERM: it must cover the delay
+# (during which a worker goes on accepting) and the drain after it.
+graceful_timeout = max(1, math.ceil(_config.shutdown_delay + _config.shutdown_timeout))
 # gunicorn times the wait for a request and the reading of its head with one timer, so it
 # gets the shorter of the two: slow headers are cut at client_header, idle connections
 # possibly before client_idle.
@@ -86,6 +91,9 @@ def on_starting(server):
     for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
         os.remove(stale)
     server.log.info("metrics of all workers add up in %s", metrics_dir)
+    from app.check import shutdown_warning
+    if shutdown_warning(_config):
+        server.log.warning("%s", shutdown_warning(_config))
 
 
 def child_exit(server, worker):

@@ -11,6 +11,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -57,7 +58,10 @@ def main(argv=None) -> int:
         return 0 if passed else 1
 
     configure_logging(config.log_level, config.log_format)
+    from app.check import shutdown_warning
     from app.server.standalone import serve
+    if shutdown_warning(config):
+        logging.getLogger("myproxy").warning("%s", shutdown_warning(config))
     demo_servers = []
     if args.demo:
         from app.demo import start_demo_backends

@@ -14,6 +14,14 @@ import gevent
 
 from .config import SCALARS, SECTIONS, Config, format_value
 
+# How long each platform waits, by default, between its SIGTERM and its SIGKILL.
+PLATFORM_GRACE = (
+    ("docker stop", 10.0, "docker run --stop-timeout, compose stop_grace_period"),
+    ("Kubernetes", 30.0, "the pod's terminationGracePeriodSeconds"),
+    ("a PaaS", 30.0, "fixed on most"),
+)
+EXIT_MARGIN = 1.0   # seconds the process takes to exit once the drain is over
+
 
 def describe(config: Config) -> str:
     """The effective settings, one a line, aligned: key, value, (origin)."""
@@ -43,7 +51,38 @@ def describe(config: Config) -> str:
     lines = [f"config OK: {config.source}"]
     lines += [f"  {key:<{key_width}}  {value:<{value_width}}  ({origin})"
               for key, value, origin in rows]
+    lines.append(shutdown_budget(config))
     return "\n".join(lines)
+
+
+def shutdown_seconds(config: Config) -> float:
+    """The longest a SIGTERM can take to end in an exit: the delay, the drain, the exit."""
+    return config.shutdown_delay + config.shutdown_timeout + EXIT_MARGIN
+
+
+def shutdown_budget(config: Config) -> str:
+    """One line: how long SIGTERM to exit can take, against each platform's default wait."""
+    total = shutdown_seconds(config)
+    verdicts = []
+    for platform, grace, where in PLATFORM_GRACE:
+        fits = "fits" if total <= grace else f"needs more (set {where})"
+        verdicts.append(f"{platform} {grace:g}s: {fits}")
+    return (f"shutdown: SIGTERM to exit takes up to {total:g}s (shutdown_delay "
+            f"{format_value('shutdown_delay', config.shutdown_delay)} + shutdown_timeout "
+            f"{format_value('shutdown_timeout', config.shutdown_timeout)} + {EXIT_MARGIN:g}s "
+            f"to exit); default waits before SIGKILL: " + "; ".join(verdicts))
+
+
+def shutdown_warning(config: Config) -> str | None:
+    """A warning for the log at start when the shutdown outlasts Kubernetes' and a PaaS's
+    default 30 s (Docker's 10 s is left to ``docker run --stop-timeout``, see README)."""
+    total = shutdown_seconds(config)
+    grace = min(grace for platform, grace, _ in PLATFORM_GRACE if platform != "docker stop")
+    if total <= grace:
+        return None
+    return (f"shutdown_delay + shutdown_timeout ({total - EXIT_MARGIN:g}s) leave no time to "
+            f"exit within the {grace:g}s Kubernetes and a PaaS wait by default before SIGKILL: "
+            f"in-flight requests may be cut off unless the platform is given {total:g}s or more")
 
 
 def probe(app) -> tuple[str, bool]:

@@ -150,6 +150,7 @@ class Config:
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     forwarded: ForwardedConfig = ForwardedConfig()
+    shutdown_delay: float = 0.0    # after SIGTERM: go on accepting this long, /health 503
     shutdown_timeout: float = 25.0
     log_level: str = "info"
     log_format: str = "text"
@@ -394,7 +395,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
 
 SCALARS: dict[str, Callable[[Any], Any]] = {
     "port": _port, "host": _string, "policy": _choice(*POLICIES), "hash_key": _hash_key,
-    "slow_start": parse_duration, "shutdown_timeout": parse_duration,
+    "slow_start": parse_duration, "shutdown_delay": parse_duration,
+    "shutdown_timeout": parse_duration,
     "log_level": _choice(*LOG_LEVELS), "log_format": _choice(*LOG_FORMATS),
     "access_log": _boolean, "server_timing": _boolean,
 }

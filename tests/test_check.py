@@ -46,7 +46,8 @@ def test_check_aligns_every_setting_and_shows_values_as_written(write_config):
     assert process.proc.returncode == 0
     lines = process.output.splitlines()
     assert lines[0] == f"config OK: {path}"
-    settings = lines[1:]
+    settings, budget = lines[1:-1], lines[-1]
+    assert budget.startswith("shutdown: SIGTERM to exit takes up to 26s")
     assert len(settings) == len(SCALARS) + 2 + sum(len(keys) for _, keys in SECTIONS.values())
     assert len({line.rindex(" (") for line in settings}) == 1      # one column of origins
     assert len({re.search(r"^  \S+\s+", line).end() for line in settings}) == 1   # one of values
@@ -56,6 +57,7 @@ def test_check_aligns_every_setting_and_shows_values_as_written(write_config):
     assert shown["limits.max_body_bytes"] == ["1MiB", "(file)"]
     assert shown["timeouts.read"] == ["30s", "(default)"]
     assert shown["health_check.expect"] == ["200-399", "(default)"]
+    assert shown["shutdown_delay"] == ["0s", "(default)"]
 
 
 def test_check_shows_what_came_from_the_environment(write_config):
@@ -98,3 +100,24 @@ def test_probe_counts_an_unexpected_status_as_down(write_config, backend):
     process = check(path, "--probe")
     assert process.proc.returncode == 1
     assert "DOWN  status 500 (not in health_check.expect)" in process.output
+
+
+@pytest.mark.parametrize("delay,timeout,docker,kubernetes", [
+    ("0s", "25s", "needs more", "fits"),
+    ("5s", "20s", "needs more", "fits"),
+    ("2s", "5s", "fits", "fits"),
+    ("10s", "25s", "needs more", "needs more"),
+], ids=["defaults", "kubernetes-example", "short", "too-long"])
+def test_check_weighs_delay_and_timeout_against_each_platforms_wait(write_config, delay, timeout,
+                                                                   docker, kubernetes):
+    path = write_config({"backends": ["http://127.0.0.1:5001"], "shutdown_delay": delay,
+                         "shutdown_timeout": timeout})
+    budget = check(path).output.splitlines()[-1]
+    assert f"docker stop 10s: {docker}" in budget
+    assert f"Kubernetes 30s: {kubernetes}" in budget and f"a PaaS 30s: {kubernetes}" in budget
+
+
+def test_a_shutdown_longer_than_kubernetes_and_a_paas_wait_is_warned_at_start(start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url], shutdown_delay="10s", shutdown_timeout="25s"))
+    line = proxy.wait_for(r"WARNING.*shutdown_delay \+ shutdown_timeout \(35s\).*").group(0)
+    assert "30s Kubernetes and a PaaS wait" in line

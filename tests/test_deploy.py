@@ -1,13 +1,18 @@
 """Deployment files: what can be checked without Docker or Kubernetes on this machine.
 
-The Dockerfile's CMD and HEALTHCHECK commands, the docker-compose demo backends and the
-gunicorn settings a Procfile PaaS gets are run here for real; the YAML examples are parsed
-and checked against the config they carry. Building the image is not.
+The Dockerfile's CMD and HEALTHCHECK commands, the docker-compose demo backends and their
+health checks, and the gunicorn settings a Procfile PaaS gets are run here for real; the YAML
+examples are parsed and checked against the config they carry; the requirements files are
+checked against what the code imports. Building and running the image is
+``tests/test_docker.py``'s, where a Docker daemon can be reached.
 """
+import ast
+import importlib.metadata
 import json
 import os
 import re
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,17 +20,19 @@ import sys
 import pytest
 import yaml
 
-from app.config import parse
+from app.check import shutdown_seconds
+from app.config import parse, parse_duration
 from tests.backends import free_port
 from tests.conftest import ROOT, ProxyProcess
 from tests.wire import get
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
-    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments)."""
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments); the first holds
+    what comes before the first FROM (the ARGs a FROM may use)."""
     with open(os.path.join(ROOT, "Dockerfile")) as dockerfile:
         text = re.sub(r"\\\n", " ", dockerfile.read())
-    stages = []
+    stages = [[]]
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -46,10 +53,13 @@ def as_local(command: list[str]) -> list[str]:
 
 
 def test_image_is_slim_unprivileged_unbuffered_and_drains_on_stop():
-    stages = dockerfile_stages()
-    assert stages[-1][0] == ("FROM", "python:3.11-slim")
-    final = " ".join(args for _, args in stages[-1])
+    preamble, build, final_instructions = dockerfile_stages()
+    assert ("ARG", "BASE=python:3.11-slim") in preamble
+    assert build[0] == ("FROM", "${BASE} AS build") and final_instructions[0] == ("FROM", "${BASE}")
+    final = " ".join(args for _, args in final_instructions)
     assert "build-essential" not in final and "apt-get install" not in final
+    assert "requirements" not in final          # installed in the build stage
+    assert ("COPY", "requirements-runtime.txt .") in build
     assert "PYTHONUNBUFFERED=1" in " ".join(final_stage("ENV"))
     user = final_stage("USER")[-1]
     assert user not in ("root", "0")
@@ -98,30 +108,118 @@ def compose() -> dict:
         return yaml.safe_load(file)
 
 
+def test_compose_builds_the_image_once_and_every_service_runs_it():
+    services = compose()["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert len(builders) == 1 and services[builders[0]]["build"] == "."
+    image = services[builders[0]]["image"]
+    assert {service["image"] for service in services.values()} == {image}
+
+
 def test_compose_puts_the_proxy_in_front_of_three_demo_backends():
     services = compose()["services"]
-    proxy = services.pop("myproxy")
-    assert proxy["build"] == "." and "8080:8080" in proxy["ports"]
+    proxy = services["myproxy"]
+    assert "8080:8080" in proxy["ports"]
+    assert parse_duration(proxy["stop_grace_period"]) >= shutdown_seconds(
+        parse("", "compose", environ={"MYPROXY_BACKENDS": "http://h:1"}))
     urls = proxy["environment"]["MYPROXY_BACKENDS"]
     config = parse("", "compose", environ={"MYPROXY_BACKENDS": urls})
-    assert len(config.backends) == 3 == len(services)
+    assert len(config.backends) == 3
+    assert set(proxy["depends_on"]) == {"backend1", "backend2", "backend3"}
     for backend in config.backends:
         name, port = re.match(r"http://(\w+):(\d+)$", backend.url).groups()
         assert services[name]["command"] == ["python", "wsgi.py", "--demo-backend", port]
-        assert services[name]["build"] == "."
 
 
-def test_compose_demo_backend_command_serves_and_stops_on_sigterm():
+def demo_healthcheck(service: dict, port: int) -> list[str]:
+    """A demo backend's healthcheck command, aimed at ``port`` instead of its own."""
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    own = service["command"][-1]
+    assert sum(part.count(f"127.0.0.1:{own}/") for part in test) == 1   # its own port, once
+    return [part.replace(f"127.0.0.1:{own}/", f"127.0.0.1:{port}/") for part in test[1:]]
+
+
+@pytest.mark.parametrize("name", ["backend1", "backend2", "backend3"])
+def test_compose_demo_backend_serves_passes_its_own_healthcheck_and_stops_on_sigterm(name):
+    service = compose()["services"][name]
+    assert "8080" not in str(service["healthcheck"])     # not the image's HEALTHCHECK port
     port = free_port()
-    command = compose()["services"]["backend1"]["command"]
-    process = ProxyProcess(as_local(command[:-1]) + [str(port)])
+    process = ProxyProcess(as_local(service["command"][:-1]) + [str(port)])
     try:
         process.wait_for("demo backend listening")
         assert get(port)[2].startswith(f"Hello from backend (port {port})".encode())
+        result = subprocess.run(as_local(demo_healthcheck(service, port)), timeout=15)
+        assert result.returncode == 0
         process.signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:
         process.stop()
+
+
+def test_compose_file_is_valid_for_docker_compose_where_it_is_installed():
+    if shutil.which("docker-compose"):
+        command = ["docker-compose"]
+    elif shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
+                                                   capture_output=True).returncode == 0:
+        command = ["docker", "compose"]
+    else:
+        pytest.skip("neither docker-compose (v1) nor docker compose (v2) is installed")
+    result = subprocess.run([*command, "-f", os.path.join(ROOT, "docker-compose.yml"), "config",
+                             "--quiet"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def requirement_lines(name: str) -> list[str]:
+    with open(os.path.join(ROOT, name)) as file:
+        return [line.split("#")[0].strip() for line in file if line.split("#")[0].strip()]
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned(name: str) -> dict[str, str]:
+    """Each distribution a requirements file pins (extras left out), and its version."""
+    return {canonical(re.sub(r"\[.*\]", "", line.split("==")[0])): line.split("==")[1]
+            for line in requirement_lines(name) if not line.startswith("-")}
+
+
+def test_requirements_txt_is_the_runtime_set_plus_the_test_tools_each_pinned_once():
+    assert requirement_lines("requirements.txt")[0] == "-r requirements-runtime.txt"
+    runtime, everything = pinned("requirements-runtime.txt"), pinned("requirements.txt")
+    assert all(line.startswith("-r") or "==" in line for line in requirement_lines("requirements.txt"))
+    assert all("==" in line for line in requirement_lines("requirements-runtime.txt"))
+    assert not set(runtime) & set(everything), "pinned in both files: they would drift"
+    assert {"pytest", "webtest", "pytest-timeout", "websocket-client"} <= set(everything)
+
+
+def test_every_package_the_running_proxy_imports_is_in_the_runtime_requirements():
+    imported = set()
+    sources = [os.path.join(ROOT, name) for name in ("wsgi.py", "gunicorn.conf.py")]
+    for folder, _, files in os.walk(os.path.join(ROOT, "app")):
+        sources += [os.path.join(folder, name) for name in files if name.endswith(".py")]
+    for source in sources:
+        with open(source) as file:
+            for node in ast.walk(ast.parse(file.read())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    third_party = imported - set(sys.stdlib_module_names) - {"app"}
+    needed = {canonical(dist) for module in third_party for dist in distributions[module]}
+    assert needed <= set(pinned("requirements-runtime.txt")), needed
+
+
+def test_gunicorn_waits_for_shutdown_delay_plus_shutdown_timeout(monkeypatch, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("backends: [http://127.0.0.1:5001]\nshutdown_delay: 5s\nshutdown_timeout: 20.5s\n")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("MYPROXY_CONFIG", str(path))
+    settings = runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))
+    assert settings["graceful_timeout"] == 26
 
 
 @pytest.fixture
@@ -137,8 +235,9 @@ def test_kubernetes_example_probes_drains_and_mounts_a_valid_config(kubernetes):
     assert container["ports"][0]["containerPort"] == config.port
     assert container["readinessProbe"]["httpGet"] == {"path": "/_myproxy/health", "port": "http"}
     assert "tcpSocket" in container["livenessProbe"]
-    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > pause + config.shutdown_timeout
+    assert "lifecycle" not in container          # shutdown_delay does what a preStop sleep did
+    assert config.shutdown_delay >= 5
+    assert pod["terminationGracePeriodSeconds"] >= shutdown_seconds(config)
     mount = container["volumeMounts"][0]["mountPath"]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["MYPROXY_CONFIG"] == mount + "/config.yaml"

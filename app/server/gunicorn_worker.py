@@ -5,8 +5,11 @@ a worker behave as ``python wsgi.py`` does (``app.server.standalone``):
 
 - the app's background work starts in the worker, after the fork (STACK-FACTS 22);
 - SIGHUP (sent by the master, see ``gunicorn.conf.py``) re-reads the config file in place;
-- SIGTERM sets ``App.draining`` at once, then gunicorn stops accepting and waits for the
-  requests in flight. gunicorn would also wait for every idle keep-alive connection until
+- SIGTERM sets ``App.draining`` at once (``/_myproxy/health`` answers 503) and from then
+  on every response closes its connection; for ``shutdown_delay`` the worker goes on
+  accepting on its inherited copy of the listener (the master closes its own copies at
+  once, STACK-FACTS 27), then gunicorn stops accepting and waits for the requests in
+  flight. gunicorn would also wait for every idle keep-alive connection until
   its ``keepalive`` timeout, and would keep a connection open after a response that was
   in flight: so idle connections are closed at once, and requests in flight are marked
   to close their connection when their response ends (with ``Connection: close`` when
@@ -48,6 +51,7 @@ class Connections:
     def __init__(self):
         self.open: set = set()          # client sockets
         self.serving: dict = {}         # client socket -> the gunicorn request in progress
+        self.closing = False            # from SIGTERM on: each response closes its connection
 
     def track(self, worker) -> None:
         """Wrap the worker's ``handle`` and ``handle_request`` to keep the sets up to date."""
@@ -62,6 +66,8 @@ class Connections:
 
         def tracked_request(listener_name, req, sock, addr):
             self.serving[sock] = req
+            if self.closing:
+                req.force_close()
             try:
                 return handle_request(listener_name, req, sock, addr)
             finally:
@@ -69,10 +75,15 @@ class Connections:
 
         worker.handle, worker.handle_request = tracked_handle, tracked_request
 
-    def close_when_done(self) -> int:
-        """Close idle connections now and the others after their response; return the idle count."""
+    def close_after_response(self) -> None:
+        """From now on, every response (those in flight too) closes its connection."""
+        self.closing = True
         for req in self.serving.values():
             req.force_close()
+
+    def close_when_done(self) -> int:
+        """Close idle connections now and the others after their response; return the idle count."""
+        self.close_after_response()
         idle = [sock for sock in self.open if sock not in self.serving]
         for sock in idle:
             _end_reading(sock)
@@ -109,8 +120,9 @@ def start_worker(worker) -> None:
 
     def on_term(signum, frame):
         app.draining = True          # flags and a spawn only: this runs in a signal handler
-        gevent.spawn(_drain, connections)
-        graceful_stop(signum, frame)
+        connections.closing = True
+        gevent.spawn(_shut_down, app.config.shutdown_delay, connections,
+                     lambda: graceful_stop(signum, frame))
 
     signal.signal(signal.SIGTERM, on_term)
     # Kept on the worker: a signal watcher that is garbage-collected stops watching.
@@ -119,9 +131,23 @@ def start_worker(worker) -> None:
     log.info("worker %d ready: SIGHUP reloads the config, SIGTERM drains", os.getpid())
 
 
-def _drain(connections: Connections) -> None:
+GUNICORN_POLL = 1.0   # seconds: the worker's loop looks at ``alive`` this often
+
+
+def _shut_down(delay: float, connections: Connections, stop_accepting: Callable[[], None]) -> None:
+    """SIGTERM's sequence in a worker: serve on for ``delay``, then gunicorn's drain."""
+    connections.close_after_response()
+    if delay > 0:
+        log.info("received SIGTERM: shutdown_delay: accepting for %.1fs more, "
+                 "/health answers 503", delay)
+        gevent.sleep(delay)
+    stop_accepting()
     log.info("received SIGTERM: draining, %d connection(s) open, %d idle closed",
              len(connections.open), connections.close_when_done())
+    # gunicorn closes the listener at its loop's next look at ``alive``: a connection
+    # accepted until then and still idle is closed as well.
+    gevent.sleep(GUNICORN_POLL + 0.1)
+    connections.close_when_done()
 
 
 class CloseConnection(Exception):

@@ -11,11 +11,16 @@ Each request is read strictly and every wait is bounded by ``connection.StrictCo
 (``app.server.http1`` and ``limits``/``timeouts``); the shutdown sequence:
 
 1. SIGTERM or SIGINT sets an event (signals are events, never places to do work);
-2. the server stops accepting, idle keep-alive connections are closed, and responses
+2. the app is marked draining (``/_myproxy/health`` answers 503) and every response from
+   now on carries ``Connection: close``; for ``shutdown_delay`` the server goes on
+   accepting and serving, so that clients still routed here while an outer balancer or
+   Kubernetes takes it out of rotation are served, not refused (a second signal ends the
+   delay at once);
+3. the server stops accepting, idle keep-alive connections are closed, and responses
    still in flight carry ``Connection: close``;
-3. ``server.stop(shutdown_timeout)`` waits for the in-flight requests in the pool, open
+4. ``server.stop(shutdown_timeout)`` waits for the in-flight requests in the pool, open
    tunnels included, then kills what is left (a tunnel then closes both its connections);
-4. the app's background work stops and the process exits 0.
+5. the app's background work stops and the process exits 0.
 
 SIGHUP is an event too: a greenlet re-reads the config file and applies it
 (``App.reload_file``) while requests go on being served.
@@ -134,7 +139,7 @@ class Handler(StrictConnection, WSGIHandler):
     def start_response(self, status, headers, exc_info=None):
         """pywsgi's checks and bookkeeping in one pass over the headers, plus ours:
         ``Content-Length`` is dropped from a 204 or 304 (pywsgi rejects a legal one,
-        STACK-FACTS 17), and ``Connection: close`` is added while draining or when the
+        STACK-FACTS 17), and ``Connection: close`` is added from SIGTERM on or when the
         request body was not read to its end (the connection cannot carry another)."""
         if exc_info:
             try:
@@ -168,7 +173,7 @@ class Handler(StrictConnection, WSGIHandler):
                 encoded.append((name.encode("latin-1"), value.encode("latin-1")))
             except UnicodeEncodeError:
                 raise UnicodeError("Non-latin1 header", repr(name), repr(value)) from None
-        if connection != "close" and (self.server.draining
+        if connection != "close" and (self.server.closing
                                       or not getattr(self.wsgi_input, "finished", True)):
             encoded.append((b"Connection", b"close"))
             connection = "close"
@@ -296,14 +301,15 @@ class Server(WSGIServer):
         self.limits = limits
         self.timeouts = timeouts
         self.connections: set[Handler] = set()
-        self.draining = False
+        self.closing = False     # from SIGTERM on: every response says Connection: close
+        self.draining = False    # no longer accepting: read no further request
 
     def drain(self, timeout: float) -> bool:
         """Stop accepting, close idle connections, wait up to ``timeout`` for the rest.
 
         Returns True when every in-flight request finished in time.
         """
-        self.draining = True
+        self.closing = self.draining = True
         self.close()
         self._close_idle()
         in_flight = len(self.connections)
@@ -353,8 +359,15 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     try:
         stop.wait()
         app.draining = True
+        server.closing = True
         reloader.kill()
-        timeout = app.config.shutdown_timeout       # as reloaded, if it was
+        delay = app.config.shutdown_delay            # as reloaded, if it was
+        if delay > 0:
+            log.info("shutdown_delay: accepting for %.1fs more, /health answers 503", delay)
+            stop.clear()
+            if stop.wait(delay):
+                log.info("second signal: ending shutdown_delay now")
+        timeout = app.config.shutdown_timeout
         finished = server.drain(timeout)
         if not finished:
             log.warning("shutdown timeout of %.1fs passed; remaining requests were cut off",
