@@ -20,19 +20,22 @@ import os
 
 from gevent.lock import Semaphore
 
-from .config import Config, ConfigError, ConfigHolder, load
+from .config import Config, ConfigError, load
 
 log = logging.getLogger("myproxy")
 
 
 class App:
-    """The load balancer: a WSGI callable with a start/stop life cycle and live reload."""
+    """The load balancer: a WSGI callable with a start/stop life cycle and live reload.
 
-    def __init__(self, settings: ConfigHolder, balancer, upstream, health, metrics, wsgi=None):
-        self.settings = settings
-        self.balancer = balancer
+    ``live`` holds the one reference to the runtime in force (``app.lb.routes.Runtime``:
+    the config, the route table, each route's pool). Each request takes it once, at its
+    start, as ``environ["myproxy.runtime"]``, and every layer reads its settings there.
+    """
+
+    def __init__(self, live, upstream, metrics, wsgi=None):
+        self.live = live
         self.upstream = upstream
-        self.health = health
         self.metrics = metrics
         self._wsgi = wsgi
         self.draining = False      # set on SIGTERM: /_myproxy/health answers 503
@@ -40,23 +43,45 @@ class App:
         self._reloading = Semaphore()
 
     @property
+    def runtime(self):
+        """The runtime in force; a reload replaces it whole."""
+        return self.live.runtime
+
+    @property
     def config(self) -> Config:
         """The config in force; a reload replaces it."""
-        return self.settings.config
+        return self.live.runtime.config
+
+    @property
+    def pool(self):
+        """The default pool (top-level ``backends``), else the first route's."""
+        runtime = self.live.runtime
+        return runtime.default or runtime.pools[0]
+
+    @property
+    def balancer(self):
+        return self.pool.balancer
+
+    @property
+    def health(self):
+        return self.pool.health
 
     def __call__(self, environ, start_response):
+        environ["myproxy.runtime"] = self.live.runtime
         return self._wsgi(environ, start_response)
 
     def start(self) -> None:
         """Start background work; call once per process, after any fork."""
+        from .lb.routes import start_pools
         self.started = True
-        self.health.start()
+        start_pools(self.runtime)
         self.metrics.start()
 
     def stop(self) -> None:
         """Stop background work and close upstream connections; safe to call twice."""
+        from .lb.routes import stop_pools
         self.started = False
-        self.health.stop()
+        stop_pools(self.runtime)
         self.metrics.stop()
         self.upstream.close()
 
@@ -64,33 +89,31 @@ class App:
         """Apply ``new`` to the running proxy without dropping a request; return what changed.
 
         Everything but ``host``, ``port`` and ``limits.max_connections`` (bound when the
-        server started) takes effect from the next request. A backend whose URL stays keeps
-        its health state and counters; requests in flight to a removed backend finish.
+        server started) takes effect from the next request: a new runtime is built and
+        swapped in one assignment. A route kept by name (the default pool is ``default``)
+        keeps the health state and counters of the backends whose URLs stay; requests in
+        flight, to a removed backend or route too, finish on the runtime they started with.
         """
+        from .lb.routes import build_runtime, start_pools
         from .reload import changes, fixed_at_start
 
-        old = self.config
-        new, kept = fixed_at_start(old, new)
-        changed = changes(old, new)
-        # The balancer swaps its backends under its lock, and nothing yields between that
-        # and the config swap: no request sees the new backends with the old settings.
-        removed = self.balancer.reload(new.backends, new.policy, new.slow_start,
-                                       probed=new.health_check.enabled)
-        self.settings.config = new
+        old = self.runtime
+        new, kept = fixed_at_start(old.config, new)
+        changed = changes(old.config, new)
+        runtime = build_runtime(new, self.upstream, previous=old,
+                                on_check=self.metrics.health_checked)
+        self.metrics.prepare(runtime)
+        self.live.runtime = runtime          # the one swap: from the next request on
 
-        in_use = {backend.origin for backend in self.balancer.backends}
-        for origin in {backend.origin for backend in removed} - in_use:
+        in_use = {b.origin for pool in runtime.pools for b in pool.backends}
+        for origin in {b.origin for pool in old.pools for b in pool.backends} - in_use:
             self.upstream.forget(origin)
-        if old.health_check.enabled and not new.health_check.enabled:
-            for backend in self.balancer.backends:
-                backend.assume_healthy()     # no checks now: nothing else would bring it back
         if self.started:
-            if new.health_check.enabled:
-                self.health.start()
-                self.health.wake()           # check added backends and new rules at once
-            else:
-                self.health.stop()
-        if (new.log_level, new.log_format) != (old.log_level, old.log_format):
+            start_pools(runtime, previous=old)   # the first round of each at once
+        else:
+            for pool in old.pools:
+                pool.health.stop()
+        if (new.log_level, new.log_format) != (old.config.log_level, old.config.log_format):
             from .logs import configure_logging
             configure_logging(new.log_level, new.log_format)
 
@@ -123,8 +146,7 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     prometheus_client's multiprocess mode, so that gunicorn workers add up.
     """
     from .middleware.admin import Admin
-    from .lb.balancer import Backend, Balancer
-    from .lb.health import HealthChecker
+    from .lb.routes import RuntimeHolder, build_runtime
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
     from .server.gunicorn_worker import ServerConnection
@@ -132,17 +154,15 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     from .middleware.status import Status
     from .proxy.upstream import Upstream, make_session
 
-    settings = ConfigHolder(config)
-    backends = [Backend(backend, probed=config.health_check.enabled) for backend in config.backends]
-    balancer = Balancer(backends, config.policy, slow_start=config.slow_start)
-    pools = max(16, 2 * len(backends))
-    upstream = Upstream(settings, session or make_session(pools=pools))
-    metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    health = HealthChecker(balancer, settings, upstream, on_result=metrics.health_checked)
-    proxy = Proxy(settings, balancer, upstream)
-    app = App(settings, balancer, upstream, health, metrics)
-    status = Status(settings, balancer, metrics, draining=lambda: app.draining)
-    admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
-    app._wsgi = ServerConnection(RequestLog(admin, settings, metrics),
-                                 send_timeout=config.timeouts.client_idle)
+    members = sum(len(pool.backends) for pool in config.pools)
+    upstream = Upstream(session or make_session(pools=max(16, 2 * members)))
+    live = RuntimeHolder(None)
+    metrics = Metrics(live, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    live.runtime = build_runtime(config, upstream, on_check=metrics.health_checked)
+    metrics.prepare(live.runtime)
+    proxy = Proxy(upstream)
+    app = App(live, upstream, metrics)
+    status = Status(metrics, draining=lambda: app.draining)
+    admin = Admin(proxy, status, metrics, draining=lambda: app.draining)
+    app._wsgi = ServerConnection(RequestLog(admin, metrics))
     return app

@@ -99,14 +99,14 @@ def test_switching_health_checks_off_brings_down_backends_back(backends):
 
 def test_policy_slow_start_and_retry_budget_reach_their_parts(backend):
     app = make_app([backend.url])
+    budget = app.pool.budget
     reload(app, [backend.url], "policy: least_connections\nslow_start: 30s\nretries:\n  budget: 0.5\n")
     assert (app.balancer.policy, app.balancer.slow_start) == ("least_connections", 30.0)
     assert app.balancer.choose().url == backend.url
-    proxy = app._wsgi
-    while not hasattr(proxy, "budget"):       # under the middleware layers
-        proxy = proxy.app
-    proxy.budget.try_spend(proxy.config.retries.budget)
-    assert proxy.budget.share == 0.5
+    assert app.pool.budget is budget            # the kept pool keeps its budget's counts
+    assert app.pool.settings.retries.budget == 0.5
+    budget.try_spend(app.pool.settings.retries.budget)
+    assert budget.share == 0.5
 
 
 def test_a_started_app_checks_added_backends_at_once(backends):

@@ -1,0 +1,216 @@
+"""Routes: which pool a request belongs to, each pool's machinery, and the runtime in force.
+
+- ``Pool`` is one route's unit: its settings (``RouteConfig``), its ``Balancer`` of
+  ``Backend`` objects, its ``HealthChecker``, its ``RetryBudget`` and its upstream timeout.
+  The same backend URL in two routes is two ``Backend`` objects with separate state, and a
+  request of one pool is only ever sent to that pool's backends.
+- ``RouteTable.match(host, path)`` picks the pool: routes in precedence order (an exact
+  host, then wildcards longest first, then any host; within one host rule, the longest
+  path prefix), then the default pool (the top-level ``backends``), else None. The host
+  is looked up in dicts and only the routes of the hosts that apply are tried, so a
+  hundred routes cost a few dict lookups and prefix comparisons per request.
+- ``Runtime`` is what a reload builds and swaps whole: the config, the table and the
+  pools, frozen. A request takes ``RuntimeHolder.runtime`` once, at its start, and uses
+  that one to its end (``environ["myproxy.runtime"]``); nothing reads the config another way.
+- ``build_runtime(config, previous)`` makes the next runtime: a route kept by name keeps
+  the ``Backend`` objects (health, counters, in flight) of the URLs it keeps, and its
+  retry budget; a removed route's pool is left to the requests that hold it.
+
+Paths are matched raw, byte for byte, never decoded: ``/%61pi`` is not ``/api``. It
+imports only the balancer's package and the config.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import urllib3
+
+from ..config import DEFAULT_ROUTE, Config, RouteConfig
+from .balancer import Backend, Balancer
+from .health import HealthChecker
+from .retry import RetryBudget
+
+
+class Pool:
+    """One route's backends and what chooses among them, checks them and caps retries."""
+
+    def __init__(self, settings: RouteConfig, balancer: Balancer, health: HealthChecker,
+                 budget: RetryBudget):
+        self.settings = settings
+        self.name = settings.name
+        self.balancer = balancer
+        self.health = health
+        self.budget = budget
+        timeouts = settings.timeouts
+        self.upstream_timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
+        # The request's hash key is computed only for the hash policy (nothing per request else).
+        self.hash_key = settings.hash_key if settings.policy == "hash" else None
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name} {len(self.balancer.backends)} backend(s)>"
+
+    @property
+    def backends(self) -> list[Backend]:
+        return self.balancer.backends
+
+    def rewrite(self, target: str) -> str:
+        """The target the backend sees: with ``strip_prefix``, without the route's prefix
+        ("/" at least, the query kept); otherwise as the client sent it."""
+        if not self.settings.strip_prefix or not self.settings.path or target == "*":
+            return target
+        rest = target[len(self.settings.path):]
+        return rest if rest.startswith("/") else "/" + rest
+
+
+class RouteTable:
+    """The routes of one config in precedence order, and the lookup of a request's pool."""
+
+    def __init__(self, routes: Iterable[Pool], default: Pool | None = None):
+        self.default = default
+        self._exact: dict[str, list[Pool]] = {}
+        self._wildcards: dict[str, list[Pool]] = {}    # ".example.com" -> pools
+        self._any: list[Pool] = []
+        for pool in routes:
+            for host in pool.settings.hosts or ("",):
+                if not host:
+                    self._any.append(pool)
+                elif host.startswith("*."):
+                    self._wildcards.setdefault(host[1:], []).append(pool)
+                else:
+                    self._exact.setdefault(host, []).append(pool)
+        for group in (*self._exact.values(), *self._wildcards.values(), self._any):
+            group.sort(key=lambda pool: -len(pool.settings.path))
+        # Suffix lengths that have a wildcard, longest first: a host is cut only there.
+        self._suffixes = sorted({len(suffix) for suffix in self._wildcards}, reverse=True)
+        self.empty = not (self._exact or self._wildcards or self._any)
+
+    def match(self, host: str, path: str) -> Pool | None:
+        """The pool for a request to ``host`` (lowercased, no port) and ``path`` (raw,
+        without the query); None when no route matches and there is no default pool."""
+        if self.empty:
+            return self.default
+        group = self._exact.get(host)
+        if group is not None:
+            pool = _by_path(group, path)
+            if pool is not None:
+                return pool
+        for length in self._suffixes:
+            if len(host) > length:
+                group = self._wildcards.get(host[-length:])
+                if group is not None:
+                    pool = _by_path(group, path)
+                    if pool is not None:
+                        return pool
+        return _by_path(self._any, path) or self.default
+
+    def ordered(self) -> list[tuple[str, Pool]]:
+        """(host rule, pool) in precedence order, as ``--check`` shows them."""
+        rows = [(host, pool) for host, group in sorted(self._exact.items()) for pool in group]
+        for suffix in sorted(self._wildcards, key=lambda s: (-len(s), s)):
+            rows += [("*" + suffix, pool) for pool in self._wildcards[suffix]]
+        rows += [("*", pool) for pool in self._any]
+        if self.default is not None:
+            rows.append(("*", self.default))
+        return rows
+
+
+def _by_path(group: list[Pool], path: str) -> Pool | None:
+    """The first pool whose prefix ``path`` has at a segment boundary (longest first)."""
+    for pool in group:
+        prefix = pool.settings.path
+        if not prefix or (path.startswith(prefix) and (len(path) == len(prefix)
+                                                        or path[len(prefix)] == "/")):
+            return pool
+    return None
+
+
+def request_host(host: str) -> str:
+    """A Host value (or an absolute-form authority) as routes match it: lowercased, no port."""
+    host = host.lower()
+    if host.startswith("["):
+        return host[:host.find("]") + 1] or host
+    name, colon, _ = host.rpartition(":")
+    return name if colon else host
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The config in force and everything built from it; a reload swaps the whole."""
+
+    config: Config
+    table: RouteTable
+    pools: tuple[Pool, ...]        # routes in file order, then the default pool if any
+
+    def pool(self, name: str) -> Pool | None:
+        return next((pool for pool in self.pools if pool.name == name), None)
+
+    @property
+    def default(self) -> Pool | None:
+        return self.table.default
+
+
+class RuntimeHolder:
+    """The one reference to the runtime in force. ``App.reload`` replaces ``runtime``;
+    a request reads it once, at its start; background work reads it at each round."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+
+def build_runtime(config: Config, upstream, previous: Runtime | None = None,
+                  clock: Callable[[], float] = time.time,
+                  on_check: Callable | None = None) -> Runtime:
+    """The runtime of ``config``. Starts nothing (``start_pools`` does).
+
+    ``upstream`` sends the health checks; ``on_check(pool, backend, result)`` sees each
+    one (metrics). With ``previous``, a route kept by name keeps its backends' state and
+    its retry budget (see the module docstring).
+    """
+    pools = []
+    for settings in config.pools:
+        old = previous.pool(settings.name) if previous is not None else None
+        pools.append(_pool(settings, upstream, old, clock, on_check))
+    routes = [pool for pool in pools if pool.name != DEFAULT_ROUTE]
+    default = next((pool for pool in pools if pool.name == DEFAULT_ROUTE), None)
+    return Runtime(config, RouteTable(routes, default), tuple(pools))
+
+
+def _pool(settings: RouteConfig, upstream, old: Pool | None, clock, on_check) -> Pool:
+    probed = settings.health_check.enabled
+    kept = {backend.url: backend for backend in old.backends} if old is not None else {}
+    backends = []
+    for backend_config in settings.backends:
+        backend = kept.get(backend_config.url)
+        if backend is None:
+            backend = Backend(backend_config, clock, probed)
+        else:
+            backend.config, backend.probed = backend_config, probed
+            if old.settings.health_check.enabled and not probed:
+                backend.assume_healthy()    # no checks now: nothing else would bring it back
+        backends.append(backend)
+    balancer = Balancer(backends, settings.policy, slow_start=settings.slow_start, clock=clock)
+    name = settings.name
+    hook = (lambda backend, result: on_check(name, backend, result)) if on_check else None
+    health = HealthChecker(balancer, settings.health_check, upstream, clock=clock, on_result=hook)
+    budget = old.budget if old is not None else RetryBudget(settings.retries.budget)
+    return Pool(settings, balancer, health, budget)
+
+
+def start_pools(runtime: Runtime, previous: Runtime | None = None) -> None:
+    """Start each pool's health checks (the first round at once); stop ``previous``'s."""
+    if previous is not None:
+        for pool in previous.pools:
+            pool.health.stop()
+    for pool in runtime.pools:
+        pool.health.start()
+
+
+def stop_pools(runtime: Runtime) -> None:
+    for pool in runtime.pools:
+        pool.health.stop()
