@@ -33,9 +33,11 @@ class HealthChecker:
     (the proxy's ``Upstream``, handed in: this package never imports the proxy)."""
 
     def __init__(self, balancer: Balancer, rules: HealthCheckConfig, upstream,
-                 clock: Callable[[], float] = time.time, on_result: Callable | None = None):
+                 clock: Callable[[], float] = time.time, on_result: Callable | None = None,
+                 route: str | None = None):
         self.balancer = balancer
         self.rules = rules
+        self.route = route              # the pool's route, named in the log lines
         self.upstream = upstream
         self._clock = clock
         self._on_result = on_result     # called with (backend, result): metrics hook
@@ -83,12 +85,13 @@ class HealthChecker:
         if self._on_result is not None:
             self._on_result(backend, result)
         if transition == "down":
-            log.warning(Fields("backend down", backend=backend.url, cause=backend.last_error,
-                               failed_checks=backend.failures))
+            log.warning(Fields("backend down", backend=backend.url, route=self.route,
+                               cause=backend.last_error, failed_checks=backend.failures))
         elif transition == "up":
-            log.info(Fields("backend up", backend=backend.url, passed_checks=backend.passes))
+            log.info(Fields("backend up", backend=backend.url, route=self.route,
+                            passed_checks=backend.passes))
         elif transition == "ejected":       # up by its checks, still serving an ejection
-            log.info(Fields("backend passes checks", backend=backend.url,
+            log.info(Fields("backend passes checks", backend=backend.url, route=self.route,
                             returns_in_s=round(backend.ejection_left, 1)))
 
     def start(self) -> None:

@@ -197,7 +197,8 @@ def _pool(settings: RouteConfig, upstream, old: Pool | None, clock, on_check) ->
     balancer = Balancer(backends, settings.policy, slow_start=settings.slow_start, clock=clock)
     name = settings.name
     hook = (lambda backend, result: on_check(name, backend, result)) if on_check else None
-    health = HealthChecker(balancer, settings.health_check, upstream, clock=clock, on_result=hook)
+    health = HealthChecker(balancer, settings.health_check, upstream, clock=clock, on_result=hook,
+                           route=name)
     budget = old.budget if old is not None else RetryBudget(settings.retries.budget)
     return Pool(settings, balancer, health, budget)
 
