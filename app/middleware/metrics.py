@@ -194,6 +194,11 @@ class Metrics:
                 self.in_flight.labels(*labels).set(backend.in_flight)
         for labels in self._gauged - current:
             for gauge in (self.up, self.in_flight):
+                if self.multiprocess:
+                    # prometheus_client cannot remove a label set from the shared files:
+                    # a removed backend reads as down with nothing in flight.
+                    gauge.labels(*labels).set(0)
+                    continue
                 try:
                     gauge.remove(*labels)
                 except KeyError:
