@@ -3,10 +3,14 @@
 ``create_app(config)`` is the composition root: it builds every part and wires them, and
 starts nothing. The returned ``App`` is the WSGI callable: request log and metrics
 (``middleware``) around the admin surface (``admin``) around the proxy (``proxy``).
-``App.start()`` starts its background work (the health checker, and in multiprocess mode
-the gauge refresher) and ``App.stop()`` stops it. Servers call those:
+``App.start()`` starts its background work (each pool's health checker, and in
+multiprocess mode the gauge refresher) and ``App.stop()`` stops it. Servers call those:
 ``app.server`` under ``python wsgi.py``, ``gunicorn.conf.py`` in each worker.
-``App.reload(config)`` applies a new config to the running parts (SIGHUP calls
+
+Config reaches a request one way: ``App`` holds the runtime in force (``app.lb.routes``:
+the config, the route table, each route's pool) and puts it in the request's environ
+(``myproxy.runtime``) once, at its start; every layer reads its settings there.
+``App.reload(config)`` builds the next runtime and swaps that one reference (SIGHUP calls
 ``reload_file``).
 
 The parts are imported inside ``create_app``, not here: ``gunicorn.conf.py`` imports

@@ -194,15 +194,6 @@ class Config:
         return self.routes + ((default,) if default is not None else ())
 
 
-class ConfigHolder:
-    """The config in force. A reload (``App.reload``) replaces ``config`` whole; the parts
-    that serve keep the holder and read ``holder.config`` at each use, never a copy taken
-    when they were built, so a reload reaches all of them at once."""
-
-    def __init__(self, config: Config):
-        self.config = config
-
-
 # --- scalar parsers -------------------------------------------------------------------------
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -6,9 +6,9 @@
   request of one pool is only ever sent to that pool's backends.
 - ``RouteTable.match(host, path)`` picks the pool: routes in precedence order (an exact
   host, then wildcards longest first, then any host; within one host rule, the longest
-  path prefix), then the default pool (the top-level ``backends``), else None. The host
-  is looked up in dicts and only the routes of the hosts that apply are tried, so a
-  hundred routes cost a few dict lookups and prefix comparisons per request.
+  path prefix), then the default pool (the top-level ``backends``), else None. Hosts and
+  each host rule's prefixes (by their first segment) are looked up in dicts, so a hundred
+  routes cost a few dict lookups and a prefix comparison or two per request.
 - ``Runtime`` is what a reload builds and swaps whole: the config, the table and the
   pools, frozen. A request takes ``RuntimeHolder.runtime`` once, at its start, and uses
   that one to its end (``environ["myproxy.runtime"]``); nothing reads the config another way.
@@ -69,61 +69,84 @@ class RouteTable:
 
     def __init__(self, routes: Iterable[Pool], default: Pool | None = None):
         self.default = default
-        self._exact: dict[str, list[Pool]] = {}
-        self._wildcards: dict[str, list[Pool]] = {}    # ".example.com" -> pools
-        self._any: list[Pool] = []
+        hosts: dict[str, list[Pool]] = {}              # "" = any host
         for pool in routes:
             for host in pool.settings.hosts or ("",):
-                if not host:
-                    self._any.append(pool)
-                elif host.startswith("*."):
-                    self._wildcards.setdefault(host[1:], []).append(pool)
-                else:
-                    self._exact.setdefault(host, []).append(pool)
-        for group in (*self._exact.values(), *self._wildcards.values(), self._any):
-            group.sort(key=lambda pool: -len(pool.settings.path))
+                hosts.setdefault(host, []).append(pool)
+        self._groups = {host: _Paths(pools) for host, pools in hosts.items()}
+        self._exact = {host: paths for host, paths in self._groups.items()
+                       if host and not host.startswith("*.")}
+        self._wildcards = {host[1:]: paths for host, paths in self._groups.items()
+                           if host.startswith("*.")}       # ".example.com" -> its paths
+        self._any = self._groups.get("")
         # Suffix lengths that have a wildcard, longest first: a host is cut only there.
         self._suffixes = sorted({len(suffix) for suffix in self._wildcards}, reverse=True)
-        self.empty = not (self._exact or self._wildcards or self._any)
+        self.empty = not self._groups
 
     def match(self, host: str, path: str) -> Pool | None:
         """The pool for a request to ``host`` (lowercased, no port) and ``path`` (raw,
         without the query); None when no route matches and there is no default pool."""
-        if self.empty:
-            return self.default
-        group = self._exact.get(host)
-        if group is not None:
-            pool = _by_path(group, path)
+        paths = self._exact.get(host)
+        if paths is not None:
+            pool = paths.match(path)
             if pool is not None:
                 return pool
         for length in self._suffixes:
             if len(host) > length:
-                group = self._wildcards.get(host[-length:])
-                if group is not None:
-                    pool = _by_path(group, path)
+                paths = self._wildcards.get(host[-length:])
+                if paths is not None:
+                    pool = paths.match(path)
                     if pool is not None:
                         return pool
-        return _by_path(self._any, path) or self.default
+        if self._any is not None:
+            pool = self._any.match(path)
+            if pool is not None:
+                return pool
+        return self.default
 
     def ordered(self) -> list[tuple[str, Pool]]:
-        """(host rule, pool) in precedence order, as ``--check`` shows them."""
-        rows = [(host, pool) for host, group in sorted(self._exact.items()) for pool in group]
+        """(host rule, pool) in precedence order, as ``--check`` and ``/status`` show them."""
+        rows = [(host, pool) for host in sorted(self._exact) for pool in self._groups[host].ordered]
         for suffix in sorted(self._wildcards, key=lambda s: (-len(s), s)):
-            rows += [("*" + suffix, pool) for pool in self._wildcards[suffix]]
-        rows += [("*", pool) for pool in self._any]
+            rows += [("*" + suffix, pool) for pool in self._wildcards[suffix].ordered]
+        if self._any is not None:
+            rows += [("*", pool) for pool in self._any.ordered]
         if self.default is not None:
             rows.append(("*", self.default))
         return rows
 
 
-def _by_path(group: list[Pool], path: str) -> Pool | None:
-    """The first pool whose prefix ``path`` has at a segment boundary (longest first)."""
-    for pool in group:
-        prefix = pool.settings.path
-        if not prefix or (path.startswith(prefix) and (len(path) == len(prefix)
-                                                        or path[len(prefix)] == "/")):
-            return pool
-    return None
+class _Paths:
+    """The path prefixes of one host rule, indexed by their first segment, so that a path
+    is compared with the prefixes that can match it only (longest first), however many."""
+
+    def __init__(self, pools: list[Pool]):
+        self.ordered = sorted(pools, key=lambda pool: -len(pool.settings.path))
+        self._by_segment: dict[str, list[tuple[str, int, Pool]]] = {}
+        self._every_path: Pool | None = None           # the pool without a path, if any
+        for pool in self.ordered:
+            prefix = pool.settings.path
+            if not prefix:
+                self._every_path = pool
+                continue
+            self._by_segment.setdefault(_first_segment(prefix), []).append(
+                (prefix, len(prefix), pool))
+
+    def match(self, path: str) -> Pool | None:
+        if self._by_segment:
+            candidates = self._by_segment.get(_first_segment(path))
+            if candidates is not None:
+                for prefix, length, pool in candidates:
+                    # A whole-segment match: "/api" takes "/api" and "/api/x", not "/apix".
+                    if path.startswith(prefix) and (len(path) == length or path[length] == "/"):
+                        return pool
+        return self._every_path
+
+
+def _first_segment(path: str) -> str:
+    """``/api`` of ``/api/v2/x``; the whole of a path with one segment (or ``*``)."""
+    cut = path.find("/", 1)
+    return path if cut < 0 else path[:cut]
 
 
 def request_host(host: str) -> str:

@@ -181,6 +181,11 @@ class Metrics:
     def traffic(self, route: str, url: str) -> Traffic:
         return self.series(route, url).traffic
 
+    def seen(self, route: str, url: str) -> Traffic | None:
+        """The traffic of a series that has had requests, else None (nothing is made)."""
+        series = self._series.get((route, url))
+        return series.traffic if series is not None else None
+
     # --- exposition ----------------------------------------------------------------------
 
     def refresh_gauges(self) -> None:

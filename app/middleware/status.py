@@ -42,7 +42,10 @@ class Status:
             routes.append(describe_route(pool, members))
         unrouted = self.metrics.traffic(NO_ROUTE, NO_BACKEND).snapshot()
         for pool in runtime.pools:      # 503s of a pool with no backend left
-            unrouted_pool = self.metrics.traffic(pool.name, NO_BACKEND).snapshot()
+            traffic = self.metrics.seen(pool.name, NO_BACKEND)
+            if traffic is None:
+                continue
+            unrouted_pool = traffic.snapshot()
             for key in ("requests", "errors"):
                 unrouted[key] += unrouted_pool[key]
             unrouted["window"]["rate"] += unrouted_pool["window"]["rate"]

@@ -2,7 +2,9 @@
 
 ``Proxy.__call__`` reads top to bottom like Go's ``ReverseProxy.ServeHTTP``: choose a
 backend, build the outbound request, send, copy status and headers back, stream the body.
-Sending is ``_send``: a small loop that tries another backend when ``retry.may_retry``
+The request's route picks the pool (``app.lb.routes``); a request of one pool is only
+ever sent to that pool's backends. Sending is ``_send``: a small loop that tries another
+backend of the pool when ``retry.may_retry``
 allows it, the budget has room and attempts are left; no retry happens once anything went
 back to the client. Every failure leaves through ``_fail``, which turns a typed error into
 one response. Each attempt's outcome feeds the backend's passive health. A request that
@@ -13,8 +15,10 @@ Before anything else, ``admission.admit`` decides whether the request may be for
 at all (origin-form target, framing, limits); the request body streams through
 ``body.RequestBody``. Other layers talk to it through namespaced environ keys: the server
 puts the raw request target in ``RAW_URI`` and the header lines as received in
-``myproxy.headers``; the proxy
-leaves ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
+``myproxy.headers``, and ``App`` the runtime in force in ``myproxy.runtime`` (the config,
+the route table and the pools), read once per request; the proxy
+leaves ``myproxy.route`` (the name of the request's route, found by ``route_of``),
+``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
 per attempt: the error kind, ``"stale"`` for a keep-alive reconnect, None for the answer),
 ``myproxy.upstream_duration`` (seconds from sending the last attempt to its response
 headers) and ``myproxy.error`` for the logging middleware and metrics. It knows nothing

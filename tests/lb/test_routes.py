@@ -150,3 +150,14 @@ def test_a_hundred_routes_still_match_by_dicts():
     assert table.match("whatever", "/p32").name == "r32"
     assert table.match("whatever", "/").name == "default"
     assert [pool.name for _, pool in table.ordered()][:2] == ["r0", "r12"]    # exact hosts first
+
+
+@pytest.mark.parametrize("path,route", [
+    ("/a/b", "deep"), ("/a/b/c", "deep"), ("/a/bc", "default"), ("/a", "default"),
+    ("/a/b/c/d", "deeper"), ("*", "default"),
+])
+def test_prefixes_of_several_segments(path, route):
+    text = ("routes:\n  - {name: deep, path: /a/b, backends: [http://127.0.0.1:1]}\n"
+            "  - {name: deeper, path: /a/b/c/d/, backends: [http://127.0.0.1:2]}\n"
+            "backends: [http://127.0.0.1:3]\n")
+    assert routed("any.test", path, text) == route
