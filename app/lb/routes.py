@@ -150,12 +150,13 @@ def _first_segment(path: str) -> str:
 
 
 def request_host(host: str) -> str:
-    """A Host value (or an absolute-form authority) as routes match it: lowercased, no port."""
+    """A Host value (or an absolute-form authority) as routes match it: lowercased, no
+    port, no trailing dot (``example.com.`` is ``example.com``, as in DNS)."""
     host = host.lower()
     if host.startswith("["):
         return host[:host.find("]") + 1] or host
     name, colon, _ = host.rpartition(":")
-    return name if colon else host
+    return (name if colon else host).rstrip(".")
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ def test_request_host():
     assert request_host("[::1]:8080") == "[::1]"
     assert request_host("[::1]") == "[::1]"
     assert request_host("plain") == "plain"
+    assert request_host("Example.com.:8080") == "example.com"
 
 
 def test_the_same_url_in_two_routes_is_two_members():
@@ -161,3 +162,22 @@ def test_prefixes_of_several_segments(path, route):
             "  - {name: deeper, path: /a/b/c/d/, backends: [http://127.0.0.1:2]}\n"
             "backends: [http://127.0.0.1:3]\n")
     assert routed("any.test", path, text) == route
+
+
+def test_a_routes_own_timeouts_policy_and_retries_apply_to_its_requests_only(backends):
+    from webtest import TestApp
+
+    from app import create_app
+    a, b, c = backends
+    text = (f"routes:\n  - name: quick\n    host: quick.test\n    backends: [{a.url}]\n"
+            "    timeouts: {read: 200ms}\n    retries: {attempts: 1}\n"
+            f"  - name: sticky\n    path: /s\n    backends: [{b.url}, {c.url}]\n"
+            "    policy: hash\n    hash_key: header:X-User\n"
+            f"backends: [{a.url}, {b.url}]\nhealth_check: {{enabled: false}}\n")
+    client = TestApp(create_app(parse(text, "r.yaml", environ={})), lint=False)
+    quick = {"Host": "quick.test"}
+    assert client.get("/slow?seconds=0.6", headers=quick, status=504).text.startswith("504 Gateway")
+    assert len([r for r in a.requests if r.target == "/slow?seconds=0.6"]) == 1    # no retry
+    assert client.get("/slow?seconds=0.4").text in ("slow a", "slow b")   # the default pool: 30 s
+    answers = {client.get("/s/1", headers={"X-User": "u7"}).text for _ in range(6)}
+    assert len(answers) == 1 and answers <= {"backend b", "backend c"}

@@ -151,3 +151,20 @@ def test_an_untrusted_backend_certificate_fails_before_anything_is_sent(tls_back
     assert "TLS handshake failed" in caught.value.detail and caught.value.sent is False
     assert tls_backend.requests == []
 
+
+
+def test_a_websocket_goes_to_its_routes_backend_with_the_prefix_stripped(serve):
+    chat, site = WebSocketBackend("chat").start(), WebSocketBackend("site").start()
+    try:
+        text = (f"routes:\n  - name: chat\n    path: /chat\n    strip_prefix: true\n"
+                f"    backends: [{chat.url}]\n    timeouts: {{tunnel_idle: 30s}}\n"
+                f"backends: [{site.url}]\nhealth_check: {{enabled: false}}\n")
+        port = serve(create_app(parse(text, environ={})))
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/chat/room?id=1", timeout=10)
+        ws.send("hello")
+        assert ws.recv() == "hello" and ws.getheaders()["x-backend"] == "chat"
+        assert chat.requests[-1].target == "/room?id=1" and site.requests == []
+        ws.close()
+    finally:
+        chat.stop()
+        site.stop()
