@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     demo_servers = []
     if args.demo:
         from app.demo import start_demo_backends
-        demo_servers = start_demo_backends(b.url for b in config.backends)
+        demo_servers = start_demo_backends(config)
     try:
         return serve(create_app(config), config)
     except StartupError as error:

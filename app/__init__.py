@@ -3,11 +3,15 @@
 ``create_app(config)`` is the composition root: it builds every part and wires them, and
 starts nothing. The returned ``App`` is the WSGI callable: request log and metrics
 (``middleware``) around the admin surface (``admin``) around the proxy (``proxy``).
-``App.start()`` starts its background work (DNS discovery, after a first bounded round of
-lookups; the health checker; in multiprocess mode the gauge refresher) and ``App.stop()``
-stops it. Servers call those:
+``App.start()`` starts its background work (each pool's DNS discovery, after a first
+bounded round of lookups; each pool's health checker; in multiprocess mode the gauge
+refresher) and ``App.stop()`` stops it. Servers call those:
 ``app.server`` under ``python wsgi.py``, ``gunicorn.conf.py`` in each worker.
-``App.reload(config)`` applies a new config to the running parts (SIGHUP calls
+
+Config reaches a request one way: ``App`` holds the runtime in force (``app.lb.routes``:
+the config, the route table, each route's pool) and puts it in the request's environ
+(``myproxy.runtime``) once, at its start; every layer reads its settings there.
+``App.reload(config)`` builds the next runtime and swaps that one reference (SIGHUP calls
 ``reload_file``).
 
 The parts are imported inside ``create_app``, not here: ``gunicorn.conf.py`` imports
@@ -21,51 +25,80 @@ import os
 
 from gevent.lock import Semaphore
 
-from .config import Config, ConfigError, ConfigHolder, load
+from .config import Config, ConfigError, load
 
 log = logging.getLogger("myproxy")
 
 
 class App:
-    """The load balancer: a WSGI callable with a start/stop life cycle and live reload."""
+    """The load balancer: a WSGI callable with a start/stop life cycle and live reload.
 
-    def __init__(self, settings: ConfigHolder, balancer, upstream, health, metrics, wsgi=None,
-                 discovery=None):
-        self.settings = settings
-        self.balancer = balancer
-        self.discovery = discovery   # the balancer's DNS discovery (app.lb.discovery)
+    ``live`` holds the one reference to the runtime in force (``app.lb.routes.Runtime``:
+    the config, the route table, each route's pool). Each request takes it once, at its
+    start, as ``environ["myproxy.runtime"]``, and every layer reads its settings there.
+    """
+
+    def __init__(self, live, upstream, metrics, wsgi=None):
+        self.live = live
         self.upstream = upstream
-        self.health = health
         self.metrics = metrics
         self._wsgi = wsgi
         self.draining = False      # set on SIGTERM: /_myproxy/health answers 503
         self.started = False
         self._reloading = Semaphore()
+        # What build_runtime is handed at every reload: health results to the metrics, and
+        # DNS members added and removed to the upstream, health checks and metrics.
+        self._hooks = dict(on_check=metrics.health_checked, on_added=self._members_added,
+                           on_removed=self._members_removed)
+
+    @property
+    def runtime(self):
+        """The runtime in force; a reload replaces it whole."""
+        return self.live.runtime
 
     @property
     def config(self) -> Config:
         """The config in force; a reload replaces it."""
-        return self.settings.config
+        return self.live.runtime.config
+
+    @property
+    def pool(self):
+        """The default pool (top-level ``backends``), else the first route's."""
+        runtime = self.live.runtime
+        return runtime.default or runtime.pools[0]
+
+    @property
+    def balancer(self):
+        return self.pool.balancer
+
+    @property
+    def health(self):
+        return self.pool.health
+
+    @property
+    def discovery(self):
+        return self.pool.discovery
 
     def __call__(self, environ, start_response):
+        environ["myproxy.runtime"] = self.live.runtime
         return self._wsgi(environ, start_response)
 
     def start(self) -> None:
         """Start background work; call once per process, after any fork.
 
-        Raises ``StartupError`` when the backends are to come from DNS and no lookup found
-        one within ``resolver.timeout``."""
-        self.discovery.resolve_at_start()
+        Raises ``StartupError`` when a pool's backends are to come from DNS and no lookup
+        found one within ``resolver.timeout``."""
+        from .lb.routes import resolve_at_start, start_pools
+        resolve_at_start(self.runtime)
         self.started = True
-        self.discovery.start()
-        self.health.start()
+        start_pools(self.runtime)
         self.metrics.start()
 
     def stop(self) -> None:
         """Stop background work and close upstream connections; safe to call twice."""
+        from .lb.routes import stop_pools
         self.started = False
-        self.discovery.stop()
-        self.health.stop()
+        stop_pools(self.runtime)
         self.metrics.stop()
         self.upstream.close()
 
@@ -73,38 +106,34 @@ class App:
         """Apply ``new`` to the running proxy without dropping a request; return what changed.
 
         Everything but ``host``, ``port`` and ``limits.max_connections`` (bound when the
-        server started) takes effect from the next request. A backend whose URL stays keeps
-        its health state and counters; requests in flight to a removed backend finish.
+        server started) takes effect from the next request: a new runtime is built and
+        swapped in one assignment. A route kept by name (the default pool is ``default``)
+        keeps the health state and counters of the backends whose URLs stay; requests in
+        flight, to a removed backend or route too, finish on the runtime they started with.
         """
+        from .lb.routes import apply_fresh, build_runtime, lookup_fresh, start_pools
         from .reload import changes, fixed_at_start
 
-        old = self.config
-        new, kept = fixed_at_start(old, new)
-        changed = changes(old, new)
-        # Names that are new (or re-resolved more or less often) are looked up first, so
-        # that they have members from the first request the new config serves.
-        prepared = self.discovery.prepare(new.backends)
-        # The balancer swaps its backends under its lock, and nothing yields between that
-        # and the config swap: no request sees the new backends with the old settings.
-        removed = self.balancer.reload(new.backends, new.policy, new.slow_start,
-                                       probed=new.health_check.enabled)
-        self.discovery.apply_prepared(prepared)
-        self.settings.config = new
+        old = self.runtime
+        new, kept = fixed_at_start(old.config, new)
+        changed = changes(old.config, new)
+        # DNS names that are new (or looked up more or less often) are resolved first, so
+        # that they have members from the first request the new runtime serves.
+        prepared = lookup_fresh(old, new)
+        runtime = build_runtime(new, self.upstream, previous=old, **self._hooks)
+        apply_fresh(runtime, prepared)
+        self.metrics.prepare(runtime)
+        self.live.runtime = runtime          # the one swap: from the next request on
 
-        in_use = {backend.origin for backend in self.balancer.backends}
-        for origin in {backend.origin for backend in removed} - in_use:
+        in_use = {b.origin for pool in runtime.pools for b in pool.backends}
+        for origin in {b.origin for pool in old.pools for b in pool.backends} - in_use:
             self.upstream.forget(origin)
-        if old.health_check.enabled and not new.health_check.enabled:
-            for backend in self.balancer.backends:
-                backend.assume_healthy()     # no checks now: nothing else would bring it back
         if self.started:
-            self.discovery.start()
-            if new.health_check.enabled:
-                self.health.start()
-                self.health.wake()           # check added backends and new rules at once
-            else:
-                self.health.stop()
-        if (new.log_level, new.log_format) != (old.log_level, old.log_format):
+            start_pools(runtime, previous=old)   # the first round of each at once
+        else:
+            for pool in old.pools:
+                pool.health.stop()
+        if (new.log_level, new.log_format) != (old.config.log_level, old.config.log_format):
             from .logs import configure_logging
             configure_logging(new.log_level, new.log_format)
 
@@ -112,6 +141,25 @@ class App:
         log.info("config reloaded: %s%s", "; ".join(changed) or "no changes",
                  f" (not applied, needs a restart: {', '.join(kept)})" if kept else "")
         return changed
+
+    def _members_added(self, route: str, added) -> None:
+        """Members DNS just gave a pool: their TLS name is the DNS name, and they are
+        checked at once."""
+        for backend in added:
+            if backend.server_name:
+                self.upstream.name_origin(backend.origin, backend.server_name)
+        pool = self.live.runtime.pool(route) if self.live.runtime is not None else None
+        if pool is not None and pool.health.running:
+            pool.health.wake()
+
+    def _members_removed(self, route: str, gone) -> None:
+        """Members gone from DNS whose last request is done: their idle connections are
+        closed and their metric series dropped (a label lives only as long as its member)."""
+        in_use = {b.origin for pool in self.live.runtime.pools for b in pool.backends}
+        for backend in gone:
+            if backend.origin not in in_use:
+                self.upstream.forget(backend.origin)
+            self.metrics.forget(route, backend.url)
 
     def reload_file(self) -> bool:
         """Re-read the config file and apply it (SIGHUP). Returns whether it was applied.
@@ -137,9 +185,7 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     prometheus_client's multiprocess mode, so that gunicorn workers add up.
     """
     from .middleware.admin import Admin
-    from .lb.balancer import Balancer
-    from .lb.discovery import Discovery
-    from .lb.health import HealthChecker
+    from .lb.routes import RuntimeHolder, build_runtime
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
     from .server.gunicorn_worker import ServerConnection
@@ -147,40 +193,15 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     from .middleware.status import Status
     from .proxy.upstream import Upstream, make_session
 
-    settings = ConfigHolder(config)
-    balancer = Balancer.from_configs(config.backends, config.policy, config.slow_start,
-                                     probed=config.health_check.enabled)
-    pools = max(16, 2 * len(config.backends))
-    upstream = Upstream(settings, session or make_session(pools=pools))
-    metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    health = HealthChecker(balancer, settings, upstream, on_result=metrics.health_checked)
-    discovery = Discovery(balancer, lambda: settings.config.resolver,
-                          on_added=lambda added: _members_added(upstream, health, added),
-                          on_removed=lambda gone: _members_removed(balancer, upstream, metrics, gone))
-    proxy = Proxy(settings, balancer, upstream)
-    app = App(settings, balancer, upstream, health, metrics, discovery=discovery)
-    status = Status(settings, balancer, metrics, draining=lambda: app.draining,
-                    discovery=discovery)
-    admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
-    app._wsgi = ServerConnection(RequestLog(admin, settings, metrics),
-                                 send_timeout=config.timeouts.client_idle)
+    members = sum(len(pool.backends) for pool in config.pools)
+    upstream = Upstream(session or make_session(pools=max(16, 2 * members)))
+    live = RuntimeHolder(None)
+    metrics = Metrics(live, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    app = App(live, upstream, metrics)
+    live.runtime = build_runtime(config, upstream, **app._hooks)
+    metrics.prepare(live.runtime)
+    proxy = Proxy(upstream)
+    status = Status(metrics, draining=lambda: app.draining)
+    admin = Admin(proxy, status, metrics, draining=lambda: app.draining)
+    app._wsgi = ServerConnection(RequestLog(admin, metrics))
     return app
-
-
-def _members_added(upstream, health, added) -> None:
-    """Members DNS just gave: their TLS name is the DNS name, and they are checked at once."""
-    for backend in added:
-        if backend.server_name:
-            upstream.name_origin(backend.origin, backend.server_name)
-    if health.running:
-        health.wake()
-
-
-def _members_removed(balancer, upstream, metrics, gone) -> None:
-    """Members gone from DNS whose last request is done: their idle connections are
-    closed and their metric series dropped (so a label lives only as long as its member)."""
-    in_use = {backend.origin for backend in balancer.backends}
-    for backend in gone:
-        if backend.origin not in in_use:
-            upstream.forget(backend.origin)
-        metrics.forget(backend.url)

@@ -137,8 +137,36 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class RouteConfig:
+    """One pool's settings: a route of ``routes:``, or the default pool (``backends:``).
+
+    The per-pool settings are the effective ones: the route's own, else the top level's,
+    else the default; ``origins`` says which, per key, for ``--check``.
+    """
+
+    name: str                          # [a-z0-9][a-z0-9_-]*; "default" is the top-level pool
     backends: tuple[BackendConfig, ...]
+    hosts: tuple[str, ...] = ()        # lowercased names or "*.suffix" wildcards; () = any host
+    path: str = ""                     # a raw prefix, without a trailing "/"; "" = any path
+    strip_prefix: bool = False
+    policy: str = "round_robin"
+    hash_key: str = "client_ip"
+    health_check: HealthCheckConfig = HealthCheckConfig()
+    passive_health: PassiveHealthConfig = PassiveHealthConfig()
+    slow_start: float = 0.0
+    retries: RetriesConfig = RetriesConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    line: int | None = None            # where the route is written in the file
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+DEFAULT_ROUTE = "default"   # the name of the top-level pool in logs, metrics and /status
+NO_ROUTE = "-"              # the route of a request that no route matched
+
+
+@dataclass(frozen=True)
+class Config:
+    backends: tuple[BackendConfig, ...]     # the default pool; may be empty when routes exist
     port: int = 8080
     host: str = "0.0.0.0"
     policy: str = "round_robin"
@@ -158,19 +186,28 @@ class Config:
     server_timing: bool = True   # add a Server-Timing header naming the backend to responses
     admin: AdminConfig = AdminConfig()
     resolver: ResolverConfig = ResolverConfig()
+    routes: tuple[RouteConfig, ...] = ()
     # Where the config came from, and where each effective value came from
     # ("file", "env NAME", "default"), for `--check` and the status page.
     source: str = ""
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def default_route(self) -> RouteConfig | None:
+        """The top-level pool as a route (any host, any path), or None without ``backends``."""
+        if not self.backends:
+            return None
+        origins = {key: self.origins.get(key, "default") for key in POOL_KEYS}
+        return RouteConfig(DEFAULT_ROUTE, self.backends, policy=self.policy,
+                           hash_key=self.hash_key, health_check=self.health_check,
+                           passive_health=self.passive_health, slow_start=self.slow_start,
+                           retries=self.retries, timeouts=self.timeouts, origins=origins)
 
-class ConfigHolder:
-    """The config in force. A reload (``App.reload``) replaces ``config`` whole; the parts
-    that serve keep the holder and read ``holder.config`` at each use, never a copy taken
-    when they were built, so a reload reaches all of them at once."""
-
-    def __init__(self, config: Config):
-        self.config = config
+    @property
+    def pools(self) -> tuple[RouteConfig, ...]:
+        """Every pool's settings: the routes as written, then the default pool if any."""
+        default = self.default_route
+        return self.routes + ((default,) if default is not None else ())
 
 
 # --- scalar parsers -------------------------------------------------------------------------
@@ -406,7 +443,19 @@ BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _bool
 MIN_RESOLVE = 1.0          # seconds: the shortest re-resolve interval, whatever the TTL says
 DEFAULT_SRV_RESOLVE = 10.0  # an `srv` entry without `resolve`
 
-TOP_LEVEL_KEYS = ("backends", *SCALARS, *SECTIONS)
+TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS)
+
+# What a route may set for its own pool, over the top level's value. The client timeouts
+# are the connection's, read before any route is known: not per route.
+POOL_SCALARS = ("policy", "hash_key", "slow_start")
+POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts")
+ROUTE_ONLY_TIMEOUTS = ("connect", "read", "tunnel_idle")
+POOL_KEYS = (*POOL_SCALARS, *(f"{section}.{key}" for section in POOL_SECTIONS
+                              for key in SECTIONS[section][1]))
+ROUTE_KEYS = ("name", "host", "path", "strip_prefix", "backends", *POOL_SCALARS, *POOL_SECTIONS)
+_ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_HOST_NAME = re.compile(r"^(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$"
+                        r"|^\[[0-9a-f:.]+\]$")
 
 
 # --- YAML with positions --------------------------------------------------------------------
@@ -581,19 +630,25 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
             origins[f"{section}.{key}"] = origin((section, key)) if key in fields else "default"
         values[section] = cls(**fields)
 
+    routes_raw = data.get("routes")
     if environ.get("MYPROXY_BACKENDS"):
         backends = _backends_from_env(path, environ["MYPROXY_BACKENDS"])
         origins["backends"] = "env MYPROXY_BACKENDS"
         origins.update({f"backends[{index}]": "env MYPROXY_BACKENDS"
                         for index in range(len(backends))})
     else:
-        if "backends" not in data:
-            raise document.error(("backends",), "is required: list at least one backend URL")
-        backends = _backends(document, data["backends"])
-        origins["backends"] = origin(("backends",))
+        if "backends" not in data and not routes_raw:
+            raise document.error(("backends",), "is required: list at least one backend URL "
+                                 "(or give `routes`)")
+        backends = _backends(document, data["backends"]) if "backends" in data else ()
+        origins["backends"] = origin(("backends",)) if backends else "none"
         origins.update({f"backends[{index}]": origin(("backends", index))
                         for index in range(len(backends))})
     values["backends"] = backends
+    if routes_raw is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(Config)
+                    if f.default is not dataclasses.MISSING}
+        values["routes"] = _routes(document, routes_raw, {**defaults, **values}, origins)
 
     if environ.get("PORT"):
         try:
@@ -639,12 +694,12 @@ def _checked(document: _Document, keypath: tuple, parse_value: Callable, value: 
         raise document.error(keypath, str(error)) from None
 
 
-def _backends(document: _Document, raw: Any) -> tuple[BackendConfig, ...]:
+def _backends(document: _Document, raw: Any, at: tuple = ("backends",)) -> tuple[BackendConfig, ...]:
     if not isinstance(raw, list) or not raw:
-        raise document.error(("backends",), "expected a non-empty list of backend URLs")
+        raise document.error(at, "expected a non-empty list of backend URLs")
     backends = []
     for index, item in enumerate(raw):
-        keypath = ("backends", index)
+        keypath = at + (index,)
         if isinstance(item, dict):
             for key in item:
                 if key not in BACKEND_KEYS:
@@ -655,7 +710,9 @@ def _backends(document: _Document, raw: Any) -> tuple[BackendConfig, ...]:
             backends.append(_backend_mapping(document, keypath, fields))
         else:
             backends.append(BackendConfig(_checked(document, keypath, parse_backend_url, item)))
-    _check_unique(document, backends)
+    _check_unique(document, backends, at)
+    if not any(b.weight > 0 for b in backends):
+        raise document.error(at, "at least one backend needs a weight above 0")
     return tuple(backends)
 
 
@@ -701,20 +758,136 @@ def _backends_from_env(path: str, text: str) -> tuple[BackendConfig, ...]:
     return tuple(backends)
 
 
-def _check_unique(document: _Document, backends: list[BackendConfig]) -> None:
+def _check_unique(document: _Document, backends: list[BackendConfig], at: tuple) -> None:
     seen = set()
     for index, backend in enumerate(backends):
         if backend.url in seen:
-            raise document.error(("backends", index), f"{backend.url} is listed twice")
+            raise document.error(at + (index,), f"{backend.url} is listed twice")
         seen.add(backend.url)
 
 
 def _check_consistency(document: _Document, config: Config) -> None:
-    health = config.health_check
+    _check_health(document, config.health_check, ())
+    if config.backends and not any(b.weight > 0 for b in config.backends):
+        raise document.error(("backends",), "at least one backend needs a weight above 0")
+
+
+def _check_health(document: _Document, health: HealthCheckConfig, at: tuple) -> None:
     if health.enabled and health.timeout > health.interval > 0:
-        raise document.error(("health_check", "timeout"),
+        raise document.error(at + ("health_check", "timeout"),
                              "must not be longer than health_check.interval")
     if health.enabled and health.interval <= 0:
-        raise document.error(("health_check", "interval"), "must be more than 0")
-    if not any(b.weight > 0 for b in config.backends):
-        raise document.error(("backends",), "at least one backend needs a weight above 0")
+        raise document.error(at + ("health_check", "interval"), "must be more than 0")
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def _routes(document: _Document, raw: Any, top: dict, top_origins: dict) -> tuple[RouteConfig, ...]:
+    """The ``routes:`` list, each route's pool settings merged over the top level's."""
+    if not isinstance(raw, list):
+        raise document.error(("routes",), "expected a list of routes (each with a name and backends)")
+    routes, names, rules = [], {}, {}
+    for index, item in enumerate(raw):
+        at = ("routes", index)
+        if not isinstance(item, dict):
+            raise document.error(at, "a route is a mapping with at least `name` and `backends`")
+        for key in item:
+            if key not in ROUTE_KEYS:
+                raise document.error(at + (key,), "unknown key" + _suggest(key, ROUTE_KEYS),
+                                     at_key=True)
+        for key in ("name", "backends"):
+            if key not in item:
+                raise document.error(at, f"a route needs `{key}`")
+        name = _checked(document, at + ("name",), _route_name, item["name"])
+        if name in names:
+            raise document.error(at + ("name",), f"route {name!r} is already the name of "
+                                 f"routes[{names[name]}] (line {document.locate(('routes', names[name]))[0]})")
+        names[name] = index
+        hosts = _checked(document, at + ("host",), _hosts, item["host"]) if "host" in item else ()
+        path = _checked(document, at + ("path",), _route_path, item["path"]) if "path" in item else ""
+        for host in hosts or ("",):
+            rule = (host, path)
+            if rule in rules:
+                other = rules[rule]
+                raise document.error(at, f"the same host rule ({host or 'any host'}) and path "
+                                     f"({path or 'any path'}) as routes[{other}] "
+                                     f"(line {document.locate(('routes', other))[0]}): "
+                                     "one of them could never match")
+            rules[rule] = index
+        fields: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        for key in POOL_SCALARS:
+            if key in item:
+                fields[key] = _checked(document, at + (key,), SCALARS[key], item[key])
+                origins[key] = f"routes[{index}], " + document.origin(at + (key,))
+            else:
+                fields[key] = top[key]
+                origins[key] = _inherited(top_origins[key])
+        for section in POOL_SECTIONS:
+            cls, parsers = SECTIONS[section]
+            own = item.get(section)
+            if own is not None and not isinstance(own, dict):
+                raise document.error(at + (section,), "expected a mapping of keys to values")
+            own = own or {}
+            values = {}
+            for key, value in own.items():
+                if key not in parsers or (section == "timeouts" and key not in ROUTE_ONLY_TIMEOUTS):
+                    hint = " (a connection's timeout, set at the top level only)" \
+                        if section == "timeouts" and key in parsers else _suggest(key, parsers)
+                    raise document.error(at + (section, key), "unknown key" + hint, at_key=True)
+                values[key] = _checked(document, at + (section, key), parsers[key], value)
+            fields[section] = dataclasses.replace(top[section], **values)
+            for key in parsers:
+                origins[f"{section}.{key}"] = (f"routes[{index}], " + document.origin(at + (section, key))
+                                               if key in values else
+                                               _inherited(top_origins[f"{section}.{key}"]))
+        strip = _checked(document, at + ("strip_prefix",), _boolean,
+                         item["strip_prefix"]) if "strip_prefix" in item else False
+        route = RouteConfig(name, _backends(document, item["backends"], at + ("backends",)),
+                            hosts, path, strip, line=document.locate(at)[0], origins=origins,
+                            **fields)
+        _check_health(document, route.health_check, at)
+        routes.append(route)
+    return tuple(routes)
+
+
+def _inherited(origin: str) -> str:
+    return "default" if origin == "default" else f"top level, {origin}"
+
+
+def _route_name(value: Any) -> str:
+    name = _string(value)
+    if not _ROUTE_NAME.match(name):
+        raise ValueError(f"{name!r}: a route name is lower-case letters, digits, '_' and '-', "
+                         "starting with a letter or digit")
+    if name == DEFAULT_ROUTE:
+        raise ValueError(f"{DEFAULT_ROUTE!r} is the name of the top-level backends' pool")
+    return name
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    """``host``: one name, a list of names, or ``*.suffix`` wildcards; lowercased."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected a host name or a list of them; leave `host` out for any host")
+    hosts = []
+    for item in items:
+        host = _string(item).strip().lower().rstrip(".")
+        if ":" in host and not host.startswith("["):
+            raise ValueError(f"{item!r}: a host without its port (matching ignores the port)")
+        if not _HOST_NAME.match(host):
+            raise ValueError(f"{item!r} is not a host name, \"*.example.com\" or an IPv6 "
+                             "literal in brackets")
+        if host in hosts:
+            raise ValueError(f"{item!r} is listed twice")
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def _route_path(value: Any) -> str:
+    """``path``: a raw prefix from '/', kept without its trailing '/' ("/" itself: any path)."""
+    path = _path(value)
+    if any(c in path for c in "?# ") or not path.isprintable():
+        raise ValueError(f"{value!r}: a path prefix has no query, fragment, space or control character")
+    return path.rstrip("/")

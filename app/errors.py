@@ -146,3 +146,15 @@ class UpstreamProtocolError(UpstreamError):
 class StartupError(Exception):
     """What stops the process before it serves (exit 1), such as a pool whose backends DNS
     could not give within ``resolver.timeout``. Not an HTTP error: nothing answers it."""
+
+
+class NoRouteMatched(ProxyError):
+    """No route matches the request's host and path, and there is no default pool."""
+
+    status, reason, kind = 404, "Not Found", "no_route"
+    SHOWN = 200      # characters of the host and the path echoed in the body
+
+    def __init__(self, host: str, path: str):
+        self.host, self.path = host, path
+        super().__init__(f"no route for host {host[:self.SHOWN] or '(none)'} and path "
+                         f"{path[:self.SHOWN]}")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import Config, format_value
+from .config import POOL_KEYS, Config, format_value
 
 # Settings bound when the server starts: a reload keeps the running value and says so.
 FIXED_AT_START = ("host", "port", "limits.max_connections")
 
 # Settings that are not behaviour: where the file is and where each value came from.
-NOT_SETTINGS = ("source", "origins", "backends")
+NOT_SETTINGS = ("source", "origins", "backends", "routes")
+
+# A route's settings that are its rule, shown by name in the reload's log line.
+ROUTE_RULE = ("hosts", "path", "strip_prefix")
 
 
 def fixed_at_start(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -30,10 +33,45 @@ def fixed_at_start(running: Config, new: Config) -> tuple[Config, list[str]]:
 
 
 def changes(old: Config, new: Config) -> list[str]:
-    """What differs from ``old`` to ``new``: backends first, then each other setting."""
+    """What differs from ``old`` to ``new``: backends first, then each other setting, then
+    the routes (added, removed, and for a kept one what changed in it)."""
+    items = _backend_changes(old.backends, new.backends)
+    for key in _setting_keys(old):
+        before, after = _get(old, key), _get(new, key)
+        if before != after:
+            shown = "(changed)" if key == "admin.token" else \
+                f"{format_value(key, before)}->{format_value(key, after)}"
+            items.append(f"{key} {shown}")
+    old_routes = {route.name: route for route in old.routes}
+    new_routes = {route.name: route for route in new.routes}
+    items += [f"+route {name}" for name in new_routes if name not in old_routes]
+    items += [f"-route {name}" for name in old_routes if name not in new_routes]
+    for name, route in new_routes.items():
+        before = old_routes.get(name)
+        if before is None:
+            continue
+        inside = _backend_changes(before.backends, route.backends)
+        inside += [f"{key} {_route_value(before, key)}->{_route_value(route, key)}"
+                   for key in ROUTE_RULE if getattr(before, key) != getattr(route, key)]
+        inside += [f"{key} {format_value(key, _get(before, key))}->{format_value(key, _get(route, key))}"
+                   for key in POOL_KEYS if _get(before, key) != _get(route, key)]
+        items += [f"route {name}: {item}" for item in inside]
+    return items
+
+
+def _route_value(route, key: str) -> str:
+    value = getattr(route, key)
+    if key == "hosts":
+        return ",".join(value) or "(any)"
+    if key == "path":
+        return value or "(any)"
+    return format_value(key, value)
+
+
+def _backend_changes(old_list, new_list) -> list[str]:
     items = []
-    old_backends = {b.url: b for b in old.backends}
-    new_backends = {b.url: b for b in new.backends}
+    old_backends = {b.url: b for b in old_list}
+    new_backends = {b.url: b for b in new_list}
     items += [f"+backend {url}" + (f" weight {b.weight}" if b.weight != 1 else "")
               + (" backup" if b.backup else "")
               for url, b in new_backends.items() if url not in old_backends]
@@ -50,15 +88,9 @@ def changes(old: Config, new: Config) -> list[str]:
         if before.backup != backend.backup:
             items.append(f"{url} backup {format_value('backup', before.backup)}->"
                          f"{format_value('backup', backend.backup)}")
-    if [b.url for b in old.backends] != [b.url for b in new.backends] and \
+    if [b.url for b in old_list] != [b.url for b in new_list] and \
             set(old_backends) == set(new_backends):
         items.append("backends reordered")
-    for key in _setting_keys(old):
-        before, after = _get(old, key), _get(new, key)
-        if before != after:
-            shown = "(changed)" if key == "admin.token" else \
-                f"{format_value(key, before)}->{format_value(key, after)}"
-            items.append(f"{key} {shown}")
     return items
 
 

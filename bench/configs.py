@@ -97,3 +97,27 @@ def myproxy(port: int, backends: list[str], **overrides) -> dict:
         else:
             config[key] = value
     return config
+
+
+ROUTES = 100      # the route table of the myproxy-routes contender
+
+
+def route_table(backends: list[str], count: int = ROUTES) -> list[dict]:
+    """``count`` routes, a third each exact hosts with a path, wildcard hosts, and any-host
+    path prefixes, over the same backends, health checks off (the benchmark measures the
+    lookup, not 300 more checks). None of them takes the benchmark's requests
+    (``Host: 127.0.0.1``, ``/100b``...), which fall through every any-host rule to the
+    default pool: the lookup's longest way."""
+    routes = []
+    for index in range(count):
+        route = {"name": f"r{index}", "backends": list(backends),
+                 "health_check": {"enabled": False}}
+        kind = index % 3
+        if kind == 0:
+            route.update(host=f"svc{index}.example.com", path=f"/p{index}")
+        elif kind == 1:
+            route["host"] = f"*.zone{index}.example.com"
+        else:
+            route["path"] = f"/api{index}"
+        routes.append(route)
+    return routes

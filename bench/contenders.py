@@ -104,6 +104,7 @@ def start_haproxy(sup: Supervisor, workdir: str, haproxy: str, backends: list[st
 
 
 def start_myproxy(sup: Supervisor, workdir: str, backends: list[str], name: str = "myproxy",
+                  description: str = "MyProxy, python wsgi.py (pywsgi), 1 process",
                   **overrides) -> Contender:
     """``python wsgi.py --config FILE``: one process."""
     port = free_port()
@@ -112,8 +113,15 @@ def start_myproxy(sup: Supervisor, workdir: str, backends: list[str], name: str 
     process = sup.start(name, [sys.executable, "wsgi.py", "--config", path], cwd=ROOT,
                         env=_env())
     wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
-    return Contender(name, "MyProxy, python wsgi.py (pywsgi), 1 process",
-                     f"http://127.0.0.1:{port}", process)
+    return Contender(name, description, f"http://127.0.0.1:{port}", process)
+
+
+def start_myproxy_routes(sup: Supervisor, workdir: str, backends: list[str]) -> Contender:
+    """``python wsgi.py`` with a table of ``configs.ROUTES`` routes in front of the same pool."""
+    return start_myproxy(sup, workdir, backends, name="myproxy-routes",
+                         description=f"MyProxy, python wsgi.py, {configs.ROUTES} routes "
+                                     "(requests fall through to the default pool)",
+                         routes=configs.route_table(backends))
 
 
 def start_gunicorn(sup: Supervisor, workdir: str, backends: list[str],

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 MIB = 1024 * 1024
 BASELINE = "nginx"                  # ratios are to this contender, in the same run
-MYPROXY_NAMES = ("myproxy", "myproxy-gunicorn")
+MYPROXY_NAMES = ("myproxy", "myproxy-routes", "myproxy-gunicorn")
+ROUTE_LOOKUP_LIMIT = 1.05     # CPU per request with 100 routes, at most this times none
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -71,9 +72,20 @@ def targets(rows: list[dict]) -> list[Target]:
          lambda name: _check(row(name, "/1m", 50), "rps_vs_nginx", lambda v: v >= 0.8, "{:.2f} x")),
         ("errors in every run", "0",
          lambda name: _errors([r for r in rows if r["contender"] == name])),
+        ("CPU per request with 100 routes vs none, 100 B, c=50", f"<= {ROUTE_LOOKUP_LIMIT:.2f} x",
+         lambda name: _route_cost(row(name, "/100b", 50), row("myproxy", "/100b", 50))
+         if name == "myproxy-routes" else ("-", None)),
     ]
     return [Target(measure, goal, {name: check(name) for name in present})
             for measure, goal, check in checks]
+
+
+def _route_cost(routed, plain):
+    if routed is None or plain is None or not plain.get("cpu_us"):
+        return "-", None
+    ratio = routed["cpu_us"] / plain["cpu_us"]
+    return f"{ratio:.3f} x ({routed['cpu_us']:.0f} vs {plain['cpu_us']:.0f} us)", \
+        ratio <= ROUTE_LOOKUP_LIMIT
 
 
 def _check(row, key, passes, fmt):

@@ -1,7 +1,8 @@
 """``python bench/run.py [--quick]``: MyProxy against nginx and HAProxy, on this machine.
 
 Starts three backends (nginx serving static files of 100 B, 64 KiB and 1 MiB; the
-built-in backend where nginx is not installed), MyProxy under ``python wsgi.py`` and under
+built-in backend where nginx is not installed), MyProxy under ``python wsgi.py`` (also with
+a table of 100 routes the requests fall through, to price the route lookup) and under
 gunicorn, and, when installed, nginx and HAProxy as round-robin balancers over the same
 backends. Then, round after round, drives each with wrk (keep-alive): every path at c=50,
 and the 100 B path at c=1, 10, 100 and 500, the contenders interleaved in a rotating order
@@ -50,11 +51,17 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds (default: 3, or 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: 8, or 3)")
     parser.add_argument("--only", help="comma-separated contenders to run "
-                        "(direct,nginx,haproxy,myproxy,myproxy-gunicorn)")
+                        "(direct,nginx,haproxy,myproxy,myproxy-routes,myproxy-gunicorn)")
+    parser.add_argument("--cells", help="comma-separated PATH:CONNECTIONS cells to run "
+                        "(default: all; e.g. /100b:50 to compare two contenders closely)")
     parser.add_argument("--output", default=RESULTS, help="directory for the JSON and Markdown")
     args = parser.parse_args(argv)
     base = MODES["quick" if args.quick else "full"]
     mode = Mode(args.rounds or base.rounds, args.duration or base.duration, base.warmup)
+    cells = CELLS
+    if args.cells:
+        cells = tuple((path, int(connections)) for path, _, connections
+                      in (cell.rpartition(":") for cell in args.cells.split(",")))
 
     tools = {"wrk": contenders.find_tool("wrk", "/usr/bin/wrk"),
              "nginx": contenders.find_tool("nginx", "/usr/sbin/nginx"),
@@ -73,12 +80,12 @@ def main(argv=None) -> int:
             with Supervisor(workdir) as sup:
                 field = start_field(sup, workdir, tools, only)
                 meta["contenders"] = {c.name: c.description for c in field}
-                print(f"bench: {len(field)} contenders, {mode.rounds} round(s) of {len(CELLS)} "
+                print(f"bench: {len(field)} contenders, {mode.rounds} round(s) of {len(cells)} "
                       f"cells, {mode.duration:g}s each: about "
-                      f"{estimate(mode, len(field)) / 60:.0f} min", flush=True)
+                      f"{estimate(mode, len(field), len(cells)) / 60:.0f} min", flush=True)
                 for contender in field:
                     wrk.run(tools["wrk"], contender.url + "/100b", 50, mode.warmup)
-                measure_all(field, tools["wrk"], mode, records)
+                measure_all(field, tools["wrk"], mode, records, cells)
     except KeyboardInterrupt:
         interrupted = True
         print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
@@ -100,15 +107,18 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) ->
         field.append(contenders.start_haproxy(sup, workdir, tools["haproxy"], backends))
     if wanted("myproxy"):
         field.append(contenders.start_myproxy(sup, workdir, backends))
+    if wanted("myproxy-routes"):
+        field.append(contenders.start_myproxy_routes(sup, workdir, backends))
     if wanted("myproxy-gunicorn"):
         field.append(contenders.start_gunicorn(sup, workdir, backends))
     return [c for c in field if wanted(c.name)]
 
 
-def measure_all(field: list, wrk_path: str, mode: Mode, records: list[dict]) -> None:
+def measure_all(field: list, wrk_path: str, mode: Mode, records: list[dict],
+                cells=CELLS) -> None:
     """Every round, every cell, every contender in an order rotated per round and cell."""
     for round_number in range(1, mode.rounds + 1):
-        for index, (path, connections) in enumerate(CELLS):
+        for index, (path, connections) in enumerate(cells):
             shift = (round_number + index) % len(field)
             for contender in field[shift:] + field[:shift]:
                 record = measure(contender, wrk_path, path, connections, mode.duration)
@@ -147,8 +157,8 @@ def measure(contender, wrk_path: str, path: str, connections: int, duration: flo
     }
 
 
-def estimate(mode: Mode, contenders_count: int) -> float:
-    return contenders_count * (mode.warmup + mode.rounds * len(CELLS) * (mode.duration + 0.3))
+def estimate(mode: Mode, contenders_count: int, cells: int = len(CELLS)) -> float:
+    return contenders_count * (mode.warmup + mode.rounds * cells * (mode.duration + 0.3))
 
 
 def describe_run(tools: dict, mode: Mode, argv: list[str]) -> dict:

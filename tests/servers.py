@@ -20,12 +20,14 @@ SERVERS = ("wsgi.py", "gunicorn")
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 
 
-def launch(kind: str, config_path: str) -> ProxyProcess:
+def launch(kind: str, config_path: str, workers: int = 1) -> ProxyProcess:
+    """``workers`` is gunicorn's ``WEB_CONCURRENCY`` (ignored by ``wsgi.py``)."""
     if kind == "wsgi.py":
         return ProxyProcess([sys.executable, "wsgi.py", "--config", config_path]).wait_listening()
     port = free_port()
     process = ProxyProcess([GUNICORN, "-k", "gevent", "wsgi:application"],
-                           env={"MYPROXY_CONFIG": config_path, "PORT": str(port)})
+                           env={"MYPROXY_CONFIG": config_path, "PORT": str(port),
+                                "WEB_CONCURRENCY": str(workers)})
     process.wait_for(r"Booting worker")
     process.port = port
     if not wait_until(lambda: _accepts(port), timeout=10):

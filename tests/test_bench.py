@@ -179,3 +179,18 @@ def test_report_says_how_busy_the_rest_of_the_machine_was():
                                            "used 20% of the machine's CPU during the median run, "
                                            "30% at most.")
     assert "used 20%" in report.render({}, report.summarise(records), records)
+
+
+def test_the_route_table_contender_is_a_valid_config_whose_requests_reach_the_default_pool():
+    import yaml
+
+    from app.config import parse
+    from app.lb.routes import build_runtime
+    backends = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    config = parse(yaml.safe_dump(configs.myproxy(9000, backends,
+                                                  routes=configs.route_table(backends))))
+    assert len(config.routes) == configs.ROUTES == 100
+    assert {bool(r.hosts) and r.hosts[0].startswith("*.") for r in config.routes} == {True, False}
+    table = build_runtime(config, upstream=None).table
+    assert table.match("127.0.0.1", "/100b").name == "default"
+    assert table.match("svc0.example.com", "/p0/x").name == "r0"

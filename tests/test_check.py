@@ -121,3 +121,62 @@ def test_a_shutdown_longer_than_kubernetes_and_a_paas_wait_is_warned_at_start(st
     proxy = start_proxy(base_config([backend.url], shutdown_delay="10s", shutdown_timeout="25s"))
     line = proxy.wait_for(r"WARNING.*shutdown_delay \+ shutdown_timeout \(35s\).*").group(0)
     assert "30s Kubernetes and a PaaS wait" in line
+
+
+ROUTED = """\
+policy: least_connections
+routes:
+  - name: any-api
+    path: /api
+    backends: [http://127.0.0.1:5003]
+  - name: site
+    host: ["*.example.com", www.example.com]
+    backends: [http://127.0.0.1:5002]
+  - name: api
+    host: api.example.com
+    path: /api
+    strip_prefix: true
+    backends: [http://127.0.0.1:5001]
+    retries: {attempts: 3}
+  - name: hidden
+    path: /_myproxy/stats
+    backends: [http://127.0.0.1:5004]
+backends: [http://127.0.0.1:5000]
+"""
+
+
+def test_check_prints_the_route_table_in_precedence_order_with_each_routes_settings(write_config):
+    process = check(write_config(ROUTED))
+    assert process.proc.returncode == 0, process.output
+    table = process.output.split("first match wins):\n", 1)[1].split("\nroute ", 1)[0].splitlines()
+    assert [line.split()[1:4:2] for line in table] == [
+        ["api", "api.example.com"], ["site", "www.example.com"], ["site", "*.example.com"],
+        ["hidden", "*"], ["any-api", "*"], ["default", "*"]]
+    assert re.search(r"path /api +-> http://127.0.0.1:5001 \(strip_prefix\)$", table[0])
+    api = process.output.split("route api (routes[2], line 9):\n", 1)[1].split("\nroute ", 1)[0]
+    shown = {line.split()[0]: line.split()[1:] for line in api.splitlines()}
+    assert shown["retries.attempts"] == ["3", "(routes[2],", "file)"]
+    assert shown["policy"] == ["least_connections", "(top", "level,", "file)"]
+    assert shown["timeouts.read"] == ["30s", "(default)"] and "timeouts.client_idle" not in shown
+    assert ("warning: route hidden (line 15) can never match: its path /_myproxy/stats is under "
+            "admin.prefix /_myproxy") in process.output
+
+
+def test_check_warns_that_a_catch_all_route_leaves_the_default_pool_unused(write_config):
+    text = ROUTED + "  - name: everything\n    backends: [http://127.0.0.1:5005]\n"
+    text = text.replace("backends: [http://127.0.0.1:5000]\n", "") + "backends: [http://127.0.0.1:5000]\n"
+    process = check(write_config(text))
+    assert process.proc.returncode == 0
+    assert "the top-level backends (route default) can never match: route everything" in process.output
+
+
+def test_probe_checks_each_routes_backends_with_its_own_rules(write_config, backends):
+    a, b, _ = backends
+    config = base_config([a.url], health_check={"path": "/top"})
+    config["routes"] = [{"name": "api", "path": "/api", "backends": [b.url, a.url],
+                         "health_check": {"path": "/status/204"}}]
+    process = check(write_config(config), "--probe")
+    assert process.proc.returncode == 0, process.output
+    assert "probe: GET /status/204 on each backend of route api" in process.output
+    assert "probe: 3 of 3 backend(s) up" in process.output
+    assert sorted(r.target for r in a.requests) == ["/status/204", "/top"]

@@ -150,3 +150,80 @@ def test_tunnel_idle_defaults_to_an_hour_and_takes_a_duration():
     error = _error(MINIMAL + "timeouts:\n  tunnel_idle: forever\n")
     assert (error.key, error.line) == ("timeouts.tunnel_idle", 4)
     assert "not a duration" in str(error)
+
+
+ROUTES = """\
+policy: least_connections
+health_check:
+  path: /ready
+routes:
+  - name: api
+    host: API.example.com
+    path: /v1/
+    backends: [http://127.0.0.1:9001]
+    health_check:
+      interval: 1s
+      timeout: 500ms
+    timeouts:
+      read: 5s
+  - name: web
+    host: ["www.example.com", "*.example.org"]
+    backends:
+      - url: http://127.0.0.1:9002
+        weight: 2
+"""
+
+
+def test_routes_are_pools_whose_settings_fall_back_to_the_top_level():
+    config = parse(ROUTES, "conf.yaml", environ={})
+    assert config.backends == () and config.default_route is None
+    api, web = config.routes
+    assert (api.name, api.hosts, api.path, api.strip_prefix) == ("api", ("api.example.com",), "/v1", False)
+    assert api.policy == "least_connections" and api.health_check.path == "/ready"
+    assert (api.health_check.interval, api.timeouts.read, api.timeouts.connect) == (1.0, 5.0, 3.0)
+    assert api.origins["policy"] == "top level, file" and api.origins["timeouts.read"] == "routes[0], file"
+    assert api.origins["retries.attempts"] == "default" and api.line == 5
+    assert web.hosts == ("www.example.com", "*.example.org") and web.backends[0].weight == 2
+    assert [pool.name for pool in config.pools] == ["api", "web"]
+
+
+def test_top_level_backends_are_the_default_pool_and_myproxy_backends_replaces_only_it():
+    text = ROUTES + "backends: [http://127.0.0.1:9000]\n"
+    config = parse(text, "conf.yaml", environ={"MYPROXY_BACKENDS": "http://10.0.0.1:80"})
+    assert [pool.name for pool in config.pools] == ["api", "web", "default"]
+    assert config.default_route.backends[0].url == "http://10.0.0.1:80"
+    assert config.routes[0].backends[0].url == "http://127.0.0.1:9001"
+    assert config.default_route.policy == "least_connections"
+
+
+@pytest.mark.parametrize("text,key,line,words", [
+    (ROUTES + "  - name: api\n    backends: [http://h:1]\n", "routes[2].name", 19, "already the name of routes[0]"),
+    (ROUTES + "  - name: again\n    host: api.example.com\n    path: /v1\n    backends: [http://h:1]\n",
+     "routes[2]", 19, "as routes[0] (line 5)"),
+    (ROUTES + "  - name: x\n    host: WWW.example.com\n    backends: [http://h:1]\n",
+     "routes[2]", 19, "the same host rule (www.example.com) and path (any path) as routes[1] (line 14)"),
+    ("routes:\n  - name: a\n    pathh: /x\n    backends: [http://h:1]\n", "routes[0].pathh", 3,
+     "did you mean `path`"),
+    ("routes:\n  - name: a\n    backends: [http://h:1]\n    timeouts: {client_idle: 5s}\n",
+     "routes[0].timeouts.client_idle", 4, "set at the top level only"),
+    ("routes:\n  - name: a\n    host: a.test:8080\n    backends: [http://h:1]\n", "routes[0].host", 3,
+     "without its port"),
+    ("routes:\n  - name: Api\n    backends: [http://h:1]\n", "routes[0].name", 2, "lower-case"),
+    ("routes:\n  - name: default\n    backends: [http://h:1]\n", "routes[0].name", 2, "top-level"),
+    ("routes:\n  - name: a\n    path: api\n    backends: [http://h:1]\n", "routes[0].path", 3,
+     "must start with '/'"),
+    ("routes:\n  - name: a\n    path: /a?b\n    backends: [http://h:1]\n", "routes[0].path", 3,
+     "no query"),
+    ("routes:\n  - name: a\n", "routes[0]", 2, "needs `backends`"),
+    ("routes:\n  - name: a\n    backends: [http://h:1, http://h:1]\n", "routes[0].backends[1]", 3,
+     "listed twice"),
+    ("routes: []\n", "backends", 1, "is required"),
+    ("routes:\n  - name: a\n    backends: [http://h:1]\n    health_check: {interval: 1s, timeout: 2s}\n",
+     "routes[0].health_check.timeout", 4, "must not be longer"),
+], ids=["same-name", "same-rule", "same-rule-in-a-list", "unknown-key", "client-timeout",
+        "host-with-port", "bad-name", "reserved-name", "relative-path", "path-with-query",
+        "no-backends", "duplicate-backend", "no-routes-no-backends", "health-timeout"])
+def test_route_errors_name_file_key_and_line(text, key, line, words):
+    error = _error(text)
+    assert (error.file, error.key, error.line) == ("conf.yaml", key, line)
+    assert words in str(error)

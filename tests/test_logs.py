@@ -112,7 +112,7 @@ def test_access_log_false_turns_access_lines_off_but_still_counts(start_proxy, b
     for _ in range(3):
         assert get(proxy.port, "/")[0] == 200
     _, _, metrics = get(proxy.port, "/_myproxy/metrics")
-    assert f'myproxy_requests_total{{backend="{backend.url}",code="200"}} 3.0' in metrics.decode()
+    assert f'myproxy_requests_total{{backend="{backend.url}",code="200",route="default"}} 3.0' in metrics.decode()
     assert "myproxy.access" not in proxy.output
 
 

@@ -99,14 +99,14 @@ def test_switching_health_checks_off_brings_down_backends_back(backends):
 
 def test_policy_slow_start_and_retry_budget_reach_their_parts(backend):
     app = make_app([backend.url])
+    budget = app.pool.budget
     reload(app, [backend.url], "policy: least_connections\nslow_start: 30s\nretries:\n  budget: 0.5\n")
     assert (app.balancer.policy, app.balancer.slow_start) == ("least_connections", 30.0)
     assert app.balancer.choose().url == backend.url
-    proxy = app._wsgi
-    while not hasattr(proxy, "budget"):       # under the middleware layers
-        proxy = proxy.app
-    proxy.budget.try_spend(proxy.config.retries.budget)
-    assert proxy.budget.share == 0.5
+    assert app.pool.budget is budget            # the kept pool keeps its budget's counts
+    assert app.pool.settings.retries.budget == 0.5
+    budget.try_spend(app.pool.settings.retries.budget)
+    assert budget.share == 0.5
 
 
 def test_a_started_app_checks_added_backends_at_once(backends):
@@ -158,3 +158,26 @@ def test_changes_name_each_setting_as_written():
                             health=QUICK_CHECKS + "  interval: 500ms\n"), environ={})
     assert changes(old, new) == ["+backend http://h:2 weight 2", "policy round_robin->random_two",
                                  "health_check.interval 5s->500ms", "admin.token (changed)"]
+
+
+def routes_text(a, b, policy="round_robin", extra_route=""):
+    return (f"routes:\n  - name: kept\n    path: /k\n    policy: {policy}\n    backends: [{a}]\n"
+            f"{extra_route}backends: [{b}]\nhealth_check:\n{QUICK_CHECKS}")
+
+
+def test_a_route_kept_by_name_keeps_its_backends_state_and_takes_its_new_settings(backends):
+    a, b, c = backends
+    app = create_app(parse(routes_text(a.url, b.url), "c.yaml", environ={}))
+    client = TestApp(app, lint=False)
+    assert client.get("/k/1").text == "backend a" and client.get("/other").text == "backend b"
+    kept = app.runtime.pool("kept").backends[0]
+    added = f"  - name: more\n    path: /m\n    backends: [{c.url}, {a.url}]\n"
+    changed = app.reload(parse(routes_text(a.url, b.url, "least_connections", added), "c.yaml",
+                               environ={}))
+    assert changed == ["+route more", "route kept: policy round_robin->least_connections"]
+    pool = app.runtime.pool("kept")
+    assert pool.backends[0] is kept and kept.requests == 1 and pool.balancer.policy == "least_connections"
+    assert app.runtime.pool("more").backends[1] is not kept     # the same URL, another member
+    assert client.get("/m").text == "backend c" and client.get("/k").text == "backend a"
+    app.reload(parse(routes_text(a.url, b.url), "c.yaml", environ={}))
+    assert app.runtime.pool("more") is None and client.get("/m").text == "backend b"

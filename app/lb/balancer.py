@@ -239,6 +239,17 @@ class Balancer:
         balancer.probed = probed
         return balancer
 
+    def successor(self, configs: Sequence[BackendConfig], policy: str, slow_start: float = 0.0,
+                  probed: bool = True) -> "Balancer":
+        """A new balancer for a reloaded pool, this one left as it is for the requests that
+        hold it: the backends and DNS members that stay keep their objects (``reload``'s
+        rules), the members leaving go on leaving."""
+        successor = Balancer(self.backends, self.policy, self.slow_start, self._clock, self._rng,
+                             templates=list(self.templates.values()))
+        successor.leaving = list(self.leaving)
+        successor.reload(configs, policy, slow_start, probed=probed)
+        return successor
+
     def choose(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Backend:
         """The backend for the next request, skipping ``exclude`` (those already tried).
 

@@ -260,6 +260,12 @@ class Discovery:
         self._greenlet: gevent.Greenlet | None = None
         self._wake = Event()
 
+    def follow(self, balancer: Balancer, resolver: Callable[[], ResolverConfig]) -> None:
+        """Feed ``balancer`` from now on (a reload's successor of the pool's balancer),
+        with the lookups' state kept: what was found, when, and each outage."""
+        self.balancer = balancer
+        self._resolver_config = resolver
+
     @property
     def resolver(self) -> dns.resolver.Resolver:
         config = self._resolver_config()

@@ -2,7 +2,8 @@
 
 ``check_once`` runs one round (every backend at once, each with the check timeout) and is
 what tests call; ``start`` runs rounds in a loop until ``stop``; ``wake`` runs the next round
-at once (after a reload). The rules are read from the config in force at each round. A
+at once. Each pool has its own checker with its own rules (``app.lb.routes``): a reload
+makes new pools, so the rules of a checker never change. A
 backend's state changes only through ``Backend.record_check``; this module logs the
 transitions it reports. It knows nothing of WSGI or of how requests are proxied.
 """
@@ -18,7 +19,7 @@ import urllib3
 from gevent.event import Event
 
 from .balancer import Backend, Balancer, CheckResult
-from ..config import ConfigHolder, HealthCheckConfig
+from ..config import HealthCheckConfig
 from ..errors import UpstreamError
 from ..logs import Fields
 
@@ -31,20 +32,18 @@ class HealthChecker:
     """Probes ``GET health_check.path`` on each backend of a balancer, through ``upstream``
     (the proxy's ``Upstream``, handed in: this package never imports the proxy)."""
 
-    def __init__(self, balancer: Balancer, settings: ConfigHolder, upstream,
-                 clock: Callable[[], float] = time.time, on_result: Callable | None = None):
+    def __init__(self, balancer: Balancer, rules: HealthCheckConfig, upstream,
+                 clock: Callable[[], float] = time.time, on_result: Callable | None = None,
+                 route: str | None = None):
         self.balancer = balancer
-        self.settings = settings
+        self.rules = rules
+        self.route = route              # the pool's route, named in the log lines
         self.upstream = upstream
         self._clock = clock
         self._on_result = on_result     # called with (backend, result): metrics hook
         self._greenlet: gevent.Greenlet | None = None
         self._wake = Event()
         self.rounds = 0
-
-    @property
-    def rules(self) -> HealthCheckConfig:
-        return self.settings.config.health_check
 
     def check_once(self) -> None:
         """Check every backend once, concurrently, and apply the results."""
@@ -86,12 +85,13 @@ class HealthChecker:
         if self._on_result is not None:
             self._on_result(backend, result)
         if transition == "down":
-            log.warning(Fields("backend down", backend=backend.url, cause=backend.last_error,
-                               failed_checks=backend.failures))
+            log.warning(Fields("backend down", backend=backend.url, route=self.route,
+                               cause=backend.last_error, failed_checks=backend.failures))
         elif transition == "up":
-            log.info(Fields("backend up", backend=backend.url, passed_checks=backend.passes))
+            log.info(Fields("backend up", backend=backend.url, route=self.route,
+                            passed_checks=backend.passes))
         elif transition == "ejected":       # up by its checks, still serving an ejection
-            log.info(Fields("backend passes checks", backend=backend.url,
+            log.info(Fields("backend passes checks", backend=backend.url, route=self.route,
                             returns_in_s=round(backend.ejection_left, 1)))
 
     def start(self) -> None:

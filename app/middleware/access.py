@@ -5,13 +5,14 @@ trusted proxy, otherwise generated) and returns it to the client with a ``Server
 header (upstream and total time to the response headers, and the backend's name). When
 the server closes the response body, it writes one access line and hands the outcome to
 ``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
-``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``, ``myproxy.error`` and
-``myproxy.upstream_duration`` from the proxy, ``myproxy.admin`` from the admin surface
+``myproxy.route``, ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``,
+``myproxy.error`` and ``myproxy.upstream_duration`` from the proxy, ``myproxy.admin`` from the admin surface
 (admin requests are logged but not counted as traffic). Usage::
 
-    app = RequestLog(proxy, settings, metrics)  # settings: the ConfigHolder of the config in force
+    app = RequestLog(proxy, metrics)
 
-It knows nothing of backends beyond those keys.
+Its settings (``access_log``, ``server_timing``, ``forwarded``) are those of the request's
+runtime (``myproxy.runtime``). It knows nothing of backends beyond those keys.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 from random import getrandbits
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from ..config import ConfigHolder, ForwardedConfig
+from ..config import NO_ROUTE
 from ..errors import UpstreamError
 from ..logs import info_fields
 from ..server.responses import close_body
@@ -44,31 +45,23 @@ def new_request_id() -> str:
 class RequestLog:
     """Assigns request IDs, logs one line per request, and counts it."""
 
-    def __init__(self, app: Callable, settings: ConfigHolder, metrics: "Metrics | None" = None):
+    def __init__(self, app: Callable, metrics: "Metrics | None" = None):
         self.app = app
-        self.settings = settings
         self.metrics = metrics
-
-    @property
-    def forwarded(self) -> ForwardedConfig:
-        return self.settings.config.forwarded
-
-    @property
-    def enabled(self) -> bool:
-        return self.settings.config.access_log
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.monotonic()
+        config = environ["myproxy.runtime"].config
         request_id = environ.get("HTTP_X_REQUEST_ID", "")
         if not (request_id and len(request_id) <= MAX_REQUEST_ID and request_id.isprintable()
-                and self.forwarded.trusts(environ.get("REMOTE_ADDR", ""))):
+                and config.forwarded.trusts(environ.get("REMOTE_ADDR", ""))):
             request_id = new_request_id()
         environ["myproxy.request_id"] = request_id
         received = None
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
             received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
         state = {"status": "-"}
-        timing = self.settings.config.server_timing
+        timing = config.server_timing
 
         def start(status: str, headers: list, exc_info=None):
             state["status"] = status.split(" ", 1)[0]
@@ -93,11 +86,12 @@ class RequestLog:
         error = environ.get("myproxy.error")
         admin = environ.get("myproxy.admin", False)
         backend = environ.get("myproxy.backend")
+        route = environ.get("myproxy.route", NO_ROUTE)
         tried = environ.get("myproxy.tried") or ()
         if self.metrics is not None and not admin and status.isdigit():
-            self.metrics.observe(backend, int(status), None if tunnel else duration, tried,
+            self.metrics.observe(route, backend, int(status), None if tunnel else duration, tried,
                                  error.kind if isinstance(error, UpstreamError) else None)
-        if not self.enabled:
+        if not environ["myproxy.runtime"].config.access_log:
             return
         upstream = environ.get("myproxy.upstream_duration")
         fields = {
@@ -110,6 +104,7 @@ class RequestLog:
             "bytes_out": sent,
             "duration_ms": round(duration * 1000, 2),
             "upstream_ms": round(upstream * 1000, 2) if upstream is not None else None,
+            "route": route,
             "backend": backend,
             "attempts": environ.get("myproxy.attempts", 0),
             "tried": _tried(tried),

@@ -3,11 +3,11 @@
 ``Admin`` wraps the proxy as WSGI middleware. A request whose path is the prefix or under
 it is answered here and never proxied; every other request passes straight on::
 
-    app = Admin(proxy, settings, status=status, metrics=metrics, draining=lambda: False)
+    app = Admin(proxy, status=status, metrics=metrics, draining=lambda: False)
 
 | path        | answer                                                                   |
 |-------------|--------------------------------------------------------------------------|
-| ``/health`` | 200 ``ok``; 503 while draining or with no backend able to serve. Open.  |
+| ``/health`` | 200 ``ok``; 503 while draining or with no backend of any pool able to serve. Open. |
 | ``/status`` | the JSON of ``status.Status``                                            |
 | ``/metrics``| Prometheus text (OpenMetrics when the scraper asks for it)               |
 | ``/``       | the live status page (``static/status.html``), which polls ``/status``   |
@@ -18,7 +18,7 @@ browser on a phone can send it), compared in constant time; without a token, onl
 loopback clients are answered. Others get 401 or 403 and a body that says nothing about
 the backends. It marks admin requests with ``myproxy.admin`` so they are not counted as
 proxied traffic, and knows nothing of how requests are proxied. The prefix and the token
-are read from the config in force at each request, so a reload can change them.
+are the request's runtime's (``myproxy.runtime``), so a reload can change them.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ import os
 import re
 from typing import Callable
 
-from ..config import ConfigHolder
 from .metrics import Metrics
 from .status import Status
 
@@ -47,10 +46,9 @@ CSP = ("default-src 'none'; {inline}; connect-src 'self'; img-src data:; base-ur
 class Admin:
     """Answers the admin paths; passes everything else to ``app``."""
 
-    def __init__(self, app: Callable, settings: ConfigHolder, status: Status, metrics: Metrics,
+    def __init__(self, app: Callable, status: Status, metrics: Metrics,
                  draining: Callable[[], bool] = lambda: False, page_path: str = PAGE_PATH):
         self.app = app
-        self.settings = settings
         self.status = status
         self.metrics = metrics
         self.draining = draining
@@ -62,7 +60,7 @@ class Admin:
 
     def __call__(self, environ: dict, start_response: Callable):
         path = environ.get("PATH_INFO", "")
-        prefix = self.settings.config.admin.prefix
+        prefix = environ["myproxy.runtime"].config.admin.prefix
         if not (path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")):
             return self.app(environ, start_response)
         environ["myproxy.admin"] = True
@@ -85,7 +83,7 @@ class Admin:
 
     def refuse(self, environ: dict):
         """None if the client may see admin pages; else the 401 or 403 to answer."""
-        token = self.settings.config.admin.token.encode("utf-8")
+        token = environ["myproxy.runtime"].config.admin.token.encode("utf-8")
         if token:
             if _token_matches(environ.get("HTTP_AUTHORIZATION", ""), token):
                 return None
@@ -103,12 +101,14 @@ class Admin:
     def health(self, environ: dict):
         if self.draining():
             return "503 Service Unavailable", _TEXT, b"draining\n"
-        if not any(backend.available for backend in self.status.balancer.backends):
+        if not any(backend.available for pool in environ["myproxy.runtime"].pools
+                   for backend in pool.backends):
             return "503 Service Unavailable", _TEXT, b"no healthy backend\n"
         return "200 OK", _TEXT, b"ok\n"
 
     def status_json(self, environ: dict):
-        body = json.dumps(self.status.document(), separators=(",", ":")).encode()
+        body = json.dumps(self.status.document(environ["myproxy.runtime"]),
+                          separators=(",", ":")).encode()
         return "200 OK", [("Content-Type", "application/json")], body
 
     def metrics_text(self, environ: dict):

@@ -1,18 +1,20 @@
 """Metrics: the Prometheus registry of one app, and the hooks the proxy and health checks feed.
 
-Owns the metric families of SPEC §5 (all ``myproxy_``, labelled by the backend URL as
-written in the config) in a ``CollectorRegistry`` of its own, so that several apps in one
+Owns the metric families of SPEC §5 (all ``myproxy_``, labelled by the route's name and
+the backend URL as written in the config: both come from the file, never from a request,
+so the label sets stay bounded) in a ``CollectorRegistry`` of its own, so that several apps in one
 process (tests) never share counters, and the recent-traffic windows the status page
-reads (``recent.Traffic``, one per backend). The hooks:
+reads (``recent.Traffic``, one per route and backend). The hooks:
 
-- ``observe(backend, status, seconds, tried, error_kind)``: one finished request, called
-  by the request-log middleware with the proxy's ``myproxy.tried`` (a ``(url, failure)``
-  pair per attempt); backend ``"none"`` when no backend was chosen;
-- ``health_checked(backend, result)``: one health check, the ``HealthChecker``'s ``on_result``;
+- ``observe(route, backend, status, seconds, tried, error_kind)``: one finished request,
+  called by the request-log middleware with the proxy's ``myproxy.tried`` (a ``(url,
+  failure)`` pair per attempt); backend ``"none"`` when no backend was chosen, route
+  ``"-"`` when no route matched;
+- ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``.
 
-Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects, which own that state,
-when scraped, so they cost nothing per request.
+Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects of the runtime in
+force (``RuntimeHolder``), which own that state, when scraped, so they cost nothing per request.
 
 Several gunicorn workers add up through prometheus_client's multiprocess mode:
 ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
@@ -31,7 +33,8 @@ import gevent
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from ..lb.balancer import Backend, Balancer, CheckResult
+from ..config import NO_ROUTE
+from ..lb.balancer import Backend, CheckResult
 from .recent import Traffic
 
 log = logging.getLogger("myproxy.metrics")
@@ -44,14 +47,15 @@ GAUGE_REFRESH = 1.0          # seconds between gauge copies in multiprocess mode
 
 
 class _Series:
-    """The per-backend label children, made once so a request costs dict lookups only."""
+    """The label children of one route's backend, made once so a request costs dict lookups only."""
 
-    __slots__ = ("codes", "duration", "retries", "errors", "traffic")
+    __slots__ = ("route", "url", "codes", "duration", "retries", "errors", "traffic")
 
-    def __init__(self, metrics: "Metrics", url: str):
+    def __init__(self, metrics: "Metrics", route: str, url: str):
+        self.route, self.url = route, url
         self.codes: dict[int, object] = {}
-        self.duration = metrics.request_duration.labels(url)
-        self.retries = metrics.retries.labels(url)
+        self.duration = metrics.request_duration.labels(route, url)
+        self.retries = metrics.retries.labels(route, url)
         self.errors: dict[str, object] = {}
         self.traffic = Traffic(metrics.clock)
 
@@ -59,44 +63,40 @@ class _Series:
 class Metrics:
     """The registry and hooks of one app (see the module docstring)."""
 
-    def __init__(self, balancer: Balancer, multiprocess_dir: str | None = None,
+    def __init__(self, live, multiprocess_dir: str | None = None,
                  clock: Callable[[], float] = time.time):
-        self.balancer = balancer
+        self.live = live      # the RuntimeHolder: its pools' backends feed the gauges
         self.multiprocess = bool(multiprocess_dir)
         self.clock = clock
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("myproxy_requests_total", "Requests answered, by backend and status code.",
-                                ["backend", "code"], registry=r)
+                                ["route", "backend", "code"], registry=r)
         self.request_duration = Histogram(
             "myproxy_request_duration_seconds",
             "Time from receiving a request to sending the last byte of its response, by backend.",
-            ["backend"], buckets=DURATION_BUCKETS, registry=r)
+            ["route", "backend"], buckets=DURATION_BUCKETS, registry=r)
         self.up = Gauge("myproxy_backend_up", "1 while the backend is up: passing its health checks "
                         "and not ejected for failed requests.",
-                        ["backend"], registry=r, multiprocess_mode="livemin")
+                        ["route", "backend"], registry=r, multiprocess_mode="livemin")
         self.in_flight = Gauge("myproxy_backend_in_flight", "Requests sent to the backend and not finished.",
-                               ["backend"], registry=r, multiprocess_mode="livesum")
+                               ["route", "backend"], registry=r, multiprocess_mode="livesum")
         self.retries = Counter("myproxy_retries_total",
                                "Requests retried on this backend after another attempt failed.",
-                               ["backend"], registry=r)
+                               ["route", "backend"], registry=r)
         self.upstream_errors = Counter("myproxy_upstream_errors_total",
                                        "Failed upstream requests, by backend and kind of failure.",
-                                       ["backend", "kind"], registry=r)
+                                       ["route", "backend", "kind"], registry=r)
         self.health_checks = Counter("myproxy_health_checks_total",
                                      "Active health checks, by backend and result (pass or fail).",
-                                     ["backend", "result"], registry=r)
+                                     ["route", "backend", "result"], registry=r)
         self.config_reloads = Counter("myproxy_config_reloads_total",
                                       "Configuration reloads, by result (success or failure).",
                                       ["result"], registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
-        self._series: dict[str, _Series] = {}
-        self._gauged: set[str] = set()
-        for backend in balancer.backends:
-            self.series(backend.url)
-            for result in ("pass", "fail"):
-                self.health_checks.labels(backend.url, result)
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._gauged: set[tuple[str, str]] = set()
         self._exposed = self.registry
         if self.multiprocess:
             from prometheus_client import multiprocess, values
@@ -109,14 +109,22 @@ class Metrics:
 
     # --- hooks ---------------------------------------------------------------------------
 
-    def series(self, url: str) -> _Series:
-        series = self._series.get(url)
+    def prepare(self, runtime) -> None:
+        """Make the series of every pool's backends, so each is exposed from the start."""
+        for pool in runtime.pools:
+            for backend in pool.backends:
+                self.series(pool.name, backend.url)
+                for result in ("pass", "fail"):
+                    self.health_checks.labels(pool.name, backend.url, result)
+
+    def series(self, route: str, url: str) -> _Series:
+        series = self._series.get((route, url))
         if series is None:
-            series = self._series[url] = _Series(self, url)
+            series = self._series[(route, url)] = _Series(self, route, url)
         return series
 
-    def observe(self, backend: str | None, status: int, seconds: float | None, tried=(),
-                error_kind: str | None = None) -> None:
+    def observe(self, route: str | None, backend: str | None, status: int,
+                seconds: float | None, tried=(), error_kind: str | None = None) -> None:
         """Count one finished request (called once per request, on the hot path).
 
         ``seconds`` is None for a tunnel (an upgraded connection): counted, but its life
@@ -127,79 +135,96 @@ class Metrics:
         upstream failure the request ended with, which may have come after the answer
         began (mid-body).
         """
+        route = route or NO_ROUTE
         backend = backend or NO_BACKEND
-        series = self._series.get(backend) or self.series(backend)
+        series = self._series.get((route, backend)) or self.series(route, backend)
         counter = series.codes.get(status)
         if counter is None:
-            counter = series.codes[status] = self.requests.labels(backend, str(status))
+            counter = series.codes[status] = self.requests.labels(route, backend, str(status))
         counter.inc()
         if seconds is not None:
             series.duration.observe(seconds)
         series.traffic.record(status, seconds)
         if len(tried) > 1 or error_kind is not None:
-            self._attempts(tried, error_kind)
+            self._attempts(route, tried, error_kind)
 
-    def _attempts(self, tried, error_kind: str | None) -> None:
-        """Upstream errors and retries, each on the backend it happened to."""
+    def _attempts(self, route: str, tried, error_kind: str | None) -> None:
+        """Upstream errors and retries, each on the backend it happened to (of the route)."""
         previous = None
         for url, failure in tried:
-            series = self._series.get(url) or self.series(url)
+            series = self._series.get((route, url)) or self.series(route, url)
             if previous is not None and previous != "stale":
                 series.retries.inc()
             if failure is not None and failure != "stale":
-                self._upstream_error(series, url, failure)
+                self._upstream_error(series, failure)
             previous = failure
         if error_kind is not None and tried and tried[-1][1] is None:
             url = tried[-1][0]
-            self._upstream_error(self._series.get(url) or self.series(url), url, error_kind,
-                                 answered=True)
+            self._upstream_error(self._series.get((route, url)) or self.series(route, url),
+                                 error_kind, answered=True)
 
-    def _upstream_error(self, series: _Series, url: str, kind: str, answered: bool = False) -> None:
+    def _upstream_error(self, series: _Series, kind: str, answered: bool = False) -> None:
         errors = series.errors.get(kind)
         if errors is None:
-            errors = series.errors[kind] = self.upstream_errors.labels(url, kind)
+            errors = series.errors[kind] = self.upstream_errors.labels(series.route, series.url,
+                                                                       kind)
         errors.inc()
         series.traffic.upstream_error(kind, answered)
 
-    def health_checked(self, backend: Backend, result: CheckResult) -> None:
-        """Count one active health check (the ``HealthChecker``'s ``on_result``)."""
-        self.health_checks.labels(backend.url, "pass" if result.ok else "fail").inc()
+    def health_checked(self, route: str, backend: Backend, result: CheckResult) -> None:
+        """Count one active health check of a pool's backend (the pools' ``on_check``)."""
+        self.health_checks.labels(route, backend.url, "pass" if result.ok else "fail").inc()
 
     def config_reloaded(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
 
-    def forget(self, url: str) -> None:
+    def forget(self, route: str, url: str) -> None:
         """Drop a removed backend's series (a member DNS took away), so that the ``backend``
         label has one value per backend that exists, not one per address ever seen. (In
         multiprocess mode the other workers' files keep theirs until a restart.)"""
-        series = self._series.pop(url, None)
-        removals = [(self.request_duration, url), (self.retries, url),
-                    (self.health_checks, url, "pass"), (self.health_checks, url, "fail")]
+        series = self._series.pop((route, url), None)
+        if self.multiprocess:
+            return      # prometheus_client cannot remove a label set from the shared files
+        labels = (route, url)
+        removals = [(self.request_duration, *labels), (self.retries, *labels),
+                    (self.health_checks, *labels, "pass"), (self.health_checks, *labels, "fail")]
         if series is not None:
-            removals += [(self.requests, url, str(code)) for code in series.codes]
-            removals += [(self.upstream_errors, url, kind) for kind in series.errors]
-        for family, *labels in removals:
+            removals += [(self.requests, *labels, str(code)) for code in series.codes]
+            removals += [(self.upstream_errors, *labels, kind) for kind in series.errors]
+        for family, *names in removals:
             try:
-                family.remove(*labels)
+                family.remove(*names)
             except KeyError:
                 pass
 
-    def traffic(self, url: str) -> Traffic:
-        return self.series(url).traffic
+    def traffic(self, route: str, url: str) -> Traffic:
+        return self.series(route, url).traffic
+
+    def seen(self, route: str, url: str) -> Traffic | None:
+        """The traffic of a series that has had requests, else None (nothing is made)."""
+        series = self._series.get((route, url))
+        return series.traffic if series is not None else None
 
     # --- exposition ----------------------------------------------------------------------
 
     def refresh_gauges(self) -> None:
         """Copy each backend's health and in-flight count into the gauges; drop removed backends."""
         current = set()
-        for backend in [*self.balancer.backends, *self.balancer.leaving]:
-            current.add(backend.url)
-            self.up.labels(backend.url).set(1 if backend.state == "up" else 0)
-            self.in_flight.labels(backend.url).set(backend.in_flight)
-        for url in self._gauged - current:
+        for pool in self.live.runtime.pools:
+            for backend in [*pool.backends, *pool.balancer.leaving]:
+                labels = (pool.name, backend.url)
+                current.add(labels)
+                self.up.labels(*labels).set(1 if backend.state == "up" else 0)
+                self.in_flight.labels(*labels).set(backend.in_flight)
+        for labels in self._gauged - current:
             for gauge in (self.up, self.in_flight):
+                if self.multiprocess:
+                    # prometheus_client cannot remove a label set from the shared files:
+                    # a removed backend reads as down with nothing in flight.
+                    gauge.labels(*labels).set(0)
+                    continue
                 try:
-                    gauge.remove(url)
+                    gauge.remove(*labels)
                 except KeyError:
                     pass
         self._gauged = current

@@ -1,6 +1,7 @@
 """The status document: what ``/_myproxy/status`` answers and the status page draws.
 
-``Status.document()`` gathers, per backend, its health state and since when, its recent
+``Status.document(runtime)`` gathers, per route (in precedence order) and per backend of
+its pool, its health state and since when, its recent
 health checks, its consecutive passes and failures against ``rise``/``fall``, in-flight
 requests, request and error counts, and the recent window of ``recent.Traffic`` (rate,
 error rate, latency percentiles, a per-second series); and for the balancer, the process,
@@ -13,34 +14,43 @@ import os
 import time
 from typing import Callable
 
-from ..lb.balancer import Backend, Balancer
-from ..config import Config, ConfigHolder
+from ..lb.balancer import Backend
+from ..config import NO_ROUTE
 from .metrics import NO_BACKEND, Metrics
 
 
 class Status:
     """Builds the status document of one app."""
 
-    def __init__(self, settings: ConfigHolder, balancer: Balancer, metrics: Metrics,
-                 draining: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time,
-                 discovery=None):
-        self.settings = settings
-        self.discovery = discovery     # app.lb.discovery.Discovery: the DNS names, if any
-        self.balancer = balancer
+    def __init__(self, metrics: Metrics, draining: Callable[[], bool] = lambda: False,
+                 clock: Callable[[], float] = time.time):
         self.metrics = metrics
         self.draining = draining
         self._clock = clock
         self.started = clock()
 
-    @property
-    def config(self) -> Config:
-        return self.settings.config
-
-    def document(self) -> dict:
+    def document(self, runtime) -> dict:
+        """The status of ``runtime`` (the request's): its routes, each with its backends."""
         now = self._clock()
-        backends = [self.backend(b, now) for b in self.balancer.backends]
-        backends += [{**self.backend(b, now), "state": "leaving"} for b in self.balancer.leaving]
-        unrouted = self.metrics.traffic(NO_BACKEND).snapshot()
+        config = runtime.config
+        routes, backends = [], []
+        for host, pool in runtime.table.ordered():
+            if any(route["name"] == pool.name for route in routes):
+                continue        # a route of several hosts: listed once, at its first
+            members = [self.backend(pool, b, now) for b in pool.backends]
+            members += [{**self.backend(pool, b, now), "state": "leaving"}
+                        for b in pool.balancer.leaving]
+            backends += members
+            routes.append(describe_route(pool, members))
+        unrouted = self.metrics.traffic(NO_ROUTE, NO_BACKEND).snapshot()
+        for pool in runtime.pools:      # 503s of a pool with no backend left
+            traffic = self.metrics.seen(pool.name, NO_BACKEND)
+            if traffic is None:
+                continue
+            unrouted_pool = traffic.snapshot()
+            for key in ("requests", "errors"):
+                unrouted[key] += unrouted_pool[key]
+            unrouted["window"]["rate"] += unrouted_pool["window"]["rate"]
         return {
             "time": round(now, 3),
             "pid": os.getpid(),
@@ -48,18 +58,19 @@ class Status:
             "uptime_seconds": round(now - self.started, 1),
             "draining": self.draining(),
             "config": {
-                "source": self.config.source,
-                "policy": self.config.policy,
+                "source": config.source,
+                "policy": config.policy,
                 "health_check": {
-                    "enabled": self.config.health_check.enabled,
-                    "path": self.config.health_check.path,
-                    "interval_seconds": self.config.health_check.interval,
-                    "timeout_seconds": self.config.health_check.timeout,
-                    "rise": self.config.health_check.rise,
-                    "fall": self.config.health_check.fall,
+                    "enabled": config.health_check.enabled,
+                    "path": config.health_check.path,
+                    "interval_seconds": config.health_check.interval,
+                    "timeout_seconds": config.health_check.timeout,
+                    "rise": config.health_check.rise,
+                    "fall": config.health_check.fall,
                 },
             },
             "totals": {
+                "routes": len(routes),
                 "backends": len(backends),
                 "up": sum(1 for b in backends if b["state"] == "up"),
                 "requests": sum(b["requests"] for b in backends) + unrouted["requests"],
@@ -69,14 +80,17 @@ class Status:
                               + unrouted["window"]["rate"], 2),
                 "no_backend": unrouted["requests"],
             },
+            "routes": routes,
             "backends": backends,
-            "discovery": self.discovery.describe() if self.discovery is not None else [],
+            "discovery": [{"route": pool.name, **entry} for pool in runtime.pools
+                          for entry in pool.discovery.describe()],
         }
 
-    def backend(self, backend: Backend, now: float) -> dict:
-        rules = self.config.health_check
-        traffic = self.metrics.traffic(backend.url).snapshot()
+    def backend(self, pool, backend: Backend, now: float) -> dict:
+        rules = pool.settings.health_check
+        traffic = self.metrics.traffic(pool.name, backend.url).snapshot()
         return {
+            "route": pool.name,
             "url": backend.url,
             "address": backend.endpoint.address if backend.endpoint is not None else None,
             "state": state_of(backend),
@@ -103,6 +117,23 @@ class Status:
             "in_flight": backend.in_flight,
             **traffic,
         }
+
+
+def describe_route(pool, members: list[dict]) -> dict:
+    """One route of the document: its rule, its policy, and its backends' URLs and totals."""
+    settings = pool.settings
+    return {
+        "name": pool.name,
+        "hosts": list(settings.hosts),
+        "path": settings.path or "/",
+        "strip_prefix": settings.strip_prefix,
+        "policy": settings.policy,
+        "health_check_path": settings.health_check.path if settings.health_check.enabled else None,
+        "backends": [member["url"] for member in members],
+        "up": sum(1 for member in members if member["state"] == "up"),
+        "requests": sum(member["requests"] for member in members),
+        "in_flight": sum(member["in_flight"] for member in members),
+    }
 
 
 def state_of(backend: Backend) -> str:

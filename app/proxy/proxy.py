@@ -2,7 +2,9 @@
 
 ``Proxy.__call__`` reads top to bottom like Go's ``ReverseProxy.ServeHTTP``: choose a
 backend, build the outbound request, send, copy status and headers back, stream the body.
-Sending is ``_send``: a small loop that tries another backend when ``retry.may_retry``
+The request's route picks the pool (``app.lb.routes``); a request of one pool is only
+ever sent to that pool's backends. Sending is ``_send``: a small loop that tries another
+backend of the pool when ``retry.may_retry``
 allows it, the budget has room and attempts are left; no retry happens once anything went
 back to the client. Every failure leaves through ``_fail``, which turns a typed error into
 one response. Each attempt's outcome feeds the backend's passive health. A request that
@@ -13,8 +15,10 @@ Before anything else, ``admission.admit`` decides whether the request may be for
 at all (origin-form target, framing, limits); the request body streams through
 ``body.RequestBody``. Other layers talk to it through namespaced environ keys: the server
 puts the raw request target in ``RAW_URI`` and the header lines as received in
-``myproxy.headers``; the proxy
-leaves ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
+``myproxy.headers``, and ``App`` the runtime in force in ``myproxy.runtime`` (the config,
+the route table and the pools), read once per request; the proxy
+leaves ``myproxy.route`` (the name of the request's route, found by ``route_of``),
+``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
 per attempt: the error kind, ``"stale"`` for a keep-alive reconnect, None for the answer),
 ``myproxy.upstream_duration`` (seconds from sending the last attempt to its response
 headers) and ``myproxy.error`` for the logging middleware and metrics. It knows nothing
@@ -29,13 +33,15 @@ from typing import Callable, Iterator
 
 from .admission import admit
 from ..lb.affinity import request_key
-from ..lb.balancer import Backend, Balancer
+from ..lb.balancer import Backend
+from ..lb.routes import Pool, request_host
 from .body import request_body
-from ..config import Config, ConfigHolder
-from ..errors import ClientError, NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
+from ..config import Config
+from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
+                      UpstreamReset)
 from ..server.http1 import connection_tokens, list_tokens
 from ..logs import Fields
-from ..lb.retry import ReplayableBody, RetryBudget, may_retry
+from ..lb.retry import ReplayableBody, may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
 from .upstream import Upstream, classify
 
@@ -62,38 +68,39 @@ VIA_NAME = "myproxy"         # RFC 9110 §7.6.3: Via: <received protocol version
 
 
 class Proxy:
-    """The WSGI application that forwards each request to a backend."""
+    """The WSGI application that forwards each request to a backend of its route's pool.
 
-    def __init__(self, settings: ConfigHolder, balancer: Balancer, upstream: Upstream,
-                 budget: RetryBudget | None = None, tunnels: Tunnels | None = None):
-        self.settings = settings
-        self.balancer = balancer
+    The config, the route table and the pools are the request's runtime
+    (``environ["myproxy.runtime"]``, put there once by ``App``); the proxy keeps only the
+    transports, which no config changes.
+    """
+
+    def __init__(self, upstream: Upstream, tunnels: Tunnels | None = None):
         self.upstream = upstream
-        self.budget = budget or RetryBudget(settings.config.retries.budget)
-        self.tunnels = tunnels or Tunnels(settings)     # upgrades: WebSocket and others
-
-    @property
-    def config(self) -> Config:
-        """The config in force (a reload replaces it)."""
-        return self.settings.config
+        self.tunnels = tunnels or Tunnels()     # upgrades: WebSocket and others
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]
+        runtime = environ["myproxy.runtime"]
+        config = runtime.config
         try:
-            target = admit(environ, self.config.limits)
+            target = admit(environ, config.limits)
+            pool = route_of(runtime.table, environ, target)
             upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
-            source, chunked = request_body(environ, self.config.limits.max_body_bytes)
+            source, chunked = request_body(environ, config.limits.max_body_bytes)
             if source is not None:
                 source.prefetch()       # a body bad from its first byte reaches no backend
             body = ReplayableBody(source, chunked)
-            backend, response = self._send(environ, method, target, body, upgrade)
+            backend, response = self._send(environ, pool, config, method, pool.rewrite(target),
+                                           body, upgrade)
         except ProxyError as error:
             return self._fail(environ, start_response, error)
 
         status = response.status
         if upgrade and status == SWITCHING_PROTOCOLS:
             try:
-                return self.tunnels.relay(environ, start_response, response, backend.url)
+                return self.tunnels.relay(environ, start_response, response, backend.url,
+                                          pool.settings.timeouts.tunnel_idle)
             finally:
                 backend.in_flight -= 1
         start_response(f"{status} {response.reason or _reason(status)}",
@@ -102,131 +109,82 @@ class Proxy:
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
             _finish(response, backend, complete=True)
             return iter(())
-        return ResponseBody(response, backend, environ, report=self._report)
+        return ResponseBody(response, backend, environ,
+                            report=lambda backend, error: _report(pool, backend, error))
 
-    def _send(self, environ: dict, method: str, target: str, body: ReplayableBody,
-              upgrade: str = ""):
-        """Choose a backend and send; after a failure that may be retried, try another.
+    def _send(self, environ: dict, pool: Pool, config: Config, method: str, target: str,
+              body: ReplayableBody, upgrade: str = ""):
+        """Choose a backend of ``pool`` and send; after a failure that may be retried, try
+        another of the same pool (never another route's).
 
         A pooled keep-alive connection the backend had closed is not a failure: the same
         backend gets the request again at once, on a fresh connection. Returns
         ``(backend, response)`` with the response headers read, or raises the last error.
         """
         key = None
-        if self.balancer.policy == "hash":
-            key = request_key(environ, self.config.hash_key, self.config.forwarded)
-        self.budget.record_request()
+        if pool.hash_key is not None:
+            key = request_key(environ, pool.hash_key, config.forwarded)
+        balancer, retries = pool.balancer, pool.settings.retries
+        pool.budget.record_request()
         tried: list[Backend] = []
-        backend, fresh = self.balancer.choose(key), False
+        try:
+            backend, fresh = balancer.choose(key), False
+        except NoBackendAvailable as error:
+            raise NoBackendAvailable(f"route {pool.name}: {error.detail}") from None
         while True:
             try:
-                return backend, self._attempt(environ, backend, method, target, body, fresh,
-                                              upgrade)
+                return backend, self._attempt(environ, pool, config, backend, method, target,
+                                              body, fresh, upgrade)
             except UpstreamError as error:
                 fresh = error.stale and may_retry(error, method, body)
                 if fresh:
                     continue        # a fresh connection is never stale: at most once each
                 tried.append(backend)
-                if len(tried) >= self.config.retries.attempts or not may_retry(error, method, body):
+                if len(tried) >= retries.attempts or not may_retry(error, method, body):
                     raise
                 try:
-                    backend = self.balancer.choose(key, exclude=tried)
+                    backend = balancer.choose(key, exclude=tried)
                 except NoBackendAvailable:
                     raise error from None
-                if not self.budget.try_spend(self.config.retries.budget):
-                    log.warning("retry budget spent: not retrying %s after %s from %s",
-                                method, error.kind, tried[-1].url)
+                if not pool.budget.try_spend(retries.budget):
+                    log.warning("retry budget spent: not retrying %s after %s from %s (route %s)",
+                                method, error.kind, tried[-1].url, pool.name)
                     raise
 
-    def _attempt(self, environ: dict, backend: Backend, method: str, target: str,
-                 body: ReplayableBody, fresh: bool, upgrade: str = ""):
+    def _attempt(self, environ: dict, pool: Pool, config: Config, backend: Backend, method: str,
+                 target: str, body: ReplayableBody, fresh: bool, upgrade: str = ""):
         """One try on one backend, counted in flight and fed to its passive health."""
         environ["myproxy.backend"] = backend.url
         attempts = environ.setdefault("myproxy.tried", [])
         attempts.append((backend.url, None))
         environ["myproxy.attempts"] = len(attempts)
-        headers = self._outbound_headers(environ, backend)
-        if upgrade:
-            headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
+        headers = _outbound_headers(environ, backend, config.forwarded)
         backend.in_flight += 1
         backend.requests += 1
         sent_at = time.monotonic()
         try:
-            send = self.tunnels.send if upgrade else self.upstream.send
-            response = send(backend.origin, method, _upstream_target(backend, target),
-                            headers, body.attempt(), body.chunked, fresh=fresh)
+            if upgrade:
+                headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
+                response = self.tunnels.send(backend.origin, method,
+                                             _upstream_target(backend, target), headers,
+                                             body.attempt(), body.chunked, fresh=fresh,
+                                             timeouts=pool.settings.timeouts)
+            else:
+                response = self.upstream.send(backend.origin, method,
+                                              _upstream_target(backend, target), headers,
+                                              body.attempt(), body.chunked,
+                                              timeout=pool.upstream_timeout, fresh=fresh)
         except BaseException as error:
             backend.in_flight -= 1
             if isinstance(error, UpstreamError):
                 attempts[-1] = (backend.url, "stale" if error.stale else error.kind)
                 if not (error.stale or body.client_failed):
-                    self._report(backend, error)
+                    _report(pool, backend, error)
             raise
         finally:
             environ["myproxy.upstream_duration"] = time.monotonic() - sent_at
-        self._report(backend, None)
+        _report(pool, backend, None)
         return response
-
-    def _report(self, backend: Backend, error: UpstreamError | None) -> None:
-        """Feed passive health with one attempt's outcome; log an ejection or a return."""
-        failure = f"{error.kind}: {error.detail}" if error is not None else None
-        transition = self.balancer.record_request(backend, failure, self.config.passive_health)
-        if transition == "ejected":
-            log.warning(Fields("backend ejected", backend=backend.url,
-                               eject_for_s=self.config.passive_health.eject_for, cause=failure))
-        elif transition == "up":
-            log.info(Fields("backend up", backend=backend.url, after="a request succeeded"))
-
-    def _outbound_headers(self, environ: dict, backend: Backend) -> list[tuple[str, str]]:
-        """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID,
-        as ``(name, value)`` lines in order (a repeated name stays separate lines)."""
-        headers = []
-        incoming = environ.get("myproxy.headers") or headers_from_environ(environ)
-        dropped = list_tokens(environ.get("HTTP_CONNECTION", ""))   # every line, joined
-        client = environ.get("REMOTE_ADDR", "")
-        request_id = environ.get("myproxy.request_id")
-        forwarded = self.config.forwarded
-        trusted = forwarded.trusts(client)
-        preserve_host = forwarded.preserve_host
-        forwarded_for = ""
-        has_proto = has_host = has_forwarded_host = False
-        for name, value in incoming:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in NOT_FORWARDED or lower in dropped:
-                continue
-            if "_" in name:
-                # X_Forwarded_For reads as X-Forwarded-For to CGI-style servers: dropped,
-                # as nginx (underscores_in_headers off) and gunicorn (header_map) do.
-                continue
-            if lower.startswith("x-forwarded-") or lower == "x-request-id":
-                if not trusted:
-                    continue            # an untrusted client cannot spoof these
-                if lower == "x-forwarded-for":
-                    forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
-                    continue
-                if lower == "x-request-id" and request_id:
-                    continue            # the middleware's request ID replaces it
-                has_proto = has_proto or lower == "x-forwarded-proto"
-                has_forwarded_host = has_forwarded_host or lower == "x-forwarded-host"
-            elif lower == "host":
-                if not preserve_host:
-                    continue
-                has_host = True
-            headers.append((name, value))
-        headers.append(("X-Forwarded-For", f"{forwarded_for}, {client}" if forwarded_for else client))
-        if not has_proto:
-            headers.append(("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")))
-        if not has_forwarded_host:
-            host = environ.get("HTTP_HOST")
-            if host:
-                headers.append(("X-Forwarded-Host", host))
-        if not has_host:
-            headers.append(("Host", backend.netloc))
-        if request_id:
-            headers.append(("X-Request-ID", request_id))
-        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
-        headers.append(("Via", f"{protocol} {VIA_NAME}"))
-        return headers
 
     def _fail(self, environ: dict, start_response: Callable, error: ProxyError):
         """The one exit for errors: log the cause, answer the error's status and text.
@@ -296,6 +254,83 @@ class ResponseBody:
         if not self._closed:
             self._closed = True
             _finish(self._response, self._backend, self._complete)
+
+
+def route_of(table, environ: dict, target: str) -> Pool:
+    """The pool of the request's route (``myproxy.route`` names it); ``NoRouteMatched`` if none."""
+    if table.empty:
+        pool = table.default
+    else:
+        path = target.partition("?")[0]
+        pool = table.match(request_host(environ.get("HTTP_HOST", "")), path)
+        if pool is None:
+            raise NoRouteMatched(environ.get("HTTP_HOST", ""), path)
+    environ["myproxy.route"] = pool.name
+    return pool
+
+
+def _report(pool: Pool, backend: Backend, error: UpstreamError | None) -> None:
+    """Feed passive health with one attempt's outcome; log an ejection or a return."""
+    failure = f"{error.kind}: {error.detail}" if error is not None else None
+    rules = pool.settings.passive_health
+    transition = pool.balancer.record_request(backend, failure, rules)
+    if transition == "ejected":
+        log.warning(Fields("backend ejected", backend=backend.url, route=pool.name,
+                           eject_for_s=rules.eject_for, cause=failure))
+    elif transition == "up":
+        log.info(Fields("backend up", backend=backend.url, route=pool.name,
+                        after="a request succeeded"))
+
+
+def _outbound_headers(environ: dict, backend: Backend, forwarded) -> list[tuple[str, str]]:
+    """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID,
+    as ``(name, value)`` lines in order (a repeated name stays separate lines)."""
+    headers = []
+    incoming = environ.get("myproxy.headers") or headers_from_environ(environ)
+    dropped = list_tokens(environ.get("HTTP_CONNECTION", ""))   # every line, joined
+    client = environ.get("REMOTE_ADDR", "")
+    request_id = environ.get("myproxy.request_id")
+    trusted = forwarded.trusts(client)
+    preserve_host = forwarded.preserve_host
+    forwarded_for = ""
+    has_proto = has_host = has_forwarded_host = False
+    for name, value in incoming:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in NOT_FORWARDED or lower in dropped:
+            continue
+        if "_" in name:
+            # X_Forwarded_For reads as X-Forwarded-For to CGI-style servers: dropped,
+            # as nginx (underscores_in_headers off) and gunicorn (header_map) do.
+            continue
+        if lower.startswith("x-forwarded-") or lower == "x-request-id":
+            if not trusted:
+                continue            # an untrusted client cannot spoof these
+            if lower == "x-forwarded-for":
+                forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
+                continue
+            if lower == "x-request-id" and request_id:
+                continue            # the middleware's request ID replaces it
+            has_proto = has_proto or lower == "x-forwarded-proto"
+            has_forwarded_host = has_forwarded_host or lower == "x-forwarded-host"
+        elif lower == "host":
+            if not preserve_host:
+                continue
+            has_host = True
+        headers.append((name, value))
+    headers.append(("X-Forwarded-For", f"{forwarded_for}, {client}" if forwarded_for else client))
+    if not has_proto:
+        headers.append(("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")))
+    if not has_forwarded_host:
+        host = environ.get("HTTP_HOST")
+        if host:
+            headers.append(("X-Forwarded-Host", host))
+    if not has_host:
+        headers.append(("Host", backend.netloc))
+    if request_id:
+        headers.append(("X-Request-ID", request_id))
+    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
+    headers.append(("Via", f"{protocol} {VIA_NAME}"))
+    return headers
 
 
 def _finish(response, backend: Backend, complete: bool) -> None:

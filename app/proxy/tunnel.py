@@ -30,7 +30,7 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3 import HTTPHeaderDict
 
 from ..server import handoff
-from ..config import ConfigHolder, TimeoutsConfig
+from ..config import TimeoutsConfig
 from ..errors import BadRequest, ClientError, UpstreamConnectError, UpstreamConnectTimeout
 from ..server.http1 import list_tokens
 from .upstream import classify
@@ -95,23 +95,19 @@ class Handshake(urllib3.HTTPResponse):
 class Tunnels:
     """Upgrade handshakes with backends, and the tunnels that follow a ``101``.
 
-    The timeouts are those of the config in force (``settings.config.timeouts``);
+    Each call names its timeouts (the request's pool's ``timeouts``);
     ``ssl_context`` verifies ``https://`` backends (default: the CA bundle the upstream
     session uses); ``clock`` measures idleness.
     """
 
-    def __init__(self, settings: ConfigHolder, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, ssl_context: ssl.SSLContext | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.settings = settings
         self._ssl_context = ssl_context
         self._clock = clock
 
-    @property
-    def timeouts(self) -> TimeoutsConfig:
-        return self.settings.config.timeouts
-
     def send(self, origin: str, method: str, target: str, headers: list, body=None,
-             chunked: bool = False, fresh: bool = True) -> Handshake:
+             chunked: bool = False, fresh: bool = True,
+             timeouts: TimeoutsConfig = TimeoutsConfig()) -> Handshake:
         """Send an upgrade request on a new connection; return the answer, body unread.
 
         The contract of ``Upstream.send``; every connection is a fresh one, never pooled.
@@ -123,10 +119,10 @@ class Tunnels:
         if chunked:
             lines.append("Transfer-Encoding: chunked")
         head = _head(lines)
-        sock = self._connect(origin)
+        sock = self._connect(origin, timeouts.connect)
         raw = None
         try:
-            sock.settimeout(self.timeouts.read)
+            sock.settimeout(timeouts.read)
             sock.sendall(head)
             for piece in _body_pieces(body, chunked):
                 sock.sendall(piece)
@@ -142,11 +138,11 @@ class Tunnels:
         return Handshake(sock, raw, method)
 
     def relay(self, environ: dict, start_response: Callable, response: Handshake,
-              backend: str):
+              backend: str, idle: float = TimeoutsConfig.tunnel_idle):
         """Pass the backend's 101 to the client, then relay bytes until the tunnel ends.
 
         Blocks for the tunnel's life and returns what the WSGI app must return so the
-        server writes nothing more. Leaves the bytes sent to the client in
+        server writes nothing more; ``idle`` is the pool's ``timeouts.tunnel_idle``. Leaves the bytes sent to the client in
         ``environ["myproxy.tunnel"]`` for the access log.
         """
         status = f"{SWITCHING_PROTOCOLS} {response.reason or 'Switching Protocols'}"
@@ -161,7 +157,7 @@ class Tunnels:
                                              in [*response.header_lines, *added])])
         tunnel = _Tunnel(client, response, self._clock)
         started = self._clock()
-        closed_by = tunnel.run(head, self.timeouts.tunnel_idle)
+        closed_by = tunnel.run(head, idle)
         environ["myproxy.tunnel"] = tunnel.sent["client"]
         log.info("tunnel closed: request_id=%s backend=%s closed_by=%s duration_s=%.1f "
                  "bytes_to_backend=%d bytes_to_client=%d", environ.get("myproxy.request_id", "-"),
@@ -175,12 +171,12 @@ class Tunnels:
             self._ssl_context = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
         return self._ssl_context
 
-    def _connect(self, origin: str):
+    def _connect(self, origin: str, timeout: float):
         parts = urlsplit(origin)
         https = parts.scheme == "https"
         host, port = parts.hostname, parts.port or (443 if https else 80)
         try:
-            sock = socket.create_connection((host, port), timeout=self.timeouts.connect)
+            sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError:
             raise UpstreamConnectTimeout("connect timed out") from None
         except OSError as error:

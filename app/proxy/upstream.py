@@ -36,13 +36,14 @@ from urllib3.util import SKIP_HEADER
 from urllib3.util.timeout import _TYPE_DEFAULT
 
 from . import exchange
-from ..config import ConfigHolder
+from ..config import TimeoutsConfig
 from ..errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
 
 # Headers a client library adds unless told not to; urllib3 skips them when given SKIP_HEADER.
 LIBRARY_DEFAULT_HEADERS = ("User-Agent", "Accept-Encoding")
 
+DEFAULT_TIMEOUT = urllib3.Timeout(connect=TimeoutsConfig.connect, read=TimeoutsConfig.read)
 POOL_MAXSIZE = 100          # keep-alive connections kept per backend
 _PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # made once: enum flags cost per use
 
@@ -121,13 +122,13 @@ def make_session(pool_maxsize: int = POOL_MAXSIZE, pools: int = 16) -> requests.
 class Upstream:
     """Sends one request to one backend and returns the urllib3 response, unread.
 
-    The timeouts are those of the config in force (``settings.config.timeouts``)."""
+    Each call names its timeouts (the request's pool's, ``Pool.upstream_timeout``); a
+    call that names none gets ``timeout`` (default: the defaults of ``timeouts``)."""
 
-    def __init__(self, settings: ConfigHolder, session: requests.Session | None = None):
+    def __init__(self, session: requests.Session | None = None,
+                 timeout: urllib3.Timeout = DEFAULT_TIMEOUT):
         self.session = session or make_session()
-        self.settings = settings
-        self._timeouts = None
-        self._timeout = None
+        self.timeout = timeout
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
         self._tls_names: dict[str, str] = {}   # origin -> the name its certificate is for
 
@@ -135,15 +136,6 @@ class Upstream:
         """Verify ``origin``'s certificate for ``server_name`` (sent as SNI too): a backend
         found through DNS is connected to by address, and its certificate names the host."""
         self._tls_names[origin] = server_name
-
-    @property
-    def timeout(self) -> urllib3.Timeout:
-        """The connect and read timeouts in force, rebuilt only when a reload changed them."""
-        timeouts = self.settings.config.timeouts
-        if timeouts is not self._timeouts:
-            self._timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
-            self._timeouts = timeouts
-        return self._timeout
 
     def pool(self, origin: str) -> urllib3.HTTPConnectionPool:
         """The keep-alive pool for ``origin`` (``scheme://host:port``), from the session's adapter."""

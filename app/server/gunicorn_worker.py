@@ -161,14 +161,14 @@ class ServerConnection:
     the body and write of the response, and a ``Connection: close`` from the app honoured.
     Elsewhere it passes straight through.
 
-    Usage: ``app = ServerConnection(app, send_timeout=config.timeouts.client_idle)``.
+    Usage: ``app = ServerConnection(app)``; the timeout is the request's runtime's
+    ``timeouts.client_idle`` (``environ["myproxy.runtime"]``), so a reload changes it.
     """
 
     SOCKET_KEY = "gunicorn.socket"
 
-    def __init__(self, app: Callable, send_timeout: float):
+    def __init__(self, app: Callable):
         self.app = app
-        self.send_timeout = send_timeout
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         sock = environ.get(self.SOCKET_KEY)
@@ -181,10 +181,11 @@ class ServerConnection:
                                  for name, value in headers)
             return start_response(status, headers, exc_info)
 
-        if self.send_timeout:
+        send_timeout = environ["myproxy.runtime"].config.timeouts.client_idle
+        if send_timeout:
             # Each read of the body and each write of the response; gunicorn's own timer
             # (keepalive) covers the wait for the next request once this is undone.
-            sock.settimeout(self.send_timeout)
+            sock.settimeout(send_timeout)
         body = self.app(environ, start)
         if "myproxy.tunnel" in environ:
             return body          # an upgraded connection, ended: gunicorn's marker, as is

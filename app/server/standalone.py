@@ -295,14 +295,25 @@ class Server(WSGIServer):
     backlog = LISTEN_BACKLOG
 
     def __init__(self, listener, application, max_connections: int = 10000,
-                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig()):
+                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig(),
+                 settings: Callable[[], object] | None = None):
+        """``settings`` returns the config in force (``App.config``), read at each use of
+        ``limits`` and ``timeouts``; without it, those two are fixed."""
         super().__init__(listener, application, spawn=Pool(max_connections), log=None,
                          error_log=LoggingLogAdapter(log, logging.ERROR))
-        self.limits = limits
-        self.timeouts = timeouts
+        self._fixed = (limits, timeouts)
+        self._settings = settings
         self.connections: set[Handler] = set()
         self.closing = False     # from SIGTERM on: every response says Connection: close
         self.draining = False    # no longer accepting: read no further request
+
+    @property
+    def limits(self) -> LimitsConfig:
+        return self._settings().limits if self._settings is not None else self._fixed[0]
+
+    @property
+    def timeouts(self) -> TimeoutsConfig:
+        return self._settings().timeouts if self._settings is not None else self._fixed[1]
 
     def drain(self, timeout: float) -> bool:
         """Stop accepting, close idle connections, wait up to ``timeout`` for the rest.
@@ -336,22 +347,21 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     set once the server accepts connections.
     """
     server = Server(listener or (config.host, config.port), app,
-                    max_connections=config.limits.max_connections, limits=config.limits,
-                    timeouts=config.timeouts)
+                    max_connections=config.limits.max_connections,
+                    settings=lambda: app.config)
     server.init_socket()
     app.start()    # before the line that says we listen: it may fail (StartupError)
     host, port = server.address[:2]
-    log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
-             ",".join(b.url for b in config.backends), config.policy)
+    log.info("listening on http://%s:%d backends=%s policy=%s%s", host, port,
+             ",".join(b.url for b in config.backends) or "-", config.policy,
+             "".join(f" route={route.name}:{','.join(b.url for b in route.backends)}"
+                     for route in config.routes))
     stop, reload = Event(), Event()
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
 
-    def follow_config():     # the limits and timeouts the handler reads, as reloaded
-        server.limits, server.timeouts = app.config.limits, app.config.timeouts
-
-    reloader = gevent.spawn(reload_on, reload, app, follow_config)
+    reloader = gevent.spawn(reload_on, reload, app)
     tune_gc()
     server.start()
     if ready is not None:

@@ -183,7 +183,7 @@ def test_status_shows_a_backend_ejected_for_failed_requests(backend):
         assert ejected["upstream_errors"] == {"reset": 1} and "reset" in ejected["last_error"]
         assert document["totals"]["up"] == 1
         metrics = client.get("/_myproxy/metrics").text
-        assert f'myproxy_backend_up{{backend="{bad.url}"}} 0.0' in metrics
+        assert f'myproxy_backend_up{{backend="{bad.url}",route="default"}} 0.0' in metrics
     finally:
         bad.stop()
 

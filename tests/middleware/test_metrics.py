@@ -45,10 +45,10 @@ def test_requests_are_counted_per_backend_and_status(backends):
         client.get("/status/503", status=503)
     samples = scrape(client)
     a, b, c = (backend.url for backend in backends)
-    assert value(samples, "myproxy_requests_total", backend=a, code="200") == 2
-    assert value(samples, "myproxy_requests_total", backend=b, code="404") == 2
-    assert value(samples, "myproxy_requests_total", backend=c, code="503") == 2
-    assert value(samples, "myproxy_requests_total", backend=a, code="404") is None
+    assert value(samples, "myproxy_requests_total", route="default", backend=a, code="200") == 2
+    assert value(samples, "myproxy_requests_total", route="default", backend=b, code="404") == 2
+    assert value(samples, "myproxy_requests_total", route="default", backend=c, code="503") == 2
+    assert value(samples, "myproxy_requests_total", route="default", backend=a, code="404") is None
     # Admin requests are not traffic.
     assert sum(v for (name, _), v in samples.items() if name == "myproxy_requests_total") == 6
 
@@ -61,11 +61,11 @@ def test_request_durations_fall_in_the_right_histogram_buckets(backend):
     client.get("/slow?seconds=0.3")
     samples = scrape(client)
     url = backend.url
-    assert value(samples, "myproxy_request_duration_seconds_count", backend=url) == 4
-    assert value(samples, "myproxy_request_duration_seconds_bucket", backend=url, le="0.25") == 3
-    assert value(samples, "myproxy_request_duration_seconds_bucket", backend=url, le="0.5") == 4
-    assert value(samples, "myproxy_request_duration_seconds_bucket", backend=url, le="+Inf") == 4
-    assert 0.3 <= value(samples, "myproxy_request_duration_seconds_sum", backend=url) < 1.5
+    assert value(samples, "myproxy_request_duration_seconds_count", route="default", backend=url) == 4
+    assert value(samples, "myproxy_request_duration_seconds_bucket", route="default", backend=url, le="0.25") == 3
+    assert value(samples, "myproxy_request_duration_seconds_bucket", route="default", backend=url, le="0.5") == 4
+    assert value(samples, "myproxy_request_duration_seconds_bucket", route="default", backend=url, le="+Inf") == 4
+    assert 0.3 <= value(samples, "myproxy_request_duration_seconds_sum", route="default", backend=url) < 1.5
 
 
 def test_backend_up_follows_health_checks_and_checks_are_counted(backends):
@@ -77,13 +77,13 @@ def test_backend_up_follows_health_checks_and_checks_are_counted(backends):
     app.health.check_once()
     samples = scrape(client)
     a, b, c = (backend.url for backend in backends)
-    assert [value(samples, "myproxy_backend_up", backend=u) for u in (a, b, c)] == [1, 0, 1]
-    assert value(samples, "myproxy_health_checks_total", backend=a, result="pass") == 3
-    assert value(samples, "myproxy_health_checks_total", backend=b, result="pass") == 1
-    assert value(samples, "myproxy_health_checks_total", backend=b, result="fail") == 2
+    assert [value(samples, "myproxy_backend_up", route="default", backend=u) for u in (a, b, c)] == [1, 0, 1]
+    assert value(samples, "myproxy_health_checks_total", route="default", backend=a, result="pass") == 3
+    assert value(samples, "myproxy_health_checks_total", route="default", backend=b, result="pass") == 1
+    assert value(samples, "myproxy_health_checks_total", route="default", backend=b, result="fail") == 2
     backends[1].start()
     app.health.check_once()
-    assert value(scrape(client), "myproxy_backend_up", backend=b) == 1
+    assert value(scrape(client), "myproxy_backend_up", route="default", backend=b) == 1
 
 
 def test_in_flight_counts_a_request_waiting_on_its_backend(backend):
@@ -91,10 +91,10 @@ def test_in_flight_counts_a_request_waiting_on_its_backend(backend):
     client = client_of(app)
     waiting = gevent.spawn(client.get, "/wait")
     assert wait_until(lambda: any(r.target == "/wait" for r in backend.requests), timeout=5)
-    assert value(scrape(client), "myproxy_backend_in_flight", backend=backend.url) == 1
+    assert value(scrape(client), "myproxy_backend_in_flight", route="default", backend=backend.url) == 1
     backend.release.set()
     waiting.get(timeout=5)
-    assert value(scrape(client), "myproxy_backend_in_flight", backend=backend.url) == 0
+    assert value(scrape(client), "myproxy_backend_in_flight", route="default", backend=backend.url) == 0
 
 
 def test_upstream_errors_are_counted_by_kind(backend):
@@ -104,8 +104,8 @@ def test_upstream_errors_are_counted_by_kind(backend):
     client.get("/", status=502)
     client.get("/", status=502)
     samples = scrape(client)
-    assert value(samples, "myproxy_upstream_errors_total", backend=dead, kind="connect") == 2
-    assert value(samples, "myproxy_requests_total", backend=dead, code="502") == 2
+    assert value(samples, "myproxy_upstream_errors_total", route="default", backend=dead, kind="connect") == 2
+    assert value(samples, "myproxy_requests_total", route="default", backend=dead, code="502") == 2
 
 
 def test_requests_with_no_backend_are_counted_under_none(backend):
@@ -114,7 +114,7 @@ def test_requests_with_no_backend_are_counted_under_none(backend):
     backend.stop()
     app.health.check_once()
     client.get("/", status=503)
-    assert value(scrape(client), "myproxy_requests_total", backend="none", code="503") == 1
+    assert value(scrape(client), "myproxy_requests_total", route="default", backend="none", code="503") == 1
 
 
 def test_every_spec_metric_is_exposed_from_the_start(backend):
@@ -126,7 +126,7 @@ def test_every_spec_metric_is_exposed_from_the_start(backend):
             "myproxy_backend_in_flight", "myproxy_retries", "myproxy_upstream_errors",
             "myproxy_health_checks", "myproxy_config_reloads"} <= names
     samples = scrape(client)
-    assert value(samples, "myproxy_retries_total", backend=backend.url) == 0
+    assert value(samples, "myproxy_retries_total", route="default", backend=backend.url) == 0
     assert value(samples, "myproxy_config_reloads_total", result="success") == 0
 
 
@@ -136,18 +136,18 @@ def test_a_retry_counts_on_the_backend_it_went_to_and_the_error_on_the_one_that_
     client = client_of(app)
     assert client.get("/").text == "backend solo"       # refused first, then retried
     samples = scrape(client)
-    assert value(samples, "myproxy_retries_total", backend=backend.url) == 1
-    assert value(samples, "myproxy_retries_total", backend=refused) == 0
-    assert value(samples, "myproxy_upstream_errors_total", backend=refused, kind="connect") == 1
-    assert value(samples, "myproxy_requests_total", backend=backend.url, code="200") == 1
-    assert value(samples, "myproxy_requests_total", backend=refused, code="200") is None
+    assert value(samples, "myproxy_retries_total", route="default", backend=backend.url) == 1
+    assert value(samples, "myproxy_retries_total", route="default", backend=refused) == 0
+    assert value(samples, "myproxy_upstream_errors_total", route="default", backend=refused, kind="connect") == 1
+    assert value(samples, "myproxy_requests_total", route="default", backend=backend.url, code="200") == 1
+    assert value(samples, "myproxy_requests_total", route="default", backend=refused, code="200") is None
 
 
 def test_an_error_after_the_answer_began_counts_against_the_backend(backend):
     app = make_app([backend.url])
-    app.metrics.observe(backend.url, 200, 0.01, [(backend.url, None)], "reset")
+    app.metrics.observe("default", backend.url, 200, 0.01, [(backend.url, None)], "reset")
     assert value(scrape(client_of(app)), "myproxy_upstream_errors_total",
-                 backend=backend.url, kind="reset") == 1
+                 route="default", backend=backend.url, kind="reset") == 1
 
 
 def test_reloads_are_counted_by_result(write_config, backend):
@@ -164,8 +164,8 @@ def test_reloads_are_counted_by_result(write_config, backend):
 def test_two_apps_in_one_process_keep_separate_counts(backend):
     first, second = make_app([backend.url]), make_app([backend.url])
     client_of(first).get("/")
-    assert value(scrape(client_of(first)), "myproxy_requests_total", backend=backend.url, code="200") == 1
-    assert value(scrape(client_of(second)), "myproxy_requests_total", backend=backend.url, code="200") is None
+    assert value(scrape(client_of(first)), "myproxy_requests_total", route="default", backend=backend.url, code="200") == 1
+    assert value(scrape(client_of(second)), "myproxy_requests_total", route="default", backend=backend.url, code="200") is None
 
 
 def test_openmetrics_is_served_to_scrapers_that_ask_for_it(backend):
@@ -186,7 +186,7 @@ def test_a_tunnel_counts_as_a_101_but_its_life_is_no_latency(start_proxy):
         text = get(proxy.port, "/_myproxy/metrics")[2].decode()
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(text) for s in family.samples}
-        assert value(samples, "myproxy_requests_total", backend=ws_backend.url, code="101") == 1
-        assert value(samples, "myproxy_request_duration_seconds_count", backend=ws_backend.url) == 0
+        assert value(samples, "myproxy_requests_total", route="default", backend=ws_backend.url, code="101") == 1
+        assert value(samples, "myproxy_request_duration_seconds_count", route="default", backend=ws_backend.url) == 0
     finally:
         ws_backend.stop()

@@ -52,3 +52,27 @@ def test_with_a_token_a_browser_logs_in_with_basic_and_the_page_updates(start_pr
         page.wait_for(f"document.getElementById('live').textContent !== {json.dumps(first)}", timeout=5)
         assert page.evaluate("document.getElementById('error').style.display") != "block"
         page.close()
+
+
+def test_the_page_groups_backends_by_route_in_precedence_order(start_proxy, backends, tmp_path):
+    a, b, c = backends
+    config = base_config([c.url])
+    config["routes"] = [{"name": "site", "path": "/site", "backends": [b.url]},
+                        {"name": "api", "host": "api.test", "path": "/v1",
+                         "strip_prefix": True, "backends": [a.url, b.url]}]
+    proxy = start_proxy(config)
+    with Browser(tmp_path) as browser:
+        page = browser.open(proxy.url + "/_myproxy/")
+        page.wait_for("document.querySelectorAll('.route').length === 3")
+        assert page.evaluate("[...document.querySelectorAll('.route')].map(s => s.dataset.route)") == \
+            ["api", "site", "default"]
+        members = "[...document.querySelectorAll('.route[data-route=\"api\"] .row')].map(r => r.dataset.backend)"
+        assert page.evaluate(members) == [a.url, b.url]
+        head = page.evaluate("document.querySelector('.route[data-route=\"api\"] .routehead').textContent")
+        assert "api.test \u00b7 /v1 (prefix stripped)" in head and "2 of 2 up" in head
+        b.stop()      # a member of two routes: down in both, each its own row
+        page.wait_for("document.querySelectorAll('.row[data-state=\"down\"]').length === 2", timeout=5)
+        page.wait_for("document.querySelector('.route[data-route=\"site\"]').dataset.up === '0'", timeout=5)
+        assert "1 of 2 up" in page.evaluate(
+            "document.querySelector('.route[data-route=\"api\"] .routehead').textContent")
+        page.close()

@@ -1,8 +1,8 @@
 """The upstream codec (app.exchange) through Upstream.send, against raw backends on real
 sockets: response framing, keep-alive reuse, strict heads, and the request as sent."""
 import pytest
+import urllib3
 
-from app.config import ConfigHolder, parse
 from app.errors import UpstreamError, UpstreamProtocolError, UpstreamReset
 from tests.rawbackend import CLOSE, OK, RawBackend
 from tests.proxy.test_tunnel_inprocess import certificate, tls_backend  # noqa: F401 - fixtures
@@ -24,7 +24,7 @@ def raw():
 
 def upstream_for(url):
     from app.proxy.upstream import Upstream
-    return Upstream(ConfigHolder(parse(f"backends:\n  - {url}\ntimeouts:\n  read: 2s\n", environ={})))
+    return Upstream(timeout=urllib3.Timeout(connect=3, read=2))
 
 
 def fetch(upstream, url, method="GET", target="/", body=None, chunked=False, headers=None):

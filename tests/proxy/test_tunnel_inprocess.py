@@ -9,8 +9,8 @@ import websocket
 from webtest import TestApp
 
 from app import create_app
-from app.lb.balancer import Backend, Balancer
-from app.config import BackendConfig, ConfigHolder, parse
+from app.config import parse
+from app.lb.routes import RuntimeHolder, build_runtime
 from app.errors import BadRequest, UpstreamConnectError
 from app.middleware.access import RequestLog
 from app.proxy.proxy import Proxy
@@ -122,11 +122,18 @@ def tls_backend(certificate):
 
 
 def test_https_backends_are_tunnelled_over_tls(serve, certificate, tls_backend):
-    settings = ConfigHolder(parse(f"backends:\n  - {tls_backend.url}\n", environ={}))
-    tunnels = Tunnels(settings, ssl_context=ssl.create_default_context(cafile=certificate[0]))
-    balancer = Balancer([Backend(BackendConfig(tls_backend.url))])
-    proxy = Proxy(settings, balancer, Upstream(settings), tunnels=tunnels)
-    port = serve(RequestLog(proxy, settings))
+    upstream = Upstream()
+    live = RuntimeHolder(build_runtime(parse(f"backends:\n  - {tls_backend.url}\n", environ={}),
+                                       upstream))
+    tunnels = Tunnels(ssl_context=ssl.create_default_context(cafile=certificate[0]))
+    logged = RequestLog(Proxy(upstream, tunnels=tunnels))
+    balancer = live.runtime.default.balancer
+
+    def app(environ, start_response):
+        environ["myproxy.runtime"] = live.runtime
+        return logged(environ, start_response)
+
+    port = serve(app)
     ws = websocket.create_connection(f"ws://127.0.0.1:{port}/secure", timeout=10)
     ws.send_binary(b"\x00" * 100_000)
     assert ws.recv() == b"\x00" * 100_000
@@ -139,8 +146,25 @@ def test_https_backends_are_tunnelled_over_tls(serve, certificate, tls_backend):
 def test_an_untrusted_backend_certificate_fails_before_anything_is_sent(tls_backend):
     config = parse(f"backends:\n  - {tls_backend.url}\n", environ={})
     with pytest.raises(UpstreamConnectError) as caught:
-        Tunnels(ConfigHolder(config)).send(tls_backend.url, "GET", "/", [
+        Tunnels().send(tls_backend.url, "GET", "/", [
             ("Host", "127.0.0.1"), ("Connection", "Upgrade"), ("Upgrade", "echo")])
     assert "TLS handshake failed" in caught.value.detail and caught.value.sent is False
     assert tls_backend.requests == []
 
+
+
+def test_a_websocket_goes_to_its_routes_backend_with_the_prefix_stripped(serve):
+    chat, site = WebSocketBackend("chat").start(), WebSocketBackend("site").start()
+    try:
+        text = (f"routes:\n  - name: chat\n    path: /chat\n    strip_prefix: true\n"
+                f"    backends: [{chat.url}]\n    timeouts: {{tunnel_idle: 30s}}\n"
+                f"backends: [{site.url}]\nhealth_check: {{enabled: false}}\n")
+        port = serve(create_app(parse(text, environ={})))
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/chat/room?id=1", timeout=10)
+        ws.send("hello")
+        assert ws.recv() == "hello" and ws.getheaders()["x-backend"] == "chat"
+        assert chat.requests[-1].target == "/room?id=1" and site.requests == []
+        ws.close()
+    finally:
+        chat.stop()
+        site.stop()

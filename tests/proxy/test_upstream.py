@@ -5,7 +5,6 @@ import ssl
 import gevent
 import pytest
 
-from app.config import ConfigHolder, parse
 from app.errors import UpstreamError
 from app.proxy.upstream import Upstream
 from tests.proxy.test_tunnel_inprocess import certificate  # noqa: F401 - fixture
@@ -31,7 +30,7 @@ def test_a_member_found_through_dns_is_verified_for_its_name_not_its_address(cer
             conn.close()
     server = gevent.spawn(serve)
     origin = f"https://127.0.0.2:{listener.getsockname()[1]}"
-    upstream = Upstream(ConfigHolder(parse("backends: [http://127.0.0.1:1]", environ={})))
+    upstream = Upstream()
     upstream.name_origin(origin, "a.api.test")
     try:
         with pytest.raises(UpstreamError):

@@ -171,8 +171,8 @@ def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
         text = get(proxy.port, "/_myproxy/metrics")[2].decode()
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(text) for s in family.samples}
-        assert samples[("myproxy_requests_total", (("backend", backend.url), ("code", "200")))] == sent
-        assert samples[("myproxy_backend_up", (("backend", backend.url),))] == 1
-        assert samples[("myproxy_backend_in_flight", (("backend", backend.url),))] == 0
+        assert samples[("myproxy_requests_total", (("backend", backend.url), ("code", "200"), ("route", "default")))] == sent
+        assert samples[("myproxy_backend_up", (("backend", backend.url), ("route", "default")))] == 1
+        assert samples[("myproxy_backend_in_flight", (("backend", backend.url), ("route", "default")))] == 0
     proxy.stop()
     assert not os.path.exists(metrics_dir)

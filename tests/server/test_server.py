@@ -167,6 +167,31 @@ def test_demo_serves_three_named_backends(write_config):
         process.stop()
 
 
+def test_demo_serves_each_routes_backends_named_by_the_route(write_config):
+    ports = [free_port() for _ in range(3)]
+    path = write_config({"host": "127.0.0.1", "port": 0,
+                         "routes": [{"name": "api", "path": "/api", "strip_prefix": True,
+                                     "backends": [f"http://localhost:{ports[0]}",
+                                                  f"http://localhost:{ports[1]}"]}],
+                         "backends": [f"http://localhost:{ports[2]}"]})
+    process = ProxyProcess([sys.executable, "wsgi.py", "--demo", "--config", path]).wait_listening()
+    try:
+        assert get(process.port, "/api/users")[2].decode() == \
+            f"Hello from api backend 1 (port {ports[0]}) (GET /users)\n"
+        assert get(process.port, "/api/users")[2].decode().startswith(f"Hello from api backend 2 (port {ports[1]})")
+        assert get(process.port, "/apix")[2].decode() == f"Hello from backend 1 (port {ports[2]}) (GET /apix)\n"
+    finally:
+        process.stop()
+
+
+def test_the_routes_example_is_valid_and_shows_its_table():
+    process = ProxyProcess([sys.executable, "wsgi.py", "--check", "--config",
+                            "config/routes.example.yaml"], env={})
+    assert process.wait(timeout=15) == 0, process.output
+    assert "1. admin-api  host admin.localhost" in process.output
+    assert "warning" not in process.output
+
+
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (Debian iproute2; .ci/run installs it)")
 def test_the_listening_socket_queues_more_than_gevents_128_pending_connections():
     import subprocess
