@@ -28,8 +28,10 @@ log = logging.getLogger("myproxy")
 class App:
     """The load balancer: a WSGI callable with a start/stop life cycle and live reload."""
 
-    def __init__(self, settings: ConfigHolder, balancer, upstream, health, metrics, wsgi=None):
+    def __init__(self, settings: ConfigHolder, balancer, upstream, health, metrics, wsgi=None,
+                 tls=None):
         self.settings = settings
+        self.tls = tls             # app.server.tls.Terminator with `tls:` in the config, else None
         self.balancer = balancer
         self.upstream = upstream
         self.health = health
@@ -60,11 +62,13 @@ class App:
         self.metrics.stop()
         self.upstream.close()
 
-    def reload(self, new: Config) -> list[str]:
+    def reload(self, new: Config, certificates=None) -> list[str]:
         """Apply ``new`` to the running proxy without dropping a request; return what changed.
 
-        Everything but ``host``, ``port`` and ``limits.max_connections`` (bound when the
-        server started) takes effect from the next request. A backend whose URL stays keeps
+        Everything but ``host``, ``port``, ``limits.max_connections`` and whether the port
+        speaks TLS (bound when the server started) takes effect from the next request; TLS
+        certificates (``certificates``, loaded by ``reload_file``, else loaded here) from the
+        next handshake. A backend whose URL stays keeps
         its health state and counters; requests in flight to a removed backend finish.
         """
         from .reload import changes, fixed_at_start
@@ -72,11 +76,15 @@ class App:
         old = self.config
         new, kept = fixed_at_start(old, new)
         changed = changes(old, new)
+        if self.tls is not None:
+            certificates = certificates or self.tls.prepare(new.tls)
         # The balancer swaps its backends under its lock, and nothing yields between that
         # and the config swap: no request sees the new backends with the old settings.
         removed = self.balancer.reload(new.backends, new.policy, new.slow_start,
                                        probed=new.health_check.enabled)
         self.settings.config = new
+        if self.tls is not None:
+            self.tls.install(certificates, new.tls)
 
         in_use = {backend.origin for backend in self.balancer.backends}
         for origin in {backend.origin for backend in removed} - in_use:
@@ -103,16 +111,21 @@ class App:
         """Re-read the config file and apply it (SIGHUP). Returns whether it was applied.
 
         A file with errors is refused with the same message as at start-up, logged and
-        counted, and the running config stays.
+        counted, and the running config stays; so is a TLS certificate that cannot be
+        served (missing, unreadable, not matching its key, expired): the certificate files
+        are read again on every reload, as certbot renews them in place.
         """
         with self._reloading:
             try:
                 new = load(self.config.source)
+                certificates = None
+                if self.tls is not None and new.tls is not None:
+                    certificates = self.tls.prepare(new.tls)
             except ConfigError as error:
                 self.metrics.config_reloaded("failure")
                 log.error("config reload refused, the running config stays: %s", error)
                 return False
-            self.reload(new)
+            self.reload(new, certificates)
             return True
 
 
@@ -133,15 +146,21 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     from .proxy.upstream import Upstream, make_session
 
     settings = ConfigHolder(config)
+    tls = None
+    if config.tls is not None:
+        from .server.tls import Terminator
+        tls = Terminator(settings)       # raises ConfigError for a certificate it cannot serve
     backends = [Backend(backend, probed=config.health_check.enabled) for backend in config.backends]
     balancer = Balancer(backends, config.policy, slow_start=config.slow_start)
     pools = max(16, 2 * len(backends))
     upstream = Upstream(settings, session or make_session(pools=pools))
-    metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+                      certificate_expiry=tls.expiry if tls is not None else None)
     health = HealthChecker(balancer, settings, upstream, on_result=metrics.health_checked)
     proxy = Proxy(settings, balancer, upstream)
-    app = App(settings, balancer, upstream, health, metrics)
-    status = Status(settings, balancer, metrics, draining=lambda: app.draining)
+    app = App(settings, balancer, upstream, health, metrics, tls=tls)
+    status = Status(settings, balancer, metrics, draining=lambda: app.draining,
+                    certificates=tls.describe if tls is not None else None)
     admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
     app._wsgi = ServerConnection(RequestLog(admin, settings, metrics),
                                  send_timeout=config.timeouts.client_idle)

@@ -24,6 +24,7 @@ from ..config import ConfigHolder, ForwardedConfig
 from ..errors import UpstreamError
 from ..logs import info_fields
 from ..server.responses import close_body
+from ..server.tls import connection_tls
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("myproxy.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+HSTS_HEADER = "Strict-Transport-Security"   # RFC 6797; sent over HTTPS only (§7.2)
 MAX_REQUEST_ID = 200          # longer IDs from a trusted proxy are replaced
 SERVER_TIMING_HEADER = "Server-Timing"   # W3C Server Timing
 
@@ -68,13 +70,18 @@ class RequestLog:
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
             received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
         state = {"status": "-"}
-        timing = self.settings.config.server_timing
+        config = self.settings.config
+        timing = config.server_timing
+        hsts = config.tls.hsts if config.tls is not None and \
+            environ.get("wsgi.url_scheme") == "https" else 0
 
         def start(status: str, headers: list, exc_info=None):
             state["status"] = status.split(" ", 1)[0]
             headers.append((REQUEST_ID_HEADER, request_id))
             if timing:
                 headers.append((SERVER_TIMING_HEADER, server_timing(environ, started)))
+            if hsts and not any(name.lower() == "strict-transport-security" for name, _ in headers):
+                headers.append((HSTS_HEADER, f"max-age={int(hsts)}"))   # the backend's own wins
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start)
@@ -114,6 +121,10 @@ class RequestLog:
             "attempts": environ.get("myproxy.attempts", 0),
             "tried": _tried(tried),
         }
+        if environ.get("wsgi.url_scheme") == "https":
+            session = connection_tls(environ)
+            if session is not None:
+                fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:
             fields["error"] = error.kind
         if admin:

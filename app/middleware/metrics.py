@@ -12,7 +12,8 @@ reads (``recent.Traffic``, one per backend). The hooks:
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``.
 
 Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects, which own that state,
-when scraped, so they cost nothing per request.
+when scraped, so they cost nothing per request; so is each TLS certificate's time left
+(``certificate_expiry``, from ``app.server.tls``), by name.
 
 Several gunicorn workers add up through prometheus_client's multiprocess mode:
 ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
@@ -60,8 +61,10 @@ class Metrics:
     """The registry and hooks of one app (see the module docstring)."""
 
     def __init__(self, balancer: Balancer, multiprocess_dir: str | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 certificate_expiry: Callable[[], dict[str, float]] | None = None):
         self.balancer = balancer
+        self.certificate_expiry = certificate_expiry   # TLS name -> not-after (Unix time)
         self.multiprocess = bool(multiprocess_dir)
         self.clock = clock
         self.registry = CollectorRegistry()
@@ -91,6 +94,10 @@ class Metrics:
                                       ["result"], registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        self.tls_expiry = Gauge("myproxy_tls_certificate_expiry_seconds",
+                                "Seconds until the TLS certificate serving this name expires.",
+                                ["name"], registry=r, multiprocess_mode="livemin")
+        self._tls_names: set[str] = set()
         self._series: dict[str, _Series] = {}
         self._gauged: set[str] = set()
         for backend in balancer.backends:
@@ -187,6 +194,17 @@ class Metrics:
                 except KeyError:
                     pass
         self._gauged = current
+        if self.certificate_expiry is not None:
+            now = self.clock()
+            expiry = self.certificate_expiry()
+            for name, not_after in expiry.items():
+                self.tls_expiry.labels(name).set(round(not_after - now))
+            for name in self._tls_names - set(expiry):
+                try:
+                    self.tls_expiry.remove(name)
+                except KeyError:
+                    pass
+            self._tls_names = set(expiry)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The Prometheus text (or OpenMetrics, if ``accept`` asks for it) and its content type."""

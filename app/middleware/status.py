@@ -3,7 +3,8 @@
 ``Status.document()`` gathers, per backend, its health state and since when, its recent
 health checks, its consecutive passes and failures against ``rise``/``fall``, in-flight
 requests, request and error counts, and the recent window of ``recent.Traffic`` (rate,
-error rate, latency percentiles, a per-second series); and for the balancer, the process,
+error rate, latency percentiles, a per-second series); the TLS certificates in force
+(names, issuer, not-after, days left) when the listener speaks TLS; and for the balancer, the process,
 uptime, config source, policy, and totals. Times are Unix seconds; latencies are
 milliseconds. It only reads: backends own their state, ``Metrics`` owns the traffic.
 """
@@ -22,8 +23,10 @@ class Status:
     """Builds the status document of one app."""
 
     def __init__(self, settings: ConfigHolder, balancer: Balancer, metrics: Metrics,
-                 draining: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time):
+                 draining: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time,
+                 certificates: Callable[[], list[dict]] | None = None):
         self.settings = settings
+        self.certificates = certificates    # the TLS certificates in force, described
         self.balancer = balancer
         self.metrics = metrics
         self.draining = draining
@@ -67,6 +70,11 @@ class Status:
                 "no_backend": unrouted["requests"],
             },
             "backends": backends,
+            "tls": None if self.certificates is None else {
+                "min_version": self.config.tls.min_version,
+                "hsts_seconds": self.config.tls.hsts,
+                "certificates": self.certificates(),
+            },
         }
 
     def backend(self, backend: Backend, now: float) -> dict:

@@ -41,6 +41,7 @@ from ..config import LimitsConfig, TimeoutsConfig
 from .connection import StrictConnection
 from ..errors import ProxyError, UpstreamError
 from .sockets import send_all
+from .tls import socket_tls
 
 log = logging.getLogger("myproxy.server")
 
@@ -56,6 +57,7 @@ class Handler(StrictConnection, WSGIHandler):
 
     idle = True          # waiting for a request line: safe to close when draining
     taken_over = False   # the connection was handed to an upgrade tunnel (app.server.handoff)
+    tls = None           # (version, resumed) of a TLS connection, read once
 
     def handle(self):
         try:
@@ -115,6 +117,10 @@ class Handler(StrictConnection, WSGIHandler):
         self.wsgi_input = environ["wsgi.input"] = self.strict_input()
         environ["wsgi.input_terminated"] = True
         environ["myproxy.take_connection"] = self.take_connection
+        if self.server.ssl_enabled:
+            if self.tls is None:
+                self.tls = socket_tls(self.socket)
+            environ["myproxy.tls"] = self.tls
         return environ
 
     def take_connection(self):
@@ -290,9 +296,13 @@ class Server(WSGIServer):
     backlog = LISTEN_BACKLOG
 
     def __init__(self, listener, application, max_connections: int = 10000,
-                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig()):
+                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig(),
+                 tls=None):
+        # ``tls`` (an app.server.tls.Terminator) is what gevent calls ``wrap_socket`` on,
+        # in each connection's greenlet, before the handler runs.
+        ssl_args = {"ssl_context": tls} if tls is not None else {}
         super().__init__(listener, application, spawn=Pool(max_connections), log=None,
-                         error_log=LoggingLogAdapter(log, logging.ERROR))
+                         error_log=LoggingLogAdapter(log, logging.ERROR), **ssl_args)
         self.limits = limits
         self.timeouts = timeouts
         self.connections: set[Handler] = set()
@@ -329,13 +339,14 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     ``listener`` is an address or a bound socket (tests pass one on port 0); ``ready`` is
     set once the server accepts connections.
     """
+    tls = getattr(app, "tls", None)
     server = Server(listener or (config.host, config.port), app,
                     max_connections=config.limits.max_connections, limits=config.limits,
-                    timeouts=config.timeouts)
+                    timeouts=config.timeouts, tls=tls)
     server.init_socket()
     host, port = server.address[:2]
-    log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
-             ",".join(b.url for b in config.backends), config.policy)
+    log.info("listening on %s://%s:%d backends=%s policy=%s", "https" if tls else "http",
+             host, port, ",".join(b.url for b in config.backends), config.policy)
     stop, reload = Event(), Event()
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
