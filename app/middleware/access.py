@@ -72,8 +72,11 @@ class RequestLog:
         state = {"status": "-"}
         config = self.settings.config
         timing = config.server_timing
-        hsts = config.tls.hsts if config.tls is not None and \
-            environ.get("wsgi.url_scheme") == "https" else 0
+        hsts = 0
+        if environ.get("wsgi.url_scheme") == "https":
+            # Read now: a tunnel's socket is shut down by the time the line is written.
+            environ["myproxy.tls"] = connection_tls(environ)
+            hsts = config.tls.hsts if config.tls is not None else 0
 
         def start(status: str, headers: list, exc_info=None):
             state["status"] = status.split(" ", 1)[0]
@@ -121,10 +124,9 @@ class RequestLog:
             "attempts": environ.get("myproxy.attempts", 0),
             "tried": _tried(tried),
         }
-        if environ.get("wsgi.url_scheme") == "https":
-            session = connection_tls(environ)
-            if session is not None:
-                fields["tls"], fields["resumed"] = session[0], int(session[1])
+        session = environ.get("myproxy.tls")
+        if session is not None:
+            fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:
             fields["error"] = error.kind
         if admin:

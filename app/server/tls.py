@@ -308,7 +308,8 @@ def socket_tls(sock) -> tuple[str, bool] | None:
     if version is None:
         return None
     try:
-        return version(), bool(sock.session_reused)
+        name = version()
+        return (name, bool(sock.session_reused)) if name else None
     except (OSError, ValueError, AttributeError):
         return None
 
