@@ -81,6 +81,8 @@ if _config.tls is not None:
     certfile = _config.tls.certificates[0].cert
     keyfile = _config.tls.certificates[0].key
     do_handshake_on_connect = True
+    if _config.tls.redirect_from:   # plain HTTP, answered 308 to https (app.middleware.redirect)
+        bind.append(f"{_config.host}:{_config.tls.redirect_from}")
 
 
 def ssl_context(config, default_ssl_context_factory):

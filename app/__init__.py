@@ -162,6 +162,10 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     status = Status(settings, balancer, metrics, draining=lambda: app.draining,
                     certificates=tls.describe if tls is not None else None)
     admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
-    app._wsgi = ServerConnection(RequestLog(admin, settings, metrics),
+    inner = admin
+    if config.tls is not None and config.tls.redirect_from:
+        from .middleware.redirect import HTTPSRedirect
+        inner = HTTPSRedirect(admin, settings)     # the plain-HTTP listener's answer
+    app._wsgi = ServerConnection(RequestLog(inner, settings, metrics),
                                  send_timeout=config.timeouts.client_idle)
     return app

@@ -75,8 +75,9 @@ class RequestLog:
         hsts = 0
         if environ.get("wsgi.url_scheme") == "https":
             # Read now: a tunnel's socket is shut down by the time the line is written.
-            environ["myproxy.tls"] = connection_tls(environ)
-            hsts = config.tls.hsts if config.tls is not None else 0
+            environ["myproxy.tls"] = session = connection_tls(environ)
+            if session is not None and config.tls is not None:   # never over plain HTTP
+                hsts = config.tls.hsts
 
         def start(status: str, headers: list, exc_info=None):
             state["status"] = status.split(" ", 1)[0]

@@ -347,18 +347,30 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     host, port = server.address[:2]
     log.info("listening on %s://%s:%d backends=%s policy=%s", "https" if tls else "http",
              host, port, ",".join(b.url for b in config.backends), config.policy)
+    servers = [server]
+    if tls is not None and config.tls.redirect_from:
+        # The plain-HTTP listener of tls.redirect_from: the same app, which answers what
+        # did not come over TLS with a 308 (app.middleware.redirect).
+        redirect = Server((config.host, config.tls.redirect_from), app,
+                          max_connections=config.limits.max_connections, limits=config.limits,
+                          timeouts=config.timeouts)
+        redirect.init_socket()
+        servers.append(redirect)
+        log.info("redirecting http://%s:%d to https", redirect.address[0], redirect.address[1])
     stop, reload = Event(), Event()
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
 
     def follow_config():     # the limits and timeouts the handler reads, as reloaded
-        server.limits, server.timeouts = app.config.limits, app.config.timeouts
+        for each in servers:
+            each.limits, each.timeouts = app.config.limits, app.config.timeouts
 
     reloader = gevent.spawn(reload_on, reload, app, follow_config)
     app.start()
     tune_gc()
-    server.start()
+    for each in servers:
+        each.start()
     if ready is not None:
         ready.set()
     try:
@@ -366,7 +378,11 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         app.draining = True
         reloader.kill()
         timeout = app.config.shutdown_timeout       # as reloaded, if it was
+        for each in servers[1:]:
+            each.close()                 # the redirect listener stops accepting too
         finished = server.drain(timeout)
+        for each in servers[1:]:
+            each.drain(1.0)              # its answers take no time
         if not finished:
             log.warning("shutdown timeout of %.1fs passed; remaining requests were cut off",
                         timeout)

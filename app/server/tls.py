@@ -244,7 +244,12 @@ class Terminator:
 
     def wrap_socket(self, sock, server_side: bool = True, **_ignored):
         """What gevent's servers call on each accepted socket (as on an ``SSLContext``):
-        the TLS socket once its handshake is done; otherwise raises ``Refused``."""
+        the TLS socket once its handshake is done; otherwise raises ``Refused``. A socket
+        accepted on ``tls.redirect_from`` (gunicorn binds it beside ``port``, with the same
+        context) stays plain."""
+        redirect_from = self.settings.config.tls.redirect_from
+        if redirect_from and _local_port(sock) == redirect_from:
+            return sock       # gunicorn's second address: plain HTTP, answered with a redirect
         wrapped = self.accept(sock)
         if wrapped is None:
             raise Refused()
@@ -336,6 +341,13 @@ def _peer(sock) -> str:
         return str(sock.getpeername()[0])
     except (OSError, IndexError):
         return "?"
+
+
+def _local_port(sock) -> int | None:
+    try:
+        return sock.getsockname()[1]
+    except (OSError, IndexError):
+        return None
 
 
 def _close(sock) -> None:

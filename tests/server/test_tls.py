@@ -350,3 +350,44 @@ def test_check_lists_each_certificate_and_warns_when_it_expires_soon(certs, tmp_
     assert re.search(r"certificate\[1\] \S+soon\.pem: names=soon\.test .* days_left=(4\.\d|5)\b", out)
     assert "tls: WARNING: certificate[1] (soon.test) expires in" in out
     assert "WARNING: certificate[0]" not in out
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_redirect_from_answers_308_to_https_and_hsts_only_over_tls(kind, certs, backend, tmp_path):
+    redirect_port = free_port()
+    config = base_config([backend.url], health_check={"enabled": False},
+                         tls=tls_section(certs["default"], redirect_from=redirect_port, hsts="1h"))
+    if kind == "wsgi.py":
+        config["port"] = free_port()
+    process, _ = _start(kind, config, tmp_path)
+    try:
+        assert wait_until(lambda: _accepts(redirect_port), timeout=10)
+        before = len(backend.requests)
+        with connect(redirect_port) as sock:
+            sock.sendall(b"GET /_myproxy/status HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            status, headers, _ = read_response(sock)               # admin pages too
+            assert (status, headers["location"]) == (
+                308, f"https://example.test:{process.port}/_myproxy/status")
+            assert "strict-transport-security" not in headers    # RFC 6797 §7.2: not over HTTP
+            sock.sendall(b"POST /a%2Fb/../c?q=%zz HTTP/1.1\r\nHost: example.test:80\r\n"
+                         b"Content-Length: 2\r\n\r\nhi")      # on the same connection
+            status, headers, body = read_response(sock)
+            assert status == 308
+            assert headers["location"] == f"https://example.test:{process.port}/a%2Fb/../c?q=%zz"
+        with connect(redirect_port) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert read_response(sock)[0] == 400                   # no Host to redirect to
+        assert len(backend.requests) == before                     # nothing was proxied
+        status, headers, _ = https_get(process.port, "/over-tls")
+        assert (status, headers["strict-transport-security"]) == (200, "max-age=3600")
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output
+
+
+def _accepts(port: int) -> bool:
+    try:
+        connect(port, timeout=1).close()
+        return True
+    except OSError:
+        return False
