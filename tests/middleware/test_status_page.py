@@ -52,3 +52,19 @@ def test_with_a_token_a_browser_logs_in_with_basic_and_the_page_updates(start_pr
         page.wait_for(f"document.getElementById('live').textContent !== {json.dumps(first)}", timeout=5)
         assert page.evaluate("document.getElementById('error').style.display") != "block"
         page.close()
+
+
+def test_over_https_the_page_shows_each_certificate_s_days_left(start_proxy, backend, tmp_path):
+    from tests.certs import make_certificate
+    site = make_certificate(tmp_path, "site", ["site.test", "*.site.test"], days=40)
+    soon = make_certificate(tmp_path, "soon", ["soon.test"], days=3)
+    proxy = start_proxy(base_config([backend.url], tls={"certificates": [
+        {"cert": site[0], "key": site[1]}, {"cert": soon[0], "key": soon[1]}]}))
+    with Browser(tmp_path) as browser:
+        page = browser.open(f"https://127.0.0.1:{proxy.port}/_myproxy/")
+        page.wait_for("document.querySelectorAll('#certs span').length === 2")
+        texts = page.evaluate("[...document.querySelectorAll('#certs span')].map(e => e.textContent)")
+        assert "site.test, *.site.test: 40 days left" in texts[0]
+        assert "soon.test: 3 days left" in texts[1]
+        assert page.evaluate("document.querySelectorAll('#certs span.warn').length") == 1
+        page.close()
