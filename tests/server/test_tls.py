@@ -391,3 +391,37 @@ def _accepts(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_sigterm_closes_idle_tls_connections_and_exits_0(kind, certs, backend, tmp_path):
+    config = base_config([backend.url], health_check={"enabled": False},
+                         tls=tls_section(certs["default"]))
+    process, _ = _start(kind, config, tmp_path)
+    idle = tls_connect(process.port, "default.test")
+    try:
+        assert https_get(process.port, "/then-idle", sock=idle)[0] == 200
+        process.signal(signal.SIGTERM)
+        idle.settimeout(10)
+        try:
+            assert idle.recv(1) == b""          # closed by the drain, not left to time out
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        assert process.wait(timeout=15) == 0
+    finally:
+        idle.close()
+        process.stop()
+    assert "Traceback" not in process.output
+
+
+def test_check_exits_1_for_a_certificate_it_cannot_serve(certs, tmp_path):
+    import subprocess
+    import sys
+    config = base_config(["http://127.0.0.1:1"], tls=tls_section(certs["expired"]))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "wsgi.py", "--check", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert done.returncode == 1
+    assert f"tls.certificates[0].cert: {certs['expired'][0]}: the certificate has expired" in done.stdout
