@@ -41,7 +41,7 @@ from ..config import LimitsConfig, TimeoutsConfig
 from .connection import StrictConnection
 from ..errors import ProxyError, UpstreamError
 from .sockets import send_all
-from .tls import socket_tls
+from .tls import send_close_notify, socket_tls
 
 log = logging.getLogger("myproxy.server")
 
@@ -69,6 +69,14 @@ class Handler(StrictConnection, WSGIHandler):
             super().handle()
         finally:
             self.server.connections.discard(self)
+
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if result is None and self.server.ssl_enabled and self.socket is not None:
+            # The connection ends: close_notify before pywsgi closes the descriptor under
+            # the TLS socket (it does so directly, without the TLS socket's close).
+            send_close_notify(self.socket)
+        return result
 
     def read_requestline(self):
         self.idle = True
@@ -180,6 +188,10 @@ class Handler(StrictConnection, WSGIHandler):
             connection = "close"
         elif connection is None and self.request_version == "HTTP/1.0":   # say what happens next
             encoded.append((b"Connection", b"close" if self.close_connection else b"keep-alive"))
+        elif connection is None and self.close_connection:
+            # The client asked to close: RFC 9112 §9.6, the server SHOULD say "close" too
+            # (wrk, for one, otherwise reads the end of the connection as an error).
+            encoded.append((b"Connection", b"close"))
         if connection == "close":
             self.close_connection = True
         self.status = status.encode("latin-1")

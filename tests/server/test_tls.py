@@ -425,3 +425,19 @@ def test_check_exits_1_for_a_certificate_it_cannot_serve(certs, tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert done.returncode == 1
     assert f"tls.certificates[0].cert: {certs['expired'][0]}: the certificate has expired" in done.stdout
+
+
+def test_a_closing_connection_ends_with_close_notify_and_says_close(proxy):
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    tls = client_context().wrap_socket(sock, server_hostname="b.test", suppress_ragged_eofs=False)
+    with tls:
+        tls.sendall(b"GET /closing HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+        received = b""
+        while True:
+            data = tls.recv(65536)       # an end without close_notify raises SSLEOFError
+            if not data:
+                break
+            received += data
+    head = received.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200")
+    assert b"\r\nconnection: close" in head     # RFC 9112 §9.6 (wrk relies on it)
