@@ -46,7 +46,7 @@ from app.server.gunicorn_worker import quiet_logger_class  # noqa: E402
 try:
     _config = load()
     if _config.tls is not None:          # a certificate it cannot serve stops it here, exit 1
-        from app.server.tls import check_files
+        from app.server.certificates import check_files
         check_files(_config)
 except ConfigError as _error:
     print(f"myproxy: config error: {_error}", file=sys.stderr)

@@ -54,7 +54,7 @@ def describe(config: Config) -> str:
 def certificates(config: Config, now: float | None = None) -> tuple[str, bool]:
     """Each TLS certificate: names, issuer, not-after and days left, with a warning under
     ``EXPIRY_WARNING_DAYS``; and whether all can be served (an error otherwise)."""
-    from .server.tls import EXPIRY_WARNING_DAYS, load_certificates
+    from .server.certificates import EXPIRY_WARNING_DAYS, load_certificates
     try:
         loaded = load_certificates(config.tls, config.source, now)
     except ConfigError as error:

@@ -65,7 +65,7 @@ def nginx_balancer(workdir: str, port: int, backends: list[str],
     its default access log on (to a file), buffers sized for large responses. With ``tls``
     (cert, key), it listens with TLS and the intermediate profile (its session tickets on,
     its default)."""
-    from app.server.tls import INTERMEDIATE_CIPHERS
+    from app.server.certificates import INTERMEDIATE_CIPHERS
     listen = f"    listen 127.0.0.1:{port}{' ssl' if tls else ''};\n"
     if tls:
         listen += NGINX_TLS.format(cert=tls[0], key=tls[1], ciphers=INTERMEDIATE_CIPHERS)

@@ -182,7 +182,7 @@ def test_report_says_how_busy_the_rest_of_the_machine_was():
 
 
 def test_nginx_over_https_serves_the_intermediate_profile_with_the_given_certificate():
-    from app.server.tls import INTERMEDIATE_CIPHERS
+    from app.server.certificates import INTERMEDIATE_CIPHERS
     nginx = configs.nginx_balancer("/w", 8443, ["http://127.0.0.1:5001"], tls=("/c.pem", "/k.pem"),
                                    name="nginx-https")
     assert "listen 127.0.0.1:8443 ssl;" in nginx
