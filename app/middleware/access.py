@@ -7,7 +7,9 @@ the server closes the response body, it writes one access line and hands the out
 ``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
 ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``, ``myproxy.error`` and
 ``myproxy.upstream_duration`` from the proxy, ``myproxy.admin`` from the admin surface
-(admin requests are logged but not counted as traffic). Usage::
+(admin requests are logged but not counted as traffic). Over TLS, the line also has the
+protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
+and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
 
     app = RequestLog(proxy, settings, metrics)  # settings: the ConfigHolder of the config in force
 

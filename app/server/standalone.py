@@ -5,7 +5,9 @@ on every accepted socket, the raw request target and header lines in environ, no
 body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
 log and tracebacks, the hand-over of a connection to an upgrade tunnel (``app.server.handoff``),
 the garbage collector's settings for serving (``tune_gc``), and a shutdown sequence with
-a deadline (below).
+a deadline (below). With ``tls``, the port speaks TLS through ``app.server.tls.Terminator``
+(gevent calls its ``wrap_socket`` in each connection's greenlet), and a second, plain
+server on ``tls.redirect_from`` answers with redirects (``app.middleware.redirect``).
 
 Each request is read strictly and every wait is bounded by ``connection.StrictConnection``
 (``app.server.http1`` and ``limits``/``timeouts``); the shutdown sequence:
