@@ -8,10 +8,10 @@ import socket
 import ssl
 import time
 
-import gevent
 import pytest
 import websocket
 import yaml
+from gevent.event import Event
 from gevent.pool import Pool
 
 from tests.backends import TestBackend, free_port, wait_until
@@ -228,7 +228,7 @@ def test_sighup_swaps_a_certificate_under_load_without_a_failed_request(kind, ce
                          tls=tls_section((str(cert), str(key))))
     process, _ = _start(kind, config, tmp_path)
     failures, served = [], {"old": 0, "new": 0}
-    stop = gevent.event.Event()
+    stop = Event()
 
     def client():
         while not stop.is_set() and sum(served.values()) < 3000:
@@ -441,3 +441,26 @@ def test_a_closing_connection_ends_with_close_notify_and_says_close(proxy):
     head = received.split(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 200")
     assert b"\r\nconnection: close" in head     # RFC 9112 §9.6 (wrk relies on it)
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_min_version_1_3_refuses_tls_1_2_and_a_reload_changes_it_live(kind, certs, backend,
+                                                                       tmp_path):
+    config = base_config([backend.url], health_check={"enabled": False},
+                         tls=tls_section(certs["default"], min_version="1.3"))
+    process, path = _start(kind, config, tmp_path)
+    only_1_2 = client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            tls_connect(process.port, "default.test", context=only_1_2).close()
+        with tls_connect(process.port, "default.test") as sock:
+            assert sock.version() == "TLSv1.3"
+        config["tls"]["min_version"] = "1.2"
+        path.write_text(yaml.safe_dump(config))
+        process.signal(signal.SIGHUP)
+        process.wait_for(r"config reloaded: tls\.min_version 1\.3->1\.2")
+        with tls_connect(process.port, "default.test", context=only_1_2) as sock:
+            assert sock.version() == "TLSv1.2"
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output
