@@ -132,16 +132,15 @@ def test_plain_http_to_the_tls_port_gets_400_and_is_closed(proxy):
         assert sock.recv(1) == b""              # closed
 
 
-def test_tls_1_0_and_1_1_are_refused(proxy):
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_tls_1_0_and_1_1_are_refused_by_the_server(proxy):
     context = client_context()
     context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-    context.maximum_version = ssl.TLSVersion.TLSv1_1  # noqa: deprecated, on purpose
-    try:
-        context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    except ssl.SSLError:
-        pass
-    with pytest.raises((ssl.SSLError, ConnectionError)):
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")        # so that this client offers TLS 1.1
+    with pytest.raises(ssl.SSLError) as raised:
         tls_connect(proxy.port, "b.test", context=context).close()
+    assert raised.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION"     # the server's alert
 
 
 def test_status_and_metrics_show_each_certificate_s_time_left(proxy):
