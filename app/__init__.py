@@ -156,6 +156,8 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     upstream = Upstream(settings, session or make_session(pools=pools))
     metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
                       certificate_expiry=tls.expiry if tls is not None else None)
+    if tls is not None:
+        tls.on_refused = metrics.tls_refused
     health = HealthChecker(balancer, settings, upstream, on_result=metrics.health_checked)
     proxy = Proxy(settings, balancer, upstream)
     app = App(settings, balancer, upstream, health, metrics, tls=tls)

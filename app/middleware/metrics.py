@@ -9,7 +9,8 @@ reads (``recent.Traffic``, one per backend). The hooks:
   by the request-log middleware with the proxy's ``myproxy.tried`` (a ``(url, failure)``
   pair per attempt); backend ``"none"`` when no backend was chosen;
 - ``health_checked(backend, result)``: one health check, the ``HealthChecker``'s ``on_result``;
-- ``config_reloaded(result)``: one reload, ``success`` or ``failure``.
+- ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
+- ``tls_refused(reason)``: a connection to the TLS port that never got to HTTPS.
 
 Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects, which own that state,
 when scraped, so they cost nothing per request; so is each TLS certificate's time left
@@ -98,6 +99,16 @@ class Metrics:
                                 "Seconds until the TLS certificate serving this name expires.",
                                 ["name"], registry=r, multiprocess_mode="livemin")
         self._tls_names: set[str] = set()
+        self.tls_refusals = None
+        if certificate_expiry is not None:
+            from ..server.tls import REFUSALS
+            self.tls_refusals = Counter(
+                "myproxy_tls_handshake_failures_total",
+                "Connections to the TLS port that never got to HTTPS, by reason: plain_http, "
+                "not_tls, timeout (no handshake within timeouts.client_header), failed.",
+                ["reason"], registry=r)
+            for reason in REFUSALS:
+                self.tls_refusals.labels(reason)
         self._series: dict[str, _Series] = {}
         self._gauged: set[str] = set()
         for backend in balancer.backends:
@@ -174,6 +185,11 @@ class Metrics:
 
     def config_reloaded(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
+
+    def tls_refused(self, reason: str) -> None:
+        """A connection to the TLS port that never got to HTTPS (``Terminator.on_refused``)."""
+        if self.tls_refusals is not None:
+            self.tls_refusals.labels(reason).inc()
 
     def traffic(self, url: str) -> Traffic:
         return self.series(url).traffic

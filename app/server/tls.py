@@ -38,6 +38,10 @@ PLAIN_HTTP_RESPONSE = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; c
                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%b"
                        % (len(PLAIN_HTTP_BODY), PLAIN_HTTP_BODY))
 LINGER_SECONDS = 1.0                       # after the 400, read what the client still sends
+# Why a connection never got to HTTPS: plain HTTP (answered 400), other bytes than a TLS
+# record, no handshake within client_header, a handshake that failed (no common protocol
+# or cipher, a reset, a bad message).
+REFUSALS = ("plain_http", "not_tls", "timeout", "failed")
 LINGER_BYTES = 64 * 1024
 
 
@@ -56,10 +60,13 @@ class Terminator:
     calls ``accept(sock)`` and gets the TLS socket or None.
     """
 
-    def __init__(self, settings: ConfigHolder, clock: Callable[[], float] = time.time):
+    def __init__(self, settings: ConfigHolder, clock: Callable[[], float] = time.time,
+                 on_refused: Callable[[str], None] | None = None):
         tls = settings.config.tls
         self.settings = settings
         self.clock = clock
+        # Told why a connection never got to HTTPS (one of REFUSALS), for the metrics.
+        self.on_refused = on_refused
         self.certificates = load_certificates(tls, settings.config.source)
         # The listener's context: every connection starts on it; SNI moves it to its
         # certificate's. It keeps the session cache and ticket keys, so sessions resume
@@ -110,30 +117,35 @@ class Terminator:
         limit = self.settings.config.timeouts.client_header
         timer = gevent.Timeout.start_new(limit)
         wrapped = None
+        reason = None            # a connection closed before it sent a byte is no refusal
         try:
             first = sock.recv(1, socket.MSG_PEEK)
-            if not first:
-                return _close(sock)
-            if first[0] != TLS_HANDSHAKE_RECORD:
+            if first and first[0] != TLS_HANDSHAKE_RECORD:
+                reason = "not_tls"
                 if first.isalpha():          # a request line's method: plain HTTP
+                    reason = "plain_http"
                     peer = _peer(sock)
                     _answer_plain_http(sock)
                     log.info("plain HTTP on the TLS port from %s: answered 400", peer)
-                return _close(sock)
-            wrapped = self.context.wrap_socket(sock, server_side=True,
-                                               do_handshake_on_connect=False)
-            wrapped.do_handshake()
-            return wrapped
+            elif first:
+                wrapped = self.context.wrap_socket(sock, server_side=True,
+                                                   do_handshake_on_connect=False)
+                wrapped.do_handshake()
+                return wrapped
         except gevent.Timeout as timeout:
             if timeout is not timer:
                 raise
+            reason = "timeout"
             log.info("closing the connection of %s: no TLS handshake within %.1fs",
                      _peer(sock), limit)
         except (ssl.SSLError, OSError, ValueError) as problem:
+            reason = "failed"
             log.debug("TLS handshake with %s failed: %s", _peer(sock), problem)
         finally:
             timer.close()
         _close(wrapped if wrapped is not None else sock)
+        if reason is not None and self.on_refused is not None:
+            self.on_refused(reason)
         return None
 
     def describe(self) -> list[dict]:

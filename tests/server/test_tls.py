@@ -130,6 +130,8 @@ def test_plain_http_to_the_tls_port_gets_400_and_is_closed(proxy):
         assert headers["connection"] == "close"
         sock.settimeout(5)
         assert sock.recv(1) == b""              # closed
+    body = https_get(proxy.port, "/_myproxy/metrics")[2]
+    assert re.search(rb'myproxy_tls_handshake_failures_total\{reason="plain_http"\} [1-9]', body)
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
@@ -212,6 +214,9 @@ def test_a_slow_handshake_is_cut_off_at_client_header(kind, certs, backend, tmp_
         with tls_connect(process.port, "default.test") as sock:   # others are served meanwhile
             assert https_get(process.port, "/after", sock=sock)[0] == 200
         assert wait_until(lambda: "no TLS handshake within 1.0s" in process.output, timeout=5)
+        with tls_connect(process.port, "default.test") as sock:
+            body = https_get(process.port, "/_myproxy/metrics", sock=sock)[2]
+        assert b'myproxy_tls_handshake_failures_total{reason="timeout"} 2.0' in body
     finally:
         process.stop()
     assert "Traceback" not in process.output
