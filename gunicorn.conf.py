@@ -22,6 +22,9 @@ Signals, handled as under ``python wsgi.py``:
   (``app/server/gunicorn_worker.py``).
 - SIGINT, SIGQUIT: gunicorn's quick stop (no delay, no drain).
 
+With ``tls:`` in the config, the port speaks HTTPS: ``certfile``/``keyfile`` tell gunicorn
+so, and the ``ssl_context`` hook hands it MyProxy's own TLS side (``app.server.tls``).
+
 Metrics add up across workers: every worker writes its counters to files in
 ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode; a fresh temporary
 directory, removed at exit, unless you set one), and a scrape of any worker reads them all.
@@ -45,6 +48,9 @@ from app.server.gunicorn_worker import quiet_logger_class  # noqa: E402
 
 try:
     _config = load()
+    if _config.tls is not None:          # a certificate it cannot serve stops it here, exit 1
+        from app.server.certificates import check_files
+        check_files(_config)
 except ConfigError as _error:
     print(f"myproxy: config error: {_error}", file=sys.stderr)
     if os.environ.get(_OWNED):
@@ -73,6 +79,24 @@ limit_request_field_size = max(1, _config.limits.max_header_bytes)        # long
 forwarded_allow_ips = ""
 secure_scheme_headers = {}
 accesslog = None          # the app writes its own access log
+if _config.tls is not None:
+    # gunicorn serves TLS when these are set; the context is MyProxy's (``ssl_context``
+    # below), so only their existence is gunicorn's to check. The handshake is done, with
+    # its timeout, inside that context's wrap_socket: gunicorn must not start another.
+    certfile = _config.tls.certificates[0].cert
+    keyfile = _config.tls.certificates[0].key
+    do_handshake_on_connect = True
+    if _config.tls.redirect_from:   # plain HTTP, answered 308 to https (app.middleware.redirect)
+        bind.append(f"{_config.host}:{_config.tls.redirect_from}")
+
+
+def ssl_context(config, default_ssl_context_factory):
+    """In each worker, as it starts serving TLS: the TLS side of the worker's app
+    (``app.server.tls.Terminator``: SNI over the certificates in force, reloaded on
+    SIGHUP with the config, plain HTTP answered 400, the handshake bounded by
+    ``timeouts.client_header``). gevent's server calls its ``wrap_socket`` only."""
+    import wsgi      # the module gunicorn loaded this worker's app from (wsgi:application)
+    return wsgi.application.tls
 errorlog = "-"
 
 

@@ -45,8 +45,13 @@ def main(argv=None) -> int:
         print(f"myproxy: config error: {error}", file=sys.stderr)
         return 1
     if args.check or args.probe:
-        from app.check import describe, probe
+        from app.check import certificates, describe, probe
         print(describe(config))
+        if config.tls is not None:
+            report, usable = certificates(config)
+            print(report)
+            if not usable:
+                return 1
         if not args.probe:
             return 0
         app = create_app(config)
@@ -62,12 +67,17 @@ def main(argv=None) -> int:
     from app.server.standalone import serve
     if shutdown_warning(config):
         logging.getLogger("myproxy").warning("%s", shutdown_warning(config))
+    try:
+        app = create_app(config)
+    except ConfigError as error:        # a TLS certificate it cannot serve
+        print(f"myproxy: config error: {error}", file=sys.stderr)
+        return 1
     demo_servers = []
     if args.demo:
         from app.demo import start_demo_backends
         demo_servers = start_demo_backends(config)
     try:
-        return serve(create_app(config), config)
+        return serve(app, config)
     except StartupError as error:
         print(f"myproxy: cannot start: {error}", file=sys.stderr)
         return 1
@@ -80,11 +90,11 @@ def _application():
     """The app gunicorn serves; a config error stops it with the message, not a traceback."""
     try:
         config = load()
+        configure_logging(config.log_level, config.log_format)
+        return create_app(config)
     except ConfigError as error:
         print(f"myproxy: config error: {error}", file=sys.stderr)
         sys.exit(1)
-    configure_logging(config.log_level, config.log_format)
-    return create_app(config)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ class App:
     start, as ``environ["myproxy.runtime"]``, and every layer reads its settings there.
     """
 
-    def __init__(self, live, upstream, metrics, wsgi=None):
+    def __init__(self, live, upstream, metrics, wsgi=None, tls=None):
         self.live = live
+        self.tls = tls             # app.server.tls.Terminator with `tls:` in the config, else None
         self.upstream = upstream
         self.metrics = metrics
         self._wsgi = wsgi
@@ -102,14 +103,16 @@ class App:
         self.metrics.stop()
         self.upstream.close()
 
-    def reload(self, new: Config) -> list[str]:
+    def reload(self, new: Config, certificates=None) -> list[str]:
         """Apply ``new`` to the running proxy without dropping a request; return what changed.
 
-        Everything but ``host``, ``port`` and ``limits.max_connections`` (bound when the
-        server started) takes effect from the next request: a new runtime is built and
-        swapped in one assignment. A route kept by name (the default pool is ``default``)
-        keeps the health state and counters of the backends whose URLs stay; requests in
-        flight, to a removed backend or route too, finish on the runtime they started with.
+        Everything but ``host``, ``port``, ``limits.max_connections`` and whether the port
+        speaks TLS (bound when the server started) takes effect from the next request: a new
+        runtime is built and swapped in one assignment; TLS certificates (``certificates``,
+        loaded by ``reload_file``, else loaded here) from the next handshake. A route kept
+        by name (the default pool is ``default``) keeps the health state and counters of the
+        backends whose URLs stay; requests in flight, to a removed backend or route too,
+        finish on the runtime they started with.
         """
         from .lb.routes import apply_fresh, build_runtime, lookup_fresh, start_pools
         from .reload import changes, fixed_at_start
@@ -117,6 +120,8 @@ class App:
         old = self.runtime
         new, kept = fixed_at_start(old.config, new)
         changed = changes(old.config, new)
+        if self.tls is not None and new.tls is not None:
+            certificates = certificates or self.tls.prepare(new.tls)
         # DNS names that are new (or looked up more or less often) are resolved first, so
         # that they have members from the first request the new runtime serves.
         prepared = lookup_fresh(old, new)
@@ -124,6 +129,8 @@ class App:
         apply_fresh(runtime, prepared)
         self.metrics.prepare(runtime)
         self.live.runtime = runtime          # the one swap: from the next request on
+        if self.tls is not None and new.tls is not None:
+            self.tls.install(certificates, new.tls)
 
         in_use = {b.origin for pool in runtime.pools for b in pool.backends}
         for origin in {b.origin for pool in old.pools for b in pool.backends} - in_use:
@@ -165,16 +172,21 @@ class App:
         """Re-read the config file and apply it (SIGHUP). Returns whether it was applied.
 
         A file with errors is refused with the same message as at start-up, logged and
-        counted, and the running config stays.
+        counted, and the running config stays; so is a TLS certificate that cannot be
+        served (missing, unreadable, not matching its key, expired): the certificate files
+        are read again on every reload, as certbot renews them in place.
         """
         with self._reloading:
             try:
                 new = load(self.config.source)
+                certificates = None
+                if self.tls is not None and new.tls is not None:
+                    certificates = self.tls.prepare(new.tls)
             except ConfigError as error:
                 self.metrics.config_reloaded("failure")
                 log.error("config reload refused, the running config stays: %s", error)
                 return False
-            self.reload(new)
+            self.reload(new, certificates)
             return True
 
 
@@ -196,12 +208,34 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     members = sum(len(pool.backends) for pool in config.pools)
     upstream = Upstream(session or make_session(pools=max(16, 2 * members)))
     live = RuntimeHolder(None)
-    metrics = Metrics(live, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    app = App(live, upstream, metrics)
+    tls = None
+    if config.tls is not None:
+        from .server.tls import Terminator
+        live.runtime = _Bare(config)     # what the Terminator reads before the runtime is built
+        tls = Terminator(live)           # raises ConfigError for a certificate it cannot serve
+    metrics = Metrics(live, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+                      certificate_expiry=tls.expiry if tls is not None else None)
+    if tls is not None:
+        tls.on_refused = metrics.tls_refused
+    app = App(live, upstream, metrics, tls=tls)
     live.runtime = build_runtime(config, upstream, **app._hooks)
     metrics.prepare(live.runtime)
     proxy = Proxy(upstream)
-    status = Status(metrics, draining=lambda: app.draining)
+    status = Status(metrics, draining=lambda: app.draining,
+                    certificates=tls.describe if tls is not None else None)
     admin = Admin(proxy, status, metrics, draining=lambda: app.draining)
-    app._wsgi = ServerConnection(RequestLog(admin, metrics))
+    inner = admin
+    if config.tls is not None and config.tls.redirect_from:
+        from .middleware.redirect import HTTPSRedirect
+        inner = HTTPSRedirect(admin)     # the plain-HTTP listener's answer
+    app._wsgi = ServerConnection(RequestLog(inner, metrics))
     return app
+
+
+class _Bare:
+    """A config in the runtime's place, for what reads ``holder.config`` while the first
+    runtime is being built (the TLS terminator loads its certificates first: a certificate
+    it cannot serve stops the start before anything else is made)."""
+
+    def __init__(self, config: Config):
+        self.config = config

@@ -11,10 +11,12 @@ proxy uses, and reports each result. Neither serves nor starts anything.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import gevent
 
-from .config import DEFAULT_ROUTE, POOL_KEYS, SCALARS, SECTIONS, Config, RouteConfig, format_value
+from .config import (DEFAULT_ROUTE, POOL_KEYS, SCALARS, SECTIONS, TLS_KEYS, Config, ConfigError,
+                     RouteConfig, format_value)
 
 # How long each platform waits, by default, between its SIGTERM and its SIGKILL.
 PLATFORM_GRACE = (
@@ -48,6 +50,16 @@ def describe(config: Config) -> str:
             else:
                 shown = format_value(key, value)
             rows.append((key, shown, config.origins.get(key, "default")))
+    if config.tls is not None:
+        for key in TLS_KEYS:
+            value = getattr(config.tls, key)
+            if key == "certificates":
+                for index, files in enumerate(value):
+                    rows.append((f"tls.certificates[{index}]", f"cert={files.cert} key={files.key}",
+                                 config.origins.get("tls.certificates", "file")))
+                continue
+            rows.append((f"tls.{key}", format_value(f"tls.{key}", value),
+                         config.origins.get(f"tls.{key}", "default")))
     key_width = max(len(key) for key, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)
     lines = [f"config OK: {config.source}"]
@@ -150,6 +162,29 @@ def shadowed(config: Config) -> list[str]:
                         f"{catch_all.name} (line {catch_all.line}) takes every request no other "
                         "route takes")
     return warnings
+
+
+def certificates(config: Config, now: float | None = None) -> tuple[str, bool]:
+    """Each TLS certificate: names, issuer, not-after and days left, with a warning under
+    ``EXPIRY_WARNING_DAYS``; and whether all can be served (an error otherwise)."""
+    from .server.certificates import EXPIRY_WARNING_DAYS, load_certificates
+    try:
+        loaded = load_certificates(config.tls, config.source, now)
+    except ConfigError as error:
+        return f"tls: config error: {error}", False
+    now = time.time() if now is None else now
+    lines = []
+    for index, certificate in enumerate(loaded.certificates):
+        info = certificate.describe(now)
+        days = info["days_left"]
+        lines.append(f"tls: certificate[{index}]{' (default)' if index == 0 else ''} "
+                     f"{certificate.files.cert}: names={','.join(info['names'])} "
+                     f"issuer={info['issuer']!r} not_after={info['not_after_text']} "
+                     f"days_left={days:g}")
+        if days < EXPIRY_WARNING_DAYS:
+            lines.append(f"tls: WARNING: certificate[{index}] ({','.join(info['names'])}) "
+                         f"expires in {days:g} days")
+    return "\n".join(lines), True
 
 
 def probe(app) -> tuple[str, bool]:

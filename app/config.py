@@ -23,6 +23,7 @@ DEFAULT_PATH = "config/config.yaml"
 POLICIES = ("round_robin", "least_connections", "random_two", "hash")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 class ConfigError(Exception):
@@ -165,6 +166,25 @@ NO_ROUTE = "-"              # the route of a request that no route matched
 
 
 @dataclass(frozen=True)
+class CertificateFiles:
+    """One certificate of ``tls.certificates``: its files (absolute; a relative path in the
+    file is taken from the config file's folder) and where each was written, for errors."""
+    cert: str              # PEM chain, leaf first
+    key: str               # PEM private key
+    index: int = 0
+    cert_line: int | None = field(default=None, compare=False)
+    key_line: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificates: tuple[CertificateFiles, ...]   # SNI picks by their names; the first is the default
+    min_version: str = "1.2"
+    redirect_from: int = 0     # a plain-HTTP port answering 308 to https://; 0 = none
+    hsts: float = 0.0          # Strict-Transport-Security max-age in seconds; 0 = no header
+
+
+@dataclass(frozen=True)
 class Config:
     backends: tuple[BackendConfig, ...]     # the default pool; may be empty when routes exist
     port: int = 8080
@@ -185,6 +205,7 @@ class Config:
     access_log: bool = True
     server_timing: bool = True   # add a Server-Timing header naming the backend to responses
     admin: AdminConfig = AdminConfig()
+    tls: TLSConfig | None = None   # None: plain HTTP
     resolver: ResolverConfig = ResolverConfig()
     routes: tuple[RouteConfig, ...] = ()
     # Where the config came from, and where each effective value came from
@@ -443,7 +464,10 @@ BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _bool
 MIN_RESOLVE = 1.0          # seconds: the shortest re-resolve interval, whatever the TTL says
 DEFAULT_SRV_RESOLVE = 10.0  # an `srv` entry without `resolve`
 
-TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS)
+TLS_KEYS = ("certificates", "min_version", "redirect_from", "hsts")
+CERTIFICATE_KEYS = ("cert", "key")
+
+TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS, "tls")
 
 # What a route may set for its own pool, over the top level's value. The client timeouts
 # are the connection's, read before any route is known: not per route.
@@ -645,6 +669,10 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
         origins.update({f"backends[{index}]": origin(("backends", index))
                         for index in range(len(backends))})
     values["backends"] = backends
+    if data.get("tls") is not None:
+        values["tls"] = _tls(document, data["tls"])
+        origins.update({f"tls.{key}": origin(("tls", key)) if key in data["tls"] else "default"
+                        for key in TLS_KEYS})
     if routes_raw is not None:
         defaults = {f.name: f.default for f in dataclasses.fields(Config)
                     if f.default is not dataclasses.MISSING}
@@ -671,6 +699,8 @@ def format_value(key: str, value: Any) -> str:
     """A setting as a user would write it in the file: ``5s``, ``200ms``, ``64KiB``, ``200-399``."""
     section, _, name = key.rpartition(".")
     parser = SECTIONS[section][1].get(name) if section in SECTIONS else SCALARS.get(key)
+    if key == "tls.hsts":
+        parser = parse_duration
     if isinstance(value, bool):
         return "true" if value else "false"
     if parser in (parse_duration, _positive_duration):
@@ -743,6 +773,53 @@ def _backend_mapping(document: _Document, keypath: tuple, fields: dict) -> Backe
     return BackendConfig(**fields)
 
 
+def _tls(document: _Document, raw: Any) -> TLSConfig:
+    if not isinstance(raw, dict):
+        raise document.error(("tls",), "expected a mapping with `certificates`")
+    for key in raw:
+        if key not in TLS_KEYS:
+            raise document.error(("tls", key), "unknown key" + _suggest(key, TLS_KEYS), at_key=True)
+    listed = raw.get("certificates")
+    if not isinstance(listed, list) or not listed:
+        raise document.error(("tls", "certificates"),
+                             "expected a non-empty list of {cert: FILE, key: FILE}")
+    folder = os.path.dirname(os.path.abspath(document.path)) if document.path != "<config>" \
+        else os.getcwd()
+    certificates = []
+    for index, item in enumerate(listed):
+        keypath = ("tls", "certificates", index)
+        if not isinstance(item, dict):
+            raise document.error(keypath, "expected a mapping {cert: FILE, key: FILE}")
+        for key in item:
+            if key not in CERTIFICATE_KEYS:
+                raise document.error(keypath + (key,), "unknown key" +
+                                     _suggest(key, CERTIFICATE_KEYS), at_key=True)
+        files = {}
+        for key in CERTIFICATE_KEYS:
+            if key not in item:
+                raise document.error(keypath, f"needs a `{key}` file")
+            value = _checked(document, keypath + (key,), _string, item[key])
+            if not value.strip():
+                raise document.error(keypath + (key,), "must name a file")
+            files[key] = os.path.join(folder, os.path.expanduser(value))
+        certificates.append(CertificateFiles(
+            files["cert"], files["key"], index,
+            cert_line=document.locate(keypath + ("cert",))[0],
+            key_line=document.locate(keypath + ("key",))[0]))
+    fields: dict[str, Any] = {"certificates": tuple(certificates)}
+    if "min_version" in raw:
+        value = raw["min_version"]
+        value = f"{value:.1f}" if isinstance(value, float) else value   # 1.2 unquoted is a float
+        fields["min_version"] = _checked(document, ("tls", "min_version"), _choice(*TLS_VERSIONS),
+                                         value)
+    if "redirect_from" in raw:
+        fields["redirect_from"] = _checked(document, ("tls", "redirect_from"), _port,
+                                           raw["redirect_from"])
+    if "hsts" in raw:
+        fields["hsts"] = _checked(document, ("tls", "hsts"), parse_duration, raw["hsts"])
+    return TLSConfig(**fields)
+
+
 def _backends_from_env(path: str, text: str) -> tuple[BackendConfig, ...]:
     urls = [part.strip() for part in text.split(",") if part.strip()]
     if not urls:
@@ -770,6 +847,9 @@ def _check_consistency(document: _Document, config: Config) -> None:
     _check_health(document, config.health_check, ())
     if config.backends and not any(b.weight > 0 for b in config.backends):
         raise document.error(("backends",), "at least one backend needs a weight above 0")
+    if config.tls is not None and config.tls.redirect_from and \
+            config.tls.redirect_from == config.port:
+        raise document.error(("tls", "redirect_from"), "must not be the TLS `port` itself")
 
 
 def _check_health(document: _Document, health: HealthCheckConfig, at: tuple) -> None:

@@ -12,10 +12,13 @@ import dataclasses
 from .config import POOL_KEYS, Config, format_value
 
 # Settings bound when the server starts: a reload keeps the running value and says so.
-FIXED_AT_START = ("host", "port", "limits.max_connections")
+# Whether the port speaks TLS at all, and the redirect listener's port, are bound too;
+# the certificates, min_version and hsts of a TLS listener are not.
+FIXED_AT_START = ("host", "port", "limits.max_connections", "tls", "tls.redirect_from")
 
 # Settings that are not behaviour: where the file is and where each value came from.
-NOT_SETTINGS = ("source", "origins", "backends", "routes")
+NOT_SETTINGS = ("source", "origins", "backends", "routes", "tls")
+TLS_SETTINGS = ("certificates", "min_version", "redirect_from", "hsts")
 
 # A route's settings that are its rule, shown by name in the reload's log line.
 ROUTE_RULE = ("hosts", "path", "strip_prefix")
@@ -24,18 +27,34 @@ ROUTE_RULE = ("hosts", "path", "strip_prefix")
 def fixed_at_start(running: Config, new: Config) -> tuple[Config, list[str]]:
     """``new`` with the running values of ``FIXED_AT_START``; and the keys it had to keep."""
     kept = [key for key in FIXED_AT_START if _get(new, key) != _get(running, key)]
+    if "tls" in kept:
+        kept.remove("tls")
+        kept = [key for key in kept if key != "tls.redirect_from"]
+        kept.append("tls (on or off)")
     origins = dict(new.origins)
     for key in FIXED_AT_START:
         origins[key] = running.origins.get(key, "default")
     limits = dataclasses.replace(new.limits, max_connections=running.limits.max_connections)
+    tls = new.tls
+    if (running.tls is None) != (new.tls is None):
+        tls = running.tls
+    elif tls is not None:
+        tls = dataclasses.replace(tls, redirect_from=running.tls.redirect_from)
     return dataclasses.replace(new, host=running.host, port=running.port, limits=limits,
-                               origins=origins), kept
+                               tls=tls, origins=origins), kept
 
 
 def changes(old: Config, new: Config) -> list[str]:
     """What differs from ``old`` to ``new``: backends first, then each other setting, then
     the routes (added, removed, and for a kept one what changed in it)."""
     items = _backend_changes(old.backends, new.backends)
+    if old.tls is not None and new.tls is not None:
+        for key in TLS_SETTINGS:
+            before, after = getattr(old.tls, key), getattr(new.tls, key)
+            if before != after:
+                shown = "(changed)" if key == "certificates" else \
+                    f"{format_value('tls.' + key, before)}->{format_value('tls.' + key, after)}"
+                items.append(f"tls.{key} {shown}")
     for key in _setting_keys(old):
         before, after = _get(old, key), _get(new, key)
         if before != after:
@@ -110,6 +129,10 @@ def _setting_keys(config: Config) -> list[str]:
 def _get(config: Config, key: str):
     value = config
     for part in key.split("."):
+        if value is None:
+            return None          # tls.redirect_from without tls
         value = getattr(value, part)
+    if key == "tls":
+        return value is not None   # on or off
     return value
 

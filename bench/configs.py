@@ -49,10 +49,26 @@ def nginx_backends(workdir: str, root: str, ports: list[int]) -> str:
             + servers + "}\n")
 
 
-def nginx_balancer(workdir: str, port: int, backends: list[str]) -> str:
+# Mozilla "intermediate" for nginx, as MyProxy's tls: serves it (app/server/tls.py).
+NGINX_TLS = """\
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers {ciphers};
+    ssl_prefer_server_ciphers off;
+"""
+
+
+def nginx_balancer(workdir: str, port: int, backends: list[str],
+                   tls: tuple[str, str] | None = None, name: str = "nginx-lb") -> str:
     """nginx as a round-robin balancer (one worker), HTTP/1.1 keep-alive to the backends,
-    its default access log on (to a file), buffers sized for large responses."""
-    name = "nginx-lb"
+    its default access log on (to a file), buffers sized for large responses. With ``tls``
+    (cert, key), it listens with TLS and the intermediate profile (its session tickets on,
+    its default)."""
+    from app.server.certificates import INTERMEDIATE_CIPHERS
+    listen = f"    listen 127.0.0.1:{port}{' ssl' if tls else ''};\n"
+    if tls:
+        listen += NGINX_TLS.format(cert=tls[0], key=tls[1], ciphers=INTERMEDIATE_CIPHERS)
     upstreams = "".join(f"    server {url.split('://', 1)[1]};\n" for url in backends)
     return (_NGINX_COMMON.format(workdir=workdir, name=name, worker_connections=20000)
             + "http {\n"
@@ -62,7 +78,7 @@ def nginx_balancer(workdir: str, port: int, backends: list[str]) -> str:
             + "  upstream backends {\n" + upstreams
             + f"    keepalive {UPSTREAM_KEEPALIVE};\n"
             + f"    keepalive_requests {KEEPALIVE_REQUESTS};\n  }}\n"
-            + f"  server {{\n    listen 127.0.0.1:{port};\n"
+            + "  server {\n" + listen
             + "    location / {\n      proxy_pass http://backends;\n"
             + "      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n"
             + f"      {NGINX_PROXY_BUFFERS}\n"

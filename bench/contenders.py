@@ -83,15 +83,51 @@ def start_builtin_backend(sup: Supervisor, root: str, ports: list[int],
                             *map(str, ports)], cwd=ROOT)
 
 
-def start_nginx(sup: Supervisor, workdir: str, nginx: str, backends: list[str]) -> Contender:
+def start_nginx(sup: Supervisor, workdir: str, nginx: str, backends: list[str],
+                tls: tuple[str, str] | None = None) -> Contender:
+    """nginx as the balancer; with ``tls`` (cert, key), over HTTPS: ``nginx-https``."""
     port = free_port()
-    os.makedirs(os.path.join(workdir, "nginx-lb-tmp"), exist_ok=True)
-    conf = _write(workdir, "nginx-lb.conf", configs.nginx_balancer(workdir, port, backends))
-    process = sup.start("nginx-lb", [nginx, "-e", os.path.join(workdir, "nginx-lb-error.log"),
-                                     "-p", workdir, "-c", conf])
-    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
-    return Contender("nginx", "nginx, 1 worker, round-robin, upstream keep-alive",
-                     f"http://127.0.0.1:{port}", process)
+    name = "nginx-https" if tls else "nginx-lb"
+    os.makedirs(os.path.join(workdir, f"{name}-tmp"), exist_ok=True)
+    conf = _write(workdir, f"{name}.conf",
+                  configs.nginx_balancer(workdir, port, backends, tls=tls, name=name))
+    process = sup.start(name, [nginx, "-e", os.path.join(workdir, f"{name}-error.log"),
+                               "-p", workdir, "-c", conf])
+    scheme = "https" if tls else "http"
+    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT, tls=bool(tls))
+    return Contender("nginx-https" if tls else "nginx",
+                     "nginx, 1 worker, round-robin, upstream keep-alive"
+                     + (", TLS (intermediate profile)" if tls else ""),
+                     f"{scheme}://127.0.0.1:{port}", process)
+
+
+def make_certificate(workdir: str, name: str = "bench.test") -> tuple[str, str]:
+    """A self-signed EC P-256 certificate for ``name`` (what Let's Encrypt issues by
+    default for ECDSA), for MyProxy and nginx alike: (cert path, key path)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(workdir, "bench.pem"), os.path.join(workdir, "bench.key")
+    with open(cert_path, "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.chmod(key_path, 0o644)        # nginx's master reads it as root; workers never do
+    return cert_path, key_path
 
 
 def start_haproxy(sup: Supervisor, workdir: str, haproxy: str, backends: list[str]) -> Contender:
@@ -106,14 +142,16 @@ def start_haproxy(sup: Supervisor, workdir: str, haproxy: str, backends: list[st
 def start_myproxy(sup: Supervisor, workdir: str, backends: list[str], name: str = "myproxy",
                   description: str = "MyProxy, python wsgi.py (pywsgi), 1 process",
                   **overrides) -> Contender:
-    """``python wsgi.py --config FILE``: one process."""
+    """``python wsgi.py --config FILE``: one process (over HTTPS with a ``tls`` override)."""
     port = free_port()
     path = _write(workdir, f"{name}.yaml",
                   yaml.safe_dump(configs.myproxy(port, backends, **overrides)))
     process = sup.start(name, [sys.executable, "wsgi.py", "--config", path], cwd=ROOT,
                         env=_env())
-    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
-    return Contender(name, description, f"http://127.0.0.1:{port}", process)
+    tls = "tls" in overrides
+    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT, tls=tls)
+    return Contender(name, description + (", TLS (intermediate profile)" if tls else ""),
+                     f"{'https' if tls else 'http'}://127.0.0.1:{port}", process)
 
 
 def start_myproxy_routes(sup: Supervisor, workdir: str, backends: list[str]) -> Contender:

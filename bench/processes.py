@@ -120,8 +120,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_serving(process: Process, port: int, path: str, timeout: float = 20.0) -> None:
-    """Wait until ``GET path`` on ``port`` answers 200; raise with the log if it does not."""
+def wait_serving(process: Process, port: int, path: str, timeout: float = 20.0,
+                 tls: bool = False) -> None:
+    """Wait until ``GET path`` on ``port`` answers 200 (over TLS with ``tls``, any
+    certificate accepted); raise with the log if it does not."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -129,7 +131,12 @@ def wait_serving(process: Process, port: int, path: str, timeout: float = 20.0) 
             raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n"
                                f"{process.log_tail()}")
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            if tls:
+                import ssl
+                connection = http.client.HTTPSConnection(
+                    "127.0.0.1", port, timeout=2, context=ssl._create_unverified_context())
+            else:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", path)
             response = connection.getresponse()
             response.read()

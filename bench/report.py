@@ -88,6 +88,48 @@ def _route_cost(routed, plain):
         ratio <= ROUTE_LOOKUP_LIMIT
 
 
+TLS_CPU_TARGET = 1.3          # keep-alive HTTPS CPU per request over plain HTTP's (issue 15)
+
+
+def https_table(rows: list[dict]) -> str:
+    """MyProxy over HTTPS against itself over HTTP and against nginx over HTTPS (same
+    certificate): keep-alive CPU per request, and new handshakes a second. "" when no
+    HTTPS contender ran."""
+    def row(contender, path):
+        return next((r for r in rows if (r["contender"], r["path"], r["connections"])
+                     == (contender, path, 50)), None)
+
+    mine, nginx = row("myproxy-https", "/100b"), row("nginx-https", "/100b")
+    mine_new, nginx_new = row("myproxy-https", "/100b new-conn"), row("nginx-https", "/100b new-conn")
+    plain = row("myproxy", "/100b")
+    if mine is None and nginx is None:
+        return ""
+    lines = ["| measure | MyProxy (python wsgi.py) | nginx | ratio | target |",
+             "|---|---:|---:|---:|---|"]
+
+    def line(measure, left, right, key, fmt, target=""):
+        a = left.get(key) if left else None
+        b = right.get(key) if right else None
+        ratio = a / b if a and b else None
+        lines.append(f"| {measure} | {_number(a, fmt)} | {_number(b, fmt)} | "
+                     f"{_number(ratio, '{:.2f} x')} | {target} |")
+
+    line("keep-alive HTTPS, 100 B, c=50: req/s", mine, nginx, "rps", "{:,.0f}")
+    line("keep-alive HTTPS: CPU us/request", mine, nginx, "cpu_us", "{:.0f}")
+    line("new TLS handshakes a second (Connection: close), c=50", mine_new, nginx_new, "rps",
+         "{:,.0f}")
+    line("CPU us per new connection (handshake + request)", mine_new, nginx_new, "cpu_us", "{:.0f}")
+    if mine and plain and mine.get("cpu_us") and plain.get("cpu_us"):
+        ratio = mine["cpu_us"] / plain["cpu_us"]
+        verdict = "met" if ratio <= TLS_CPU_TARGET else "NOT met"
+        lines.append(f"| MyProxy keep-alive CPU/request, HTTPS vs plain HTTP (same run) | "
+                     f"{mine['cpu_us']:.0f} vs {plain['cpu_us']:.0f} us | | {ratio:.2f} x | "
+                     f"<= {TLS_CPU_TARGET} x ({verdict}) |")
+    errors = sum(r["errors"] for r in rows if r["contender"] in ("myproxy-https", "nginx-https"))
+    lines.append(f"| errors over HTTPS | | | | {errors} ({'met' if errors == 0 else 'NOT met'}) |")
+    return "\n".join(lines)
+
+
 def _check(row, key, passes, fmt):
     if row is None or row.get(key) is None:
         return ("not measured", None)
@@ -170,4 +212,6 @@ def render(meta: dict, rows: list[dict], records: list[dict] = ()) -> str:
         "backend's.",
         "## Targets (issue 7)",
         targets_table(targets(rows)),
+        "## HTTPS (issue 15)" if https_table(rows) else "",
+        https_table(rows),
     ] if part) + "\n"

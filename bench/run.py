@@ -31,6 +31,12 @@ from bench.processes import Supervisor, raise_fd_limit  # noqa: E402
 RESULTS = os.path.join(contenders.ROOT, "bench", "results")
 CELLS = (("/100b", 50), ("/64k", 50), ("/1m", 50),
          ("/100b", 1), ("/100b", 10), ("/100b", 100), ("/100b", 500))
+# The HTTPS contenders (myproxy-https, nginx-https: the same certificate, EC P-256): 100 B
+# over keep-alive, and with a new connection, so a new full TLS handshake, per request.
+HANDSHAKES = "/100b new-conn"         # how the second cell is named in the results
+TLS_CELLS = (("/100b", 50), (HANDSHAKES, 50))
+CLOSE = ("Connection: close",)
+TLS_CONTENDERS = ("myproxy-https", "nginx-https")
 FD_LIMIT = 20000
 
 
@@ -51,7 +57,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds (default: 3, or 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: 8, or 3)")
     parser.add_argument("--only", help="comma-separated contenders to run "
-                        "(direct,nginx,haproxy,myproxy,myproxy-routes,myproxy-gunicorn)")
+                        "(direct,nginx,haproxy,myproxy,myproxy-routes,myproxy-gunicorn,"
+                        "myproxy-https,nginx-https)")
     parser.add_argument("--cells", help="comma-separated PATH:CONNECTIONS cells to run "
                         "(default: all; e.g. /100b:50 to compare two contenders closely)")
     parser.add_argument("--output", default=RESULTS, help="directory for the JSON and Markdown")
@@ -80,9 +87,11 @@ def main(argv=None) -> int:
             with Supervisor(workdir) as sup:
                 field = start_field(sup, workdir, tools, only)
                 meta["contenders"] = {c.name: c.description for c in field}
+                tls_cells = TLS_CELLS if cells == CELLS else ()
                 print(f"bench: {len(field)} contenders, {mode.rounds} round(s) of {len(cells)} "
-                      f"cells, {mode.duration:g}s each: about "
-                      f"{estimate(mode, len(field), len(cells)) / 60:.0f} min", flush=True)
+                      f"cells ({len(tls_cells)} over HTTPS), {mode.duration:g}s each: about "
+                      f"{estimate(mode, len(field), len(cells) + len(tls_cells)) / 60:.0f} min",
+                      flush=True)
                 for contender in field:
                     wrk.run(tools["wrk"], contender.url + "/100b", 50, mode.warmup)
                 measure_all(field, tools["wrk"], mode, records, cells)
@@ -111,16 +120,33 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) ->
         field.append(contenders.start_myproxy_routes(sup, workdir, backends))
     if wanted("myproxy-gunicorn"):
         field.append(contenders.start_gunicorn(sup, workdir, backends))
+    if wanted("myproxy-https") or (tools["nginx"] and wanted("nginx-https")):
+        cert, key = contenders.make_certificate(workdir)
+        if wanted("myproxy-https"):
+            field.append(contenders.start_myproxy(
+                sup, workdir, backends, name="myproxy-https",
+                tls={"certificates": [{"cert": cert, "key": key}]}))
+        if tools["nginx"] and wanted("nginx-https"):
+            field.append(contenders.start_nginx(sup, workdir, tools["nginx"], backends,
+                                                tls=(cert, key)))
     return [c for c in field if wanted(c.name)]
 
 
 def measure_all(field: list, wrk_path: str, mode: Mode, records: list[dict],
                 cells=CELLS) -> None:
-    """Every round, every cell, every contender in an order rotated per round and cell."""
+    """Every round, every cell, every contender in an order rotated per round and cell:
+    the plain-HTTP contenders on ``cells``, the HTTPS ones on ``TLS_CELLS`` (when all the
+    plain cells run)."""
+    plain = [c for c in field if c.name not in TLS_CONTENDERS]
+    secure = [c for c in field if c.name in TLS_CONTENDERS]
+    tls_cells = TLS_CELLS if cells == CELLS else ()
+    plan = [(cell, plain) for cell in cells] + [(cell, secure) for cell in tls_cells]
     for round_number in range(1, mode.rounds + 1):
-        for index, (path, connections) in enumerate(cells):
-            shift = (round_number + index) % len(field)
-            for contender in field[shift:] + field[:shift]:
+        for index, ((path, connections), group) in enumerate(plan):
+            if not group:
+                continue
+            shift = (round_number + index) % len(group)
+            for contender in group[shift:] + group[:shift]:
                 record = measure(contender, wrk_path, path, connections, mode.duration)
                 record["round"] = round_number
                 records.append(record)
@@ -138,7 +164,9 @@ def measure(contender, wrk_path: str, path: str, connections: int, duration: flo
     started, machine_busy, ours = time.monotonic(), procfs.machine_busy_seconds(), \
         procfs.cpu_seconds(os.getpid())
     before = procfs.cpu_seconds(pid)
-    result = wrk.run(wrk_path, contender.url + path, connections, duration)
+    new_connections = path == HANDSHAKES
+    result = wrk.run(wrk_path, contender.url + path.split(" ")[0], connections, duration,
+                     headers=CLOSE if new_connections else ())
     cpu = procfs.cpu_seconds(pid) - before
     others = (procfs.machine_busy_seconds() - machine_busy) - (procfs.cpu_seconds(os.getpid()) - ours)
     others_share = max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))

@@ -66,16 +66,20 @@ def parse(text: str) -> WrkResult:
 
 
 def command(wrk: str, url: str, connections: int, duration: float, threads: int = 1,
-            timeout: float = 5.0) -> list[str]:
-    """The wrk command line: keep-alive (wrk's default), latency distribution on."""
+            timeout: float = 5.0, headers: tuple[str, ...] = ()) -> list[str]:
+    """The wrk command line: keep-alive (wrk's default; ``headers`` may say
+    ``Connection: close``, a new connection, and over https a new handshake, per request),
+    latency distribution on."""
+    extra = [part for header in headers for part in ("-H", header)]
     return [wrk, f"-t{max(1, min(threads, connections))}", f"-c{connections}",
-            f"-d{duration:g}s", f"--timeout={timeout:g}s", "--latency", url]
+            f"-d{duration:g}s", f"--timeout={timeout:g}s", "--latency", *extra, url]
 
 
-def run(wrk: str, url: str, connections: int, duration: float, threads: int = 1) -> WrkResult:
+def run(wrk: str, url: str, connections: int, duration: float, threads: int = 1,
+        headers: tuple[str, ...] = ()) -> WrkResult:
     """Run wrk once; raise ``WrkError`` if it fails, prints no report, or overruns."""
     try:
-        done = subprocess.run(command(wrk, url, connections, duration, threads),
+        done = subprocess.run(command(wrk, url, connections, duration, threads, headers=headers),
                               capture_output=True, text=True, timeout=duration + RUN_SLACK)
     except subprocess.TimeoutExpired:
         raise WrkError(f"wrk did not finish within {duration + RUN_SLACK:.0f}s") from None

@@ -24,7 +24,8 @@ CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", 
 DEVTOOLS = re.compile(r"DevTools listening on (ws://127\.0\.0\.1:(\d+)/\S+)")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0")
+         "--disable-extensions", "--ignore-certificate-errors",   # the TLS tests' own certificates
+         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0")
 
 
 class Browser:

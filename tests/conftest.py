@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 from tests.backends import TestBackend  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LISTENING = re.compile(r"myproxy.server listening on http://([\d.]+):(\d+)")
+LISTENING = re.compile(r"myproxy.server listening on https?://([\d.]+):(\d+)")
 
 
 @pytest.fixture

@@ -194,3 +194,32 @@ def test_the_route_table_contender_is_a_valid_config_whose_requests_reach_the_de
     table = build_runtime(config, upstream=None).table
     assert table.match("127.0.0.1", "/100b").name == "default"
     assert table.match("svc0.example.com", "/p0/x").name == "r0"
+
+
+def test_nginx_over_https_serves_the_intermediate_profile_with_the_given_certificate():
+    from app.server.certificates import INTERMEDIATE_CIPHERS
+    nginx = configs.nginx_balancer("/w", 8443, ["http://127.0.0.1:5001"], tls=("/c.pem", "/k.pem"),
+                                   name="nginx-https")
+    assert "listen 127.0.0.1:8443 ssl;" in nginx
+    assert "ssl_certificate /c.pem;" in nginx and "ssl_certificate_key /k.pem;" in nginx
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx
+    assert f"ssl_ciphers {INTERMEDIATE_CIPHERS};" in nginx
+    assert "pid /w/nginx-https.pid;" in nginx
+
+
+def test_wrk_can_ask_for_a_new_connection_per_request():
+    command = wrk.command("wrk", "https://127.0.0.1:1/100b", 50, 8, headers=("Connection: close",))
+    assert command[-3:] == ["-H", "Connection: close", "https://127.0.0.1:1/100b"]
+
+
+def test_https_table_compares_with_plain_http_and_with_nginx():
+    rows = report.summarise([
+        _record("myproxy", 5000, 170), _record("myproxy-https", 4500, 200),
+        _record("nginx-https", 20000, 40),
+        _record("myproxy-https", 900, 1100, path="/100b new-conn"),
+        _record("nginx-https", 3000, 330, path="/100b new-conn"),
+    ])
+    table = report.https_table(rows)
+    assert "| new TLS handshakes a second (Connection: close), c=50 | 900 | 3,000 | 0.30 x |  |" in table
+    assert "| 200 vs 170 us | | 1.18 x | <= 1.3 x (met) |" in table
+    assert report.https_table(report.summarise([_record("myproxy", 5000, 170)])) == ""

@@ -227,3 +227,47 @@ def test_route_errors_name_file_key_and_line(text, key, line, words):
     error = _error(text)
     assert (error.file, error.key, error.line) == ("conf.yaml", key, line)
     assert words in str(error)
+
+
+TLS = MINIMAL + """tls:
+  certificates:
+    - cert: certs/site.pem
+      key: /etc/site.key
+  min_version: 1.3
+  redirect_from: 80
+  hsts: 1h
+"""
+
+
+def test_tls_files_are_taken_from_the_config_file_s_folder():
+    config = parse(TLS, "/srv/myproxy/c.yaml", environ={})
+    (files,) = config.tls.certificates
+    assert (files.cert, files.key) == ("/srv/myproxy/certs/site.pem", "/etc/site.key")
+    assert (files.cert_line, files.key_line) == (5, 6)
+    assert (config.tls.min_version, config.tls.redirect_from, config.tls.hsts) == ("1.3", 80, 3600.0)
+    assert config.origins["tls.hsts"] == "file" and config.origins["tls.min_version"] == "file"
+
+
+def test_without_tls_the_port_is_plain_http():
+    assert parse(MINIMAL, "c.yaml", environ={}).tls is None
+
+
+@pytest.mark.parametrize("tls,message", [
+    ("tls: yes\n", "c.yaml:3:6: tls: expected a mapping with `certificates`"),
+    ("tls:\n  certificates: []\n", "c.yaml:4:17: tls.certificates: expected a non-empty list"),
+    ("tls:\n  certificates:\n    - cert: a.pem\n", "c.yaml:5:7: tls.certificates[0]: needs a `key` file"),
+    ("tls:\n  certificates:\n    - {cert: a.pem, key: a.key, chain: x}\n",
+     "c.yaml:5:33: tls.certificates[0].chain: unknown key"),
+    ("tls:\n  certificates: [{cert: a, key: b}]\n  min_version: 1.1\n",
+     "c.yaml:5:16: tls.min_version: expected one of 1.2, 1.3; got '1.1'"),
+    ("tls:\n  certificates: [{cert: a, key: b}]\n  redirect_from: 70000\n",
+     "c.yaml:5:18: tls.redirect_from: must be a TCP port"),
+    ("tls:\n  certificates: [{cert: a, key: b}]\n  hsts: soon\n", "c.yaml:5:9: tls.hsts: 'soon' is not a duration"),
+    ("tls:\n  certificats: []\n", "c.yaml:4:3: tls.certificats: unknown key (did you mean `certificates`?)"),
+    ("port: 8443\ntls:\n  certificates: [{cert: a, key: b}]\n  redirect_from: 8443\n",
+     "tls.redirect_from: must not be the TLS `port` itself"),
+])
+def test_tls_errors_name_the_key_and_line(tls, message):
+    with pytest.raises(ConfigError) as raised:
+        parse(MINIMAL + tls, "c.yaml", environ={})
+    assert message in str(raised.value)

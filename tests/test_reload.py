@@ -181,3 +181,20 @@ def test_a_route_kept_by_name_keeps_its_backends_state_and_takes_its_new_setting
     assert client.get("/m").text == "backend c" and client.get("/k").text == "backend a"
     app.reload(parse(routes_text(a.url, b.url), "c.yaml", environ={}))
     assert app.runtime.pool("more") is None and client.get("/m").text == "backend b"
+
+
+def test_tls_on_or_off_and_redirect_from_stay_until_a_restart_the_rest_changes():
+    from app.reload import fixed_at_start
+    base = "backends: [http://127.0.0.1:1]\n"
+    tls = base + "tls:\n  certificates: [{cert: a.pem, key: a.key}]\n  redirect_from: 8079\n"
+    plain, secure = parse(base, "c.yaml", environ={}), parse(tls, "c.yaml", environ={})
+    kept_plain, kept = fixed_at_start(plain, secure)
+    assert kept_plain.tls is None and kept == ["tls (on or off)"]
+    kept_secure, kept = fixed_at_start(secure, plain)
+    assert kept_secure.tls == secure.tls and kept == ["tls (on or off)"]
+    changed = parse(tls.replace("8079", "8081") + "  min_version: '1.3'\n  hsts: 1m\n", "c.yaml",
+                    environ={})
+    applied, kept = fixed_at_start(secure, changed)
+    assert kept == ["tls.redirect_from"]
+    assert (applied.tls.redirect_from, applied.tls.min_version, applied.tls.hsts) == (8079, "1.3", 60)
+    assert changes(secure, applied) == ["tls.min_version 1.2->1.3", "tls.hsts 0s->60s"]

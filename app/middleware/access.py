@@ -7,7 +7,9 @@ the server closes the response body, it writes one access line and hands the out
 ``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
 ``myproxy.route``, ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``,
 ``myproxy.error`` and ``myproxy.upstream_duration`` from the proxy, ``myproxy.admin`` from the admin surface
-(admin requests are logged but not counted as traffic). Usage::
+(admin requests are logged but not counted as traffic). Over TLS, the line also has the
+protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
+and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
 
     app = RequestLog(proxy, metrics)
 
@@ -25,6 +27,7 @@ from ..config import NO_ROUTE
 from ..errors import UpstreamError
 from ..logs import info_fields
 from ..server.responses import close_body
+from ..server.tls import connection_tls
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("myproxy.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+HSTS_HEADER = "Strict-Transport-Security"   # RFC 6797; sent over HTTPS only (§7.2)
 MAX_REQUEST_ID = 200          # longer IDs from a trusted proxy are replaced
 SERVER_TIMING_HEADER = "Server-Timing"   # W3C Server Timing
 
@@ -62,12 +66,20 @@ class RequestLog:
             received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
         state = {"status": "-"}
         timing = config.server_timing
+        hsts = 0
+        if environ.get("wsgi.url_scheme") == "https":
+            # Read now: a tunnel's socket is shut down by the time the line is written.
+            environ["myproxy.tls"] = session = connection_tls(environ)
+            if session is not None and config.tls is not None:   # never over plain HTTP
+                hsts = config.tls.hsts
 
         def start(status: str, headers: list, exc_info=None):
             state["status"] = status.split(" ", 1)[0]
             headers.append((REQUEST_ID_HEADER, request_id))
             if timing:
                 headers.append((SERVER_TIMING_HEADER, server_timing(environ, started)))
+            if hsts and not any(name.lower() == "strict-transport-security" for name, _ in headers):
+                headers.append((HSTS_HEADER, f"max-age={int(hsts)}"))   # the backend's own wins
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start)
@@ -109,6 +121,9 @@ class RequestLog:
             "attempts": environ.get("myproxy.attempts", 0),
             "tried": _tried(tried),
         }
+        session = environ.get("myproxy.tls")
+        if session is not None:
+            fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:
             fields["error"] = error.kind
         if admin:

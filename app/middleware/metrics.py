@@ -11,10 +11,13 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
   failure)`` pair per attempt); backend ``"none"`` when no backend was chosen, route
   ``"-"`` when no route matched;
 - ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
-- ``config_reloaded(result)``: one reload, ``success`` or ``failure``.
+- ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
+- ``tls_refused(reason)``: a connection to the TLS port that never got to HTTPS.
 
 Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects of the runtime in
-force (``RuntimeHolder``), which own that state, when scraped, so they cost nothing per request.
+force (``RuntimeHolder``), which own that state, when scraped, so they cost nothing per
+request; so is each TLS certificate's time left (``certificate_expiry``, from
+``app.server.tls``), by name.
 
 Several gunicorn workers add up through prometheus_client's multiprocess mode:
 ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
@@ -64,8 +67,10 @@ class Metrics:
     """The registry and hooks of one app (see the module docstring)."""
 
     def __init__(self, live, multiprocess_dir: str | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 certificate_expiry: Callable[[], dict[str, float]] | None = None):
         self.live = live      # the RuntimeHolder: its pools' backends feed the gauges
+        self.certificate_expiry = certificate_expiry   # TLS name -> not-after (Unix time)
         self.multiprocess = bool(multiprocess_dir)
         self.clock = clock
         self.registry = CollectorRegistry()
@@ -95,6 +100,20 @@ class Metrics:
                                       ["result"], registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        self.tls_expiry = Gauge("myproxy_tls_certificate_expiry_seconds",
+                                "Seconds until the TLS certificate serving this name expires.",
+                                ["name"], registry=r, multiprocess_mode="livemin")
+        self._tls_names: set[str] = set()
+        self.tls_refusals = None
+        if certificate_expiry is not None:
+            from ..server.tls import REFUSALS
+            self.tls_refusals = Counter(
+                "myproxy_tls_handshake_failures_total",
+                "Connections to the TLS port that never got to HTTPS, by reason: plain_http, "
+                "not_tls, timeout (no handshake within timeouts.client_header), failed.",
+                ["reason"], registry=r)
+            for reason in REFUSALS:
+                self.tls_refusals.labels(reason)
         self._series: dict[tuple[str, str], _Series] = {}
         self._gauged: set[tuple[str, str]] = set()
         self._exposed = self.registry
@@ -178,6 +197,11 @@ class Metrics:
     def config_reloaded(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
 
+    def tls_refused(self, reason: str) -> None:
+        """A connection to the TLS port that never got to HTTPS (``Terminator.on_refused``)."""
+        if self.tls_refusals is not None:
+            self.tls_refusals.labels(reason).inc()
+
     def forget(self, route: str, url: str) -> None:
         """Drop a removed backend's series (a member DNS took away), so that the ``backend``
         label has one value per backend that exists, not one per address ever seen. (In
@@ -228,6 +252,17 @@ class Metrics:
                 except KeyError:
                     pass
         self._gauged = current
+        if self.certificate_expiry is not None:
+            now = self.clock()
+            expiry = self.certificate_expiry()
+            for name, not_after in expiry.items():
+                self.tls_expiry.labels(name).set(round(not_after - now))
+            for name in self._tls_names - set(expiry):
+                try:
+                    self.tls_expiry.remove(name)
+                except KeyError:
+                    pass
+            self._tls_names = set(expiry)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The Prometheus text (or OpenMetrics, if ``accept`` asks for it) and its content type."""

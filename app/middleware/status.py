@@ -4,7 +4,8 @@
 its pool, its health state and since when, its recent
 health checks, its consecutive passes and failures against ``rise``/``fall``, in-flight
 requests, request and error counts, and the recent window of ``recent.Traffic`` (rate,
-error rate, latency percentiles, a per-second series); and for the balancer, the process,
+error rate, latency percentiles, a per-second series); the TLS certificates in force
+(names, issuer, not-after, days left) when the listener speaks TLS; and for the balancer, the process,
 uptime, config source, policy, and totals. Times are Unix seconds; latencies are
 milliseconds. It only reads: backends own their state, ``Metrics`` owns the traffic.
 """
@@ -23,7 +24,9 @@ class Status:
     """Builds the status document of one app."""
 
     def __init__(self, metrics: Metrics, draining: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 certificates: Callable[[], list[dict]] | None = None):
+        self.certificates = certificates    # the TLS certificates in force, described
         self.metrics = metrics
         self.draining = draining
         self._clock = clock
@@ -84,6 +87,11 @@ class Status:
             "backends": backends,
             "discovery": [{"route": pool.name, **entry} for pool in runtime.pools
                           for entry in pool.discovery.describe()],
+            "tls": None if self.certificates is None or config.tls is None else {
+                "min_version": config.tls.min_version,
+                "hsts_seconds": config.tls.hsts,
+                "certificates": self.certificates(),
+            },
         }
 
     def backend(self, pool, backend: Backend, now: float) -> dict:

@@ -5,7 +5,9 @@ on every accepted socket, the raw request target and header lines in environ, no
 body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
 log and tracebacks, the hand-over of a connection to an upgrade tunnel (``app.server.handoff``),
 the garbage collector's settings for serving (``tune_gc``), and a shutdown sequence with
-a deadline (below).
+a deadline (below). With ``tls``, the port speaks TLS through ``app.server.tls.Terminator``
+(gevent calls its ``wrap_socket`` in each connection's greenlet), and a second, plain
+server on ``tls.redirect_from`` answers with redirects (``app.middleware.redirect``).
 
 Each request is read strictly and every wait is bounded by ``connection.StrictConnection``
 (``app.server.http1`` and ``limits``/``timeouts``); the shutdown sequence:
@@ -46,6 +48,7 @@ from ..config import LimitsConfig, TimeoutsConfig
 from .connection import StrictConnection
 from ..errors import ProxyError, UpstreamError
 from .sockets import send_all
+from .tls import send_close_notify, socket_tls
 
 log = logging.getLogger("myproxy.server")
 
@@ -61,6 +64,7 @@ class Handler(StrictConnection, WSGIHandler):
 
     idle = True          # waiting for a request line: safe to close when draining
     taken_over = False   # the connection was handed to an upgrade tunnel (app.server.handoff)
+    tls = None           # (version, resumed) of a TLS connection, read once
 
     def handle(self):
         try:
@@ -72,6 +76,14 @@ class Handler(StrictConnection, WSGIHandler):
             super().handle()
         finally:
             self.server.connections.discard(self)
+
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if result is None and self.server.ssl_enabled and self.socket is not None:
+            # The connection ends: close_notify before pywsgi closes the descriptor under
+            # the TLS socket (it does so directly, without the TLS socket's close).
+            send_close_notify(self.socket)
+        return result
 
     def read_requestline(self):
         self.idle = True
@@ -120,6 +132,10 @@ class Handler(StrictConnection, WSGIHandler):
         self.wsgi_input = environ["wsgi.input"] = self.strict_input()
         environ["wsgi.input_terminated"] = True
         environ["myproxy.take_connection"] = self.take_connection
+        if self.server.ssl_enabled:
+            if self.tls is None:
+                self.tls = socket_tls(self.socket)
+            environ["myproxy.tls"] = self.tls
         return environ
 
     def take_connection(self):
@@ -179,6 +195,10 @@ class Handler(StrictConnection, WSGIHandler):
             connection = "close"
         elif connection is None and self.request_version == "HTTP/1.0":   # say what happens next
             encoded.append((b"Connection", b"close" if self.close_connection else b"keep-alive"))
+        elif connection is None and self.close_connection:
+            # The client asked to close: RFC 9112 §9.6, the server SHOULD say "close" too
+            # (wrk, for one, otherwise reads the end of the connection as an error).
+            encoded.append((b"Connection", b"close"))
         if connection == "close":
             self.close_connection = True
         self.status = status.encode("latin-1")
@@ -296,11 +316,14 @@ class Server(WSGIServer):
 
     def __init__(self, listener, application, max_connections: int = 10000,
                  limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig(),
-                 settings: Callable[[], object] | None = None):
+                 settings: Callable[[], object] | None = None, tls=None):
         """``settings`` returns the config in force (``App.config``), read at each use of
-        ``limits`` and ``timeouts``; without it, those two are fixed."""
+        ``limits`` and ``timeouts``; without it, those two are fixed. ``tls`` (an
+        app.server.tls.Terminator) is what gevent calls ``wrap_socket`` on, in each
+        connection's greenlet, before the handler runs."""
+        ssl_args = {"ssl_context": tls} if tls is not None else {}
         super().__init__(listener, application, spawn=Pool(max_connections), log=None,
-                         error_log=LoggingLogAdapter(log, logging.ERROR))
+                         error_log=LoggingLogAdapter(log, logging.ERROR), **ssl_args)
         self._fixed = (limits, timeouts)
         self._settings = settings
         self.connections: set[Handler] = set()
@@ -346,16 +369,28 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     ``listener`` is an address or a bound socket (tests pass one on port 0); ``ready`` is
     set once the server accepts connections.
     """
+    tls = getattr(app, "tls", None)
     server = Server(listener or (config.host, config.port), app,
                     max_connections=config.limits.max_connections,
-                    settings=lambda: app.config)
+                    settings=lambda: app.config, tls=tls)
     server.init_socket()
+    servers = [server]
+    if tls is not None and config.tls.redirect_from:
+        # The plain-HTTP listener of tls.redirect_from: the same app, which answers what
+        # did not come over TLS with a 308 (app.middleware.redirect).
+        redirect = Server((config.host, config.tls.redirect_from), app,
+                          max_connections=config.limits.max_connections,
+                          settings=lambda: app.config)
+        redirect.init_socket()
+        servers.append(redirect)
     app.start()    # before the line that says we listen: it may fail (StartupError)
     host, port = server.address[:2]
-    log.info("listening on http://%s:%d backends=%s policy=%s%s", host, port,
-             ",".join(b.url for b in config.backends) or "-", config.policy,
+    log.info("listening on %s://%s:%d backends=%s policy=%s%s", "https" if tls else "http",
+             host, port, ",".join(b.url for b in config.backends) or "-", config.policy,
              "".join(f" route={route.name}:{','.join(b.url for b in route.backends)}"
                      for route in config.routes))
+    for each in servers[1:]:
+        log.info("redirecting http://%s:%d to https", each.address[0], each.address[1])
     stop, reload = Event(), Event()
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
@@ -363,13 +398,15 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
 
     reloader = gevent.spawn(reload_on, reload, app)
     tune_gc()
-    server.start()
+    for each in servers:
+        each.start()
     if ready is not None:
         ready.set()
     try:
         stop.wait()
         app.draining = True
-        server.closing = True
+        for each in servers:
+            each.closing = True
         reloader.kill()
         delay = app.config.shutdown_delay            # as reloaded, if it was
         if delay > 0:
@@ -378,7 +415,11 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
             if stop.wait(delay):
                 log.info("second signal: ending shutdown_delay now")
         timeout = app.config.shutdown_timeout
+        for each in servers[1:]:
+            each.close()                 # the redirect listener stops accepting too
         finished = server.drain(timeout)
+        for each in servers[1:]:
+            each.drain(1.0)              # its answers take no time
         if not finished:
             log.warning("shutdown timeout of %.1fs passed; remaining requests were cut off",
                         timeout)

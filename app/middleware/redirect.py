@@ -1,0 +1,56 @@
+"""The answer of the plain-HTTP listener of ``tls.redirect_from``: ``308`` to the same URL over https.
+
+``HTTPSRedirect`` wraps the app when ``tls.redirect_from`` is set. A request that came over
+TLS passes through; one that came over plain HTTP (the redirect listener: under
+``python wsgi.py`` a server of its own, under gunicorn a second bound address whose
+connections ``app.server.tls.Terminator`` leaves plain) is answered
+``308 Permanent Redirect`` (RFC 9110 §15.4.9: the method and body are kept, unlike 301)
+to ``https://HOST[:port]TARGET``: the host the client asked for, without its port, then
+``port`` unless it is 443, then the request target byte for byte. It never reaches a
+backend, and the admin pages are redirected too. It knows nothing of backends.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+from ..server.tls import connection_tls
+
+PERMANENT_REDIRECT = "308 Permanent Redirect"    # RFC 9110 §15.4.9
+HTTPS_PORT = 443                                   # RFC 9110 §4.2.2
+# RFC 3986 §3.2.2 host (IP-literal or reg-name/IPv4) and an optional port (RFC 9110 §7.2).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
+
+
+class HTTPSRedirect:
+    """Answers requests that did not come over TLS with a redirect to https (see above).
+
+    Usage: ``app = HTTPSRedirect(app)``; the port it redirects to is the request's runtime's.
+    """
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if connection_tls(environ) is not None:
+            return self.app(environ, start_response)
+        environ["myproxy.admin"] = True          # logged, not counted as traffic
+        match = _HOST.fullmatch(environ.get("HTTP_HOST", ""))
+        if match is None:
+            body = b"400 Bad Request: a redirect to https needs the request's Host\n"
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
+                                               ("Content-Length", str(len(body))),
+                                               ("Connection", "close")])
+            return [body]
+        port = environ["myproxy.runtime"].config.port
+        target = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+        if target[:7].lower() == "http://":          # absolute-form: its path and query
+            target = target[7:].partition("/")[1] + target[7:].partition("/")[2]
+        if not target.startswith("/"):
+            target = "/"
+        location = f"https://{match.group(1)}{'' if port == HTTPS_PORT else f':{port}'}{target}"
+        body = f"308 Permanent Redirect: {location}\n".encode("latin-1", "replace")
+        start_response(PERMANENT_REDIRECT, [("Location", location),
+                                            ("Content-Type", "text/plain; charset=utf-8"),
+                                            ("Content-Length", str(len(body)))])
+        return [body]
