@@ -539,6 +539,7 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
         values["admin"] = dataclasses.replace(values["admin"], token=environ["MYPROXY_ADMIN_TOKEN"])
         origins["admin.token"] = "env MYPROXY_ADMIN_TOKEN"
 
+    values["health_check"] = _default_health_timeout(values["health_check"], origins)
     config = Config(source=os.path.abspath(path) if path != "<config>" else path,
                     origins=origins, **values)
     _check_consistency(document, config)
@@ -617,11 +618,26 @@ def _check_unique(document: _Document, backends: list[BackendConfig]) -> None:
         seen.add(backend.url)
 
 
+def _default_health_timeout(health: HealthCheckConfig, origins: dict) -> HealthCheckConfig:
+    """A ``health_check.timeout`` the user did not set is ``min(2s, interval)``: a short
+    interval alone must not make the default config invalid (HAProxy takes its check
+    timeout from ``inter`` in the same way). ``origins`` says when the cap applied."""
+    if origins.get("health_check.timeout") != "default" or \
+            not 0 < health.interval < health.timeout:
+        return health
+    origins["health_check.timeout"] = "default, capped at health_check.interval"
+    return dataclasses.replace(health, timeout=health.interval)
+
+
 def _check_consistency(document: _Document, config: Config) -> None:
     health = config.health_check
     if health.enabled and health.timeout > health.interval > 0:
+        interval = format_value("health_check.interval", health.interval)
+        line = document.locate(("health_check", "interval"))[0] \
+            if config.origins.get("health_check.interval", "default") != "default" else None
+        where = f"line {line}" if line is not None else "its default"
         raise document.error(("health_check", "timeout"),
-                             "must not be longer than health_check.interval")
+                             f"must not be longer than health_check.interval ({interval}, {where})")
     if health.enabled and health.interval <= 0:
         raise document.error(("health_check", "interval"), "must be more than 0")
     if not any(b.weight > 0 for b in config.backends):

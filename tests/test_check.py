@@ -98,3 +98,11 @@ def test_probe_counts_an_unexpected_status_as_down(write_config, backend):
     process = check(path, "--probe")
     assert process.proc.returncode == 1
     assert "DOWN  status 500 (not in health_check.expect)" in process.output
+
+
+def test_check_says_where_an_unset_health_check_timeout_came_from(write_config):
+    process = check(write_config(OK_BACKENDS + "health_check: {interval: 500ms}\n"))
+    assert process.proc.returncode == 0, process.output
+    line = next(line for line in process.output.splitlines()
+                if line.split()[0] == "health_check.timeout")
+    assert line.split()[1] == "500ms" and line.endswith("(default, capped at health_check.interval)")

@@ -150,3 +150,24 @@ def test_tunnel_idle_defaults_to_an_hour_and_takes_a_duration():
     error = _error(MINIMAL + "timeouts:\n  tunnel_idle: forever\n")
     assert (error.key, error.line) == ("timeouts.tunnel_idle", 4)
     assert "not a duration" in str(error)
+
+
+@pytest.mark.parametrize("health,timeout,origin", [
+    ("", 2.0, "default"),
+    ("health_check: {interval: 0.5}\n", 0.5, "default, capped at health_check.interval"),
+    ("health_check: {interval: 2s}\n", 2.0, "default"),
+    ("health_check: {interval: 500ms, timeout: 100ms}\n", 0.1, "file"),
+], ids=["no-interval", "short-interval", "interval-equal", "both-set"])
+def test_an_unset_health_check_timeout_is_the_smaller_of_2s_and_the_interval(health, timeout, origin):
+    config = parse(MINIMAL + health, environ={})
+    assert config.health_check.timeout == timeout
+    assert config.origins["health_check.timeout"] == origin
+
+
+def test_an_explicit_health_check_timeout_longer_than_the_interval_names_both_lines():
+    error = _error(MINIMAL + "health_check:\n  interval: 1s\n  timeout: 3s\n")
+    assert (error.key, error.line) == ("health_check.timeout", 5)
+    assert "must not be longer than health_check.interval (1s, line 4)" in str(error)
+    error = _error(MINIMAL + "health_check:\n  timeout: 6s\n")
+    assert (error.key, error.line) == ("health_check.timeout", 4)
+    assert "health_check.interval (5s, its default)" in str(error)
