@@ -41,10 +41,16 @@ from .upstream import Upstream, classify
 
 log = logging.getLogger("myproxy.proxy")
 
-# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, either way.
+# Connection-specific fields a proxy must not forward, either way: RFC 9110 §7.6.1 names
+# Connection itself, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and Upgrade (and
+# every field Connection lists). Trailer goes too: the proxy re-frames bodies and drops
+# trailer fields, so announcing them would be false. Proxy-Authorization and
+# Proxy-Authenticate are not hop-by-hop in RFC 9110 (RFC 2616 §13.5.1 listed them): this
+# proxy never asks for proxy credentials, so per §11.7.1-§11.7.2 they are for whoever is
+# behind it, and are relayed (as nginx and HAProxy do).
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade", "proxy-authenticate", "proxy-authorization",
+    "upgrade",
 })
 
 # RFC 9110 §10.1.1: the proxy answers a client's 100-continue itself, when it starts
