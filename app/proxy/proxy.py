@@ -32,7 +32,8 @@ from ..lb.affinity import request_key
 from ..lb.balancer import Backend, Balancer
 from .body import request_body
 from ..config import Config, ConfigHolder
-from ..errors import ClientError, NoBackendAvailable, ProxyError, UpstreamError, UpstreamReset
+from ..errors import (ClientError, NoBackendAvailable, ProxyError, UpstreamError,
+                      UpstreamProtocolError, UpstreamReset)
 from ..server.http1 import connection_tokens, list_tokens
 from ..logs import Fields
 from ..lb.retry import ReplayableBody, RetryBudget, may_retry
@@ -48,9 +49,11 @@ log = logging.getLogger("myproxy.proxy")
 # Proxy-Authenticate are not hop-by-hop in RFC 9110 (RFC 2616 §13.5.1 listed them): this
 # proxy never asks for proxy credentials, so per §11.7.1-§11.7.2 they are for whoever is
 # behind it, and are relayed (as nginx and HAProxy do).
+# HTTP2-Settings belongs to the connection it asks to upgrade (RFC 7540 §3.2.1), which
+# the proxy never upgrades to HTTP/2 (tunnel.NEVER_TUNNELLED).
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade",
+    "upgrade", "http2-settings",
 })
 
 # RFC 9110 §10.1.1: the proxy answers a client's 100-continue itself, when it starts
@@ -97,11 +100,17 @@ class Proxy:
             return self._fail(environ, start_response, error)
 
         status = response.status
-        if upgrade and status == SWITCHING_PROTOCOLS:
-            try:
-                return self.tunnels.relay(environ, start_response, response, backend.url)
-            finally:
-                backend.in_flight -= 1
+        if status == SWITCHING_PROTOCOLS:
+            if upgrade:
+                try:
+                    return self.tunnels.relay(environ, start_response, response, backend.url)
+                finally:
+                    backend.in_flight -= 1
+            # RFC 9110 §15.2.2: a 101 answers only a request that asked to switch; relayed,
+            # it would switch a client connection the proxy then cannot mediate (h2c).
+            _finish(response, backend, complete=False)
+            return self._fail(environ, start_response, UpstreamProtocolError(
+                "invalid response: 101 to a request that asked for no upgrade"))
         start_response(f"{status} {response.reason or _reason(status)}",
                        response_headers(response.header_lines, *_body_length(response, method),
                                         getattr(response, "connection_tokens", None)))
