@@ -8,6 +8,7 @@ reads (``recent.Traffic``, one per backend). The hooks:
 - ``observe(backend, status, seconds, tried, error_kind)``: one finished request, called
   by the request-log middleware with the proxy's ``myproxy.tried`` (a ``(url, failure)``
   pair per attempt); backend ``"none"`` when no backend was chosen;
+- ``client_aborted(backend)``: a request whose client left while its backend answered;
 - ``health_checked(backend, result)``: one health check, the ``HealthChecker``'s ``on_result``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``.
 
@@ -80,6 +81,10 @@ class Metrics:
         self.retries = Counter("myproxy_retries_total",
                                "Requests retried on this backend after another attempt failed.",
                                ["backend"], registry=r)
+        self.client_aborts = Counter("myproxy_client_aborts_total",
+                                     "Requests whose client closed its connection while the "
+                                     "backend was still answering, by backend.",
+                                     ["backend"], registry=r)
         self.upstream_errors = Counter("myproxy_upstream_errors_total",
                                        "Failed upstream requests, by backend and kind of failure.",
                                        ["backend", "kind"], registry=r)
@@ -114,6 +119,10 @@ class Metrics:
         if series is None:
             series = self._series[url] = _Series(self, url)
         return series
+
+    def client_aborted(self, backend: str | None) -> None:
+        """Count a request abandoned because its client left (also observed, as 499)."""
+        self.client_aborts.labels(backend or NO_BACKEND).inc()
 
     def observe(self, backend: str | None, status: int, seconds: float | None, tried=(),
                 error_kind: str | None = None) -> None:

@@ -22,6 +22,7 @@ about sockets, signals or logging formats.
 """
 from __future__ import annotations
 
+import errno
 import http
 import logging
 import time
@@ -35,6 +36,7 @@ from ..config import Config, ConfigHolder
 from ..errors import (ClientError, NoBackendAvailable, ProxyError, UpstreamError,
                       UpstreamProtocolError, UpstreamReset)
 from ..server.http1 import connection_tokens, list_tokens
+from ..server.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
 from ..lb.retry import ReplayableBody, RetryBudget, may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
@@ -67,6 +69,10 @@ NO_BODY_STATUSES = frozenset({204, 304})
 # move a large body with less CPU; a read returns what has arrived, never waits for more.
 RESPONSE_CHUNK = 1024 * 1024
 
+# nginx's status for a request whose client closed the connection before the response
+# was sent: not an HTTP status on the wire (no client is left to read it), only in logs.
+CLIENT_CLOSED_REQUEST = 499
+
 VIA_NAME = "myproxy"         # RFC 9110 §7.6.3: Via: <received protocol version> myproxy
 
 
@@ -88,6 +94,7 @@ class Proxy:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]
+        watch = None
         try:
             target = admit(environ, self.config.limits)
             upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
@@ -95,9 +102,15 @@ class Proxy:
             if source is not None:
                 source.prefetch()       # a body bad from its first byte reaches no backend
             body = ReplayableBody(source, chunked)
-            backend, response = self._send(environ, method, target, body, upgrade)
+            # A tunnel's handshake is short, and the tunnel sees the client go on its own.
+            watch = None if upgrade else watch_client(environ)
+            backend, response = self._send(environ, method, target, body, upgrade, watch)
         except ProxyError as error:
+            if watch is not None:
+                watch.close()
             return self._fail(environ, start_response, error)
+        except ClientAborted:
+            return _client_aborted(environ, start_response)
 
         status = response.status
         if status == SWITCHING_PROTOCOLS:
@@ -108,19 +121,21 @@ class Proxy:
                     backend.in_flight -= 1
             # RFC 9110 §15.2.2: a 101 answers only a request that asked to switch; relayed,
             # it would switch a client connection the proxy then cannot mediate (h2c).
-            _finish(response, backend, complete=False)
+            _finish(response, backend, complete=False, watch=watch)
             return self._fail(environ, start_response, UpstreamProtocolError(
                 "invalid response: 101 to a request that asked for no upgrade"))
+        if watch is not None:
+            watch.response_started()
         start_response(f"{status} {response.reason or _reason(status)}",
                        response_headers(response.header_lines, *_body_length(response, method),
                                         getattr(response, "connection_tokens", None)))
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
-            _finish(response, backend, complete=True)
+            _finish(response, backend, complete=True, watch=watch)
             return iter(())
-        return ResponseBody(response, backend, environ, report=self._report)
+        return ResponseBody(response, backend, environ, report=self._report, watch=watch)
 
     def _send(self, environ: dict, method: str, target: str, body: ReplayableBody,
-              upgrade: str = ""):
+              upgrade: str = "", watch: ClientWatch | None = None):
         """Choose a backend and send; after a failure that may be retried, try another.
 
         A pooled keep-alive connection the backend had closed is not a failure: the same
@@ -136,7 +151,7 @@ class Proxy:
         while True:
             try:
                 return backend, self._attempt(environ, backend, method, target, body, fresh,
-                                              upgrade)
+                                              upgrade, watch)
             except UpstreamError as error:
                 fresh = error.stale and may_retry(error, method, body)
                 if fresh:
@@ -154,8 +169,13 @@ class Proxy:
                     raise
 
     def _attempt(self, environ: dict, backend: Backend, method: str, target: str,
-                 body: ReplayableBody, fresh: bool, upgrade: str = ""):
-        """One try on one backend, counted in flight and fed to its passive health."""
+                 body: ReplayableBody, fresh: bool, upgrade: str = "",
+                 watch: ClientWatch | None = None):
+        """One try on one backend, counted in flight and fed to its passive health.
+
+        While it waits, ``watch`` may throw ``ClientAborted`` (the client has gone): not an
+        ``UpstreamError``, so it is neither reported nor retried, and the upstream side
+        closes the connection instead of pooling it."""
         environ["myproxy.backend"] = backend.url
         attempts = environ.setdefault("myproxy.tried", [])
         attempts.append((backend.url, None))
@@ -167,6 +187,8 @@ class Proxy:
         backend.requests += 1
         sent_at = time.monotonic()
         try:
+            if watch is not None:
+                watch.waiting()
             send = self.tunnels.send if upgrade else self.upstream.send
             response = send(backend.origin, method, _upstream_target(backend, target),
                             headers, body.attempt(), body.chunked, fresh=fresh)
@@ -178,6 +200,8 @@ class Proxy:
                     self._report(backend, error)
             raise
         finally:
+            if watch is not None:
+                watch.done_waiting()
             environ["myproxy.upstream_duration"] = time.monotonic() - sent_at
         self._report(backend, None)
         return response
@@ -279,22 +303,39 @@ class ResponseBody:
     """
 
     def __init__(self, response, backend: Backend, environ: dict,
-                 report: Callable | None = None):
+                 report: Callable | None = None, watch: ClientWatch | None = None):
         self._response = response
         self._backend = backend
         self._environ = environ
         self._report = report     # called with (backend, error) when the backend fails
+        self._watch = watch       # the client, watched while a read waits on the backend
         self._complete = False
         self._closed = False
+        self._started = False
 
     def __iter__(self) -> Iterator[bytes]:
+        self._started = True
         read = self._response.read1
+        watch = self._watch
         try:
             while True:
-                data = read(RESPONSE_CHUNK)
+                if watch is None:
+                    data = read(RESPONSE_CHUNK)
+                else:
+                    watch.waiting()
+                    try:
+                        data = read(RESPONSE_CHUNK)
+                    finally:
+                        watch.done_waiting()
                 if not data:
                     break
                 yield data
+        except ClientAborted:
+            # The client has gone: the backend's connection is closed (close() below),
+            # and the server closes the client's, quietly, as for any reset.
+            self._environ["myproxy.client_aborted"] = True
+            raise ConnectionResetError(errno.ECONNRESET, "the client closed its connection") \
+                from None
         except Exception as error:  # noqa: BLE001 - typed, logged, re-raised
             failure = classify(error)
             if not isinstance(failure, UpstreamError):
@@ -310,15 +351,39 @@ class ResponseBody:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _finish(self._response, self._backend, self._complete)
+            watch = self._watch
+            if not self._complete and self._started and watch is not None and \
+                    "myproxy.error" not in self._environ and watch.client_gone():
+                # The server stopped writing part way because the client had left.
+                self._environ["myproxy.client_aborted"] = True
+            _finish(self._response, self._backend, self._complete, watch)
 
 
-def _finish(response, backend: Backend, complete: bool) -> None:
+def _finish(response, backend: Backend, complete: bool, watch: ClientWatch | None = None) -> None:
     """Return the connection to its pool if the body was read to the end, else drop it."""
     backend.in_flight -= 1
+    if watch is not None:
+        watch.close()
     if not complete:
         response.close()
     response.release_conn()
+
+
+class _ClientGone:
+    """The body of a request whose client left before its response began: iterating it
+    raises a reset, so the server writes nothing and closes the connection quietly."""
+
+    def __iter__(self):
+        raise ConnectionResetError(errno.ECONNRESET, "the client closed its connection")
+
+
+def _client_aborted(environ: dict, start_response: Callable):
+    """The client left while its backend was still to answer: the backend request was
+    abandoned (its connection closed); the access log and metrics say 499, as nginx does."""
+    environ["myproxy.client_aborted"] = True
+    start_response(f"{CLIENT_CLOSED_REQUEST} Client Closed Request",
+                   [("Content-Length", "0"), ("Connection", "close")])
+    return _ClientGone()
 
 
 def _upstream_target(backend: Backend, target: str) -> str:

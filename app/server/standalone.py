@@ -115,6 +115,7 @@ class Handler(StrictConnection, WSGIHandler):
         self.wsgi_input = environ["wsgi.input"] = self.strict_input()
         environ["wsgi.input_terminated"] = True
         environ["myproxy.take_connection"] = self.take_connection
+        environ["myproxy.client_socket"] = self.socket    # watched for aborts (app.server.watch)
         return environ
 
     def take_connection(self):
