@@ -38,7 +38,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
 
 from ..config import LimitsConfig, TimeoutsConfig
-from .connection import StrictConnection
+from .connection import SlowHeads, StrictConnection
 from ..errors import ProxyError, UpstreamError
 from .sockets import send_all
 
@@ -298,6 +298,7 @@ class Server(WSGIServer):
         self.timeouts = timeouts
         self.connections: set[Handler] = set()
         self.draining = False
+        self.slow_heads = SlowHeads()    # slowloris closes, one log line a second
 
     def drain(self, timeout: float) -> bool:
         """Stop accepting, close idle connections, wait up to ``timeout`` for the rest.
@@ -365,6 +366,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
             handler.cancel()
         reloader.kill()
         app.stop()
+        server.slow_heads.flush()
     log.info("stopped")
     return 0
 
