@@ -72,6 +72,8 @@ class HoldingBackend:
         if target == "/stream":
             sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                          + b"%x\r\n%s\r\n" % (20000, b"x" * 20000))
+        if target == "/events":
+            return self._events(sock)
         self.arrived.set()
         sock.settimeout(15)
         try:
@@ -81,6 +83,22 @@ class HoldingBackend:
             pass
         self.closed_at = time.monotonic()
         self.closed.set()
+        sock.close()
+
+
+    def _events(self, sock) -> None:
+        """An event stream: one event at once, then one every 0.1 s until the proxy closes."""
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        self.arrived.set()
+        try:
+            for number in range(100):
+                event = b"data: %d\n\n" % number
+                sock.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+                gevent.sleep(0.1)
+        except OSError:
+            self.closed_at = time.monotonic()
+            self.closed.set()
         sock.close()
 
 
@@ -179,3 +197,19 @@ def test_a_client_that_half_closes_after_its_request_is_served(proxy, fresh):
     assert statuses(data) == [100, 200] and data.endswith(b"later")
     holder = next(holder for holder in fresh if holder.requests)
     assert proxy.wait_for(rf"myproxy.access .*target=/later status=200 .*{re.escape(holder.url)}")
+
+
+def test_a_client_leaving_an_event_stream_frees_the_backend(proxy, fresh):
+    """The client reads what came and closes: nothing unread, so no reset, only an end of
+    file; the next event the proxy passes on makes the closed client reset."""
+    before = {holder.url: _metric(proxy, holder.url) for holder in fresh}
+
+    def read_first_event_then_close(sock):
+        data = b""
+        while b"data: 0" not in data:
+            data += sock.recv(65536)
+        sock.close()
+
+    seconds, target = _ask_and_leave(proxy, fresh, "/events", read_first_event_then_close)
+    assert seconds < 1.5
+    _assert_counted_as_an_abort(proxy, fresh, target, before)
