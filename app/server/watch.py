@@ -47,6 +47,7 @@ _READ = 1                                   # libev's EV_READ
 # reset, where a half-closed connection stays in CLOSE_WAIT) or, elsewhere, SO_ERROR.
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_CLOSE = 7                              # include/net/tcp_states.h
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 class ClientAborted(BaseException):
@@ -158,7 +159,7 @@ class ClientWatch:
         raw = self._raw
         try:
             return bool(raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)) or (
-                _TCP_INFO is not None
+                _TCP_INFO is not None and raw.family in _TCP_FAMILIES
                 and raw.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _TCP_CLOSE)
         except OSError:
             return True             # the socket is closed: the request is over anyway
