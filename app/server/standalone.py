@@ -43,7 +43,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
 
 from ..config import LimitsConfig, TimeoutsConfig
-from .connection import StrictConnection
+from .connection import SlowHeads, StrictConnection
 from ..errors import ProxyError, UpstreamError
 from .sockets import send_all
 
@@ -120,6 +120,7 @@ class Handler(StrictConnection, WSGIHandler):
         self.wsgi_input = environ["wsgi.input"] = self.strict_input()
         environ["wsgi.input_terminated"] = True
         environ["myproxy.take_connection"] = self.take_connection
+        environ["myproxy.client_socket"] = self.socket    # watched for aborts (app.server.watch)
         return environ
 
     def take_connection(self):
@@ -306,6 +307,7 @@ class Server(WSGIServer):
         self.connections: set[Handler] = set()
         self.closing = False     # from SIGTERM on: every response says Connection: close
         self.draining = False    # no longer accepting: read no further request
+        self.slow_heads = SlowHeads()    # slowloris closes, one log line a second
 
     @property
     def limits(self) -> LimitsConfig:
@@ -387,6 +389,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
             handler.cancel()
         reloader.kill()
         app.stop()
+        server.slow_heads.flush()
     log.info("stopped")
     return 0
 
