@@ -689,6 +689,7 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
         values["admin"] = dataclasses.replace(values["admin"], token=environ["MYPROXY_ADMIN_TOKEN"])
         origins["admin.token"] = "env MYPROXY_ADMIN_TOKEN"
 
+    values["health_check"] = _default_health_timeout(values["health_check"], origins)
     config = Config(source=os.path.abspath(path) if path != "<config>" else path,
                     origins=origins, **values)
     _check_consistency(document, config)
@@ -843,8 +844,19 @@ def _check_unique(document: _Document, backends: list[BackendConfig], at: tuple)
         seen.add(backend.url)
 
 
+def _default_health_timeout(health: HealthCheckConfig, origins: dict) -> HealthCheckConfig:
+    """A ``health_check.timeout`` the user did not set is ``min(2s, interval)``: a short
+    interval alone must not make the default config invalid (HAProxy takes its check
+    timeout from ``inter`` in the same way). ``origins`` says when the cap applied."""
+    if origins.get("health_check.timeout") != "default" or \
+            not 0 < health.interval < health.timeout:
+        return health
+    origins["health_check.timeout"] = "default, capped at health_check.interval"
+    return dataclasses.replace(health, timeout=health.interval)
+
+
 def _check_consistency(document: _Document, config: Config) -> None:
-    _check_health(document, config.health_check, ())
+    _check_health(document, config.health_check, (), config.origins)
     if config.backends and not any(b.weight > 0 for b in config.backends):
         raise document.error(("backends",), "at least one backend needs a weight above 0")
     if config.tls is not None and config.tls.redirect_from and \
@@ -852,10 +864,17 @@ def _check_consistency(document: _Document, config: Config) -> None:
         raise document.error(("tls", "redirect_from"), "must not be the TLS `port` itself")
 
 
-def _check_health(document: _Document, health: HealthCheckConfig, at: tuple) -> None:
+def _check_health(document: _Document, health: HealthCheckConfig, at: tuple,
+                  origins: Mapping[str, str]) -> None:
     if health.enabled and health.timeout > health.interval > 0:
+        interval = format_value("health_check.interval", health.interval)
+        origin = origins.get("health_check.interval", "default")
+        # A route's interval is its own (routes[i], ...), the top level's, or the default.
+        source = at + ("health_check", "interval") if origin.startswith("routes[") else \
+            ("health_check", "interval") if origin != "default" else None
+        where = f"line {document.locate(source)[0]}" if source is not None else "its default"
         raise document.error(at + ("health_check", "timeout"),
-                             "must not be longer than health_check.interval")
+                             f"must not be longer than health_check.interval ({interval}, {where})")
     if health.enabled and health.interval <= 0:
         raise document.error(at + ("health_check", "interval"), "must be more than 0")
 
@@ -924,10 +943,12 @@ def _routes(document: _Document, raw: Any, top: dict, top_origins: dict) -> tupl
                                                _inherited(top_origins[f"{section}.{key}"]))
         strip = _checked(document, at + ("strip_prefix",), _boolean,
                          item["strip_prefix"]) if "strip_prefix" in item else False
+        # Inherited unset (origin "default"), the timeout is capped by this route's interval.
+        fields["health_check"] = _default_health_timeout(fields["health_check"], origins)
         route = RouteConfig(name, _backends(document, item["backends"], at + ("backends",)),
                             hosts, path, strip, line=document.locate(at)[0], origins=origins,
                             **fields)
-        _check_health(document, route.health_check, at)
+        _check_health(document, route.health_check, at, origins)
         routes.append(route)
     return tuple(routes)
 

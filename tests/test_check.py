@@ -180,3 +180,11 @@ def test_probe_checks_each_routes_backends_with_its_own_rules(write_config, back
     assert "probe: GET /status/204 on each backend of route api" in process.output
     assert "probe: 3 of 3 backend(s) up" in process.output
     assert sorted(r.target for r in a.requests) == ["/status/204", "/top"]
+
+
+def test_check_says_where_an_unset_health_check_timeout_came_from(write_config):
+    process = check(write_config(OK_BACKENDS + "health_check: {interval: 500ms}\n"))
+    assert process.proc.returncode == 0, process.output
+    line = next(line for line in process.output.splitlines()
+                if line.split()[0] == "health_check.timeout")
+    assert line.split()[1] == "500ms" and line.endswith("(default, capped at health_check.interval)")

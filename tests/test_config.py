@@ -271,3 +271,44 @@ def test_tls_errors_name_the_key_and_line(tls, message):
     with pytest.raises(ConfigError) as raised:
         parse(MINIMAL + tls, "c.yaml", environ={})
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("health,timeout,origin", [
+    ("", 2.0, "default"),
+    ("health_check: {interval: 0.5}\n", 0.5, "default, capped at health_check.interval"),
+    ("health_check: {interval: 2s}\n", 2.0, "default"),
+    ("health_check: {interval: 500ms, timeout: 100ms}\n", 0.1, "file"),
+], ids=["no-interval", "short-interval", "interval-equal", "both-set"])
+def test_an_unset_health_check_timeout_is_the_smaller_of_2s_and_the_interval(health, timeout, origin):
+    config = parse(MINIMAL + health, environ={})
+    assert config.health_check.timeout == timeout
+    assert config.origins["health_check.timeout"] == origin
+
+
+def test_an_explicit_health_check_timeout_longer_than_the_interval_names_both_lines():
+    error = _error(MINIMAL + "health_check:\n  interval: 1s\n  timeout: 3s\n")
+    assert (error.key, error.line) == ("health_check.timeout", 5)
+    assert "must not be longer than health_check.interval (1s, line 4)" in str(error)
+    error = _error(MINIMAL + "health_check:\n  timeout: 6s\n")
+    assert (error.key, error.line) == ("health_check.timeout", 4)
+    assert "health_check.interval (5s, its default)" in str(error)
+
+
+def test_a_routes_unset_health_check_timeout_is_capped_by_its_own_interval():
+    text = ("health_check: {interval: 10s}\nroutes:\n  - name: a\n    backends: [http://h:1]\n"
+            "    path: /a\n    health_check: {interval: 500ms}\n  - name: b\n    path: /b\n"
+            "    backends: [http://h:2]\n")
+    a, b = parse(text, environ={}).routes
+    assert (a.health_check.timeout, a.origins["health_check.timeout"]) == \
+        (0.5, "default, capped at health_check.interval")
+    assert (b.health_check.timeout, b.origins["health_check.timeout"]) == (2.0, "default")
+
+
+def test_a_routes_health_check_timeout_longer_than_its_interval_names_the_intervals_line():
+    error = _error("health_check: {interval: 1s}\nroutes:\n  - name: a\n    backends: [http://h:1]\n"
+                   "    health_check: {timeout: 3s}\n")
+    assert (error.key, error.line) == ("routes[0].health_check.timeout", 5)
+    assert "health_check.interval (1s, line 1)" in str(error)
+    error = _error("routes:\n  - name: a\n    backends: [http://h:1]\n"
+                   "    health_check:\n      interval: 1s\n      timeout: 3s\n")
+    assert "health_check.interval (1s, line 5)" in str(error)

@@ -6,7 +6,8 @@ header (upstream and total time to the response headers, and the backend's name)
 the server closes the response body, it writes one access line and hands the outcome to
 ``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
 ``myproxy.route``, ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``,
-``myproxy.error`` and ``myproxy.upstream_duration`` from the proxy, ``myproxy.admin`` from the admin surface
+``myproxy.error``, ``myproxy.upstream_duration`` and ``myproxy.client_aborted`` (logged as
+status 499) from the proxy, ``myproxy.admin`` from the admin surface
 (admin requests are logged but not counted as traffic). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
 and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
@@ -38,6 +39,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 HSTS_HEADER = "Strict-Transport-Security"   # RFC 6797; sent over HTTPS only (§7.2)
 MAX_REQUEST_ID = 200          # longer IDs from a trusted proxy are replaced
 SERVER_TIMING_HEADER = "Server-Timing"   # W3C Server Timing
+CLIENT_CLOSED_REQUEST = "499"   # nginx's status in the log for a client that left (proxy.py)
 
 
 def new_request_id() -> str:
@@ -96,6 +98,9 @@ class RequestLog:
         """Count and log one finished request (or tunnel: its life is no request latency)."""
         duration = time.monotonic() - started
         error = environ.get("myproxy.error")
+        aborted = environ.get("myproxy.client_aborted", False)
+        if aborted:
+            status = CLIENT_CLOSED_REQUEST      # mid-body too: the client did not get it all
         admin = environ.get("myproxy.admin", False)
         backend = environ.get("myproxy.backend")
         route = environ.get("myproxy.route", NO_ROUTE)
@@ -103,6 +108,8 @@ class RequestLog:
         if self.metrics is not None and not admin and status.isdigit():
             self.metrics.observe(route, backend, int(status), None if tunnel else duration, tried,
                                  error.kind if isinstance(error, UpstreamError) else None)
+            if aborted:
+                self.metrics.client_aborted(route, backend)
         if not environ["myproxy.runtime"].config.access_log:
             return
         upstream = environ.get("myproxy.upstream_duration")

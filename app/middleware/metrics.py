@@ -10,6 +10,7 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
   called by the request-log middleware with the proxy's ``myproxy.tried`` (a ``(url,
   failure)`` pair per attempt); backend ``"none"`` when no backend was chosen, route
   ``"-"`` when no route matched;
+- ``client_aborted(route, backend)``: a request whose client left while its backend answered;
 - ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
 - ``tls_refused(reason)``: a connection to the TLS port that never got to HTTPS.
@@ -89,6 +90,10 @@ class Metrics:
         self.retries = Counter("myproxy_retries_total",
                                "Requests retried on this backend after another attempt failed.",
                                ["route", "backend"], registry=r)
+        self.client_aborts = Counter("myproxy_client_aborts_total",
+                                     "Requests whose client closed its connection while the "
+                                     "backend was still answering, by backend.",
+                                     ["route", "backend"], registry=r)
         self.upstream_errors = Counter("myproxy_upstream_errors_total",
                                        "Failed upstream requests, by backend and kind of failure.",
                                        ["route", "backend", "kind"], registry=r)
@@ -141,6 +146,10 @@ class Metrics:
         if series is None:
             series = self._series[(route, url)] = _Series(self, route, url)
         return series
+
+    def client_aborted(self, route: str | None, backend: str | None) -> None:
+        """Count a request abandoned because its client left (also observed, as 499)."""
+        self.client_aborts.labels(route or NO_ROUTE, backend or NO_BACKEND).inc()
 
     def observe(self, route: str | None, backend: str | None, status: int,
                 seconds: float | None, tried=(), error_kind: str | None = None) -> None:
@@ -211,6 +220,7 @@ class Metrics:
             return      # prometheus_client cannot remove a label set from the shared files
         labels = (route, url)
         removals = [(self.request_duration, *labels), (self.retries, *labels),
+                    (self.client_aborts, *labels),
                     (self.health_checks, *labels, "pass"), (self.health_checks, *labels, "fail")]
         if series is not None:
             removals += [(self.requests, *labels, str(code)) for code in series.codes]

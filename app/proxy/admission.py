@@ -9,7 +9,7 @@
   ``http1`` and says so with ``myproxy.head_checked``. Under gunicorn, its own parser has
   refused most ambiguous framing (STACK-FACTS 23); this covers what it lets through: a
   ``Transfer-Encoding`` other than a single ``chunked`` (gunicorn accepts ``gzip,
-  chunked``), a missing ``Host``, and a head over ``limits.max_header_bytes``, measured
+  chunked``), a missing or invalid ``Host``, and a head over ``limits.max_header_bytes``, measured
   from the environ (gunicorn keeps no raw bytes, so names and values count as
   ``name:value`` lines: never more than what was sent).
 
@@ -67,8 +67,11 @@ def check_environ(environ: dict, limits: LimitsConfig) -> None:
             raise BadRequest("Transfer-Encoding other than a single chunked")
     if length and not (length.isascii() and length.isdigit()):
         raise BadRequest("Content-Length is not a decimal number")
-    if environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and not environ.get("HTTP_HOST"):
+    host = environ.get("HTTP_HOST")
+    if environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and not host:
         raise BadRequest("an HTTP/1.1 request without a Host header")
+    if host:
+        http1.check_host_value(host)
     if head_size(environ) > limits.max_header_bytes:
         raise HeadersTooLarge(f"the request head is over {limits.max_header_bytes} bytes")
 

@@ -26,6 +26,7 @@ about sockets, signals or logging formats.
 """
 from __future__ import annotations
 
+import errno
 import http
 import logging
 import time
@@ -38,8 +39,9 @@ from ..lb.routes import Pool, request_host
 from .body import request_body
 from ..config import Config
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
-                      UpstreamReset)
+                      UpstreamProtocolError, UpstreamReset)
 from ..server.http1 import connection_tokens, list_tokens
+from ..server.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
 from ..lb.retry import ReplayableBody, may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
@@ -47,10 +49,18 @@ from .upstream import Upstream, classify
 
 log = logging.getLogger("myproxy.proxy")
 
-# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, either way.
+# Connection-specific fields a proxy must not forward, either way: RFC 9110 §7.6.1 names
+# Connection itself, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and Upgrade (and
+# every field Connection lists). Trailer goes too: the proxy re-frames bodies and drops
+# trailer fields, so announcing them would be false. Proxy-Authorization and
+# Proxy-Authenticate are not hop-by-hop in RFC 9110 (RFC 2616 §13.5.1 listed them): this
+# proxy never asks for proxy credentials, so per §11.7.1-§11.7.2 they are for whoever is
+# behind it, and are relayed (as nginx and HAProxy do).
+# HTTP2-Settings belongs to the connection it asks to upgrade (RFC 7540 §3.2.1), which
+# the proxy never upgrades to HTTP/2 (tunnel.NEVER_TUNNELLED).
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade", "proxy-authenticate", "proxy-authorization",
+    "upgrade", "http2-settings",
 })
 
 # RFC 9110 §10.1.1: the proxy answers a client's 100-continue itself, when it starts
@@ -63,6 +73,10 @@ NO_BODY_STATUSES = frozenset({204, 304})
 # Bytes asked of the backend per read of a response body: fewer, larger reads and writes
 # move a large body with less CPU; a read returns what has arrived, never waits for more.
 RESPONSE_CHUNK = 1024 * 1024
+
+# nginx's status for a request whose client closed the connection before the response
+# was sent: not an HTTP status on the wire (no client is left to read it), only in logs.
+CLIENT_CLOSED_REQUEST = 499
 
 VIA_NAME = "myproxy"         # RFC 9110 §7.6.3: Via: <received protocol version> myproxy
 
@@ -83,6 +97,7 @@ class Proxy:
         method = environ["REQUEST_METHOD"]
         runtime = environ["myproxy.runtime"]
         config = runtime.config
+        watch = None
         try:
             target = admit(environ, config.limits)
             pool = route_of(runtime.table, environ, target)
@@ -91,29 +106,44 @@ class Proxy:
             if source is not None:
                 source.prefetch()       # a body bad from its first byte reaches no backend
             body = ReplayableBody(source, chunked)
+            # A tunnel's handshake is short, and the tunnel sees the client go on its own.
+            watch = None if upgrade else watch_client(environ)
             backend, response = self._send(environ, pool, config, method, pool.rewrite(target),
-                                           body, upgrade)
+                                           body, upgrade, watch)
         except ProxyError as error:
+            if watch is not None:
+                watch.close()
             return self._fail(environ, start_response, error)
+        except ClientAborted:
+            return _client_aborted(environ, start_response)
 
         status = response.status
-        if upgrade and status == SWITCHING_PROTOCOLS:
-            try:
-                return self.tunnels.relay(environ, start_response, response, backend.url,
-                                          pool.settings.timeouts.tunnel_idle)
-            finally:
-                backend.in_flight -= 1
+        if status == SWITCHING_PROTOCOLS:
+            if upgrade:
+                try:
+                    return self.tunnels.relay(environ, start_response, response, backend.url,
+                                              pool.settings.timeouts.tunnel_idle)
+                finally:
+                    backend.in_flight -= 1
+            # RFC 9110 §15.2.2: a 101 answers only a request that asked to switch; relayed,
+            # it would switch a client connection the proxy then cannot mediate (h2c).
+            _finish(response, backend, complete=False, watch=watch)
+            return self._fail(environ, start_response, UpstreamProtocolError(
+                "invalid response: 101 to a request that asked for no upgrade"))
+        if watch is not None:
+            watch.response_started()
         start_response(f"{status} {response.reason or _reason(status)}",
                        response_headers(response.header_lines, *_body_length(response, method),
                                         getattr(response, "connection_tokens", None)))
         if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
-            _finish(response, backend, complete=True)
+            _finish(response, backend, complete=True, watch=watch)
             return iter(())
         return ResponseBody(response, backend, environ,
-                            report=lambda backend, error: _report(pool, backend, error))
+                            report=lambda backend, error: _report(pool, backend, error),
+                            watch=watch)
 
     def _send(self, environ: dict, pool: Pool, config: Config, method: str, target: str,
-              body: ReplayableBody, upgrade: str = ""):
+              body: ReplayableBody, upgrade: str = "", watch: ClientWatch | None = None):
         """Choose a backend of ``pool`` and send; after a failure that may be retried, try
         another of the same pool (never another route's).
 
@@ -134,7 +164,7 @@ class Proxy:
         while True:
             try:
                 return backend, self._attempt(environ, pool, config, backend, method, target,
-                                              body, fresh, upgrade)
+                                              body, fresh, upgrade, watch)
             except UpstreamError as error:
                 fresh = error.stale and may_retry(error, method, body)
                 if fresh:
@@ -152,8 +182,13 @@ class Proxy:
                     raise
 
     def _attempt(self, environ: dict, pool: Pool, config: Config, backend: Backend, method: str,
-                 target: str, body: ReplayableBody, fresh: bool, upgrade: str = ""):
-        """One try on one backend, counted in flight and fed to its passive health."""
+                 target: str, body: ReplayableBody, fresh: bool, upgrade: str = "",
+                 watch: ClientWatch | None = None):
+        """One try on one backend, counted in flight and fed to its passive health.
+
+        While it waits, ``watch`` may throw ``ClientAborted`` (the client has gone): not an
+        ``UpstreamError``, so it is neither reported nor retried, and the upstream side
+        closes the connection instead of pooling it."""
         environ["myproxy.backend"] = backend.url
         attempts = environ.setdefault("myproxy.tried", [])
         attempts.append((backend.url, None))
@@ -163,6 +198,8 @@ class Proxy:
         backend.requests += 1
         sent_at = time.monotonic()
         try:
+            if watch is not None:
+                watch.waiting()
             if upgrade:
                 headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
                 response = self.tunnels.send(backend.origin, method,
@@ -182,6 +219,8 @@ class Proxy:
                     _report(pool, backend, error)
             raise
         finally:
+            if watch is not None:
+                watch.done_waiting()
             environ["myproxy.upstream_duration"] = time.monotonic() - sent_at
         _report(pool, backend, None)
         return response
@@ -222,22 +261,39 @@ class ResponseBody:
     """
 
     def __init__(self, response, backend: Backend, environ: dict,
-                 report: Callable | None = None):
+                 report: Callable | None = None, watch: ClientWatch | None = None):
         self._response = response
         self._backend = backend
         self._environ = environ
         self._report = report     # called with (backend, error) when the backend fails
+        self._watch = watch       # the client, watched while a read waits on the backend
         self._complete = False
         self._closed = False
+        self._started = False
 
     def __iter__(self) -> Iterator[bytes]:
+        self._started = True
         read = self._response.read1
+        watch = self._watch
         try:
             while True:
-                data = read(RESPONSE_CHUNK)
+                if watch is None:
+                    data = read(RESPONSE_CHUNK)
+                else:
+                    watch.waiting()
+                    try:
+                        data = read(RESPONSE_CHUNK)
+                    finally:
+                        watch.done_waiting()
                 if not data:
                     break
                 yield data
+        except ClientAborted:
+            # The client has gone: the backend's connection is closed (close() below),
+            # and the server closes the client's, quietly, as for any reset.
+            self._environ["myproxy.client_aborted"] = True
+            raise ConnectionResetError(errno.ECONNRESET, "the client closed its connection") \
+                from None
         except Exception as error:  # noqa: BLE001 - typed, logged, re-raised
             failure = classify(error)
             if not isinstance(failure, UpstreamError):
@@ -253,7 +309,12 @@ class ResponseBody:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _finish(self._response, self._backend, self._complete)
+            watch = self._watch
+            if not self._complete and self._started and watch is not None and \
+                    "myproxy.error" not in self._environ and watch.client_gone():
+                # The server stopped writing part way because the client had left.
+                self._environ["myproxy.client_aborted"] = True
+            _finish(self._response, self._backend, self._complete, watch)
 
 
 def route_of(table, environ: dict, target: str) -> Pool:
@@ -333,12 +394,31 @@ def _outbound_headers(environ: dict, backend: Backend, forwarded) -> list[tuple[
     return headers
 
 
-def _finish(response, backend: Backend, complete: bool) -> None:
+def _finish(response, backend: Backend, complete: bool, watch: ClientWatch | None = None) -> None:
     """Return the connection to its pool if the body was read to the end, else drop it."""
     backend.in_flight -= 1
+    if watch is not None:
+        watch.close()
     if not complete:
         response.close()
     response.release_conn()
+
+
+class _ClientGone:
+    """The body of a request whose client left before its response began: iterating it
+    raises a reset, so the server writes nothing and closes the connection quietly."""
+
+    def __iter__(self):
+        raise ConnectionResetError(errno.ECONNRESET, "the client closed its connection")
+
+
+def _client_aborted(environ: dict, start_response: Callable):
+    """The client left while its backend was still to answer: the backend request was
+    abandoned (its connection closed); the access log and metrics say 499, as nginx does."""
+    environ["myproxy.client_aborted"] = True
+    start_response(f"{CLIENT_CLOSED_REQUEST} Client Closed Request",
+                   [("Content-Length", "0"), ("Connection", "close")])
+    return _ClientGone()
 
 
 def _upstream_target(backend: Backend, target: str) -> str:

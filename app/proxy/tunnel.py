@@ -46,14 +46,25 @@ HALF_CLOSE_GRACE = 1.0                # after one side closes, the other directi
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PROTOCOL = re.compile(rf"{_TOKEN}(?:/{_TOKEN})?")
 
+# Protocol names (lower-cased) an upgrade is never tunnelled to: each would carry HTTP
+# requests past the proxy, unmediated (no X-Forwarded-For replaced, no request ID, no
+# access line, no limits, no choice of backend per request). ``h2c`` is HTTP/2 over
+# cleartext, which RFC 9113 §3.1 deprecates (the h2c smuggling attack); ``h2`` may never
+# appear in Upgrade (RFC 9113 §3.1, RFC 7540 §3.3); ``http`` (``HTTP/2.0`` and the like,
+# RFC 9110 §7.8) is HTTP again; ``tls`` (RFC 2817) is HTTP inside TLS. A request naming
+# any of them, alone or in a list, goes to the backend as an ordinary request, without
+# Upgrade (what nginx does without an upgrade map). Other protocols (``websocket``, or
+# anything that is not HTTP) are tunnelled: what flows in them is not HTTP requests.
+NEVER_TUNNELLED = frozenset({"h2c", "h2", "http", "tls"})
+
 
 def upgrade_requested(environ: dict) -> str:
     """The client's ``Upgrade`` value if this request asks to switch protocols, else "".
 
     A request asks when it is HTTP/1.1, carries ``Upgrade``, and names ``upgrade`` in
     ``Connection`` (RFC 9110 §7.8); otherwise ``Upgrade`` is an ordinary hop-by-hop header.
-    A server that cannot hand its connection over (``app.handoff``) serves it as an
-    ordinary request too. Raises ``BadRequest`` (400) for a malformed ``Upgrade`` list or a
+    A server that cannot hand its connection over (``app.handoff``), and an upgrade to a
+    protocol of ``NEVER_TUNNELLED`` (h2c), make it an ordinary request too. Raises ``BadRequest`` (400) for a malformed ``Upgrade`` list or a
     header value that spans lines.
     """
     upgrade = environ.get("HTTP_UPGRADE")
@@ -68,6 +79,8 @@ def upgrade_requested(environ: dict) -> str:
     for key, value in environ.items():
         if key.startswith("HTTP_") and isinstance(value, str) and ("\r" in value or "\n" in value):
             raise BadRequest(f"header {key[5:].replace('_', '-').title()} spans lines")
+    if any(item.partition("/")[0].lower() in NEVER_TUNNELLED for item in protocols):
+        return ""
     return ", ".join(protocols)
 
 

@@ -195,6 +195,12 @@ class Upstream:
             if failure is error:
                 raise
             raise failure from error
+        except BaseException:
+            # The request was abandoned mid-exchange (the client left, or a kill): the
+            # connection is in an unknown state, so it is closed, never pooled.
+            conn.close()
+            pool._put_conn(conn)
+            raise
         response.header_lines = list(response.headers.iteritems())
         return response
 
@@ -222,6 +228,12 @@ class Upstream:
             if failure is error:
                 raise
             raise failure from error
+        except BaseException:
+            # The request was abandoned mid-exchange (the client left, or a kill): the
+            # connection is in an unknown state, so it is closed, never pooled.
+            conn.close()
+            pool._put_conn(conn)
+            raise
 
     def forget(self, origin: str) -> None:
         """Close the idle connections to an origin no backend uses any more (after a reload).

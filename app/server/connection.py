@@ -5,7 +5,9 @@ replaces pywsgi's lax request parsing (STACK-FACTS 15-19) with ``app.server.http
 timeouts pywsgi lacks (STACK-FACTS 14):
 
 - a new connection has ``timeouts.client_header`` to send its first request head; later,
-  ``timeouts.client_idle`` to start the next one and then ``client_header`` to finish it;
+  ``timeouts.client_idle`` to start the next one and then ``client_header`` to finish it
+  (each deadline up to ``HEADER_JITTER`` shorter, and the closes counted by ``SlowHeads``
+  into one log line a second, so a slowloris burst neither stalls nor floods);
 - while a request runs, the socket's timeout is ``client_idle``: a client that stops
   sending its body (408) or reading the response is cut off;
 - a malformed head, or one over the limits, is answered with its typed error's status
@@ -20,12 +22,15 @@ the application, draining, or signals.
 from __future__ import annotations
 
 import logging
+import random
 import socket
+from typing import Callable
 
 import gevent
 
 from . import http1
 from ..errors import ClientError, ClientTimeout
+from ..logs import Fields
 
 log = logging.getLogger("myproxy.server")
 
@@ -34,6 +39,55 @@ log = logging.getLogger("myproxy.server")
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"     # RFC 9110 §15.2.1
+# Each connection's head deadline is up to this share shorter than client_header, at
+# random: thousands of slowloris connections opened in one burst then time out over a
+# spread (10 s: over 0.5 s) instead of in one turn of the event loop, where closing them
+# all held every other request for 450 ms. Never longer than client_header.
+HEADER_JITTER = 0.05
+# Connections closed for a slow head are logged as one line per this many seconds, with
+# a count: a slowloris burst of thousands wrote one line each.
+SLOW_HEAD_LOG_EVERY = 1.0
+SLOW_HEAD_SAMPLE = 5        # client addresses named in that line, at most
+
+
+def header_deadline(seconds: float, rand: Callable[[], float] = random.random) -> float:
+    """``timeouts.client_header`` for one connection, less up to ``HEADER_JITTER`` of it."""
+    return seconds * (1.0 - HEADER_JITTER * rand())
+
+
+class SlowHeads:
+    """Counts the connections closed because their head did not come in time, and logs
+    them as one line a second at most: ``closed 2700 connection(s) that sent no complete
+    request head within 10.0s: clients=...``. One per server."""
+
+    def __init__(self, logger: logging.Logger = log, every: float = SLOW_HEAD_LOG_EVERY):
+        self._log = logger
+        self._every = every
+        self._count = 0
+        self._clients: list[str] = []
+        self._within = 0.0
+        self._flush = None
+
+    def closed(self, client: str, within: float) -> None:
+        self._count += 1
+        self._within = within
+        if len(self._clients) < SLOW_HEAD_SAMPLE and client not in self._clients:
+            self._clients.append(client)
+        if self._flush is None:
+            self._flush = gevent.get_hub().loop.timer(self._every)
+            self._flush.start(self.flush)
+
+    def flush(self) -> None:
+        """Write the line for the closes counted so far, if any."""
+        if self._flush is not None:
+            self._flush.close()
+            self._flush = None
+        if self._count:
+            count, clients, self._count, self._clients = self._count, self._clients, 0, []
+            self._log.info(Fields(f"closed {count} connection(s) that sent no complete request "
+                                  f"head within {self._within:.1f}s",
+                                  clients=",".join(clients) + (",..." if count > len(clients)
+                                                               else "")))
 
 
 class StrictConnection:
@@ -60,7 +114,7 @@ class StrictConnection:
         timeouts = self.server.timeouts
         self._head_timer = None
         if not self.served:              # a new connection: client_header for its first head
-            self._head_timer = gevent.Timeout.start_new(timeouts.client_header)
+            self._head_timer = gevent.Timeout.start_new(header_deadline(timeouts.client_header))
         try:
             self.requestline = self.read_requestline()
             if not self.requestline:
@@ -71,8 +125,12 @@ class StrictConnection:
         except gevent.Timeout as timeout:
             if timeout is not self._head_timer:
                 raise
-            log.info("closing the connection of %s: no complete request head within %.1fs",
-                     self._client(), timeouts.client_header)
+            slow_heads = getattr(self.server, "slow_heads", None)
+            if slow_heads is not None:
+                slow_heads.closed(self._client(), timeouts.client_header)
+            else:
+                log.info("closing the connection of %s: no complete request head within %.1fs",
+                         self._client(), timeouts.client_header)
             return None
         except (http1.Incomplete, OSError):
             return None                  # the client went away mid-head
@@ -179,7 +237,8 @@ class StrictConnection:
             request = self.head.request
             return f"{request.method} {request.target} {request.version}"
         if self._head_timer is None:
-            self._head_timer = gevent.Timeout.start_new(self.server.timeouts.client_header)
+            self._head_timer = gevent.Timeout.start_new(
+                header_deadline(self.server.timeouts.client_header))
         line = http1.read_request_line(self.rfile, self.server.limits.max_header_bytes)
         return line.decode("latin-1")
 

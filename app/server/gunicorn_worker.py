@@ -37,6 +37,7 @@ import gevent
 from gevent.event import Event
 
 from ..errors import StartupError, UpstreamError
+from .connection import header_deadline
 from .responses import close_body
 from .standalone import reload_on, tune_gc
 
@@ -115,6 +116,7 @@ def start_worker(worker) -> None:
     tune_gc()
     connections = Connections()
     connections.track(worker)
+    _spread_head_timeouts(worker)
     reload = Event()
     graceful_stop = signal.getsignal(signal.SIGTERM)      # gunicorn's own: stop accepting
 
@@ -129,6 +131,14 @@ def start_worker(worker) -> None:
     worker.myproxy = [gevent.signal_handler(signal.SIGHUP, reload.set),
                       gevent.spawn(reload_on, reload, app), connections]
     log.info("worker %d ready: SIGHUP reloads the config, SIGTERM drains", os.getpid())
+
+
+def _spread_head_timeouts(worker) -> None:
+    """gunicorn times each wait for a request head with one ``keepalive`` timer; each gets
+    up to ``connection.HEADER_JITTER`` less, so a slowloris burst is closed over a spread,
+    not in one turn of the event loop (gunicorn logs none of these closes)."""
+    keepalive = worker.cfg.keepalive
+    worker.timeout_ctx = lambda: gevent.Timeout(header_deadline(keepalive), False)
 
 
 GUNICORN_POLL = 1.0   # seconds: the worker's loop looks at ``alive`` this often

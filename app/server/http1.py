@@ -12,6 +12,7 @@ It knows nothing of sockets, timeouts, WSGI, or configuration: callers pass the 
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Callable, NamedTuple
 
@@ -30,6 +31,12 @@ FIELD_VALUE_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9112 §3.2: no whitespace or controls in the target. Raw bytes >= 0x80 pass, as nginx
 # lets them: the target is forwarded byte for byte, never decoded.
 TARGET_INVALID = re.compile(rb"[\x00-\x20\x7f]")
+# RFC 9112 §3.2 (Host = uri-host [ ":" port ]) and RFC 3986 §3.2.2-3.2.3: a reg-name
+# (unreserved, pct-encoded, sub-delims: an IPv4 address is one too), or an IP-literal in
+# brackets (an IPv6 address, checked by ``ipaddress``, or an IPvFuture), then an optional
+# port of digits. No userinfo, no whitespace, no unbalanced bracket.
+HOST = re.compile(r"(?:\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
+                  r"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
 VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 SUPPORTED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 # RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF.
@@ -150,12 +157,31 @@ def connection_tokens(fields) -> frozenset[str]:
 
 
 def check_host(fields, version: str) -> None:
-    """RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0."""
-    hosts = sum(1 for name, _ in fields if name.lower() == "host")
-    if hosts > 1:
+    """RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0, and valid."""
+    hosts = [value for name, value in fields if name.lower() == "host"]
+    if len(hosts) > 1:
         raise BadRequest("more than one Host header")
-    if hosts == 0 and version == "HTTP/1.1":
-        raise BadRequest("an HTTP/1.1 request without a Host header")
+    if not hosts:
+        if version == "HTTP/1.1":
+            raise BadRequest("an HTTP/1.1 request without a Host header")
+        return
+    check_host_value(hosts[0])
+
+
+def check_host_value(value: str, what: str = "Host header") -> None:
+    """Refuse (400) a Host, or an absolute-form target's authority (``what``), that is not
+    ``uri-host [ ":" port ]`` (``HOST``): RFC 9112 §3.2 says a server MUST answer 400."""
+    match = HOST.fullmatch(value)
+    if match is not None:
+        ipv6 = match.group("ipv6")
+        if ipv6 is None:
+            return
+        try:
+            ipaddress.IPv6Address(ipv6)
+            return
+        except ValueError:
+            pass
+    raise BadRequest(f"invalid {what}: {value[:100]!r}")
 
 
 def origin_form(method: str, target: str) -> tuple[str, str | None]:
@@ -178,8 +204,10 @@ def origin_form(method: str, target: str) -> tuple[str, str | None]:
         raise BadRequest("the request target must be a path")
     end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, path = rest[:end], rest[end:]
-    if not authority or "@" in authority:      # RFC 9110 §4.2.4: no userinfo in http URIs
+    if not authority:            # RFC 9110 §4.2.1: an http URI has a non-empty host
         raise BadRequest("invalid authority in the request target")
+    # The same rule as a Host (RFC 9110 §4.2.4: no userinfo, which it refuses as well).
+    check_host_value(authority, "authority in the request target")
     return (path if path.startswith("/") else "/" + path), authority
 
 

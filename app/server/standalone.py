@@ -45,7 +45,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
 
 from ..config import LimitsConfig, TimeoutsConfig
-from .connection import StrictConnection
+from .connection import SlowHeads, StrictConnection
 from ..errors import ProxyError, UpstreamError
 from .sockets import send_all
 from .tls import send_close_notify, socket_tls
@@ -136,6 +136,7 @@ class Handler(StrictConnection, WSGIHandler):
             if self.tls is None:
                 self.tls = socket_tls(self.socket)
             environ["myproxy.tls"] = self.tls
+        environ["myproxy.client_socket"] = self.socket    # watched for aborts (app.server.watch)
         return environ
 
     def take_connection(self):
@@ -329,6 +330,7 @@ class Server(WSGIServer):
         self.connections: set[Handler] = set()
         self.closing = False     # from SIGTERM on: every response says Connection: close
         self.draining = False    # no longer accepting: read no further request
+        self.slow_heads = SlowHeads()    # slowloris closes, one log line a second
 
     @property
     def limits(self) -> LimitsConfig:
@@ -428,6 +430,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
             handler.cancel()
         reloader.kill()
         app.stop()
+        server.slow_heads.flush()
     log.info("stopped")
     return 0
 

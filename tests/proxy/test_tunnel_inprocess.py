@@ -25,11 +25,13 @@ CAN_TAKE = {"myproxy.take_connection": None, "SERVER_PROTOCOL": "HTTP/1.1"}
 
 @pytest.mark.parametrize("environ,expected", [
     ({"HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "websocket"}, "websocket"),
-    ({"HTTP_CONNECTION": "keep-alive, upgrade", "HTTP_UPGRADE": "h2c, echo/1 ,"}, "h2c, echo/1"),
+    ({"HTTP_CONNECTION": "keep-alive, upgrade", "HTTP_UPGRADE": "foo, echo/1 ,"}, "foo, echo/1"),
     ({"HTTP_UPGRADE": "websocket"}, ""),
     ({"HTTP_CONNECTION": "Upgrade"}, ""),
     ({"HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "websocket", "SERVER_PROTOCOL": "HTTP/1.0"}, ""),
-], ids=["websocket", "protocol-list", "no-connection-token", "no-upgrade-header", "http-1.0"])
+    ({"HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "echo/1, H2C"}, ""),
+], ids=["websocket", "protocol-list", "no-connection-token", "no-upgrade-header", "http-1.0",
+        "h2c-in-a-list"])
 def test_which_requests_ask_to_switch_protocols(environ, expected):
     assert upgrade_requested({**CAN_TAKE, **environ}) == expected
 

@@ -153,3 +153,34 @@ def test_connection_tokens_gather_every_connection_line_lower_cased():
     fields = [("Connection", "keep-alive, X-Private"), ("Host", "h"), ("connection", " ,Upgrade,")]
     assert http1.connection_tokens(fields) == {"keep-alive", "x-private", "upgrade"}
     assert http1.list_tokens("") == frozenset()
+
+
+VALID_HOSTS = ["example.com", "example.com:8080", "[::1]:8080", "[::1]", "127.0.0.1",
+               "127.0.0.1:80", "EXAMPLE.com.", "xn--caf-dma.example", "%41b.example",
+               "a-b_c~d!$&'()*+,;=", "[v1.fe80::a+en1]", "[::ffff:1.2.3.4]", "host:", ""]
+INVALID_HOSTS = ["a b", "user@example.com", "[::1", "::1]", "::1", "example.com:80a",
+                 "example.com:80:80", "host/path", "host?q", "host#frag", "[::1]x",
+                 "[fe80::1%25eth0]", "[1.2.3]", "[g::1]", "caf\xc3\xa9.example", "h\\x",
+                 "a\tb", "%zz.example", '"quoted"', "<h>"]
+
+
+@pytest.mark.parametrize("host", VALID_HOSTS, ids=lambda h: repr(h))
+def test_valid_hosts_pass(host):
+    http1.check_host([("Host", host)], "HTTP/1.1")
+
+
+@pytest.mark.parametrize("host", INVALID_HOSTS, ids=lambda h: repr(h))
+def test_invalid_hosts_are_400(host):
+    with pytest.raises(BadRequest, match="invalid Host header"):
+        http1.check_host([("Host", host)], "HTTP/1.1")
+
+
+@pytest.mark.parametrize("target", ["http://[::1/", "http://h:8x/", "http://a%zz/", "http://h^/"],
+                         ids=["unclosed-bracket", "bad-port", "bad-pct", "caret"])
+def test_an_invalid_absolute_form_authority_is_400(target):
+    with pytest.raises(BadRequest, match="invalid authority"):
+        http1.origin_form("GET", target)
+
+
+def test_a_valid_absolute_form_authority_names_the_host():
+    assert http1.origin_form("GET", "http://[::1]:8080/x") == ("/x", "[::1]:8080")

@@ -1,10 +1,13 @@
 """Slow and stalled clients are cut off, under ``python wsgi.py`` and gunicorn, so that many
 of them at once do not stop normal traffic. Timeouts here are 1 s; waits are bounded."""
+import re
 import socket
+import time
 
 import gevent
 import pytest
 
+from app.server.connection import header_deadline
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.rawbackend import OK, RawBackend, read_until_closed
@@ -111,3 +114,46 @@ def test_client_that_stops_sending_its_body_is_cut_off(proxy, raw):
     # python wsgi.py answers 408; gunicorn closes without an answer.
     assert data == b"" or data.startswith(b"HTTP/1.1 408 ")
     assert len(raw.received) == before
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_slowloris_burst_is_closed_over_a_spread_and_logged_as_one_line(server, raw,
+                                                                        tmp_path_factory):
+    with serving(server, tmp_path_factory, base_config(
+            [raw.url], health_check={"enabled": False},
+            timeouts={"client_header": "1s", "client_idle": "5s"})) as proxy:
+        slow = [connect(proxy.port) for _ in range(200)]
+        try:
+            for sock in slow:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            opened = time.monotonic()
+            latencies = []
+            while time.monotonic() - opened < 1.5:      # across the moment they time out
+                started = time.monotonic()
+                assert get(proxy.port)[0] == 200
+                latencies.append(time.monotonic() - started)
+                gevent.sleep(0.02)
+            pending = list(slow)
+            with gevent.Timeout(10, False):
+                while pending:
+                    pending = [s for s in pending if not closed_within(s, 0.01)]
+            assert not pending, f"{len(pending)} of 200 slow connections still open"
+        finally:
+            for sock in slow:
+                sock.close()
+        assert max(latencies) < 1.0, latencies
+        if server == "wsgi.py":
+            def counts():
+                return [int(n) for n in re.findall(r"closed (\d+) connection\(s\) that sent no "
+                                                   r"complete request head within 1\.0s",
+                                                   proxy.output)]
+            assert wait_until(lambda: sum(counts()) == 200, timeout=5), counts()
+            assert len(counts()) <= 2, counts()
+        # Not one line per connection (gunicorn logs none of these closes).
+        assert proxy.output.count("no complete request head") <= 2, proxy.output[-3000:]
+
+
+def test_each_head_deadline_is_up_to_5_percent_short_of_client_header():
+    assert header_deadline(10.0, rand=lambda: 0.0) == 10.0
+    assert header_deadline(10.0, rand=lambda: 1.0) == 9.5
+    assert 9.5 <= header_deadline(10.0) <= 10.0

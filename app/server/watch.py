@@ -1,0 +1,174 @@
+"""Whether the client is still there while the proxy waits on a backend: client aborts.
+
+A client that gives up (a slow query, a long poll, an SSE stream nobody reads) should not
+hold a backend. ``ClientWatch`` watches the client socket, but only while the request's
+greenlet waits for the backend (between ``waiting()`` and ``done_waiting()``): the response
+head, or the next piece of the body. When the client is gone it throws ``ClientAborted``
+into that greenlet, which abandons the backend request. Outside those waits nothing is
+watched, so the server's own reads and writes are never disturbed.
+
+What counts as gone: TCP cannot tell a client that closed its connection from one that
+only shut down its sending side (``shutdown(SHUT_WR)``) after a complete request, which
+HTTP/1.1 allows: both arrive as a FIN, an end of file. nginx and Go take that end of file
+for an abort, and cut off the half-closing client. Here:
+
+- a reset (``ECONNRESET``, or any other error on the socket) is an abort, at once;
+- bytes waiting are a pipelined request: the client is there, and nothing more can be
+  learnt without reading them, so the watch ends for this request;
+- an end of file is not an abort by itself. While the response head is still to come
+  (and the connection is plain TCP, HTTP/1.1), the proxy then sends the client an interim
+  ``100 Continue`` (RFC 9110 §15.2: an HTTP/1.1 client must parse and skip a 1xx it did
+  not ask for), as a probe: a client that closed its socket answers those bytes with a
+  reset (RFC 9293 §3.10.7.4, new data after close), a half-closed one reads and skips
+  them. Later (and mid-body, where nothing may be sent) the socket is checked again for
+  that reset ``RECHECK_FIRST`` seconds after the end of file, then every
+  ``RECHECK_EVERY``: after the next piece of the body goes out, a closed client resets.
+
+The cost on a request whose client stays (nearly all): one watcher started and stopped
+per wait, no system call. It knows nothing of HTTP beyond the probe's bytes, nor of
+backends.
+"""
+from __future__ import annotations
+
+import socket
+
+from gevent import get_hub, getcurrent
+
+CLIENT_SOCKET = "myproxy.client_socket"     # set by app.server.standalone.Handler
+GUNICORN_SOCKET = "gunicorn.socket"         # set by gunicorn's workers
+PROBE = b"HTTP/1.1 100 Continue\r\n\r\n"   # RFC 9110 §15.2.1; see the module docstring
+RECHECK_FIRST = 0.02        # seconds after an end of file: a reset is in by then on a LAN
+RECHECK_EVERY = 0.25        # then this often, until the request ends
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # made once: enum flags cost per use
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_READ = 1                                   # libev's EV_READ
+# After an end of file a read reports no reset any more (Linux returns 0 first), so a
+# reset is seen in the connection's TCP state (TCP_INFO's first byte; TCP_CLOSE once
+# reset, where a half-closed connection stays in CLOSE_WAIT) or, elsewhere, SO_ERROR.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_CLOSE = 7                              # include/net/tcp_states.h
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+class ClientAborted(BaseException):
+    """Thrown into a request's greenlet when its client has gone. A ``BaseException``
+    (as ``gevent.Timeout`` is), so that no ``except Exception`` on the way to the backend
+    takes it for a backend failure: it is never retried and never counts against a backend."""
+
+
+def watch_client(environ: dict) -> "ClientWatch | None":
+    """A watch over this request's client socket, or None where the server gives none."""
+    sock = environ.get(CLIENT_SOCKET) or environ.get(GUNICORN_SOCKET)
+    if sock is None:
+        return None
+    try:
+        return ClientWatch(sock, probe=environ.get("SERVER_PROTOCOL") == "HTTP/1.1")
+    except (OSError, ValueError):
+        return None        # closed already
+
+
+class ClientWatch:
+    """Watches one client socket during one request's backend waits (module docstring)."""
+
+    __slots__ = ("_raw", "_fd", "_io", "_timer", "_waiter", "_probe", "_eof", "gone", "_over")
+
+    def __init__(self, sock, probe: bool = True):
+        self._raw = getattr(sock, "_sock", sock)      # gevent's socket wraps the real one
+        self._fd = sock.fileno()
+        self._io = None
+        self._timer = None
+        self._waiter = None         # the greenlet waiting on the backend, while it waits
+        # No probe over TLS: bytes written past the TLS layer would break its records.
+        self._probe = probe and not hasattr(sock, "do_handshake")
+        self._eof = False
+        self.gone = False           # the client reset its connection
+        self._over = False          # nothing more to watch for this request
+
+    def waiting(self) -> None:
+        """The current greenlet starts to wait for the backend. Raises ``ClientAborted``
+        if the client is known to be gone."""
+        if self.gone:
+            raise ClientAborted()
+        self._waiter = getcurrent()
+        if self._over or self._eof:
+            return                  # the recheck timer, if any, runs on its own
+        io = self._io
+        if io is None:
+            io = self._io = get_hub().loop.io(self._fd, _READ)
+        io.start(self._readable)
+
+    def done_waiting(self) -> None:
+        self._waiter = None
+        if self._io is not None:
+            self._io.stop()
+
+    def client_gone(self) -> bool:
+        """Whether the client is gone now: for a response the server stopped writing part
+        way (a write that failed because the client reset, or a timeout, or a shutdown:
+        only the first is the client's leaving)."""
+        return self.gone or self._reset()
+
+    def response_started(self) -> None:
+        """The response head is going out: no probe may be sent from now on."""
+        self._probe = False
+
+    def close(self) -> None:
+        """The request is over: stop watching. Safe to call twice."""
+        self._over = True
+        self._waiter = None
+        if self._io is not None:
+            self._io.close()
+            self._io = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    # In the hub -------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        self._io.stop()             # level-triggered: it would fire again at once
+        try:
+            data = self._raw.recv(1, _PEEK)
+        except BlockingIOError:
+            self._io.start(self._readable)     # nothing after all
+            return
+        except OSError:
+            return self._abort()
+        if data:
+            self._over = True       # a pipelined request: the client is there
+            return
+        self._eof = True
+        if self._probe:
+            self._probe = False
+            try:
+                self._raw.send(PROBE, _DONTWAIT)
+            except OSError:
+                return self._abort()
+            if self._reset():       # on loopback the reset is in before send returns
+                return self._abort()
+        self._timer = get_hub().loop.timer(RECHECK_FIRST, RECHECK_EVERY)
+        self._timer.start(self._recheck)
+
+    def _recheck(self) -> None:
+        if self._reset():
+            self._abort()
+
+    def _reset(self) -> bool:
+        """Whether the connection has been reset (or closed on our side): the state, not a
+        read, which reports nothing after an end of file."""
+        raw = self._raw
+        try:
+            return bool(raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)) or (
+                _TCP_INFO is not None and raw.family in _TCP_FAMILIES
+                and raw.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _TCP_CLOSE)
+        except OSError:
+            return True             # the socket is closed: the request is over anyway
+
+    def _abort(self) -> None:
+        self.gone = True
+        waiter = self._waiter
+        self.close()
+        if waiter is not None:
+            # Straight from the hub, as gevent.Timeout does: the greenlet is blocked in a
+            # wait on the backend right now, so that is where the exception lands.
+            waiter.throw(ClientAborted())

@@ -1,0 +1,105 @@
+"""app.server.watch on real loopback TCP connections: what counts as a client gone, and
+what does not (a half-close, a pipelined request). The wire tests in
+tests/proxy/test_client_abort.py cover the same through a running proxy."""
+import socket
+import struct
+
+import gevent
+import pytest
+
+from app.server.watch import PROBE, ClientAborted, ClientWatch
+
+
+@pytest.fixture
+def pair():
+    """(the proxy's side, the client's side) of one TCP connection on loopback."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    yield server, client
+    server.close()
+    client.close()
+
+
+def wait_for_abort(watch: ClientWatch, seconds: float = 2.0) -> bool:
+    """Wait as the proxy does for a backend; True if the watch threw ClientAborted."""
+    watch.waiting()
+    try:
+        gevent.sleep(seconds)
+    except ClientAborted:
+        return True
+    finally:
+        watch.done_waiting()
+    return False
+
+
+def test_a_reset_is_an_abort(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    assert wait_for_abort(watch) and watch.gone
+
+
+def test_a_close_is_found_out_by_the_probe(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    client.close()
+    assert wait_for_abort(watch) and watch.gone
+
+
+def test_a_half_close_is_not_an_abort_and_gets_the_probe(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    client.shutdown(socket.SHUT_WR)
+    assert not wait_for_abort(watch, 0.5) and not watch.gone
+    client.settimeout(2)
+    assert client.recv(100) == PROBE          # an interim 100 the client skips
+    watch.close()
+
+
+def test_no_probe_once_the_response_has_begun(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    watch.response_started()
+    client.shutdown(socket.SHUT_WR)
+    assert not wait_for_abort(watch, 0.3) and not watch.gone
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(100)
+    watch.close()
+
+
+def test_a_close_mid_body_is_an_abort_once_the_next_bytes_reach_it(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    watch.response_started()
+    client.close()
+    assert not wait_for_abort(watch, 0.3)     # an end of file alone: perhaps a half-close
+    server.sendall(b"the next piece of the body")      # a closed client resets
+    assert wait_for_abort(watch) and watch.gone
+
+
+def test_a_pipelined_request_ends_the_watch(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    client.sendall(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert not wait_for_abort(watch, 0.3) and not watch.gone
+    client.close()                            # nothing more is watched for this request
+    assert not wait_for_abort(watch, 0.3)
+    watch.close()
+
+
+def test_a_client_gone_is_known_after_a_failed_write(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    assert not watch.client_gone()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    with pytest.raises(OSError):
+        for _ in range(100):
+            server.send(b"x" * 65536)
+            gevent.sleep(0.01)
+    assert watch.client_gone()
+    watch.close()
