@@ -386,6 +386,12 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         redirect.init_socket()
         servers.append(redirect)
     app.start()    # before the line that says we listen: it may fail (StartupError)
+    # Signals are ours before the line that says we listen: whoever waits for that line
+    # may send SIGHUP or SIGTERM at once, and the default action would kill the process.
+    stop, reload = Event(), Event()
+    handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
+                for signum in (signal.SIGTERM, signal.SIGINT)]
+    handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
     host, port = server.address[:2]
     log.info("listening on %s://%s:%d backends=%s policy=%s%s", "https" if tls else "http",
              host, port, ",".join(b.url for b in config.backends) or "-", config.policy,
@@ -393,10 +399,6 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
                      for route in config.routes))
     for each in servers[1:]:
         log.info("redirecting http://%s:%d to https", each.address[0], each.address[1])
-    stop, reload = Event(), Event()
-    handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
-                for signum in (signal.SIGTERM, signal.SIGINT)]
-    handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
 
     reloader = gevent.spawn(reload_on, reload, app)
     tune_gc()
