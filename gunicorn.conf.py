@@ -1,12 +1,17 @@
-"""gunicorn settings for ``gunicorn -k gevent wsgi:application`` (picked up from the working directory).
+"""gunicorn settings for ``gunicorn wsgi:application`` (picked up from the working directory).
 
 Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
-``$WEB_CONCURRENCY`` gevent workers (default 1); gives in-flight requests the config's
-``shutdown_timeout`` on SIGTERM. Each worker starts its own background work after the
+``$WEB_CONCURRENCY`` workers (default 1) of MyProxy's worker class
+(``app.server.gunicorn_worker.Worker``: gunicorn's gevent worker serving with
+``python wsgi.py``'s connection code; ``-k gevent`` on the command line picks gunicorn's
+stock gevent worker instead); gives in-flight requests the config's ``shutdown_timeout``
+on SIGTERM. Each worker starts its own background work after the
 fork (STACK-FACTS 22, 24): nothing connects or spawns in the master, which imports no
 requests or urllib3 (imported before the worker's monkey-patching, they break HTTPS
-upstreams: STACK-FACTS 12). Maps the config's limits and client timeouts onto gunicorn's
-own settings (app.proxy.admission and app.server.gunicorn_worker.ServerConnection cover what those cannot).
+upstreams: STACK-FACTS 12). For the stock worker, maps the config's limits and client
+timeouts onto gunicorn's own settings (app.proxy.admission and
+app.server.gunicorn_worker.ServerConnection cover what those cannot); MyProxy's worker
+reads them from the config itself.
 
 Signals, handled as under ``python wsgi.py``:
 
@@ -49,7 +54,7 @@ except ConfigError as _error:
     sys.exit(1)
 
 bind = [f"{_config.host}:{_config.port}"]          # the config's port is $PORT when set
-worker_class = "gevent"
+worker_class = "app.server.gunicorn_worker.Worker"   # `-k gevent` on the command line: the stock worker
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = _config.limits.max_connections
 graceful_timeout = max(1, round(_config.shutdown_timeout))

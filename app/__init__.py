@@ -36,6 +36,9 @@ class App:
         self.metrics = metrics
         self._wsgi = wsgi
         self.draining = False      # set on SIGTERM: /_myproxy/health answers 503
+        # Settings the server running the app bound at its start, beyond
+        # reload.FIXED_AT_START: a reload keeps them and says so (set by the server).
+        self.fixed_by_server: tuple[str, ...] = ()
         self.started = False
         self._reloading = Semaphore()
 
@@ -70,7 +73,7 @@ class App:
         from .reload import changes, fixed_at_start
 
         old = self.config
-        new, kept = fixed_at_start(old, new)
+        new, kept = fixed_at_start(old, new, self.fixed_by_server)
         changed = changes(old, new)
         # The balancer swaps its backends under its lock, and nothing yields between that
         # and the config swap: no request sees the new backends with the old settings.
@@ -143,6 +146,5 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     app = App(settings, balancer, upstream, health, metrics)
     status = Status(settings, balancer, metrics, draining=lambda: app.draining)
     admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
-    app._wsgi = ServerConnection(RequestLog(admin, settings, metrics),
-                                 send_timeout=config.timeouts.client_idle)
+    app._wsgi = ServerConnection(RequestLog(admin, settings, metrics), settings)
     return app

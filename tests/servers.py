@@ -1,4 +1,5 @@
-"""Run the proxy under each server it supports: ``python wsgi.py`` and gunicorn's gevent worker.
+"""Run the proxy under each server it supports: ``python wsgi.py``, gunicorn with MyProxy's
+worker (the Procfile's command), and gunicorn's stock gevent worker (``-k gevent``).
 
 ``launch(kind, config_path)`` starts one and waits until it accepts connections; wire tests
 parametrize over ``SERVERS`` so every behaviour is proved under both. ``serving(kind,
@@ -16,15 +17,18 @@ from tests.backends import free_port, wait_until
 from tests.conftest import ProxyProcess
 from tests.wire import connect
 
-SERVERS = ("wsgi.py", "gunicorn")
+SERVERS = ("wsgi.py", "gunicorn", "gunicorn-gevent")
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+# The command line of each gunicorn kind; gunicorn.conf.py sets MyProxy's worker by default.
+GUNICORN_ARGS = {"gunicorn": ["wsgi:application"],
+                 "gunicorn-gevent": ["-k", "gevent", "wsgi:application"]}
 
 
 def launch(kind: str, config_path: str) -> ProxyProcess:
     if kind == "wsgi.py":
         return ProxyProcess([sys.executable, "wsgi.py", "--config", config_path]).wait_listening()
     port = free_port()
-    process = ProxyProcess([GUNICORN, "-k", "gevent", "wsgi:application"],
+    process = ProxyProcess([GUNICORN, *GUNICORN_ARGS[kind]],
                            env={"MYPROXY_CONFIG": config_path, "PORT": str(port)})
     process.wait_for(r"Booting worker")
     process.port = port

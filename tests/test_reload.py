@@ -5,7 +5,7 @@ from webtest import TestApp
 
 from app import create_app
 from app.config import load, parse
-from app.reload import changes
+from app.reload import changes, fixed_at_start
 from tests.backends import wait_until
 
 
@@ -158,3 +158,14 @@ def test_changes_name_each_setting_as_written():
                             health=QUICK_CHECKS + "  interval: 500ms\n"), environ={})
     assert changes(old, new) == ["+backend http://h:2 weight 2", "policy round_robin->random_two",
                                  "health_check.interval 5s->500ms", "admin.token (changed)"]
+
+
+def test_settings_the_server_bound_at_start_are_kept_and_named():
+    running = parse(config_text(["http://127.0.0.1:9"]), "c.yaml", environ={})
+    new = parse(config_text(["http://127.0.0.1:9"], "timeouts:\n  client_idle: 1s\n"
+                            "shutdown_timeout: 3s\n"), "c.yaml", environ={})
+    kept_config, kept = fixed_at_start(running, new, ("timeouts.client_idle",))
+    assert kept == ["timeouts.client_idle"]
+    assert kept_config.timeouts.client_idle == running.timeouts.client_idle
+    assert kept_config.shutdown_timeout == 3.0
+    assert fixed_at_start(running, new)[0].timeouts.client_idle == 1.0

@@ -1,7 +1,17 @@
-"""MyProxy inside a gunicorn gevent worker: start after the fork, reload on SIGHUP, drain on SIGTERM.
+"""MyProxy inside gunicorn workers: MyProxy's own worker class, and the stock gevent worker.
 
-``gunicorn.conf.py``'s ``post_worker_init`` hook calls ``start_worker(worker)``, which makes
-a worker behave as ``python wsgi.py`` does (``app.server.standalone``):
+``Worker`` (``gunicorn.conf.py``'s ``worker_class``, the Procfile's) is gunicorn's gevent
+worker serving each accepted connection with the connection code ``python wsgi.py`` uses
+(``app.server.standalone.Server`` and ``Handler``, ``app.server.connection``): the same
+strict parse, limits, timeouts, response framing, header lines and tunnel hand-over.
+gunicorn's arbiter still does pre-fork, ``WEB_CONCURRENCY``, worker restarts and signals;
+the worker starts the app after the fork, reloads on SIGHUP and drains on SIGTERM as
+``standalone.serve`` does.
+
+The rest of this module makes the stock ``gunicorn -k gevent`` worker (gunicorn's own
+parser and response writer) behave as closely as it can. ``gunicorn.conf.py``'s
+``post_worker_init`` hook calls ``start_worker(worker)``, which makes a stock worker
+behave as ``python wsgi.py`` does:
 
 - the app's background work starts in the worker, after the fork (STACK-FACTS 22);
 - SIGHUP (sent by the master, see ``gunicorn.conf.py``) re-reads the config file in place;
@@ -28,16 +38,101 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Callable, Iterable
 
 import gevent
 from gevent.event import Event
+from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import UpstreamError
 from .responses import close_body
-from .standalone import reload_on, tune_gc
+from .standalone import Server, log_listening, reload_on, tune_gc
 
 log = logging.getLogger("myproxy.server")
+
+# Settings gunicorn.conf.py turns into gunicorn's own at start, which a reload therefore
+# cannot change: the arbiter kills a worker still draining after its graceful_timeout;
+# the stock worker also times the wait for a request with keepalive.
+FIXED_AT_START = ("shutdown_timeout",)
+STOCK_FIXED_AT_START = FIXED_AT_START + ("timeouts.client_header", "timeouts.client_idle")
+
+
+class Worker(GeventWorker):
+    """gunicorn's gevent worker, serving with MyProxy's own server and handler.
+
+    Usage: ``gunicorn -k app.server.gunicorn_worker.Worker wsgi:application`` (what
+    ``gunicorn.conf.py`` sets). gunicorn's base worker does the fork-side work (sockets,
+    heartbeat, SIGTERM/SIGINT/SIGQUIT, ``max_requests``); ``run`` replaces gunicorn's
+    request loop with one ``standalone.Server`` per listening socket, so nothing of
+    gunicorn's HTTP code (parser, ``util.hop_headers``, response writer) touches a request.
+    """
+
+    def run(self):
+        app = self.wsgi
+        app.fixed_by_server = FIXED_AT_START
+        config = app.config
+        servers = [self.make_server(sock, app, config) for sock in self.sockets]
+        reload = Event()
+
+        def follow_config():        # the limits and timeouts the handlers read, as reloaded
+            for server in servers:
+                server.limits, server.timeouts = app.config.limits, app.config.timeouts
+
+        # Kept on the worker: a signal watcher that is garbage-collected stops watching.
+        self.myproxy = [gevent.signal_handler(signal.SIGHUP, reload.set),
+                        gevent.spawn(reload_on, reload, app, follow_config)]
+        app.start()
+        tune_gc()
+        for server in servers:
+            server.start()
+            log_listening(server, config)
+        log.info("worker %d ready: SIGHUP reloads the config, SIGTERM drains", os.getpid())
+        while self.alive:           # gunicorn's handle_exit (SIGTERM) clears it
+            self.notify()
+            self._stopping.wait(1.0)
+        app.draining = True
+        self.myproxy[1].kill()
+        self._drain(servers, app.config.shutdown_timeout)
+
+    def make_server(self, sock, app, config) -> Server:
+        """The server for one of gunicorn's listening sockets.
+
+        TLS goes here: an ``ssl_context`` passed to the server makes gevent wrap each
+        accepted socket before the handler reads from it (``app.server.tls``'s context and
+        handshake timeout, once it lands).
+        """
+        sock.setblocking(1)
+        server = Server(sock, app, max_connections=self.worker_connections,
+                        limits=config.limits, timeouts=config.timeouts)
+        if self.cfg.workers > 1:
+            server.max_accept = 1   # as gunicorn's: one accept per wake-up, spread over workers
+        return server
+
+    def _drain(self, servers, timeout: float) -> None:
+        """``standalone.serve``'s drain for each server within one deadline, with heartbeats
+        to the arbiter meanwhile (it replaces a worker that stays silent for ``timeout``)."""
+        def drain_all():
+            deadline = time.monotonic() + timeout
+            for server in servers:
+                if not server.drain(max(0.0, deadline - time.monotonic())):
+                    log.warning("shutdown timeout of %.1fs passed; remaining requests were "
+                                "cut off", timeout)
+
+        log.info("received SIGTERM: draining")
+        drainer = gevent.spawn(drain_all)
+        while not drainer.ready():
+            self.notify()
+            drainer.join(1.0)
+        log.info("stopped")
+
+    def init_signals(self):
+        super().init_signals()
+        self._stopping = Event()
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        self._stopping.set()        # wakes run() at once; sets a flag only (a signal handler)
 
 
 class Connections:
@@ -91,8 +186,12 @@ def _end_reading(sock) -> None:
 
 
 def start_worker(worker) -> None:
-    """Start the app of a freshly forked worker and take over its SIGHUP and SIGTERM."""
+    """Start the app of a freshly forked stock gevent worker and take over its SIGHUP and
+    SIGTERM. MyProxy's own ``Worker`` does this in its ``run``."""
+    if isinstance(worker, Worker):
+        return
     app = worker.wsgi
+    app.fixed_by_server = STOCK_FIXED_AT_START
     app.start()
     tune_gc()
     connections = Connections()
@@ -128,14 +227,15 @@ class ServerConnection:
     the body and write of the response, and a ``Connection: close`` from the app honoured.
     Elsewhere it passes straight through.
 
-    Usage: ``app = ServerConnection(app, send_timeout=config.timeouts.client_idle)``.
+    Usage: ``app = ServerConnection(app, settings)``; the timeout is the config's
+    ``timeouts.client_idle`` in force when the request starts.
     """
 
     SOCKET_KEY = "gunicorn.socket"
 
-    def __init__(self, app: Callable, send_timeout: float):
+    def __init__(self, app: Callable, settings):
         self.app = app
-        self.send_timeout = send_timeout
+        self.settings = settings
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         sock = environ.get(self.SOCKET_KEY)
@@ -148,10 +248,11 @@ class ServerConnection:
                                  for name, value in headers)
             return start_response(status, headers, exc_info)
 
-        if self.send_timeout:
+        send_timeout = self.settings.config.timeouts.client_idle
+        if send_timeout:
             # Each read of the body and each write of the response; gunicorn's own timer
             # (keepalive) covers the wait for the next request once this is undone.
-            sock.settimeout(self.send_timeout)
+            sock.settimeout(send_timeout)
         body = self.app(environ, start)
         if "myproxy.tunnel" in environ:
             return body          # an upgraded connection, ended: gunicorn's marker, as is

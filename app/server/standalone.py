@@ -333,9 +333,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
                     max_connections=config.limits.max_connections, limits=config.limits,
                     timeouts=config.timeouts)
     server.init_socket()
-    host, port = server.address[:2]
-    log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
-             ",".join(b.url for b in config.backends), config.policy)
+    log_listening(server, config)
     stop, reload = Event(), Event()
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
@@ -366,6 +364,13 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         app.stop()
     log.info("stopped")
     return 0
+
+
+def log_listening(server: Server, config) -> None:
+    """The start-up line: where the server listens, the backends, and the policy."""
+    host, port = server.address[:2]
+    log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
+             ",".join(b.url for b in config.backends), config.policy)
 
 
 def tune_gc() -> None:

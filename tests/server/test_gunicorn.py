@@ -29,10 +29,13 @@ def procfile_web_command() -> list[str]:
 def start_gunicorn(write_config):
     started = []
 
-    def start(config, env=None, args=(), workers=1):
+    def start(config, env=None, args=(), workers=1, kind="gunicorn"):
+        """``kind``: "gunicorn" (the Procfile's, MyProxy's worker) or "gunicorn-gevent"
+        (the same command with ``-k gevent``: gunicorn's stock gevent worker)."""
         path = write_config(config)
         port = free_port()
-        process = ProxyProcess([*procfile_web_command(), *args],
+        stock = ["-k", "gevent"] if kind == "gunicorn-gevent" else []
+        process = ProxyProcess([*procfile_web_command(), *stock, *args],
                                env={"MYPROXY_CONFIG": path, "PORT": str(port),
                                     "WEB_CONCURRENCY": str(workers), **(env or {})})
         started.append(process)
@@ -73,8 +76,12 @@ def test_gunicorn_forwards_the_raw_target(start_gunicorn, backend):
     assert "/a%2Fb/../c?q=%zz" in [r.target for r in backend.requests]   # health checks interleave
 
 
-def test_gunicorn_sigterm_drains_as_python_wsgi_py_does(start_gunicorn, backend):
-    proxy = start_gunicorn(base_config([backend.url]))
+WORKERS = ("gunicorn", "gunicorn-gevent")
+
+
+@pytest.mark.parametrize("kind", WORKERS)
+def test_gunicorn_sigterm_drains_as_python_wsgi_py_does(start_gunicorn, backend, kind):
+    proxy = start_gunicorn(base_config([backend.url]), kind=kind)
     idle = connect(proxy.port)
     idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert read_response(idle)[0] == 200
@@ -94,10 +101,11 @@ def test_gunicorn_sigterm_drains_as_python_wsgi_py_does(start_gunicorn, backend)
     busy.close()
 
 
+@pytest.mark.parametrize("kind", WORKERS)
 def test_gunicorn_sighup_reloads_in_each_worker_and_keeps_the_workers(start_gunicorn, write_config,
-                                                                      backends):
+                                                                      backends, kind):
     a, b, _ = backends
-    proxy = start_gunicorn(base_config([a.url]), workers=2)
+    proxy = start_gunicorn(base_config([a.url]), workers=2, kind=kind)
     assert {get(proxy.port)[2] for _ in range(4)} == {b"backend a"}
     write_config(base_config([b.url]))
     proxy.signal(signal.SIGHUP)
@@ -129,12 +137,13 @@ def test_gunicorn_preload_gives_each_client_its_own_response(start_gunicorn, bac
     assert [job.value for job in jobs] == [15] * 20, [job.exception for job in jobs]
 
 
-def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backend):
+@pytest.mark.parametrize("kind", WORKERS)
+def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backend, kind):
     """The master imports only app.config: requests imported before the worker's
     monkey-patching would turn every HTTPS upstream into a RecursionError (STACK-FACTS 12)."""
     https = backend.url.replace("http://", "https://")
     proxy = start_gunicorn(base_config([https], retries={"attempts": 1},
-                                       health_check={"enabled": False}))
+                                       health_check={"enabled": False}), kind=kind)
     status, _, body = get(proxy.port)
     assert status == 502 and b"TLS error" in body      # a plain-HTTP port: the handshake fails
     assert b"RecursionError" not in body
@@ -176,3 +185,24 @@ def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
         assert samples[("myproxy_backend_in_flight", (("backend", backend.url),))] == 0
     proxy.stop()
     assert not os.path.exists(metrics_dir)
+
+
+@pytest.mark.parametrize("kind", WORKERS)
+def test_gunicorn_reload_applies_client_idle_or_says_it_needs_a_restart(start_gunicorn, write_config,
+                                                                        backend, kind):
+    proxy = start_gunicorn(base_config([backend.url]), kind=kind)
+    write_config(base_config([backend.url], timeouts={"client_idle": "1s"}))
+    proxy.signal(signal.SIGHUP)
+    line = proxy.wait_for(r"config reloaded: .*").group(0)
+    applied, _, kept = line.partition("not applied, needs a restart")
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        sock.settimeout(3)
+        if kind == "gunicorn":        # MyProxy's worker reads it per connection, as wsgi.py
+            assert "timeouts.client_idle" in applied and "client_idle" not in kept
+            assert sock.recv(1) == b""                        # closed after 1 s idle
+        else:                         # the stock worker's keepalive was set at start
+            assert "timeouts.client_idle" in kept
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
