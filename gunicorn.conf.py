@@ -41,6 +41,12 @@ _OWNED = "MYPROXY_METRICS_DIR_OWNED"       # the directory below is ours to remo
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_OWNED] = tempfile.mkdtemp(
         prefix="myproxy-metrics-")
+# The workers' shared view of the backends (app.lb.shared, app.server.group): one
+# directory per master, made here before the fork, removed at exit.
+_GROUP_OWNED = "MYPROXY_GROUP_DIR_OWNED"
+if not os.environ.get("MYPROXY_GROUP_DIR"):
+    os.environ["MYPROXY_GROUP_DIR"] = os.environ[_GROUP_OWNED] = tempfile.mkdtemp(
+        prefix="myproxy-group-")
 
 from app.config import ConfigError, load  # noqa: E402
 from app.server.gunicorn_worker import quiet_logger_class  # noqa: E402
@@ -49,8 +55,9 @@ try:
     _config = load()
 except ConfigError as _error:
     print(f"myproxy: config error: {_error}", file=sys.stderr)
-    if os.environ.get(_OWNED):
-        shutil.rmtree(os.environ[_OWNED], ignore_errors=True)     # no on_exit hook will run
+    for _owned in (_OWNED, _GROUP_OWNED):
+        if os.environ.get(_owned):
+            shutil.rmtree(os.environ[_owned], ignore_errors=True)   # no on_exit hook will run
     sys.exit(1)
 
 bind = [f"{_config.host}:{_config.port}"]          # the config's port is $PORT when set
@@ -88,7 +95,8 @@ def on_starting(server):
 
     server.handle_hup = reload_in_workers
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")) + glob.glob(
+            os.path.join(os.environ["MYPROXY_GROUP_DIR"], "worker-*.json")):
         os.remove(stale)
     server.log.info("metrics of all workers add up in %s", metrics_dir)
 
@@ -100,9 +108,11 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Remove the metrics directory if it is the temporary one made above."""
+    """Remove the metrics and group directories if they are the temporary ones made above."""
     if os.environ.get(_OWNED) == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(os.environ[_OWNED], ignore_errors=True)
+    if os.environ.get(_GROUP_OWNED) == os.environ.get("MYPROXY_GROUP_DIR"):
+        shutil.rmtree(os.environ[_GROUP_OWNED], ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -119,11 +119,14 @@ class App:
             return True
 
 
-def create_app(config: Config, session=None, metrics_dir: str | None = None) -> App:
+def create_app(config: Config, session=None, metrics_dir: str | None = None,
+               group_dir: str | None = None) -> App:
     """Build the load balancer described by ``config``. Starts nothing.
 
     ``metrics_dir`` (default ``$PROMETHEUS_MULTIPROC_DIR``) puts the metrics in
-    prometheus_client's multiprocess mode, so that gunicorn workers add up.
+    prometheus_client's multiprocess mode, so that gunicorn workers add up. ``group_dir``
+    (default ``$MYPROXY_GROUP_DIR``, set by ``gunicorn.conf.py``) makes the workers of a
+    gunicorn group share one view of the backends (``app.lb.shared``).
     """
     from .middleware.admin import Admin
     from .lb.balancer import Backend, Balancer
@@ -143,8 +146,21 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     metrics = Metrics(balancer, metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     health = HealthChecker(balancer, settings, upstream, on_result=metrics.health_checked)
     proxy = Proxy(settings, balancer, upstream)
+    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
+    view = None
+    if group_dir:
+        from .lb.shared import DEFAULT_POOL, GroupView, HealthGate
+        from .middleware.metrics import NO_BACKEND
+        from .server.group import ProcessGroup
+        view = GroupView(lambda: {DEFAULT_POOL: balancer}, ProcessGroup(group_dir), health,
+                         proxy.budget, counts=lambda backend: (
+                             metrics.traffic(backend.url).requests, metrics.traffic(backend.url).errors),
+                         unrouted=lambda: metrics.traffic(NO_BACKEND).requests)
+        health = HealthGate(health, view)
     app = App(settings, balancer, upstream, health, metrics)
-    status = Status(settings, balancer, metrics, draining=lambda: app.draining)
+    if view is not None:
+        health.app_started = lambda: app.started
+    status = Status(settings, balancer, metrics, draining=lambda: app.draining, group=view)
     admin = Admin(proxy, settings, status, metrics, draining=lambda: app.draining)
     app._wsgi = ServerConnection(RequestLog(admin, settings, metrics), settings)
     return app

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 MIB = 1024 * 1024
 BASELINE = "nginx"                  # ratios are to this contender, in the same run
-MYPROXY_NAMES = ("myproxy", "myproxy-gunicorn")
+MYPROXY_NAMES = ("myproxy", "myproxy-gunicorn", "myproxy-gunicorn-gevent")
+STANDALONE = "myproxy"              # python wsgi.py: what each way of running under gunicorn is held to
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -71,6 +72,12 @@ def targets(rows: list[dict]) -> list[Target]:
          lambda name: _check(row(name, "/1m", 50), "rps_vs_nginx", lambda v: v >= 0.8, "{:.2f} x")),
         ("errors in every run", "0",
          lambda name: _errors([r for r in rows if r["contender"] == name])),
+        ("CPU per request, 100 B, c=50, vs python wsgi.py", "<= 1.25 x",
+         lambda name: _versus(row(name, "/100b", 50), row(STANDALONE, "/100b", 50), "cpu_us",
+                              lambda v: v <= 1.25)),
+        ("1 MiB responses, req/s vs python wsgi.py", ">= 0.9 x",
+         lambda name: _versus(row(name, "/1m", 50), row(STANDALONE, "/1m", 50), "rps",
+                              lambda v: v >= 0.9)),
     ]
     return [Target(measure, goal, {name: check(name) for name in present})
             for measure, goal, check in checks]
@@ -80,6 +87,15 @@ def _check(row, key, passes, fmt):
     if row is None or row.get(key) is None:
         return ("not measured", None)
     return (fmt.format(row[key]), bool(passes(row[key])))
+
+
+def _versus(row, standalone, key, passes):
+    if row is None or standalone is None or not standalone.get(key):
+        return ("not measured", None)
+    if row is standalone:
+        return ("1.00 x", None)
+    ratio = row[key] / standalone[key]
+    return (f"{ratio:.2f} x", bool(passes(ratio)))
 
 
 def _errors(rows):

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds (default: 3, or 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: 8, or 3)")
     parser.add_argument("--only", help="comma-separated contenders to run "
-                        "(direct,nginx,haproxy,myproxy,myproxy-gunicorn)")
+                        "(direct,nginx,haproxy,myproxy,myproxy-gunicorn,myproxy-gunicorn-gevent)")
     parser.add_argument("--output", default=RESULTS, help="directory for the JSON and Markdown")
     args = parser.parse_args(argv)
     base = MODES["quick" if args.quick else "full"]
@@ -100,8 +100,9 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) ->
         field.append(contenders.start_haproxy(sup, workdir, tools["haproxy"], backends))
     if wanted("myproxy"):
         field.append(contenders.start_myproxy(sup, workdir, backends))
-    if wanted("myproxy-gunicorn"):
-        field.append(contenders.start_gunicorn(sup, workdir, backends))
+    for name in contenders.GUNICORN_WAYS:
+        if wanted(name):
+            field.append(contenders.start_gunicorn(sup, workdir, backends, name))
     return [c for c in field if wanted(c.name)]
 
 

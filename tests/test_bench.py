@@ -179,3 +179,19 @@ def test_report_says_how_busy_the_rest_of_the_machine_was():
                                            "used 20% of the machine's CPU during the median run, "
                                            "30% at most.")
     assert "used 20%" in report.render({}, report.summarise(records), records)
+
+
+def test_targets_hold_each_gunicorn_way_to_python_wsgi_py():
+    rows = report.summarise([
+        _record("myproxy", 2000, 200), _record("myproxy-gunicorn", 1900, 240),
+        _record("myproxy-gunicorn-gevent", 1500, 340),
+        _record("myproxy", 1000, 600, path="/1m"), _record("myproxy-gunicorn", 950, 620, path="/1m"),
+        _record("myproxy-gunicorn-gevent", 600, 950, path="/1m"),
+    ])
+    checked = {t.measure: t.results for t in report.targets(rows)}
+    cpu = checked["CPU per request, 100 B, c=50, vs python wsgi.py"]
+    assert cpu == {"myproxy": ("1.00 x", None), "myproxy-gunicorn": ("1.20 x", True),
+                   "myproxy-gunicorn-gevent": ("1.70 x", False)}
+    rate = checked["1 MiB responses, req/s vs python wsgi.py"]
+    assert rate["myproxy-gunicorn"] == ("0.95 x", True)
+    assert rate["myproxy-gunicorn-gevent"] == ("0.60 x", False)

@@ -82,6 +82,7 @@ def test_procfile_runs_gunicorn_with_settings_that_finish_inside_a_paas_30_secon
     # gunicorn.conf.py would otherwise make a metrics directory and put it in this
     # process's environment, switching later apps in the test run to multiprocess metrics.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("MYPROXY_GROUP_DIR", str(tmp_path))       # the same, for the group view
     monkeypatch.setenv("PORT", "5999")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.delenv("MYPROXY_CONFIG", raising=False)

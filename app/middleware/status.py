@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from ..lb.balancer import Backend, Balancer
+from ..lb.shared import DEFAULT_POOL
 from ..config import Config, ConfigHolder
 from .metrics import NO_BACKEND, Metrics
 
@@ -22,7 +23,9 @@ class Status:
     """Builds the status document of one app."""
 
     def __init__(self, settings: ConfigHolder, balancer: Balancer, metrics: Metrics,
-                 draining: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time):
+                 draining: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time,
+                 group=None):
+        self.group = group        # app.lb.shared.GroupView under a gunicorn group, or None
         self.settings = settings
         self.balancer = balancer
         self.metrics = metrics
@@ -38,6 +41,25 @@ class Status:
         now = self._clock()
         backends = [self.backend(b, now) for b in self.balancer.backends]
         unrouted = self.metrics.traffic(NO_BACKEND).snapshot()
+        document = self._document(now, backends, unrouted)
+        if self.group is not None:
+            self._whole_group(document)
+        return document
+
+    def _whole_group(self, document: dict) -> None:
+        """Under a gunicorn group: each backend's counters and in-flight requests summed
+        over the workers (``window``, ``series`` and latencies stay this worker's), the
+        totals likewise, and one entry per live worker."""
+        workers = self.group.workers()
+        for row in document["backends"]:
+            row.update(self.group.totals(DEFAULT_POOL, row["url"]))
+        totals = document["totals"]
+        totals["requests"] = self.group.requests()
+        totals["errors"] = sum(row["errors"] for row in document["backends"])
+        totals["in_flight"] = sum(row["in_flight"] for row in document["backends"])
+        document["workers"] = workers
+
+    def _document(self, now: float, backends: list, unrouted: dict) -> dict:
         return {
             "time": round(now, 3),
             "pid": os.getpid(),

@@ -1,8 +1,11 @@
 """The same app under gunicorn, started with the Procfile's ``web`` command, over real sockets."""
 import json
+import re
+import time
 import os
 import shlex
 import signal
+import subprocess
 import sys
 
 import gevent
@@ -206,3 +209,99 @@ def test_gunicorn_reload_applies_client_idle_or_says_it_needs_a_restart(start_gu
             assert "timeouts.client_idle" in kept
             with pytest.raises(TimeoutError):
                 sock.recv(1)
+
+
+def _views(proxy, workers: int, backend_url: str, state: str, timeout: float) -> dict:
+    """Ask /status on new connections until each of ``workers`` worker pids has answered
+    that ``backend_url`` is in ``state`` (and that the group has ``workers`` workers);
+    return each pid's last document."""
+    seen: dict = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        document = json.loads(get(proxy.port, "/_myproxy/status")[2])
+        row = next(r for r in document["backends"] if r["url"] == backend_url)
+        if row["state"] == state and len(document["workers"]) == workers:
+            seen[document["pid"]] = document
+        else:
+            seen.pop(document["pid"], None)
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+def test_gunicorn_workers_share_one_view_of_the_backends(start_gunicorn, backends):
+    a, b, _ = backends
+    proxy = start_gunicorn(base_config([a.url, b.url], health_check={"path": "/probe"},
+                                       passive_health={"failures": 1}), workers=3)
+    views = _views(proxy, 3, b.url, "up", timeout=10)
+    assert len(views) == 3
+    # One health checker for the group: about one probe per 200 ms interval, not three.
+    probes = lambda: sum(1 for r in a.requests if r.target == "/probe")   # noqa: E731
+    before = probes()
+    gevent.sleep(2.0)                               # a rate is measured over time
+    assert 4 <= probes() - before <= 15
+
+    b.stop()
+    proxy.wait_for(rf"backend down: backend={b.url}")
+    assert len(_views(proxy, 3, b.url, "down", timeout=1.0)) == 3       # out in all within 1 s
+    logged = len(proxy.output)
+    for _ in range(30):
+        assert get(proxy.port)[0] == 200
+    assert f"backend={b.url}" not in proxy.output[logged:]     # no worker even tried it
+    assert proxy.output.count(f"backend down: backend={b.url}") == 1   # checked by one worker
+
+    b.restart()
+    proxy.wait_for(rf"backend up: backend={b.url}")
+    back = _views(proxy, 3, b.url, "up", timeout=1.0)
+    assert len(back) == 3                                                # back in all together
+    assert len({d["backends"][1]["since"] for d in back.values()}) == 1   # at the same moment
+
+    # The leader dies: another worker leads, the replacement follows, nothing counted is lost.
+    served = json.loads(get(proxy.port, "/_myproxy/status")[2])["totals"]["requests"]
+    leader = int(proxy.wait_for(r"worker (\d+) leads the group").group(1))
+    os.kill(leader, signal.SIGKILL)
+    assert wait_until(lambda: len(re.findall(r"worker (\d+) leads the group", proxy.output)) == 2,
+                      timeout=10)
+    after = _views(proxy, 3, b.url, "up", timeout=10)
+    assert len(after) == 3 and leader not in after
+    assert all(d["totals"]["requests"] >= served for d in after.values())
+
+
+def test_gunicorn_an_ejection_in_one_worker_is_seen_by_all(start_gunicorn, write_config, backends):
+    a, b, _ = backends
+    config = base_config([a.url, b.url], health_check={"interval": "1h", "timeout": "1s"},
+                         passive_health={"failures": 1, "eject_for": "1s"})
+    proxy = start_gunicorn(config, workers=3)
+    assert len(_views(proxy, 3, b.url, "up", timeout=10)) == 3
+    b.stop()
+    for _ in range(20):                    # until the worker that tries b ejects it
+        assert get(proxy.port)[0] == 200
+        if "backend ejected" in proxy.output:
+            break
+    assert len(_views(proxy, 3, b.url, "ejected", timeout=1.0)) == 3    # out in all within 1 s
+    logged = len(proxy.output)
+    for _ in range(30):
+        assert get(proxy.port)[0] == 200
+    assert f"backend={b.url}" not in proxy.output[logged:]
+
+    b.restart()
+    gevent.sleep(1.0)                      # eject_for
+    write_config(config)
+    proxy.signal(signal.SIGHUP)            # a reload checks at once (the interval is 1 h)
+    back = _views(proxy, 3, b.url, "up", timeout=3.0)
+    assert len(back) == 3                                                # back in all together
+    assert len({d["backends"][1]["since"] for d in back.values()}) == 1
+
+
+def test_gunicorn_master_imports_no_requests_or_urllib3(tmp_path):
+    """What the master imports (gunicorn.conf.py, the worker class, the group's modules)
+    must not bring in requests or urllib3 before a worker's monkey-patching (STACK-FACTS 12)."""
+    code = ("import runpy, sys; runpy.run_path('gunicorn.conf.py');"
+            "import app.server.gunicorn_worker, app.server.group;"
+            "print(sorted(m for m in ('requests', 'urllib3') if m in sys.modules))")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+           "MYPROXY_GROUP_DIR": str(tmp_path)}
+    env.pop("MYPROXY_CONFIG", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.stdout.strip() == "[]", result.stderr
