@@ -25,6 +25,7 @@ import socket
 import gevent
 
 from . import http1
+from .responses import error_response, render_head
 from ..errors import ClientError, ClientTimeout
 
 log = logging.getLogger("myproxy.server")
@@ -138,12 +139,9 @@ class StrictConnection:
     def _refuse(self, error: ClientError):
         """Answer a malformed request head with its status, then close the connection."""
         log.info("bad request from %s: %s %s", self._client(), error.status, error.detail)
-        body = error.body()
-        lines = [f"HTTP/1.1 {error.status_line}", "Content-Type: text/plain; charset=utf-8",
-                 f"Content-Length: {len(body)}", "Connection: close",
-                 *(f"{name}: {value}" for name, value in error.headers())]
+        status_line, headers, body = error_response(error, close=True)
         try:
-            self.socket.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            self.socket.sendall(render_head(status_line, headers) + body)
         except OSError:
             return None
         self._linger()

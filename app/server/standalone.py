@@ -38,8 +38,10 @@ from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
 
 from ..config import LimitsConfig, TimeoutsConfig
+from . import http1
 from .connection import StrictConnection
 from ..errors import ProxyError, UpstreamError
+from .responses import error_response
 from .sockets import send_all
 
 log = logging.getLogger("myproxy.server")
@@ -147,7 +149,7 @@ class Handler(StrictConnection, WSGIHandler):
         if "\r" in status or "\n" in status:
             raise ValueError("carriage return or newline in status", status)
         code = int(status.split(" ", 1)[0])
-        no_body = code in (204, 304)
+        no_body = code in http1.NO_BODY_STATUSES      # Content-Length is legal on HEAD
         encoded = []
         connection = date = length = None
         for name, value in headers:
@@ -190,7 +192,7 @@ class Handler(StrictConnection, WSGIHandler):
         # keep-alive connections.
         if self.provided_date is None:
             self.response_headers.append((b"Date", _http_date()))
-        if self.command == "HEAD" or self.code < 200 or self.code in (204, 304):
+        if not http1.response_has_body(self.command, self.code):
             self.response_use_chunked = False
             return
         if self.provided_content_length is not None:
@@ -231,7 +233,7 @@ class Handler(StrictConnection, WSGIHandler):
             self._sendall(towrite)
             self._write(data)
         elif self.response_use_chunked:
-            towrite += b"%x\r\n%b\r\n" % (len(data), data)
+            towrite += http1.encode_chunk(data)
             self._sendall(towrite)
         else:
             towrite += data
@@ -253,11 +255,10 @@ class Handler(StrictConnection, WSGIHandler):
             return       # the tunnel owns the connection: nothing more goes on it
         if isinstance(v, ProxyError) and not self.response_length:
             # The backend failed before a byte was sent: answer its status, not a 500.
-            self.start_response(v.status_line, [("Content-Type", "text/plain; charset=utf-8"),
-                                                ("Content-Length", str(len(v.body()))),
-                                                ("Connection", "close")])
+            status_line, headers, body = error_response(v, close=True)
+            self.start_response(status_line, headers)
             try:
-                self.write(v.body())
+                self.write(body)
             except OSError:
                 pass
             return

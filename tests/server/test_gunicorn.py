@@ -169,15 +169,14 @@ def test_gunicorn_refuses_a_bad_config_at_start(write_config, tmp_path):
 def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
     proxy = start_gunicorn(base_config([backend.url]), workers=2)
     metrics_dir = proxy.wait_for(r"metrics of all workers add up in (\S+)").group(1)
-    # Send until both workers have served some of the requests (each /status is one worker's view).
+    # Send until both workers have served some of the requests (/status lists each worker).
     served, sent = {}, 0
     while sum(1 for count in served.values() if count) < 2 and sent < 400:
         for _ in range(10):
             assert get(proxy.port, "/")[0] == 200
             sent += 1
-        for _ in range(4):
-            document = json.loads(get(proxy.port, "/_myproxy/status")[2])
-            served[document["pid"]] = document["backends"][0]["requests"]
+        document = json.loads(get(proxy.port, "/_myproxy/status")[2])
+        served = {worker["pid"]: worker["requests"] for worker in document["workers"]}
     assert len(served) == 2 and all(served.values()), served
     for _ in range(4):                       # whichever worker answers the scrape
         text = get(proxy.port, "/_myproxy/metrics")[2].decode()

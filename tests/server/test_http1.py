@@ -153,3 +153,24 @@ def test_connection_tokens_gather_every_connection_line_lower_cased():
     fields = [("Connection", "keep-alive, X-Private"), ("Host", "h"), ("connection", " ,Upgrade,")]
     assert http1.connection_tokens(fields) == {"keep-alive", "x-private", "upgrade"}
     assert http1.list_tokens("") == frozenset()
+
+
+@pytest.mark.parametrize("method,status,has_body", [
+    ("GET", 200, True), ("HEAD", 200, False), ("GET", 101, False), ("GET", 100, False),
+    ("GET", 204, False), ("GET", 304, False), ("POST", 404, True), ("GET", 205, True)],
+    ids=["get-200", "head", "101", "100", "204", "304", "post-404", "205"])
+def test_which_responses_have_a_body(method, status, has_body):
+    assert http1.response_has_body(method, status) is has_body
+
+
+@pytest.mark.parametrize("line,size", [
+    (b"5", 5), (b"1aF", 0x1AF), (b"5;ext", 5), (b'5 ; a="q \\" x"', 5), (b"0", 0),
+    (b"", None), (b"zz", None), (b"5 ", None), (b"-5", None), (b"f" * 17, None), (b"5;", None)],
+    ids=["digit", "hex", "ext", "quoted-ext", "last", "empty", "not-hex", "trailing-space",
+         "negative", "overflow", "empty-ext"])
+def test_chunk_size_lines(line, size):
+    assert http1.chunk_size(line) == size
+
+
+def test_a_chunk_and_the_last_chunk_on_the_wire():
+    assert http1.encode_chunk(b"hello") + http1.LAST_CHUNK == b"5\r\nhello\r\n0\r\n\r\n"
