@@ -172,6 +172,6 @@ def render(meta: dict, rows: list[dict], records: list[dict] = ()) -> str:
         "time over the run divided by the requests wrk completed; peak RSS is VmHWM summed over "
         "the process tree. `direct` is wrk straight at one backend: its CPU and RSS are the "
         "backend's.",
-        "## Targets (issue 7)",
+        "## Targets (issues 7 and 18)",
         targets_table(targets(rows)),
     ] if part) + "\n"

@@ -140,6 +140,8 @@ def test_kubernetes_example_probes_drains_and_mounts_a_valid_config(kubernetes):
     assert "tcpSocket" in container["livenessProbe"]
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] > pause + config.shutdown_timeout
+    with open(os.path.join(ROOT, "Procfile")) as procfile:
+        assert container["command"] == procfile.read().split(":", 1)[1].split()
     mount = container["volumeMounts"][0]["mountPath"]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["MYPROXY_CONFIG"] == mount + "/config.yaml"

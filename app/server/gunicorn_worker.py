@@ -86,7 +86,7 @@ class Worker(GeventWorker):
         tune_gc()
         for server in servers:
             server.start()
-            log_listening(server, config)
+            log_listening(server.address, config)
         log.info("worker %d ready: SIGHUP reloads the config, SIGTERM drains", os.getpid())
         while self.alive:           # gunicorn's handle_exit (SIGTERM) clears it
             self.notify()
@@ -192,6 +192,8 @@ def start_worker(worker) -> None:
         return
     app = worker.wsgi
     app.fixed_by_server = STOCK_FIXED_AT_START
+    for sock in worker.sockets:
+        log_listening(sock.getsockname(), app.config)
     app.start()
     tune_gc()
     connections = Connections()

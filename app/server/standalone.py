@@ -334,7 +334,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
                     max_connections=config.limits.max_connections, limits=config.limits,
                     timeouts=config.timeouts)
     server.init_socket()
-    log_listening(server, config)
+    log_listening(server.address, config)
     stop, reload = Event(), Event()
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
@@ -367,9 +367,9 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     return 0
 
 
-def log_listening(server: Server, config) -> None:
-    """The start-up line: where the server listens, the backends, and the policy."""
-    host, port = server.address[:2]
+def log_listening(address, config) -> None:
+    """The start-up line: where the server listens (``address``), the backends, the policy."""
+    host, port = address[:2]
     log.info("listening on http://%s:%d backends=%s policy=%s", host, port,
              ",".join(b.url for b in config.backends), config.policy)
 

@@ -171,7 +171,8 @@ def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
     metrics_dir = proxy.wait_for(r"metrics of all workers add up in (\S+)").group(1)
     # Send until both workers have served some of the requests (/status lists each worker).
     served, sent = {}, 0
-    while sum(1 for count in served.values() if count) < 2 and sent < 400:
+    deadline = time.monotonic() + 15          # the kernel may hand one worker most connections
+    while sum(1 for count in served.values() if count) < 2 and time.monotonic() < deadline:
         for _ in range(10):
             assert get(proxy.port, "/")[0] == 200
             sent += 1

@@ -5,6 +5,7 @@ The backend records the exact bytes of every request and answers by path (after 
 ``/base`` prefix of its configured URL); the client sends exact bytes over a real socket.
 """
 import gzip
+import re
 
 import gevent
 import pytest
@@ -159,6 +160,10 @@ def test_backend_server_date_and_trailers_reach_the_client(proxy):
         return
     assert own == {"server": "SimpleHTTP/0.6", "date": "Mon, 01 Jan 2001 00:00:00 GMT",
                    "trailers": "x"}
+
+
+def test_start_up_log_names_the_backends(proxy, raw):
+    proxy.wait_for(re.escape(f"listening on http://127.0.0.1:{proxy.port} backends={raw.url}/base "))
 
 
 def test_nothing_is_added_but_forwarding_headers(proxy, raw):
