@@ -43,6 +43,7 @@ from typing import Callable, Iterable
 
 import gevent
 from gevent.event import Event
+from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import UpstreamError
@@ -98,13 +99,14 @@ class Worker(GeventWorker):
     def make_server(self, sock, app, config) -> Server:
         """The server for one of gunicorn's listening sockets.
 
-        TLS goes here: an ``ssl_context`` passed to the server makes gevent wrap each
-        accepted socket before the handler reads from it (``app.server.tls``'s context and
-        handshake timeout, once it lands).
+        This is where an accepted socket meets TLS: with gunicorn's ``certfile`` and
+        ``keyfile`` set, its ``ssl_context`` makes gevent wrap each accepted socket before
+        the handler reads from it, as under the stock worker.
         """
         sock.setblocking(1)
+        ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
         server = Server(sock, app, max_connections=self.worker_connections,
-                        limits=config.limits, timeouts=config.timeouts)
+                        limits=config.limits, timeouts=config.timeouts, **ssl_args)
         if self.cfg.workers > 1:
             server.max_accept = 1   # as gunicorn's: one accept per wake-up, spread over workers
         return server

@@ -291,9 +291,11 @@ class Server(WSGIServer):
     backlog = LISTEN_BACKLOG
 
     def __init__(self, listener, application, max_connections: int = 10000,
-                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig()):
+                 limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig(),
+                 **ssl_args):
+        # ssl_args (``ssl_context=``): gevent wraps each accepted socket in TLS.
         super().__init__(listener, application, spawn=Pool(max_connections), log=None,
-                         error_log=LoggingLogAdapter(log, logging.ERROR))
+                         error_log=LoggingLogAdapter(log, logging.ERROR), **ssl_args)
         self.limits = limits
         self.timeouts = timeouts
         self.connections: set[Handler] = set()

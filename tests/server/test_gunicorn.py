@@ -4,7 +4,9 @@ import re
 import time
 import os
 import shlex
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 
@@ -305,3 +307,19 @@ def test_gunicorn_master_imports_no_requests_or_urllib3(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=30)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_gunicorn_worker_serves_tls_with_gunicorn_s_certificate_settings(start_gunicorn, backend,
+                                                                          tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command (Debian openssl; .ci/run installs it)")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
+    proxy = start_gunicorn(base_config([backend.url]), args=["--certfile", cert, "--keyfile", key])
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    with context.wrap_socket(connect(proxy.port), server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert read_response(sock)[:3:2] == (200, b"backend solo")
