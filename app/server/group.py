@@ -28,10 +28,19 @@ class ProcessGroup:
 
     def __init__(self, directory: str, pid: int | None = None):
         self.directory = directory
-        self.pid = pid or os.getpid()
-        self.path = os.path.join(directory, f"worker-{self.pid}.json")
+        self._pid = pid
         self._lock_file = None
         self.leading = False
+
+    @property
+    def pid(self) -> int:
+        """This worker's pid: asked when used, for the group may be made before the fork
+        (``gunicorn --preload`` builds the app in the master)."""
+        return self._pid or os.getpid()
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, f"worker-{self.pid}.json")
 
     def try_lead(self) -> bool:
         """Take the leader's lock if it is free; return whether this process leads."""

@@ -31,6 +31,15 @@ def worker(directory, pid, clock, budget=None):
     return balancer, view
 
 
+def leader_and_follower(directory, clock):
+    """Two workers that have each had their first round: (balancer, view) of each."""
+    leader = worker(directory, os.getpid(), clock)
+    follower = worker(directory, os.getppid(), clock)
+    leader[1].sync_once()
+    follower[1].sync_once()
+    return leader, follower
+
+
 def test_one_worker_leads_and_the_lock_passes_on_when_it_lets_go(tmp_path):
     first, second = ProcessGroup(str(tmp_path), os.getpid()), ProcessGroup(str(tmp_path), os.getppid())
     assert first.try_lead() and not second.try_lead()
@@ -40,10 +49,7 @@ def test_one_worker_leads_and_the_lock_passes_on_when_it_lets_go(tmp_path):
 
 def test_followers_take_the_leaders_health_state_and_times(tmp_path):
     clock = Clock()
-    led, leader = worker(tmp_path, os.getpid(), clock)
-    followed, follower = worker(tmp_path, os.getppid(), clock)
-    leader.sync_once()
-    follower.sync_once()
+    (led, leader), (followed, follower) = leader_and_follower(tmp_path, clock)
     assert leader.leading and not follower.leading
     clock.now += 1
     led.backends[1].record_check(CheckResult(clock.now, False, 0.01, error="refused"), RULES)
@@ -61,10 +67,7 @@ def test_followers_take_the_leaders_health_state_and_times(tmp_path):
 
 def test_an_ejection_in_one_worker_reaches_all_and_ends_with_the_leaders_check(tmp_path):
     clock = Clock()
-    led, leader = worker(tmp_path, os.getpid(), clock)
-    followed, follower = worker(tmp_path, os.getppid(), clock)
-    leader.sync_once()
-    follower.sync_once()
+    (led, leader), (followed, follower) = leader_and_follower(tmp_path, clock)
     clock.now += 1
     assert followed.record_request(followed.backends[0], "connect", PASSIVE) == "ejected"
     follower.sync_once()           # the follower's own ejection survives the leader's state

@@ -140,6 +140,9 @@ def test_gunicorn_preload_gives_each_client_its_own_response(start_gunicorn, bac
     jobs = [gevent.spawn(client, number) for number in range(20)]
     gevent.joinall(jobs, timeout=60)
     assert [job.value for job in jobs] == [15] * 20, [job.exception for job in jobs]
+    # The app was built in the master: each worker still has its own place in the group.
+    assert wait_until(lambda: len(json.loads(get(proxy.port, "/_myproxy/status")[2])["workers"])
+                      == 2, timeout=5)
 
 
 @pytest.mark.parametrize("kind", WORKERS)
