@@ -81,6 +81,7 @@ class StrictConnection:
             if self._head_timer is not None:
                 self._head_timer.close()
         self.served += 1
+        self.server.requests += 1
         self.response_length = 0
         self.environ = self.get_environ()
         self.application = self.server.application

@@ -64,9 +64,11 @@ class Worker(GeventWorker):
 
     Usage: ``gunicorn -k app.server.gunicorn_worker.Worker wsgi:application`` (what
     ``gunicorn.conf.py`` sets). gunicorn's base worker does the fork-side work (sockets,
-    heartbeat, SIGTERM/SIGINT/SIGQUIT, ``max_requests``); ``run`` replaces gunicorn's
-    request loop with one ``standalone.Server`` per listening socket, so nothing of
-    gunicorn's HTTP code (parser, ``util.hop_headers``, response writer) touches a request.
+    heartbeat, SIGTERM/SIGINT/SIGQUIT, ``max_requests`` with its jitter); ``run`` replaces
+    gunicorn's request loop with one ``standalone.Server`` per listening socket, so nothing
+    of gunicorn's HTTP code (parser, ``util.hop_headers``, response writer) touches a
+    request. ``max_requests`` is checked once a second: the worker then drains and exits,
+    and the arbiter starts a fresh one.
     """
 
     def run(self):
@@ -89,12 +91,16 @@ class Worker(GeventWorker):
             server.start()
             log_listening(server.address, config)
         log.info("worker %d ready: SIGHUP reloads the config, SIGTERM drains", os.getpid())
+        reason = "received SIGTERM"
         while self.alive:           # gunicorn's handle_exit (SIGTERM) clears it
             self.notify()
             self._stopping.wait(1.0)
+            if sum(server.requests for server in servers) >= self.max_requests:
+                reason = f"served max_requests ({self.max_requests}), gunicorn starts another"
+                break
         app.draining = True
         self.myproxy[1].kill()
-        self._drain(servers, app.config.shutdown_timeout)
+        self._drain(servers, app.config.shutdown_timeout, reason)
 
     def make_server(self, sock, app, config) -> Server:
         """The server for one of gunicorn's listening sockets.
@@ -111,7 +117,7 @@ class Worker(GeventWorker):
             server.max_accept = 1   # as gunicorn's: one accept per wake-up, spread over workers
         return server
 
-    def _drain(self, servers, timeout: float) -> None:
+    def _drain(self, servers, timeout: float, reason: str) -> None:
         """``standalone.serve``'s drain for each server within one deadline, with heartbeats
         to the arbiter meanwhile (it replaces a worker that stays silent for ``timeout``)."""
         def drain_all():
@@ -121,7 +127,7 @@ class Worker(GeventWorker):
                     log.warning("shutdown timeout of %.1fs passed; remaining requests were "
                                 "cut off", timeout)
 
-        log.info("received SIGTERM: draining")
+        log.info("%s: draining", reason)
         drainer = gevent.spawn(drain_all)
         while not drainer.ready():
             self.notify()

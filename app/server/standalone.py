@@ -300,6 +300,7 @@ class Server(WSGIServer):
         self.timeouts = timeouts
         self.connections: set[Handler] = set()
         self.draining = False
+        self.requests = 0           # request heads read (gunicorn's max_requests counts them)
 
     def drain(self, timeout: float) -> bool:
         """Stop accepting, close idle connections, wait up to ``timeout`` for the rest.

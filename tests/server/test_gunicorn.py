@@ -326,3 +326,12 @@ def test_gunicorn_worker_serves_tls_with_gunicorn_s_certificate_settings(start_g
     with context.wrap_socket(connect(proxy.port), server_hostname="127.0.0.1") as sock:
         sock.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         assert read_response(sock)[:3:2] == (200, b"backend solo")
+
+
+def test_gunicorn_worker_is_replaced_after_max_requests(start_gunicorn, backend):
+    proxy = start_gunicorn(base_config([backend.url]), args=["--max-requests", "5"])
+    for _ in range(8):
+        assert get(proxy.port)[0] == 200
+    proxy.wait_for(r"served max_requests \(5\), gunicorn starts another: draining")
+    assert wait_until(lambda: proxy.output.count("Booting worker") == 2, timeout=10)
+    assert wait_until(lambda: get(proxy.port)[0] == 200, timeout=10)
