@@ -24,6 +24,10 @@ Signals, handled as under ``python wsgi.py``:
   stops accepting, closes idle keep-alive connections, and lets in-flight requests finish
   within ``graceful_timeout`` (``app/gunicorn_worker.py``).
 
+The workers keep one view of the backends (one health checker, shared ejections, one
+retry budget, /status for the group: ``app.lb.shared``) through files in
+``$MYPROXY_GROUP_DIR``, a fresh temporary directory removed at exit unless you set one.
+
 Metrics add up across workers: every worker writes its counters to files in
 ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode; a fresh temporary
 directory, removed at exit, unless you set one), and a scrape of any worker reads them all.

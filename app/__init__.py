@@ -152,9 +152,12 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
         from .lb.shared import DEFAULT_POOL, GroupView, HealthGate
         from .middleware.metrics import NO_BACKEND
         from .server.group import ProcessGroup
+        def counts(backend):         # what /status counts for a backend, in this worker
+            traffic = metrics.traffic(backend.url)
+            return traffic.requests, traffic.errors
+
         view = GroupView(lambda: {DEFAULT_POOL: balancer}, ProcessGroup(group_dir), health,
-                         proxy.budget, counts=lambda backend: (
-                             metrics.traffic(backend.url).requests, metrics.traffic(backend.url).errors),
+                         proxy.budget, counts=counts,
                          unrouted=lambda: metrics.traffic(NO_BACKEND).requests)
         health = HealthGate(health, view)
     app = App(settings, balancer, upstream, health, metrics)

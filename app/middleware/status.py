@@ -5,7 +5,9 @@ health checks, its consecutive passes and failures against ``rise``/``fall``, in
 requests, request and error counts, and the recent window of ``recent.Traffic`` (rate,
 error rate, latency percentiles, a per-second series); and for the balancer, the process,
 uptime, config source, policy, and totals. Times are Unix seconds; latencies are
-milliseconds. It only reads: backends own their state, ``Metrics`` owns the traffic.
+milliseconds. Under a gunicorn group (``app.lb.shared.GroupView``) the counters and
+in-flight requests are the whole group's, and each worker is listed. It only reads:
+backends own their state, ``Metrics`` owns the traffic, the group view the others' records.
 """
 from __future__ import annotations
 
