@@ -20,7 +20,7 @@ import socket
 
 from ..errors import UpstreamProtocolError, UpstreamReset
 from ..server.http1 import (LAST_CHUNK, MAX_CHUNK_SIZE_LINE, TCHAR, chunk_size, connection_tokens,
-                            encode_chunk, response_has_body)
+                            encode_chunk, persists, response_has_body)
 from ..server.sockets import send_all, wait_readable
 
 MAX_HEAD_BYTES = 64 * 1024      # the status line and header lines together
@@ -145,7 +145,8 @@ class Response:
                 codings = f"{codings}, {value}" if codings else value
         tokens = connection_tokens(self.header_lines)
         self.connection_tokens = tokens      # names the backend listed as hop-by-hop
-        self._keep = ("keep-alive" in tokens) if self.version == b"HTTP/1.0" else ("close" not in tokens)
+        persistent = persists(self.version == b"HTTP/1.0", tokens)
+        self._keep = persistent
         self._chunked = False
         self.length_remaining: int | None = None
         status = self.status
@@ -157,8 +158,7 @@ class Response:
             self._keep = False       # RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored
             if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
                 self._chunked, self._chunk_left = True, 0
-                self._keep = not lengths and ("close" not in tokens if self.version == b"HTTP/1.1"
-                                              else "keep-alive" in tokens)
+                self._keep = persistent and not lengths
         elif lengths:
             if len(lengths) > 1 or not all(part.strip().isdigit() for part in lengths):
                 raise UpstreamProtocolError("invalid response: bad Content-Length")

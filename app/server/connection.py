@@ -114,8 +114,7 @@ class StrictConnection:
             head.request.method, head.request.target, head.request.version)
         self.content_length = head.framing.length
         tokens = http1.connection_tokens(head.fields)
-        self.close_connection = ("close" in tokens if self.request_version == "HTTP/1.1"
-                                 else "keep-alive" not in tokens)
+        self.close_connection = not http1.persists(self.request_version == "HTTP/1.0", tokens)
         return True
 
     def _wait_for_request(self) -> bool:

@@ -147,6 +147,13 @@ def response_has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status >= 200 and status not in NO_BODY_STATUSES
 
 
+def persists(http10: bool, tokens: frozenset[str]) -> bool:
+    """Whether a connection stays open after a message with these ``Connection`` tokens
+    (RFC 9112 §9.3): in HTTP/1.1 unless it says ``close``, in HTTP/1.0 only if it says
+    ``keep-alive``."""
+    return "keep-alive" in tokens if http10 else "close" not in tokens
+
+
 def encode_chunk(data: bytes) -> bytes:
     """One chunk of a chunked body (RFC 9112 §7.1), ``data`` not empty (that is
     ``LAST_CHUNK``)."""

@@ -174,3 +174,11 @@ def test_chunk_size_lines(line, size):
 
 def test_a_chunk_and_the_last_chunk_on_the_wire():
     assert http1.encode_chunk(b"hello") + http1.LAST_CHUNK == b"5\r\nhello\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("http10,tokens,persists", [
+    (False, set(), True), (False, {"close"}, False), (True, set(), False),
+    (True, {"keep-alive"}, True), (False, {"keep-alive", "x-private"}, True)],
+    ids=["1.1", "1.1-close", "1.0", "1.0-keep-alive", "1.1-other-tokens"])
+def test_whether_a_connection_persists(http10, tokens, persists):
+    assert http1.persists(http10, frozenset(tokens)) is persists
