@@ -1,12 +1,17 @@
-"""gunicorn settings for ``gunicorn -k gevent wsgi:application`` (picked up from the working directory).
+"""gunicorn settings for ``gunicorn wsgi:application`` (picked up from the working directory).
 
 Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
-``$WEB_CONCURRENCY`` gevent workers (default 1); gives in-flight requests the config's
-``shutdown_timeout`` on SIGTERM. Each worker starts its own background work after the
+``$WEB_CONCURRENCY`` workers (default 1) of MyProxy's worker class
+(``app.server.gunicorn_worker.Worker``: gunicorn's gevent worker serving with
+``python wsgi.py``'s connection code; ``-k gevent`` on the command line picks gunicorn's
+stock gevent worker instead); gives in-flight requests the config's ``shutdown_timeout``
+on SIGTERM. Each worker starts its own background work after the
 fork (STACK-FACTS 22, 24): nothing connects or spawns in the master, which imports no
 requests or urllib3 (imported before the worker's monkey-patching, they break HTTPS
-upstreams: STACK-FACTS 12). Maps the config's limits and client timeouts onto gunicorn's
-own settings (app.proxy.admission and app.server.gunicorn_worker.ServerConnection cover what those cannot).
+upstreams: STACK-FACTS 12). For the stock worker, maps the config's limits and client
+timeouts onto gunicorn's own settings (app.proxy.admission and
+app.server.gunicorn_worker.ServerConnection cover what those cannot); MyProxy's worker
+reads them from the config itself.
 
 Signals, handled as under ``python wsgi.py``:
 
@@ -25,6 +30,10 @@ Signals, handled as under ``python wsgi.py``:
 With ``tls:`` in the config, the port speaks HTTPS: ``certfile``/``keyfile`` tell gunicorn
 so, and the ``ssl_context`` hook hands it MyProxy's own TLS side (``app.server.tls``).
 
+The workers keep one view of the backends (one health checker, shared ejections, one
+retry budget, /status for the group: ``app.lb.shared``) through files in
+``$MYPROXY_GROUP_DIR``, a fresh temporary directory removed at exit unless you set one.
+
 Metrics add up across workers: every worker writes its counters to files in
 ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode; a fresh temporary
 directory, removed at exit, unless you set one), and a scrape of any worker reads them all.
@@ -42,6 +51,12 @@ _OWNED = "MYPROXY_METRICS_DIR_OWNED"       # the directory below is ours to remo
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_OWNED] = tempfile.mkdtemp(
         prefix="myproxy-metrics-")
+# The workers' shared view of the backends (app.lb.shared, app.server.group): one
+# directory per master, made here before the fork, removed at exit.
+_GROUP_OWNED = "MYPROXY_GROUP_DIR_OWNED"
+if not os.environ.get("MYPROXY_GROUP_DIR"):
+    os.environ["MYPROXY_GROUP_DIR"] = os.environ[_GROUP_OWNED] = tempfile.mkdtemp(
+        prefix="myproxy-group-")
 
 from app.config import ConfigError, load  # noqa: E402
 from app.server.gunicorn_worker import quiet_logger_class  # noqa: E402
@@ -53,12 +68,13 @@ try:
         check_files(_config)
 except ConfigError as _error:
     print(f"myproxy: config error: {_error}", file=sys.stderr)
-    if os.environ.get(_OWNED):
-        shutil.rmtree(os.environ[_OWNED], ignore_errors=True)     # no on_exit hook will run
+    for _owned in (_OWNED, _GROUP_OWNED):
+        if os.environ.get(_owned):
+            shutil.rmtree(os.environ[_owned], ignore_errors=True)   # no on_exit hook will run
     sys.exit(1)
 
 bind = [f"{_config.host}:{_config.port}"]          # the config's port is $PORT when set
-worker_class = "gevent"
+worker_class = "app.server.gunicorn_worker.Worker"   # `-k gevent` on the command line: the stock worker
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = _config.limits.max_connections
 # The master sends SIGKILL graceful_timeout after its SIGTERM: it must cover the delay
@@ -90,14 +106,19 @@ if _config.tls is not None:
         bind.append(f"{_config.host}:{_config.tls.redirect_from}")
 
 
+errorlog = "-"
+
+
 def ssl_context(config, default_ssl_context_factory):
     """In each worker, as it starts serving TLS: the TLS side of the worker's app
     (``app.server.tls.Terminator``: SNI over the certificates in force, reloaded on
     SIGHUP with the config, plain HTTP answered 400, the handshake bounded by
-    ``timeouts.client_header``). gevent's server calls its ``wrap_socket`` only."""
+    ``timeouts.client_header``; gevent's server calls its ``wrap_socket`` only); or,
+    with gunicorn's own ``--certfile``/``--keyfile`` and no ``tls`` in the config,
+    gunicorn's context."""
     import wsgi      # the module gunicorn loaded this worker's app from (wsgi:application)
-    return wsgi.application.tls
-errorlog = "-"
+    tls = wsgi.application.tls
+    return tls if tls is not None else default_ssl_context_factory()
 
 
 logger_class = quiet_logger_class()
@@ -112,7 +133,8 @@ def on_starting(server):
 
     server.handle_hup = reload_in_workers
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")) + glob.glob(
+            os.path.join(os.environ["MYPROXY_GROUP_DIR"], "worker-*.json")):
         os.remove(stale)
     server.log.info("metrics of all workers add up in %s", metrics_dir)
     from app.check import shutdown_warning
@@ -127,9 +149,11 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Remove the metrics directory if it is the temporary one made above."""
+    """Remove the metrics and group directories if they are the temporary ones made above."""
     if os.environ.get(_OWNED) == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(os.environ[_OWNED], ignore_errors=True)
+    if os.environ.get(_GROUP_OWNED) == os.environ.get("MYPROXY_GROUP_DIR"):
+        shutil.rmtree(os.environ[_GROUP_OWNED], ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -45,6 +45,12 @@ class App:
         self.metrics = metrics
         self._wsgi = wsgi
         self.draining = False      # set on SIGTERM: /_myproxy/health answers 503
+        # Settings the server running the app bound at its start, beyond
+        # reload.FIXED_AT_START: a reload keeps them and says so (set by the server).
+        self.fixed_by_server: tuple[str, ...] = ()
+        # Under a gunicorn group (app.lb.shared.GroupView): the leader runs every pool's
+        # health checks, the others follow it. None: this process checks its own.
+        self.group = None
         self.started = False
         self._reloading = Semaphore()
         # What build_runtime is handed at every reload: health results to the metrics, and
@@ -92,13 +98,19 @@ class App:
         from .lb.routes import resolve_at_start, start_pools
         resolve_at_start(self.runtime)
         self.started = True
-        start_pools(self.runtime)
+        start_pools(self.runtime, checks=self.group is None)
+        if self.group is not None:
+            self.group.start()               # follows the group before it serves
+            self.group.want_checks(True)     # the checks run in the leader only
         self.metrics.start()
 
     def stop(self) -> None:
         """Stop background work and close upstream connections; safe to call twice."""
         from .lb.routes import stop_pools
         self.started = False
+        if self.group is not None:
+            self.group.want_checks(False)
+            self.group.stop()
         stop_pools(self.runtime)
         self.metrics.stop()
         self.upstream.close()
@@ -118,7 +130,7 @@ class App:
         from .reload import changes, fixed_at_start
 
         old = self.runtime
-        new, kept = fixed_at_start(old.config, new)
+        new, kept = fixed_at_start(old.config, new, self.fixed_by_server)
         changed = changes(old.config, new)
         if self.tls is not None and new.tls is not None:
             certificates = certificates or self.tls.prepare(new.tls)
@@ -136,7 +148,9 @@ class App:
         for origin in {b.origin for pool in old.pools for b in pool.backends} - in_use:
             self.upstream.forget(origin)
         if self.started:
-            start_pools(runtime, previous=old)   # the first round of each at once
+            start_pools(runtime, previous=old, checks=self.group is None)   # first rounds at once
+            if self.group is not None:
+                self.group.want_checks(True)     # the leader checks the new pools at once
         else:
             for pool in old.pools:
                 pool.health.stop()
@@ -190,11 +204,14 @@ class App:
             return True
 
 
-def create_app(config: Config, session=None, metrics_dir: str | None = None) -> App:
+def create_app(config: Config, session=None, metrics_dir: str | None = None,
+               group_dir: str | None = None) -> App:
     """Build the load balancer described by ``config``. Starts nothing.
 
     ``metrics_dir`` (default ``$PROMETHEUS_MULTIPROC_DIR``) puts the metrics in
-    prometheus_client's multiprocess mode, so that gunicorn workers add up.
+    prometheus_client's multiprocess mode, so that gunicorn workers add up. ``group_dir``
+    (default ``$MYPROXY_GROUP_DIR``, set by ``gunicorn.conf.py``) makes the workers of a
+    gunicorn group share one view of the backends (``app.lb.shared``).
     """
     from .middleware.admin import Admin
     from .lb.routes import RuntimeHolder, build_runtime
@@ -221,8 +238,11 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None) -> 
     live.runtime = build_runtime(config, upstream, **app._hooks)
     metrics.prepare(live.runtime)
     proxy = Proxy(upstream)
+    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
+    if group_dir:
+        app.group = _group_view(live, metrics, group_dir)
     status = Status(metrics, draining=lambda: app.draining,
-                    certificates=tls.describe if tls is not None else None)
+                    certificates=tls.describe if tls is not None else None, group=app.group)
     admin = Admin(proxy, status, metrics, draining=lambda: app.draining)
     inner = admin
     if config.tls is not None and config.tls.redirect_from:
@@ -239,3 +259,45 @@ class _Bare:
 
     def __init__(self, config: Config):
         self.config = config
+
+
+def _group_view(live, metrics, group_dir: str):
+    """The shared view of a gunicorn group over the pools of the runtime in force."""
+    from .lb.shared import GroupView
+    from .middleware.metrics import NO_BACKEND
+    from .server.group import ProcessGroup
+
+    def counts(pool: str, backend):      # what /status counts for a backend, in this worker
+        traffic = metrics.traffic(pool, backend.url)
+        return traffic.requests, traffic.errors
+
+    def unrouted() -> int:               # this worker's requests that found no backend
+        return sum(traffic.requests for traffic in
+                   (metrics.seen(pool.name, NO_BACKEND) for pool in live.runtime.pools)
+                   if traffic is not None)
+
+    return GroupView(lambda: {pool.name: pool.balancer for pool in live.runtime.pools},
+                     ProcessGroup(group_dir), _AllChecks(live), counts=counts,
+                     unrouted=unrouted,
+                     budgets=lambda: {pool.name: pool.budget for pool in live.runtime.pools})
+
+
+class _AllChecks:
+    """Every pool's health checker of the runtime in force, as the one checker a group's
+    leader runs (``GroupView.want_checks``)."""
+
+    def __init__(self, live):
+        self.live = live
+
+    def start(self) -> None:
+        for pool in self.live.runtime.pools:
+            pool.health.start()
+
+    def stop(self) -> None:
+        for pool in self.live.runtime.pools:
+            pool.health.stop()
+
+    def wake(self) -> None:
+        for pool in self.live.runtime.pools:
+            if pool.health.running:
+                pool.health.wake()

@@ -24,24 +24,37 @@ TLS_SETTINGS = ("certificates", "min_version", "redirect_from", "hsts")
 ROUTE_RULE = ("hosts", "path", "strip_prefix")
 
 
-def fixed_at_start(running: Config, new: Config) -> tuple[Config, list[str]]:
-    """``new`` with the running values of ``FIXED_AT_START``; and the keys it had to keep."""
-    kept = [key for key in FIXED_AT_START if _get(new, key) != _get(running, key)]
+def fixed_at_start(running: Config, new: Config,
+                   also_fixed: tuple[str, ...] = ()) -> tuple[Config, list[str]]:
+    """``new`` with the running values of ``FIXED_AT_START`` and of ``also_fixed`` (what the
+    server running the app bound at its start, e.g. gunicorn's settings made from the
+    config); and the keys it had to keep."""
+    keys = FIXED_AT_START + tuple(key for key in also_fixed if key not in FIXED_AT_START)
+    kept = [key for key in keys if _get(new, key) != _get(running, key)]
     if "tls" in kept:
         kept.remove("tls")
         kept = [key for key in kept if key != "tls.redirect_from"]
         kept.append("tls (on or off)")
     origins = dict(new.origins)
-    for key in FIXED_AT_START:
+    for key in keys:
         origins[key] = running.origins.get(key, "default")
-    limits = dataclasses.replace(new.limits, max_connections=running.limits.max_connections)
+    for key in keys:
+        if key.split(".")[0] != "tls":       # TLS is kept whole or in part below
+            new = _replace(new, key.split("."), _get(running, key))
     tls = new.tls
     if (running.tls is None) != (new.tls is None):
         tls = running.tls
     elif tls is not None:
         tls = dataclasses.replace(tls, redirect_from=running.tls.redirect_from)
-    return dataclasses.replace(new, host=running.host, port=running.port, limits=limits,
-                               tls=tls, origins=origins), kept
+    return dataclasses.replace(new, tls=tls, origins=origins), kept
+
+
+def _replace(value, path: list[str], replacement):
+    """``value`` (a frozen dataclass) with the setting at ``path`` replaced."""
+    if len(path) == 1:
+        return dataclasses.replace(value, **{path[0]: replacement})
+    inner = _replace(getattr(value, path[0]), path[1:], replacement)
+    return dataclasses.replace(value, **{path[0]: inner})
 
 
 def changes(old: Config, new: Config) -> list[str]:

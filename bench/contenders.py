@@ -162,17 +162,24 @@ def start_myproxy_routes(sup: Supervisor, workdir: str, backends: list[str]) -> 
                          routes=configs.route_table(backends))
 
 
+# Each way of running under gunicorn: contender name -> (extra arguments, description).
+GUNICORN_WAYS = {
+    "myproxy-gunicorn": ([], "MyProxy, gunicorn wsgi:application (MyProxy's worker), 1 worker"),
+    "myproxy-gunicorn-gevent": (["-k", "gevent"], "MyProxy, gunicorn -k gevent (stock worker), 1 worker"),
+}
+
+
 def start_gunicorn(sup: Supervisor, workdir: str, backends: list[str],
                    name: str = "myproxy-gunicorn") -> Contender:
-    """``gunicorn -k gevent wsgi:application`` with one worker (measured with its master)."""
+    """gunicorn with one worker (measured with its master), one of ``GUNICORN_WAYS``."""
+    args, description = GUNICORN_WAYS[name]
     port = free_port()
     path = _write(workdir, f"{name}.yaml", yaml.safe_dump(configs.myproxy(port, backends)))
     env = _env(MYPROXY_CONFIG=path, PORT=str(port), WEB_CONCURRENCY="1")
-    process = sup.start(name, [sys.executable, "-m", "gunicorn", "-k", "gevent",
-                               "wsgi:application"], cwd=ROOT, env=env)
+    process = sup.start(name, [sys.executable, "-m", "gunicorn", *args, "wsgi:application"],
+                        cwd=ROOT, env=env)
     wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
-    return Contender(name, "MyProxy, gunicorn -k gevent, 1 worker",
-                     f"http://127.0.0.1:{port}", process)
+    return Contender(name, description, f"http://127.0.0.1:{port}", process)
 
 
 def _env(**extra: str) -> dict:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 MIB = 1024 * 1024
 BASELINE = "nginx"                  # ratios are to this contender, in the same run
-MYPROXY_NAMES = ("myproxy", "myproxy-routes", "myproxy-gunicorn")
+MYPROXY_NAMES = ("myproxy", "myproxy-routes", "myproxy-gunicorn", "myproxy-gunicorn-gevent")
 ROUTE_LOOKUP_LIMIT = 1.05     # CPU per request with 100 routes, at most this times none
+STANDALONE = "myproxy"              # python wsgi.py: what each way of running under gunicorn is held to
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -75,6 +76,12 @@ def targets(rows: list[dict]) -> list[Target]:
         ("CPU per request with 100 routes vs none, 100 B, c=50", f"<= {ROUTE_LOOKUP_LIMIT:.2f} x",
          lambda name: _route_cost(row(name, "/100b", 50), row("myproxy", "/100b", 50))
          if name == "myproxy-routes" else ("-", None)),
+        ("CPU per request, 100 B, c=50, vs python wsgi.py", "<= 1.25 x",
+         lambda name: _versus(row(name, "/100b", 50), row(STANDALONE, "/100b", 50), "cpu_us",
+                              lambda v: v <= 1.25)),
+        ("1 MiB responses, req/s vs python wsgi.py", ">= 0.9 x",
+         lambda name: _versus(row(name, "/1m", 50), row(STANDALONE, "/1m", 50), "rps",
+                              lambda v: v >= 0.9)),
     ]
     return [Target(measure, goal, {name: check(name) for name in present})
             for measure, goal, check in checks]
@@ -134,6 +141,15 @@ def _check(row, key, passes, fmt):
     if row is None or row.get(key) is None:
         return ("not measured", None)
     return (fmt.format(row[key]), bool(passes(row[key])))
+
+
+def _versus(row, standalone, key, passes):
+    if row is None or standalone is None or not standalone.get(key):
+        return ("not measured", None)
+    if row is standalone:
+        return ("1.00 x", None)
+    ratio = row[key] / standalone[key]
+    return (f"{ratio:.2f} x", bool(passes(ratio)))
 
 
 def _errors(rows):
@@ -210,7 +226,7 @@ def render(meta: dict, rows: list[dict], records: list[dict] = ()) -> str:
         "time over the run divided by the requests wrk completed; peak RSS is VmHWM summed over "
         "the process tree. `direct` is wrk straight at one backend: its CPU and RSS are the "
         "backend's.",
-        "## Targets (issue 7)",
+        "## Targets (issues 7 and 18)",
         targets_table(targets(rows)),
         "## HTTPS (issue 15)" if https_table(rows) else "",
         https_table(rows),

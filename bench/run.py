@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: 8, or 3)")
     parser.add_argument("--only", help="comma-separated contenders to run "
                         "(direct,nginx,haproxy,myproxy,myproxy-routes,myproxy-gunicorn,"
-                        "myproxy-https,nginx-https)")
+                        "myproxy-gunicorn-gevent,myproxy-https,nginx-https)")
     parser.add_argument("--cells", help="comma-separated PATH:CONNECTIONS cells to run "
                         "(default: all; e.g. /100b:50 to compare two contenders closely)")
     parser.add_argument("--output", default=RESULTS, help="directory for the JSON and Markdown")
@@ -118,8 +118,9 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) ->
         field.append(contenders.start_myproxy(sup, workdir, backends))
     if wanted("myproxy-routes"):
         field.append(contenders.start_myproxy_routes(sup, workdir, backends))
-    if wanted("myproxy-gunicorn"):
-        field.append(contenders.start_gunicorn(sup, workdir, backends))
+    for name in contenders.GUNICORN_WAYS:
+        if wanted(name):
+            field.append(contenders.start_gunicorn(sup, workdir, backends, name))
     if wanted("myproxy-https") or (tools["nginx"] and wanted("nginx-https")):
         cert, key = contenders.make_certificate(workdir)
         if wanted("myproxy-https"):

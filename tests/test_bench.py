@@ -223,3 +223,19 @@ def test_https_table_compares_with_plain_http_and_with_nginx():
     assert "| new TLS handshakes a second (Connection: close), c=50 | 900 | 3,000 | 0.30 x |  |" in table
     assert "| 200 vs 170 us | | 1.18 x | <= 1.3 x (met) |" in table
     assert report.https_table(report.summarise([_record("myproxy", 5000, 170)])) == ""
+
+
+def test_targets_hold_each_gunicorn_way_to_python_wsgi_py():
+    rows = report.summarise([
+        _record("myproxy", 2000, 200), _record("myproxy-gunicorn", 1900, 240),
+        _record("myproxy-gunicorn-gevent", 1500, 340),
+        _record("myproxy", 1000, 600, path="/1m"), _record("myproxy-gunicorn", 950, 620, path="/1m"),
+        _record("myproxy-gunicorn-gevent", 600, 950, path="/1m"),
+    ])
+    checked = {t.measure: t.results for t in report.targets(rows)}
+    cpu = checked["CPU per request, 100 B, c=50, vs python wsgi.py"]
+    assert cpu == {"myproxy": ("1.00 x", None), "myproxy-gunicorn": ("1.20 x", True),
+                   "myproxy-gunicorn-gevent": ("1.70 x", False)}
+    rate = checked["1 MiB responses, req/s vs python wsgi.py"]
+    assert rate["myproxy-gunicorn"] == ("0.95 x", True)
+    assert rate["myproxy-gunicorn-gevent"] == ("0.60 x", False)

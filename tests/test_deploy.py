@@ -87,17 +87,18 @@ def test_image_command_serves_with_the_shipped_config_and_its_healthcheck_passes
 def test_procfile_runs_gunicorn_with_settings_that_finish_inside_a_paas_30_seconds(monkeypatch,
                                                                                   tmp_path):
     with open(os.path.join(ROOT, "Procfile")) as procfile:
-        assert procfile.read().strip() == "web: gunicorn -k gevent wsgi:application"
+        assert procfile.read().strip() == "web: gunicorn wsgi:application"
     monkeypatch.chdir(ROOT)
     # gunicorn.conf.py would otherwise make a metrics directory and put it in this
     # process's environment, switching later apps in the test run to multiprocess metrics.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("MYPROXY_GROUP_DIR", str(tmp_path))       # the same, for the group view
     monkeypatch.setenv("PORT", "5999")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.delenv("MYPROXY_CONFIG", raising=False)
     settings = runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))
     assert settings["bind"] == ["0.0.0.0:5999"]
-    assert settings["workers"] == 1 and settings["worker_class"] == "gevent"
+    assert settings["workers"] == 1 and settings["worker_class"] == "app.server.gunicorn_worker.Worker"
     assert settings["graceful_timeout"] == 25 < 30
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     assert runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))["workers"] == 3
@@ -238,6 +239,8 @@ def test_kubernetes_example_probes_drains_and_mounts_a_valid_config(kubernetes):
     assert "lifecycle" not in container          # shutdown_delay does what a preStop sleep did
     assert config.shutdown_delay >= 5
     assert pod["terminationGracePeriodSeconds"] >= shutdown_seconds(config)
+    with open(os.path.join(ROOT, "Procfile")) as procfile:
+        assert container["command"] == procfile.read().split(":", 1)[1].split()
     mount = container["volumeMounts"][0]["mountPath"]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["MYPROXY_CONFIG"] == mount + "/config.yaml"

@@ -5,7 +5,7 @@ from webtest import TestApp
 
 from app import create_app
 from app.config import load, parse
-from app.reload import changes
+from app.reload import changes, fixed_at_start
 from tests.backends import wait_until
 
 
@@ -198,3 +198,14 @@ def test_tls_on_or_off_and_redirect_from_stay_until_a_restart_the_rest_changes()
     assert kept == ["tls.redirect_from"]
     assert (applied.tls.redirect_from, applied.tls.min_version, applied.tls.hsts) == (8079, "1.3", 60)
     assert changes(secure, applied) == ["tls.min_version 1.2->1.3", "tls.hsts 0s->60s"]
+
+
+def test_settings_the_server_bound_at_start_are_kept_and_named():
+    running = parse(config_text(["http://127.0.0.1:9"]), "c.yaml", environ={})
+    new = parse(config_text(["http://127.0.0.1:9"], "timeouts:\n  client_idle: 1s\n"
+                            "shutdown_timeout: 3s\n"), "c.yaml", environ={})
+    kept_config, kept = fixed_at_start(running, new, ("timeouts.client_idle",))
+    assert kept == ["timeouts.client_idle"]
+    assert kept_config.timeouts.client_idle == running.timeouts.client_idle
+    assert kept_config.shutdown_timeout == 3.0
+    assert fixed_at_start(running, new)[0].timeouts.client_idle == 1.0

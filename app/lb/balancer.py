@@ -180,6 +180,14 @@ class Backend:
         """Count the backend healthy again, as at start (active checks were switched off)."""
         return self._set_state(True, self.ejected_until)
 
+    def follow(self, healthy: bool, ejected_until: float | None, since: float,
+               recovered_at: float | None) -> str | None:
+        """Take the state another worker of the group decided (``app.lb.shared``), with
+        its times, so that slow start ramps alike everywhere; return the transition."""
+        transition = self._set_state(healthy, ejected_until)
+        self.since, self.recovered_at = since, recovered_at
+        return transition
+
     def _on_trial(self) -> bool:
         return (not self.probed and self.ejected_until is not None
                 and self._clock() >= self.ejected_until)

@@ -112,6 +112,9 @@ class RetryBudget:
         self.floor = floor
         self._clock = clock
         self._buckets: collections.deque[list] = collections.deque()  # [second, requests, retries]
+        # The (requests, retries) of the other workers of a gunicorn group in the window,
+        # set by app.lb.shared: the budget then holds for the whole group.
+        self.elsewhere: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
     def record_request(self) -> None:
         """Count one client request."""
@@ -123,12 +126,18 @@ class RetryBudget:
         if share is not None:
             self.share = share
         bucket = self._bucket()
-        requests = sum(b[1] for b in self._buckets)
-        retries = sum(b[2] for b in self._buckets)
+        other_requests, other_retries = self.elsewhere()
+        requests = other_requests + sum(b[1] for b in self._buckets)
+        retries = other_retries + sum(b[2] for b in self._buckets)
         if retries >= self.floor + self.share * requests:
             return False
         bucket[2] += 1
         return True
+
+    def buckets(self) -> list[list]:
+        """This process's buckets still in the window, ``[second, requests, retries]``."""
+        self._bucket()
+        return [list(bucket) for bucket in self._buckets]
 
     def _bucket(self) -> list:
         now = self._clock()

@@ -280,9 +280,10 @@ def resolve_at_start(runtime: Runtime) -> None:
             raise job.value
 
 
-def start_pools(runtime: Runtime, previous: Runtime | None = None) -> None:
-    """Start each pool's health checks (the first round at once) and DNS lookups; stop
-    ``previous``'s checks and the discovery of its pools that are gone."""
+def start_pools(runtime: Runtime, previous: Runtime | None = None, checks: bool = True) -> None:
+    """Start each pool's health checks (the first round at once; not with ``checks``
+    false: a gunicorn group's leader runs them) and DNS lookups; stop ``previous``'s
+    checks and the discovery of its pools that are gone."""
     if previous is not None:
         kept = {id(pool.discovery) for pool in runtime.pools}
         for pool in previous.pools:
@@ -291,7 +292,8 @@ def start_pools(runtime: Runtime, previous: Runtime | None = None) -> None:
                 pool.discovery.stop()
     for pool in runtime.pools:
         pool.discovery.start()
-        pool.health.start()
+        if checks:
+            pool.health.start()
 
 
 def stop_pools(runtime: Runtime) -> None:

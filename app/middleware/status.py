@@ -7,7 +7,9 @@ requests, request and error counts, and the recent window of ``recent.Traffic`` 
 error rate, latency percentiles, a per-second series); the TLS certificates in force
 (names, issuer, not-after, days left) when the listener speaks TLS; and for the balancer, the process,
 uptime, config source, policy, and totals. Times are Unix seconds; latencies are
-milliseconds. It only reads: backends own their state, ``Metrics`` owns the traffic.
+milliseconds. Under a gunicorn group (``app.lb.shared.GroupView``) the counters and
+in-flight requests are the whole group's, and each worker is listed. It only reads:
+backends own their state, ``Metrics`` owns the traffic, the group view the others' records.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ class Status:
 
     def __init__(self, metrics: Metrics, draining: Callable[[], bool] = lambda: False,
                  clock: Callable[[], float] = time.time,
-                 certificates: Callable[[], list[dict]] | None = None):
+                 certificates: Callable[[], list[dict]] | None = None, group=None):
         self.certificates = certificates    # the TLS certificates in force, described
+        self.group = group        # app.lb.shared.GroupView under a gunicorn group, or None
         self.metrics = metrics
         self.draining = draining
         self._clock = clock
@@ -54,7 +57,7 @@ class Status:
             for key in ("requests", "errors"):
                 unrouted[key] += unrouted_pool[key]
             unrouted["window"]["rate"] += unrouted_pool["window"]["rate"]
-        return {
+        document = {
             "time": round(now, 3),
             "pid": os.getpid(),
             "started": round(self.started, 3),
@@ -93,6 +96,28 @@ class Status:
                 "certificates": self.certificates(),
             },
         }
+        if self.group is not None:
+            self._whole_group(document)
+        return document
+
+    def _whole_group(self, document: dict) -> None:
+        """Under a gunicorn group: each backend's counters and in-flight requests summed
+        over the workers (``window``, ``series`` and latencies stay this worker's), the
+        totals and each route's likewise, and one entry per live worker. This worker's own
+        share is its live count, the others' what they last published."""
+        for row in document["backends"]:
+            others = self.group.totals(row["route"], row["url"], others=True)
+            for key in ("requests", "errors", "in_flight"):
+                row[key] += others[key]
+        for route in document["routes"]:
+            rows = [row for row in document["backends"] if row["route"] == route["name"]]
+            route["requests"] = sum(row["requests"] for row in rows)
+            route["in_flight"] = sum(row["in_flight"] for row in rows)
+        totals = document["totals"]
+        totals["requests"] += self.group.requests(others=True)
+        totals["errors"] = sum(row["errors"] for row in document["backends"])
+        totals["in_flight"] = sum(row["in_flight"] for row in document["backends"])
+        document["workers"] = self.group.workers()
 
     def backend(self, pool, backend: Backend, now: float) -> dict:
         rules = pool.settings.health_check

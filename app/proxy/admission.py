@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from ..server import http1
 from ..config import LimitsConfig
-from ..errors import BadRequest, HeadersTooLarge
+from ..errors import HeadersTooLarge
 
 
 def admit(environ: dict, limits: LimitsConfig) -> str:
@@ -57,23 +57,20 @@ def request_target(environ: dict) -> str:
 
 
 def check_environ(environ: dict, limits: LimitsConfig) -> None:
-    """The framing and size rules for a head no strict parser has read (gunicorn, webtest)."""
-    coding = environ.get("HTTP_TRANSFER_ENCODING")
-    length = environ.get("CONTENT_LENGTH")
-    if coding is not None:
-        if length:
-            raise BadRequest("both Content-Length and Transfer-Encoding")
-        if coding.strip().lower() != "chunked":
-            raise BadRequest("Transfer-Encoding other than a single chunked")
-    if length and not (length.isascii() and length.isdigit()):
-        raise BadRequest("Content-Length is not a decimal number")
-    host = environ.get("HTTP_HOST")
-    if environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and not host:
-        raise BadRequest("an HTTP/1.1 request without a Host header")
-    if host:
-        http1.check_host_value(host)
+    """The framing and size rules for a head no strict parser has read (gunicorn's stock
+    worker, webtest): ``http1``'s own rules, on the fields the environ still has."""
+    fields = [(name, environ[key].strip()) for key, name in _FRAMING_KEYS
+              if environ.get(key) is not None and (environ[key] or key != "CONTENT_LENGTH")]
+    version = environ.get("SERVER_PROTOCOL", "")
+    http1.body_framing(fields, version)
+    http1.check_host(fields, version)
     if head_size(environ) > limits.max_header_bytes:
         raise HeadersTooLarge(f"the request head is over {limits.max_header_bytes} bytes")
+
+
+# The environ keys of the fields the framing and Host rules read, and the fields' names.
+_FRAMING_KEYS = (("CONTENT_LENGTH", "Content-Length"), ("HTTP_TRANSFER_ENCODING", "Transfer-Encoding"),
+                 ("HTTP_HOST", "Host"))
 
 
 def head_size(environ: dict) -> int:

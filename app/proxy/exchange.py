@@ -19,23 +19,22 @@ import re
 import socket
 
 from ..errors import UpstreamProtocolError, UpstreamReset
-from ..server.http1 import connection_tokens
+from ..server.http1 import (LAST_CHUNK, MAX_CHUNK_SIZE_LINE, TCHAR, chunk_size, connection_tokens,
+                            encode_chunk, persists, response_has_body)
 from ..server.sockets import send_all, wait_readable
 
 MAX_HEAD_BYTES = 64 * 1024      # the status line and header lines together
 MAX_HEADER_LINES = 100          # as http.client
-MAX_CHUNK_LINE = 4096           # a chunk-size line, extensions included
 READ_SIZE = 64 * 1024           # bytes asked of the socket per recv
 
 # RFC 9110 §9.3.x: methods whose request carries content, so no body still means length 0
 # (what urllib3 sends, so backends see the same request as before).
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-NO_BODY_STATUSES = frozenset({204, 304})       # RFC 9110 §15.3.5, §15.4.5
 SWITCHING_PROTOCOLS = 101
 
 # A field line: a token (RFC 9110 §5.6.2), a colon, a value without CR or LF, CRLF. No two
 # parts can match the same bytes, so neither pattern backtracks.
-_FIELD_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n]*)\r\n"
+_FIELD_LINE = rb"(" + TCHAR.encode() + rb"+):([^\r\n]*)\r\n"
 _FIELD = re.compile(_FIELD_LINE)
 _VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
 
@@ -66,14 +65,14 @@ def send_request(sock, head: bytes, body, chunked: bool) -> None:
             if not piece:
                 continue
             if chunked:
-                piece = b"%x\r\n%b\r\n" % (len(piece), piece)
+                piece = encode_chunk(piece)
             if first:
                 piece, first = head + piece, False
             send_all(sock, piece)
         if first:
-            send_all(sock, head + b"0\r\n\r\n" if chunked else head)
+            send_all(sock, head + LAST_CHUNK if chunked else head)
         elif chunked:
-            send_all(sock, b"0\r\n\r\n")
+            send_all(sock, LAST_CHUNK)
     except (BrokenPipeError, ConnectionResetError):
         pass
 
@@ -146,11 +145,12 @@ class Response:
                 codings = f"{codings}, {value}" if codings else value
         tokens = connection_tokens(self.header_lines)
         self.connection_tokens = tokens      # names the backend listed as hop-by-hop
-        self._keep = ("keep-alive" in tokens) if self.version == b"HTTP/1.0" else ("close" not in tokens)
+        persistent = persists(self.version == b"HTTP/1.0", tokens)
+        self._keep = persistent
         self._chunked = False
         self.length_remaining: int | None = None
         status = self.status
-        if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
+        if not response_has_body(method, status):
             self.length_remaining = 0
             if status == SWITCHING_PROTOCOLS:
                 self._keep = False   # the connection now speaks another protocol
@@ -158,8 +158,7 @@ class Response:
             self._keep = False       # RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored
             if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
                 self._chunked, self._chunk_left = True, 0
-                self._keep = not lengths and ("close" not in tokens if self.version == b"HTTP/1.1"
-                                              else "keep-alive" in tokens)
+                self._keep = persistent and not lengths
         elif lengths:
             if len(lengths) > 1 or not all(part.strip().isdigit() for part in lengths):
                 raise UpstreamProtocolError("invalid response: bad Content-Length")
@@ -207,7 +206,7 @@ class Response:
             if end >= 0:
                 line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
                 return line
-            if len(self._buffer) > MAX_CHUNK_LINE:
+            if len(self._buffer) > MAX_CHUNK_SIZE_LINE:
                 raise UpstreamProtocolError("invalid response: a chunk line is too long")
             data = self._sock.recv(READ_SIZE)
             if not data:
@@ -216,11 +215,11 @@ class Response:
 
     def _read_chunked(self, size: int) -> bytes:
         if self._chunk_left == 0:
-            size_text = self._line().split(b";", 1)[0].strip()
-            if not size_text or len(size_text) > 16 or \
-                    not all(c in b"0123456789abcdefABCDEF" for c in size_text):
-                raise UpstreamProtocolError(f"invalid response: bad chunk size {size_text[:20]!r}")
-            self._chunk_left = int(size_text, 16)
+            line = self._line()
+            size = chunk_size(line)
+            if size is None:
+                raise UpstreamProtocolError(f"invalid response: bad chunk size {line[:20]!r}")
+            self._chunk_left = size
             if self._chunk_left == 0:
                 while self._line():        # trailer fields: dropped (hop-by-hop here)
                     pass

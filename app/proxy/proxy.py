@@ -40,7 +40,8 @@ from .body import request_body
 from ..config import Config
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
                       UpstreamProtocolError, UpstreamReset)
-from ..server.http1 import connection_tokens, list_tokens
+from ..server.http1 import connection_tokens, list_tokens, response_has_body
+from ..server.responses import error_response
 from ..server.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
 from ..lb.retry import ReplayableBody, may_retry
@@ -68,7 +69,6 @@ HOP_BY_HOP = frozenset({
 NOT_FORWARDED = frozenset({"expect"})
 
 # RFC 9110 §6.4.1 / §15.3.5 / §15.4.5: responses that never carry content.
-NO_BODY_STATUSES = frozenset({204, 304})
 
 # Bytes asked of the backend per read of a response body: fewer, larger reads and writes
 # move a large body with less CPU; a read returns what has arrived, never waits for more.
@@ -135,7 +135,7 @@ class Proxy:
         start_response(f"{status} {response.reason or _reason(status)}",
                        response_headers(response.header_lines, *_body_length(response, method),
                                         getattr(response, "connection_tokens", None)))
-        if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
+        if not response_has_body(method, status):
             _finish(response, backend, complete=True, watch=watch)
             return iter(())
         return ResponseBody(response, backend, environ,
@@ -243,13 +243,8 @@ class Proxy:
                         backend, error.kind, error.status, error.detail)
         elif error.status == 503:
             log.warning("no backend available: %s", error.detail)
-        body = error.body()
-        start_response(error.status_line, [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            *error.headers(),
-            *([("Connection", "close")] if isinstance(error, ClientError) else []),
-        ])
+        status_line, headers, body = error_response(error, close=isinstance(error, ClientError))
+        start_response(status_line, headers)
         return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
 
 
@@ -429,7 +424,7 @@ def _upstream_target(backend: Backend, target: str) -> str:
 
 def _body_length(response, method: str) -> tuple[bool, int | None]:
     """Whether a body follows, and its length as the response head framed it (None: read to the end)."""
-    if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
+    if not response_has_body(method, response.status):
         return False, None
     return True, response.length_remaining
 

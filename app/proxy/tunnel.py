@@ -32,7 +32,7 @@ from urllib3 import HTTPHeaderDict
 from ..server import handoff
 from ..config import TimeoutsConfig
 from ..errors import BadRequest, ClientError, UpstreamConnectError, UpstreamConnectTimeout
-from ..server.http1 import list_tokens
+from ..server.http1 import LAST_CHUNK, TCHAR, encode_chunk, list_tokens
 from .upstream import classify
 
 log = logging.getLogger("myproxy.tunnel")
@@ -43,8 +43,7 @@ HALF_CLOSE_GRACE = 1.0                # after one side closes, the other directi
                                       # long to finish (a WebSocket close handshake's reply)
 
 # RFC 9110 §7.8: Upgrade = #protocol; protocol = protocol-name ["/" protocol-version].
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PROTOCOL = re.compile(rf"{_TOKEN}(?:/{_TOKEN})?")
+_PROTOCOL = re.compile(rf"{TCHAR}+(?:/{TCHAR}+)?")
 
 # Protocol names (lower-cased) an upgrade is never tunnelled to: each would carry HTTP
 # requests past the proxy, unmediated (no X-Forwarded-For replaced, no request ID, no
@@ -278,9 +277,9 @@ def _body_pieces(body, chunked: bool):
     pieces = iter(lambda: body.read(BUFFER_SIZE), b"") if hasattr(body, "read") else body
     for piece in pieces:
         if piece:
-            yield b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+            yield encode_chunk(piece) if chunked else piece
     if chunked:
-        yield b"0\r\n\r\n"
+        yield LAST_CHUNK
 
 
 def _shutdown(sock, how: int) -> None:

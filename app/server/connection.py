@@ -29,6 +29,7 @@ from typing import Callable
 import gevent
 
 from . import http1
+from .responses import error_response, render_head
 from ..errors import ClientError, ClientTimeout
 from ..logs import Fields
 
@@ -138,6 +139,7 @@ class StrictConnection:
             if self._head_timer is not None:
                 self._head_timer.close()
         self.served += 1
+        self.server.requests += 1
         self.response_length = 0
         self.environ = self.get_environ()
         self.application = self.server.application
@@ -170,8 +172,7 @@ class StrictConnection:
             head.request.method, head.request.target, head.request.version)
         self.content_length = head.framing.length
         tokens = http1.connection_tokens(head.fields)
-        self.close_connection = ("close" in tokens if self.request_version == "HTTP/1.1"
-                                 else "keep-alive" not in tokens)
+        self.close_connection = not http1.persists(self.request_version == "HTTP/1.0", tokens)
         return True
 
     def _wait_for_request(self) -> bool:
@@ -196,12 +197,9 @@ class StrictConnection:
     def _refuse(self, error: ClientError):
         """Answer a malformed request head with its status, then close the connection."""
         log.info("bad request from %s: %s %s", self._client(), error.status, error.detail)
-        body = error.body()
-        lines = [f"HTTP/1.1 {error.status_line}", "Content-Type: text/plain; charset=utf-8",
-                 f"Content-Length: {len(body)}", "Connection: close",
-                 *(f"{name}: {value}" for name, value in error.headers())]
+        status_line, headers, body = error_response(error, close=True)
         try:
-            self.socket.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            self.socket.sendall(render_head(status_line, headers) + body)
         except OSError:
             return None
         self._linger()

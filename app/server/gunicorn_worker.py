@@ -1,7 +1,17 @@
-"""MyProxy inside a gunicorn gevent worker: start after the fork, reload on SIGHUP, drain on SIGTERM.
+"""MyProxy inside gunicorn workers: MyProxy's own worker class, and the stock gevent worker.
 
-``gunicorn.conf.py``'s ``post_worker_init`` hook calls ``start_worker(worker)``, which makes
-a worker behave as ``python wsgi.py`` does (``app.server.standalone``):
+``Worker`` (``gunicorn.conf.py``'s ``worker_class``, the Procfile's) is gunicorn's gevent
+worker serving each accepted connection with the connection code ``python wsgi.py`` uses
+(``app.server.standalone.Server`` and ``Handler``, ``app.server.connection``): the same
+strict parse, limits, timeouts, response framing, header lines and tunnel hand-over.
+gunicorn's arbiter still does pre-fork, ``WEB_CONCURRENCY``, worker restarts and signals;
+the worker starts the app after the fork, reloads on SIGHUP and drains on SIGTERM as
+``standalone.serve`` does.
+
+The rest of this module makes the stock ``gunicorn -k gevent`` worker (gunicorn's own
+parser and response writer) behave as closely as it can. ``gunicorn.conf.py``'s
+``post_worker_init`` hook calls ``start_worker(worker)``, which makes a stock worker
+behave as ``python wsgi.py`` does:
 
 - the app's background work starts in the worker, after the fork (STACK-FACTS 22);
 - SIGHUP (sent by the master, see ``gunicorn.conf.py``) re-reads the config file in place;
@@ -31,19 +41,127 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Callable, Iterable
 
 import gevent
 from gevent.event import Event
+from gunicorn.sock import ssl_context
+from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import StartupError, UpstreamError
 from .connection import header_deadline
 from .responses import close_body
-from .standalone import reload_on, tune_gc
+from .standalone import Server, log_listening, reload_on, tune_gc
 
 WORKER_BOOT_ERROR = 3    # gunicorn's Arbiter.WORKER_BOOT_ERROR: a worker that exits so halts it
 
 log = logging.getLogger("myproxy.server")
+
+# Settings gunicorn.conf.py turns into gunicorn's own at start, which a reload therefore
+# cannot change: the arbiter kills a worker still draining after its graceful_timeout;
+# the stock worker also times the wait for a request with keepalive.
+FIXED_AT_START = ("shutdown_timeout",)
+STOCK_FIXED_AT_START = FIXED_AT_START + ("timeouts.client_header", "timeouts.client_idle")
+
+
+class Worker(GeventWorker):
+    """gunicorn's gevent worker, serving with MyProxy's own server and handler.
+
+    Usage: ``gunicorn -k app.server.gunicorn_worker.Worker wsgi:application`` (what
+    ``gunicorn.conf.py`` sets). gunicorn's base worker does the fork-side work (sockets,
+    heartbeat, SIGTERM/SIGINT/SIGQUIT, ``max_requests`` with its jitter); ``run`` replaces
+    gunicorn's request loop with one ``standalone.Server`` per listening socket, so nothing
+    of gunicorn's HTTP code (parser, ``util.hop_headers``, response writer) touches a
+    request. ``max_requests`` is checked once a second: the worker then drains and exits,
+    and the arbiter starts a fresh one.
+    """
+
+    def run(self):
+        app = self.wsgi
+        app.fixed_by_server = FIXED_AT_START
+        config = app.config
+        servers = [self.make_server(sock, app, config) for sock in self.sockets]
+        reload = Event()
+        # Kept on the worker: a signal watcher that is garbage-collected stops watching.
+        self.myproxy = [gevent.signal_handler(signal.SIGHUP, reload.set),
+                        gevent.spawn(reload_on, reload, app)]
+        try:
+            app.start()
+        except StartupError as error:
+            log.error("cannot start: %s", error)
+            # gunicorn's WORKER_BOOT_ERROR: the arbiter stops instead of forking again and again.
+            sys.exit(WORKER_BOOT_ERROR)
+        tune_gc()
+        for server in servers:
+            server.start()
+            log_listening(server.address, config, tls=bool(self.cfg.is_ssl))
+        log.info("worker %d ready: SIGHUP reloads the config, SIGTERM drains", os.getpid())
+        reason, delay = "received SIGTERM", None
+        while self.alive:           # gunicorn's handle_exit (SIGTERM) clears it
+            self.notify()
+            self._stopping.wait(1.0)
+            if sum(server.requests for server in servers) >= self.max_requests:
+                # Replaced, not stopped: the other workers go on accepting, so no delay.
+                reason = f"served max_requests ({self.max_requests}), gunicorn starts another"
+                delay = 0.0
+                break
+        app.draining = True
+        for server in servers:
+            server.closing = True   # every response from now on says Connection: close
+        self.myproxy[1].kill()
+        delay = app.config.shutdown_delay if delay is None else delay
+        if delay > 0:
+            # Go on accepting on the inherited listener copies, /health answering 503, so
+            # that an outer balancer that has not yet seen the SIGTERM loses nothing.
+            log.info("shutdown_delay: accepting for %.1fs more, /health answers 503", delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                self.notify()
+                gevent.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        self._drain(servers, app.config.shutdown_timeout, reason)
+
+    def make_server(self, sock, app, config) -> Server:
+        """The server for one of gunicorn's listening sockets.
+
+        This is where an accepted socket meets TLS: with ``tls`` in the config,
+        ``gunicorn.conf.py`` sets gunicorn's ``certfile`` and its ``ssl_context`` hook
+        returns the app's ``app.server.tls.Terminator`` (SNI, live certificates, the bounded
+        handshake), on which gevent calls ``wrap_socket`` for each accepted socket before the
+        handler reads from it; a socket of ``tls.redirect_from`` stays plain.
+        """
+        sock.setblocking(1)
+        server = Server(sock, app, max_connections=self.worker_connections,
+                        settings=lambda: app.config,
+                        tls=ssl_context(self.cfg) if self.cfg.is_ssl else None)
+        if self.cfg.workers > 1:
+            server.max_accept = 1   # as gunicorn's: one accept per wake-up, spread over workers
+        return server
+
+    def _drain(self, servers, timeout: float, reason: str) -> None:
+        """``standalone.serve``'s drain for each server within one deadline, with heartbeats
+        to the arbiter meanwhile (it replaces a worker that stays silent for ``timeout``)."""
+        def drain_all():
+            deadline = time.monotonic() + timeout
+            for server in servers:
+                if not server.drain(max(0.0, deadline - time.monotonic())):
+                    log.warning("shutdown timeout of %.1fs passed; remaining requests were "
+                                "cut off", timeout)
+
+        log.info("%s: draining", reason)
+        drainer = gevent.spawn(drain_all)
+        while not drainer.ready():
+            self.notify()
+            drainer.join(1.0)
+        log.info("stopped")
+
+    def init_signals(self):
+        super().init_signals()
+        self._stopping = Event()
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        self._stopping.set()        # wakes run() at once; sets a flag only (a signal handler)
 
 
 class Connections:
@@ -105,14 +223,20 @@ def _end_reading(sock) -> None:
 
 
 def start_worker(worker) -> None:
-    """Start the app of a freshly forked worker and take over its SIGHUP and SIGTERM."""
+    """Start the app of a freshly forked stock gevent worker and take over its SIGHUP and
+    SIGTERM. MyProxy's own ``Worker`` does this in its ``run``."""
+    if isinstance(worker, Worker):
+        return
     app = worker.wsgi
+    app.fixed_by_server = STOCK_FIXED_AT_START
     try:
         app.start()
     except StartupError as error:
         log.error("cannot start: %s", error)
         # gunicorn's WORKER_BOOT_ERROR: the arbiter stops instead of forking again and again.
         sys.exit(WORKER_BOOT_ERROR)
+    for sock in worker.sockets:
+        log_listening(sock.getsockname(), app.config, tls=bool(worker.cfg.is_ssl))
     tune_gc()
     connections = Connections()
     connections.track(worker)

@@ -1,4 +1,6 @@
-"""HTTP/1.1 request syntax (RFC 9112), strictly: the request head and the chunked body.
+"""HTTP/1.1 (RFC 9112), strictly: the request head and the chunked body, and the rules the
+server side, the upstream codec (``app.proxy.exchange``) and tunnels share: the token
+grammar, the chunk codec, and which responses carry no body.
 
 pywsgi's own parsing is lax (STACK-FACTS 15-19), and every laxness is a request-smuggling
 shape once the request is forwarded. This module owns the rules instead: small pure
@@ -23,8 +25,10 @@ from ..errors import (BadRequest, ClientError, HeadersTooLarge, MethodNotAllowed
 MAX_REQUEST_LINE = 8 * 1024
 # More header lines than this: 431 (gunicorn's limit_request_fields default, and nginx's order).
 MAX_FIELD_LINES = 100
-# RFC 9110 §5.6.2: token = 1*tchar.
-TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.6.2: token = 1*tchar. The one spelling of tchar every pattern is built from.
+TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TCHAR = TCHAR.encode()
+TOKEN = re.compile(_TCHAR + rb"+")
 # RFC 9110 §5.5: a field value is VCHAR, obs-text, SP and HTAB; CR, LF, NUL and the other
 # controls are invalid and dangerous, so the request is refused.
 FIELD_VALUE_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -42,16 +46,19 @@ SUPPORTED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 # RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF.
 CHUNK_SIZE_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
-    rb"((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-    rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*\"))?)*)")
+    rb"((?:[ \t]*;[ \t]*" + _TCHAR + rb"+"
+    rb"(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|\"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*\"))?)*)")
 MAX_CHUNK_SIZE_LINE = 4096
+LAST_CHUNK = b"0\r\n\r\n"           # RFC 9112 §7.1: last-chunk, no trailers, the final CRLF
+# RFC 9110 §15.3.5, §15.4.5: a 204 or 304 never has content (nor does 1xx, nor a HEAD's answer).
+NO_BODY_STATUSES = frozenset({204, 304})
 _NO_TOKENS: frozenset[str] = frozenset()
 # The common case in one match each, for a head parsed whole (``parse_head``): a valid
 # request line of a supported version, and field lines that are all valid (values stripped
 # of OWS afterwards). Anything they do not match is parsed line by line, which names what
 # is wrong. Neither pattern can backtrack: no two parts can match the same bytes.
-_VALID_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) (HTTP/1\.[01])")
-_FIELD_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
+_VALID_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([^\x00-\x20\x7f]+) (HTTP/1\.[01])")
+_FIELD_LINE = rb"(" + _TCHAR + rb"+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
 _VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
 _FIELD = re.compile(_FIELD_LINE)
 MAX_TRAILER_BYTES = 16 * 1024
@@ -139,6 +146,32 @@ def body_framing(fields, version: str) -> Framing:
             raise BadRequest("Content-Length is not a decimal number")
         return Framing(length=int(lengths[0]))
     return Framing()
+
+
+def response_has_body(method: str, status: int) -> bool:
+    """Whether a response to ``method`` with ``status`` has a body (RFC 9112 §6.3, rule 1):
+    never for HEAD, 1xx, 204 or 304, whatever its header fields say."""
+    return method != "HEAD" and status >= 200 and status not in NO_BODY_STATUSES
+
+
+def persists(http10: bool, tokens: frozenset[str]) -> bool:
+    """Whether a connection stays open after a message with these ``Connection`` tokens
+    (RFC 9112 §9.3): in HTTP/1.1 unless it says ``close``, in HTTP/1.0 only if it says
+    ``keep-alive``."""
+    return "keep-alive" in tokens if http10 else "close" not in tokens
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1), ``data`` not empty (that is
+    ``LAST_CHUNK``)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def chunk_size(line: bytes) -> int | None:
+    """The size a chunk-size line (CRLF removed) gives, extensions checked and dropped;
+    None when the line is not valid (RFC 9112 §7.1)."""
+    match = CHUNK_SIZE_LINE.fullmatch(line)
+    return int(match.group(1), 16) if match else None
 
 
 def list_tokens(value: str) -> frozenset[str]:
@@ -329,10 +362,10 @@ class ChunkedReader:
 
     def _next_size(self) -> int:
         line = read_line(self._rfile, MAX_CHUNK_SIZE_LINE, lambda: BadRequest("chunk size line too long"))
-        match = CHUNK_SIZE_LINE.fullmatch(line)
-        if not match:
+        size = chunk_size(line)
+        if size is None:
             raise BadRequest("invalid chunk size line")
-        return int(match.group(1), 16)
+        return size
 
     def _read_trailers(self) -> None:
         budget = MAX_TRAILER_BYTES

@@ -1,4 +1,5 @@
-"""What a WSGI response owes the server that sends it, for every wrapper of one.
+"""What a WSGI response owes the server that sends it, for every wrapper of one; and the
+one way an error the proxy answers itself is rendered.
 
 It knows nothing of proxying; both servers and every middleware may import it.
 """
@@ -10,3 +11,22 @@ def close_body(body) -> None:
     close = getattr(body, "close", None)
     if close is not None:
         close()
+
+
+def error_response(error, close: bool = False) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The one rendering of an answer the proxy gives itself for a typed error
+    (``errors.ProxyError``: a refused request, a failed backend, no backend): its status
+    line, its header fields (``Connection: close`` when ``close``), and its short
+    plain-text body. The proxy, the server's handler and the connection all answer so."""
+    body = error.body()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+               *error.headers()]
+    if close:
+        headers.append(("Connection", "close"))
+    return error.status_line, headers, body
+
+
+def render_head(status_line: str, headers) -> bytes:
+    """A response head as the bytes that go on the wire, for a server writing it itself."""
+    lines = [f"HTTP/1.1 {status_line}", *(f"{name}: {value}" for name, value in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

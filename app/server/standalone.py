@@ -45,8 +45,10 @@ from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
 
 from ..config import LimitsConfig, TimeoutsConfig
+from . import http1
 from .connection import SlowHeads, StrictConnection
 from ..errors import ProxyError, UpstreamError
+from .responses import error_response
 from .sockets import send_all
 from .tls import send_close_notify, socket_tls
 
@@ -169,7 +171,7 @@ class Handler(StrictConnection, WSGIHandler):
         if "\r" in status or "\n" in status:
             raise ValueError("carriage return or newline in status", status)
         code = int(status.split(" ", 1)[0])
-        no_body = code in (204, 304)
+        no_body = code in http1.NO_BODY_STATUSES      # Content-Length is legal on HEAD
         encoded = []
         connection = date = length = None
         for name, value in headers:
@@ -216,7 +218,7 @@ class Handler(StrictConnection, WSGIHandler):
         # keep-alive connections.
         if self.provided_date is None:
             self.response_headers.append((b"Date", _http_date()))
-        if self.command == "HEAD" or self.code < 200 or self.code in (204, 304):
+        if not http1.response_has_body(self.command, self.code):
             self.response_use_chunked = False
             return
         if self.provided_content_length is not None:
@@ -257,7 +259,7 @@ class Handler(StrictConnection, WSGIHandler):
             self._sendall(towrite)
             self._write(data)
         elif self.response_use_chunked:
-            towrite += b"%x\r\n%b\r\n" % (len(data), data)
+            towrite += http1.encode_chunk(data)
             self._sendall(towrite)
         else:
             towrite += data
@@ -279,11 +281,10 @@ class Handler(StrictConnection, WSGIHandler):
             return       # the tunnel owns the connection: nothing more goes on it
         if isinstance(v, ProxyError) and not self.response_length:
             # The backend failed before a byte was sent: answer its status, not a 500.
-            self.start_response(v.status_line, [("Content-Type", "text/plain; charset=utf-8"),
-                                                ("Content-Length", str(len(v.body()))),
-                                                ("Connection", "close")])
+            status_line, headers, body = error_response(v, close=True)
+            self.start_response(status_line, headers)
             try:
-                self.write(v.body())
+                self.write(body)
             except OSError:
                 pass
             return
@@ -331,6 +332,7 @@ class Server(WSGIServer):
         self.closing = False     # from SIGTERM on: every response says Connection: close
         self.draining = False    # no longer accepting: read no further request
         self.slow_heads = SlowHeads()    # slowloris closes, one log line a second
+        self.requests = 0           # request heads read (gunicorn's max_requests counts them)
 
     @property
     def limits(self) -> LimitsConfig:
@@ -392,11 +394,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     handlers = [gevent.signal_handler(signum, _on_signal, signum, stop)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGHUP, reload.set))
-    host, port = server.address[:2]
-    log.info("listening on %s://%s:%d backends=%s policy=%s%s", "https" if tls else "http",
-             host, port, ",".join(b.url for b in config.backends) or "-", config.policy,
-             "".join(f" route={route.name}:{','.join(b.url for b in route.backends)}"
-                     for route in config.routes))
+    log_listening(server.address, config, tls=tls is not None)
     for each in servers[1:]:
         log.info("redirecting http://%s:%d to https", each.address[0], each.address[1])
 
@@ -435,6 +433,16 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         server.slow_heads.flush()
     log.info("stopped")
     return 0
+
+
+def log_listening(address, config, tls: bool = False) -> None:
+    """The start-up line: where the server listens (``address``), the backends, the policy,
+    each route's backends."""
+    host, port = address[:2]
+    log.info("listening on %s://%s:%d backends=%s policy=%s%s", "https" if tls else "http",
+             host, port, ",".join(b.url for b in config.backends) or "-", config.policy,
+             "".join(f" route={route.name}:{','.join(b.url for b in route.backends)}"
+                     for route in config.routes))
 
 
 def tune_gc() -> None:

@@ -16,7 +16,8 @@ from tests.servers import SERVERS, launch, serving
 from tests.websocket_backend import CLOSE, WebSocketBackend
 from tests.wire import connect, read_response, request
 
-SIGTERM_SEEN = {"wsgi.py": "received SIGTERM", "gunicorn": "Handling signal: term"}
+SIGTERM_SEEN = {"wsgi.py": "received SIGTERM", "gunicorn": "received SIGTERM",
+                "gunicorn-gevent": "Handling signal: term"}
 CLOSED = (websocket.WebSocketConnectionClosedException, ConnectionError)
 # The WebSocket backend shares this process with clients moving megabytes: keep active
 # health checks from taking it out while it is busy. Tunnels are what is tested here.

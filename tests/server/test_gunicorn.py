@@ -1,8 +1,13 @@
 """The same app under gunicorn, started with the Procfile's ``web`` command, over real sockets."""
 import json
+import re
+import time
 import os
 import shlex
+import shutil
 import signal
+import ssl
+import subprocess
 import sys
 
 import gevent
@@ -29,10 +34,13 @@ def procfile_web_command() -> list[str]:
 def start_gunicorn(write_config):
     started = []
 
-    def start(config, env=None, args=(), workers=1):
+    def start(config, env=None, args=(), workers=1, kind="gunicorn"):
+        """``kind``: "gunicorn" (the Procfile's, MyProxy's worker) or "gunicorn-gevent"
+        (the same command with ``-k gevent``: gunicorn's stock gevent worker)."""
         path = write_config(config)
         port = free_port()
-        process = ProxyProcess([*procfile_web_command(), *args],
+        stock = ["-k", "gevent"] if kind == "gunicorn-gevent" else []
+        process = ProxyProcess([*procfile_web_command(), *stock, *args],
                                env={"MYPROXY_CONFIG": path, "PORT": str(port),
                                     "WEB_CONCURRENCY": str(workers), **(env or {})})
         started.append(process)
@@ -73,8 +81,12 @@ def test_gunicorn_forwards_the_raw_target(start_gunicorn, backend):
     assert "/a%2Fb/../c?q=%zz" in [r.target for r in backend.requests]   # health checks interleave
 
 
-def test_gunicorn_sigterm_drains_as_python_wsgi_py_does(start_gunicorn, backend):
-    proxy = start_gunicorn(base_config([backend.url]))
+WORKERS = ("gunicorn", "gunicorn-gevent")
+
+
+@pytest.mark.parametrize("kind", WORKERS)
+def test_gunicorn_sigterm_drains_as_python_wsgi_py_does(start_gunicorn, backend, kind):
+    proxy = start_gunicorn(base_config([backend.url]), kind=kind)
     idle = connect(proxy.port)
     idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert read_response(idle)[0] == 200
@@ -94,10 +106,11 @@ def test_gunicorn_sigterm_drains_as_python_wsgi_py_does(start_gunicorn, backend)
     busy.close()
 
 
+@pytest.mark.parametrize("kind", WORKERS)
 def test_gunicorn_sighup_reloads_in_each_worker_and_keeps_the_workers(start_gunicorn, write_config,
-                                                                      backends):
+                                                                      backends, kind):
     a, b, _ = backends
-    proxy = start_gunicorn(base_config([a.url]), workers=2)
+    proxy = start_gunicorn(base_config([a.url]), workers=2, kind=kind)
     assert {get(proxy.port)[2] for _ in range(4)} == {b"backend a"}
     write_config(base_config([b.url]))
     proxy.signal(signal.SIGHUP)
@@ -127,14 +140,18 @@ def test_gunicorn_preload_gives_each_client_its_own_response(start_gunicorn, bac
     jobs = [gevent.spawn(client, number) for number in range(20)]
     gevent.joinall(jobs, timeout=60)
     assert [job.value for job in jobs] == [15] * 20, [job.exception for job in jobs]
+    # The app was built in the master: each worker still has its own place in the group.
+    assert wait_until(lambda: len(json.loads(get(proxy.port, "/_myproxy/status")[2])["workers"])
+                      == 2, timeout=5)
 
 
-def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backend):
+@pytest.mark.parametrize("kind", WORKERS)
+def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backend, kind):
     """The master imports only app.config: requests imported before the worker's
     monkey-patching would turn every HTTPS upstream into a RecursionError (STACK-FACTS 12)."""
     https = backend.url.replace("http://", "https://")
     proxy = start_gunicorn(base_config([https], retries={"attempts": 1},
-                                       health_check={"enabled": False}))
+                                       health_check={"enabled": False}), kind=kind)
     status, _, body = get(proxy.port)
     assert status == 502 and b"TLS error" in body      # a plain-HTTP port: the handshake fails
     assert b"RecursionError" not in body
@@ -157,15 +174,15 @@ def test_gunicorn_refuses_a_bad_config_at_start(write_config, tmp_path):
 def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
     proxy = start_gunicorn(base_config([backend.url]), workers=2)
     metrics_dir = proxy.wait_for(r"metrics of all workers add up in (\S+)").group(1)
-    # Send until both workers have served some of the requests (each /status is one worker's view).
+    # Send until both workers have served some of the requests (/status lists each worker).
     served, sent = {}, 0
-    while sum(1 for count in served.values() if count) < 2 and sent < 400:
+    deadline = time.monotonic() + 15          # the kernel may hand one worker most connections
+    while sum(1 for count in served.values() if count) < 2 and time.monotonic() < deadline:
         for _ in range(10):
             assert get(proxy.port, "/")[0] == 200
             sent += 1
-        for _ in range(4):
-            document = json.loads(get(proxy.port, "/_myproxy/status")[2])
-            served[document["pid"]] = document["backends"][0]["requests"]
+        document = json.loads(get(proxy.port, "/_myproxy/status")[2])
+        served = {worker["pid"]: worker["requests"] for worker in document["workers"]}
     assert len(served) == 2 and all(served.values()), served
     for _ in range(4):                       # whichever worker answers the scrape
         text = get(proxy.port, "/_myproxy/metrics")[2].decode()
@@ -176,3 +193,145 @@ def test_gunicorn_workers_add_up_their_metrics(start_gunicorn, backend):
         assert samples[("myproxy_backend_in_flight", (("backend", backend.url), ("route", "default")))] == 0
     proxy.stop()
     assert not os.path.exists(metrics_dir)
+
+
+@pytest.mark.parametrize("kind", WORKERS)
+def test_gunicorn_reload_applies_client_idle_or_says_it_needs_a_restart(start_gunicorn, write_config,
+                                                                        backend, kind):
+    proxy = start_gunicorn(base_config([backend.url]), kind=kind)
+    write_config(base_config([backend.url], timeouts={"client_idle": "1s"}))
+    proxy.signal(signal.SIGHUP)
+    line = proxy.wait_for(r"config reloaded: .*").group(0)
+    applied, _, kept = line.partition("not applied, needs a restart")
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        sock.settimeout(3)
+        if kind == "gunicorn":        # MyProxy's worker reads it per connection, as wsgi.py
+            assert "timeouts.client_idle" in applied and "client_idle" not in kept
+            assert sock.recv(1) == b""                        # closed after 1 s idle
+        else:                         # the stock worker's keepalive was set at start
+            assert "timeouts.client_idle" in kept
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+
+
+def _views(proxy, workers: int, backend_url: str, state: str, timeout: float) -> dict:
+    """Ask /status on new connections until each of ``workers`` worker pids has answered
+    that ``backend_url`` is in ``state`` (and that the group has ``workers`` workers);
+    return each pid's last document."""
+    seen: dict = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        document = json.loads(get(proxy.port, "/_myproxy/status")[2])
+        row = next(r for r in document["backends"] if r["url"] == backend_url)
+        if row["state"] == state and len(document["workers"]) == workers:
+            seen[document["pid"]] = document
+        else:
+            seen.pop(document["pid"], None)
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+def test_gunicorn_workers_share_one_view_of_the_backends(start_gunicorn, backends):
+    a, b, _ = backends
+    proxy = start_gunicorn(base_config([a.url, b.url], health_check={"path": "/probe"},
+                                       passive_health={"failures": 1}), workers=3)
+    views = _views(proxy, 3, b.url, "up", timeout=10)
+    assert len(views) == 3
+    # One health checker for the group: about one probe per 200 ms interval, not three.
+    probes = lambda: sum(1 for r in a.requests if r.target == "/probe")   # noqa: E731
+    before = probes()
+    gevent.sleep(2.0)                               # a rate is measured over time
+    assert 4 <= probes() - before <= 15
+
+    b.stop()
+    proxy.wait_for(rf"backend down: backend={b.url}")
+    assert len(_views(proxy, 3, b.url, "down", timeout=1.0)) == 3       # out in all within 1 s
+    logged = len(proxy.output)
+    for _ in range(30):
+        assert get(proxy.port)[0] == 200
+    assert f"backend={b.url}" not in proxy.output[logged:]     # no worker even tried it
+    assert proxy.output.count(f"backend down: backend={b.url}") == 1   # checked by one worker
+
+    b.restart()
+    proxy.wait_for(rf"backend up: backend={b.url}")
+    back = _views(proxy, 3, b.url, "up", timeout=1.0)
+    assert len(back) == 3                                                # back in all together
+    assert len({d["backends"][1]["since"] for d in back.values()}) == 1   # at the same moment
+
+    # The leader dies: another worker leads, the replacement follows, nothing counted is lost.
+    served = json.loads(get(proxy.port, "/_myproxy/status")[2])["totals"]["requests"]
+    leader = int(proxy.wait_for(r"worker (\d+) leads the group").group(1))
+    os.kill(leader, signal.SIGKILL)
+    assert wait_until(lambda: len(re.findall(r"worker (\d+) leads the group", proxy.output)) == 2,
+                      timeout=10)
+    after = _views(proxy, 3, b.url, "up", timeout=10)
+    assert len(after) == 3 and leader not in after
+    assert all(d["totals"]["requests"] >= served for d in after.values())
+
+
+def test_gunicorn_an_ejection_in_one_worker_is_seen_by_all(start_gunicorn, write_config, backends):
+    a, b, _ = backends
+    config = base_config([a.url, b.url], health_check={"interval": "1h", "timeout": "1s"},
+                         passive_health={"failures": 1, "eject_for": "1s"})
+    proxy = start_gunicorn(config, workers=3)
+    assert len(_views(proxy, 3, b.url, "up", timeout=10)) == 3
+    b.stop()
+    for _ in range(20):                    # until the worker that tries b ejects it
+        assert get(proxy.port)[0] == 200
+        if "backend ejected" in proxy.output:
+            break
+    assert len(_views(proxy, 3, b.url, "ejected", timeout=1.0)) == 3    # out in all within 1 s
+    logged = len(proxy.output)
+    for _ in range(30):
+        assert get(proxy.port)[0] == 200
+    assert f"backend={b.url}" not in proxy.output[logged:]
+
+    b.restart()
+    gevent.sleep(1.0)                      # eject_for
+    write_config(config)
+    proxy.signal(signal.SIGHUP)            # a reload checks at once (the interval is 1 h)
+    back = _views(proxy, 3, b.url, "up", timeout=3.0)
+    assert len(back) == 3                                                # back in all together
+    assert len({d["backends"][1]["since"] for d in back.values()}) == 1
+
+
+def test_gunicorn_master_imports_no_requests_or_urllib3(tmp_path):
+    """What the master imports (gunicorn.conf.py, the worker class, the group's modules)
+    must not bring in requests or urllib3 before a worker's monkey-patching (STACK-FACTS 12)."""
+    code = ("import runpy, sys; runpy.run_path('gunicorn.conf.py');"
+            "import app.server.gunicorn_worker, app.server.group;"
+            "print(sorted(m for m in ('requests', 'urllib3') if m in sys.modules))")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+           "MYPROXY_GROUP_DIR": str(tmp_path)}
+    env.pop("MYPROXY_CONFIG", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_gunicorn_worker_serves_tls_with_gunicorn_s_certificate_settings(start_gunicorn, backend,
+                                                                          tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command (Debian openssl; .ci/run installs it)")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
+    proxy = start_gunicorn(base_config([backend.url]), args=["--certfile", cert, "--keyfile", key])
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    with context.wrap_socket(connect(proxy.port), server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert read_response(sock)[:3:2] == (200, b"backend solo")
+
+
+def test_gunicorn_worker_is_replaced_after_max_requests(start_gunicorn, backend):
+    proxy = start_gunicorn(base_config([backend.url]), args=["--max-requests", "5"])
+    for _ in range(8):
+        assert get(proxy.port)[0] == 200
+    proxy.wait_for(r"served max_requests \(5\), gunicorn starts another: draining")
+    assert wait_until(lambda: proxy.output.count("Booting worker") == 2, timeout=10)
+    assert wait_until(lambda: get(proxy.port)[0] == 200, timeout=10)

@@ -184,3 +184,32 @@ def test_an_invalid_absolute_form_authority_is_400(target):
 
 def test_a_valid_absolute_form_authority_names_the_host():
     assert http1.origin_form("GET", "http://[::1]:8080/x") == ("/x", "[::1]:8080")
+
+
+@pytest.mark.parametrize("method,status,has_body", [
+    ("GET", 200, True), ("HEAD", 200, False), ("GET", 101, False), ("GET", 100, False),
+    ("GET", 204, False), ("GET", 304, False), ("POST", 404, True), ("GET", 205, True)],
+    ids=["get-200", "head", "101", "100", "204", "304", "post-404", "205"])
+def test_which_responses_have_a_body(method, status, has_body):
+    assert http1.response_has_body(method, status) is has_body
+
+
+@pytest.mark.parametrize("line,size", [
+    (b"5", 5), (b"1aF", 0x1AF), (b"5;ext", 5), (b'5 ; a="q \\" x"', 5), (b"0", 0),
+    (b"", None), (b"zz", None), (b"5 ", None), (b"-5", None), (b"f" * 17, None), (b"5;", None)],
+    ids=["digit", "hex", "ext", "quoted-ext", "last", "empty", "not-hex", "trailing-space",
+         "negative", "overflow", "empty-ext"])
+def test_chunk_size_lines(line, size):
+    assert http1.chunk_size(line) == size
+
+
+def test_a_chunk_and_the_last_chunk_on_the_wire():
+    assert http1.encode_chunk(b"hello") + http1.LAST_CHUNK == b"5\r\nhello\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("http10,tokens,persists", [
+    (False, set(), True), (False, {"close"}, False), (True, set(), False),
+    (True, {"keep-alive"}, True), (False, {"keep-alive", "x-private"}, True)],
+    ids=["1.1", "1.1-close", "1.0", "1.0-keep-alive", "1.1-other-tokens"])
+def test_whether_a_connection_persists(http10, tokens, persists):
+    assert http1.persists(http10, frozenset(tokens)) is persists
