@@ -32,7 +32,7 @@ import urllib3
 
 from ..config import DEFAULT_ROUTE, Config, RouteConfig
 from ..errors import StartupError
-from .balancer import Balancer
+from .balancer import Backend, Balancer
 from .discovery import Discovery
 from .health import HealthChecker
 from .retry import RetryBudget

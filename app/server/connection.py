@@ -30,6 +30,7 @@ import gevent
 
 from . import http1
 from .responses import error_response, render_head
+from .sockets import linger
 from ..errors import ClientError, ClientTimeout
 from ..logs import Fields
 
@@ -207,18 +208,7 @@ class StrictConnection:
 
     def _linger(self) -> None:
         """Stop sending, then read and drop what the client still sends, within bounds."""
-        sock = self.socket
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            left = LINGER_BYTES
-            with gevent.Timeout(LINGER_SECONDS, False):
-                while left > 0:
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-                    left -= len(data)
-        except OSError:
-            pass
+        linger(self.socket, LINGER_SECONDS, LINGER_BYTES)
 
     def read_strict_requestline(self) -> str:
         """The request line, once its first byte is in.

@@ -3,6 +3,10 @@ backend side alike. It knows nothing of HTTP.
 """
 from __future__ import annotations
 
+import socket
+
+import gevent
+
 
 def send_all(sock, data) -> None:
     """``sock.sendall(data)``, but one plain ``send`` when the kernel takes it all (nearly
@@ -25,3 +29,19 @@ def wait_readable(sock) -> None:
     wait = getattr(sock, "_wait", None)
     if wait is not None:
         wait(sock._read_event)
+
+
+def linger(sock, seconds: float, most: int) -> None:
+    """Stop sending, then read and drop what the peer still sends (at most ``most`` bytes,
+    for at most ``seconds``), so that it reads the answer just sent instead of a reset."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        left = most
+        with gevent.Timeout(seconds, False):
+            while left > 0:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                left -= len(data)
+    except OSError:
+        pass

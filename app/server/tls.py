@@ -28,6 +28,7 @@ from gevent import GreenletExit
 
 from ..config import TLSConfig
 from .certificates import MIN_VERSIONS, CertificateSet, load_certificates, make_context
+from .sockets import linger
 
 log = logging.getLogger("myproxy.tls")
 
@@ -210,16 +211,9 @@ def _answer_plain_http(sock) -> None:
     client reads it instead of a reset."""
     try:
         sock.sendall(PLAIN_HTTP_RESPONSE)
-        sock.shutdown(socket.SHUT_WR)
-        left = LINGER_BYTES
-        with gevent.Timeout(LINGER_SECONDS, False):
-            while left > 0:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                left -= len(data)
     except OSError:
-        pass
+        return
+    linger(sock, LINGER_SECONDS, LINGER_BYTES)
 
 
 def _peer(sock) -> str:
