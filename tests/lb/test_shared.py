@@ -112,3 +112,41 @@ def test_status_totals_add_up_workers_dead_ones_included(tmp_path):
     assert one.totals(DEFAULT_POOL, URLS[0]) == {"requests": 12, "errors": 1, "in_flight": 2}
     assert [w["pid"] for w in one.workers()] == sorted([os.getpid(), os.getppid()])
     assert one.requests() == 12
+
+
+def routed_worker(directory, pid, clock):
+    """A worker with two routes whose pools share their backend URLs: each URL is two
+    members, one per route, with a state each."""
+    pools = {name: Balancer([Backend(BackendConfig(url), clock) for url in URLS], clock=clock)
+             for name in ("api", "site")}
+    budgets = {name: RetryBudget(0.0, floor=1, clock=clock) for name in pools}
+    view = GroupView(lambda: pools, ProcessGroup(str(directory), pid), clock=clock,
+                     budgets=lambda: budgets)
+    return pools, budgets, view
+
+
+def test_an_ejection_reaches_the_same_routes_pool_in_every_worker_and_no_other(tmp_path):
+    clock = Clock()
+    leader_pools, _, leader = routed_worker(tmp_path, os.getpid(), clock)
+    follower_pools, _, follower = routed_worker(tmp_path, os.getppid(), clock)
+    leader.sync_once()
+    follower.sync_once()
+    clock.now += 1
+    api = follower_pools["api"]
+    assert api.record_request(api.backends[0], "connect", PASSIVE) == "ejected"
+    follower.sync_once()
+    leader.sync_once()
+    assert leader_pools["api"].backends[0].state == "ejected"
+    assert leader_pools["site"].backends[0].state == "up"       # the same URL, another route
+    assert follower_pools["site"].backends[0].state == "up"
+
+
+def test_each_routes_retry_budget_counts_that_route_across_the_group(tmp_path):
+    clock = Clock()
+    _, spent, one = routed_worker(tmp_path, os.getpid(), clock)
+    _, fresh, other = routed_worker(tmp_path, os.getppid(), clock)
+    assert spent["api"].try_spend() and not spent["api"].try_spend()
+    one.sync_once()
+    other.sync_once()
+    assert not fresh["api"].try_spend()     # the group's floor for api is spent elsewhere
+    assert fresh["site"].try_spend()        # site's is not
