@@ -170,6 +170,17 @@ def test_cpu_is_also_given_as_a_ratio_to_caddy_and_checked_against_the_target():
         in report.markdown_table(rows)
 
 
+def test_the_c500_tail_target_is_also_met_at_or_under_caddys_p99():
+    def rows(caddy_p99):
+        return report.summarise([_record("myproxy", 7000, 130, connections=500, p99=101.0),
+                                 _record("caddy", 9000, 90, connections=500, p99=caddy_p99)])
+    def verdict(caddy_p99):
+        return {t.measure: t.results["myproxy"] for t in report.targets(rows(caddy_p99))}[
+            "p99 latency at c=500, 100 B"]
+    assert verdict(102.5) == ("101.0 ms", True)
+    assert verdict(95.0) == ("101.0 ms", False)
+
+
 def test_myproxy_bench_config_merges_sections():
     config = configs.myproxy(9000, ["http://127.0.0.1:1"], health_check={"interval": "1s"},
                              access_log=False)
