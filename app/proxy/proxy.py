@@ -30,7 +30,6 @@ import errno
 import http
 import logging
 import time
-import weakref
 from typing import Callable, Iterator
 
 from .admission import admit
@@ -93,8 +92,6 @@ class Proxy:
     def __init__(self, upstream: Upstream, tunnels: Tunnels | None = None):
         self.upstream = upstream
         self.tunnels = tunnels or Tunnels()     # upgrades: WebSocket and others
-        # Each client connection's event watcher, made once for all its requests (watch.py).
-        self._client_watchers = weakref.WeakKeyDictionary()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -110,7 +107,7 @@ class Proxy:
                 source.prefetch()       # a body bad from its first byte reaches no backend
             body = ReplayableBody(source, chunked)
             # A tunnel's handshake is short, and the tunnel sees the client go on its own.
-            watch = None if upgrade else watch_client(environ, self._client_watchers)
+            watch = None if upgrade else watch_client(environ)
             backend, response = self._send(environ, pool, config, method, pool.rewrite(target),
                                            body, upgrade, watch)
         except ProxyError as error:

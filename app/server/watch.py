@@ -25,11 +25,7 @@ for an abort, and cut off the half-closing client. Here:
   ``RECHECK_EVERY``: after the next piece of the body goes out, a closed client resets.
 
 The cost on a request whose client stays (nearly all): one watcher started and stopped
-per wait, no system call. That holds when the watcher outlives the request: gevent checks
-the descriptor of every watcher it makes (an ``fcntl``), and libev registers a new
-watcher's descriptor with epoll on its first start (an ``epoll_ctl``, refused as already
-there), so a caller that keeps a ``watchers`` map (``weakref.WeakKeyDictionary``: client
-socket -> watcher) gives each connection one watcher for all its requests. It knows nothing of HTTP beyond the probe's bytes, nor of
+per wait, no system call. It knows nothing of HTTP beyond the probe's bytes, nor of
 backends.
 """
 from __future__ import annotations
@@ -60,15 +56,13 @@ class ClientAborted(BaseException):
     takes it for a backend failure: it is never retried and never counts against a backend."""
 
 
-def watch_client(environ: dict, watchers=None) -> "ClientWatch | None":
-    """A watch over this request's client socket, or None where the server gives none;
-    its event watcher kept in ``watchers`` for the connection's next requests."""
+def watch_client(environ: dict) -> "ClientWatch | None":
+    """A watch over this request's client socket, or None where the server gives none."""
     sock = environ.get(CLIENT_SOCKET) or environ.get(GUNICORN_SOCKET)
     if sock is None:
         return None
     try:
-        return ClientWatch(sock, probe=environ.get("SERVER_PROTOCOL") == "HTTP/1.1",
-                           watchers=watchers)
+        return ClientWatch(sock, probe=environ.get("SERVER_PROTOCOL") == "HTTP/1.1")
     except (OSError, ValueError):
         return None        # closed already
 
@@ -76,12 +70,9 @@ def watch_client(environ: dict, watchers=None) -> "ClientWatch | None":
 class ClientWatch:
     """Watches one client socket during one request's backend waits (module docstring)."""
 
-    __slots__ = ("_sock", "_watchers", "_raw", "_fd", "_io", "_timer", "_waiter", "_probe",
-                 "_eof", "gone", "_over")
+    __slots__ = ("_raw", "_fd", "_io", "_timer", "_waiter", "_probe", "_eof", "gone", "_over")
 
-    def __init__(self, sock, probe: bool = True, watchers=None):
-        self._sock = sock
-        self._watchers = watchers   # client socket -> its io watcher, shared by its requests
+    def __init__(self, sock, probe: bool = True):
         self._raw = getattr(sock, "_sock", sock)      # gevent's socket wraps the real one
         self._fd = sock.fileno()
         self._io = None
@@ -103,7 +94,7 @@ class ClientWatch:
             return                  # the recheck timer, if any, runs on its own
         io = self._io
         if io is None:
-            io = self._io = self._watcher()
+            io = self._io = get_hub().loop.io(self._fd, _READ)
         io.start(self._readable)
 
     def done_waiting(self) -> None:
@@ -125,24 +116,12 @@ class ClientWatch:
         """The request is over: stop watching. Safe to call twice."""
         self._over = True
         self._waiter = None
-        io, self._io = self._io, None
-        if io is not None:
-            if self._watchers is None:
-                io.close()
-            else:
-                io.stop()           # kept for the connection's next request
+        if self._io is not None:
+            self._io.close()
+            self._io = None
         if self._timer is not None:
             self._timer.close()
             self._timer = None
-
-    def _watcher(self):
-        watchers = self._watchers
-        if watchers is None:
-            return get_hub().loop.io(self._fd, _READ)
-        io = watchers.get(self._sock)
-        if io is None or io.fd != self._fd:
-            io = watchers[self._sock] = get_hub().loop.io(self._fd, _READ)
-        return io
 
     # In the hub -------------------------------------------------------------------------
 

@@ -103,20 +103,3 @@ def test_a_client_gone_is_known_after_a_failed_write(pair):
             gevent.sleep(0.01)
     assert watch.client_gone()
     watch.close()
-
-
-def test_the_requests_of_one_connection_share_one_event_watcher_and_still_see_an_abort(pair):
-    import weakref
-    server, client = pair
-    watchers = weakref.WeakKeyDictionary()
-    for _ in range(3):                              # three requests, the client staying
-        watch = ClientWatch(server, watchers=watchers)
-        assert not wait_for_abort(watch, 0.02)
-        watch.close()
-    assert len(watchers) == 1
-    shared = watchers[server]
-    watch = ClientWatch(server, watchers=watchers)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()                                  # a reset
-    assert wait_for_abort(watch)
-    assert watchers[server] is shared and not shared.active
