@@ -98,6 +98,23 @@ def haproxy_balancer(port: int, backends: list[str]) -> str:
             "backend backends\n  balance roundrobin\n  http-reuse safe\n" + servers)
 
 
+def caddy_balancer(port: int, backends: list[str]) -> str:
+    """Caddy as a round-robin balancer (its ``reverse_proxy``, Go's net/http underneath):
+    no admin endpoint, no automatic HTTPS, no access log (Caddy logs requests only with a
+    ``log`` directive), keep-alive both sides with as many idle connections per backend as
+    the others keep; bound to loopback, any Host (no matcher). One core's worth comes from ``GOMAXPROCS=1`` in its environment."""
+    upstreams = " ".join(url.split("://", 1)[1] for url in backends)
+    return ("{\n  admin off\n  auto_https off\n}\n\n"
+            f"http://:{port} {{\n  bind 127.0.0.1\n"
+            f"  reverse_proxy {upstreams} {{\n"
+            "    lb_policy round_robin\n"
+            "    transport http {\n"
+            "      keepalive 300s\n"
+            f"      keepalive_idle_conns {UPSTREAM_KEEPALIVE * len(backends)}\n"
+            f"      keepalive_idle_conns_per_host {UPSTREAM_KEEPALIVE}\n"
+            "    }\n  }\n}\n")
+
+
 def myproxy(port: int, backends: list[str], **overrides) -> dict:
     """A MyProxy config: the product's defaults, on loopback, health checks on a file the
     backends serve. ``overrides`` replace top-level keys (sections merge)."""

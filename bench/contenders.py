@@ -1,4 +1,4 @@
-"""The servers under test: backends, MyProxy (standalone and under gunicorn), nginx, HAProxy.
+"""The servers under test: backends, MyProxy (standalone and under gunicorn), nginx, HAProxy, Caddy.
 
 Each ``start_*`` function writes its config into the work directory, starts the server
 through the ``Supervisor`` (which stops it later), waits until it serves, and returns a
@@ -137,6 +137,20 @@ def start_haproxy(sup: Supervisor, workdir: str, haproxy: str, backends: list[st
     wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
     return Contender("haproxy", "HAProxy, 1 thread, roundrobin, http-reuse safe",
                      f"http://127.0.0.1:{port}", process)
+
+
+def start_caddy(sup: Supervisor, workdir: str, caddy: str, backends: list[str]) -> Contender:
+    """``caddy run`` on a Caddyfile, ``GOMAXPROCS=1`` (one core's worth, as the others);
+    its data and config directories inside the work directory."""
+    port = free_port()
+    conf = _write(workdir, "Caddyfile", configs.caddy_balancer(port, backends))
+    env = _env(GOMAXPROCS="1", XDG_DATA_HOME=os.path.join(workdir, "caddy-data"),
+               XDG_CONFIG_HOME=os.path.join(workdir, "caddy-config"))
+    process = sup.start("caddy", [caddy, "run", "--config", conf, "--adapter", "caddyfile"],
+                        env=env)
+    wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT)
+    return Contender("caddy", "Caddy, GOMAXPROCS=1, reverse_proxy round_robin, keep-alive, "
+                     "no access log", f"http://127.0.0.1:{port}", process)
 
 
 def start_myproxy(sup: Supervisor, workdir: str, backends: list[str], name: str = "myproxy",

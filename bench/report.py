@@ -1,4 +1,4 @@
-"""Summarising measurements and rendering them: medians, ratios to nginx, targets, Markdown.
+"""Summarising measurements and rendering them: medians, ratios to nginx and Caddy, targets, Markdown.
 
 Pure functions over plain dicts (the same dicts the JSON file holds): no I/O, no clocks.
 A *record* is one wrk run of one contender on one path at one concurrency; a *row* is the
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 MIB = 1024 * 1024
 BASELINE = "nginx"                  # ratios are to this contender, in the same run
+GO_BASELINE = "caddy"               # ...and CPU also to this one: the Go design (issue 17)
+CADDY_CPU_LIMIT = 1.9               # MyProxy's CPU per small request, at most this times Caddy's
 MYPROXY_NAMES = ("myproxy", "myproxy-routes", "myproxy-gunicorn", "myproxy-gunicorn-gevent")
 ROUTE_LOOKUP_LIMIT = 1.05     # CPU per request with 100 routes, at most this times none
 STANDALONE = "myproxy"              # python wsgi.py: what each way of running under gunicorn is held to
@@ -19,7 +21,8 @@ STANDALONE = "myproxy"              # python wsgi.py: what each way of running u
 def summarise(records: list[dict]) -> list[dict]:
     """One row per (path, connections, contender), in the order cells were first measured:
     medians of req/s, latency and CPU per request over the rounds, errors summed, the
-    highest peak RSS, and req/s and CPU relative to nginx's medians in the same cell."""
+    highest peak RSS, req/s and CPU relative to nginx's medians in the same cell, and CPU
+    relative to Caddy's (None where that contender did not run)."""
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         groups.setdefault((record["path"], record["connections"], record["contender"]),
@@ -38,10 +41,14 @@ def summarise(records: list[dict]) -> list[dict]:
         })
     baseline = {(row["path"], row["connections"]): row for row in rows
                 if row["contender"] == BASELINE}
+    go = {(row["path"], row["connections"]): row for row in rows
+          if row["contender"] == GO_BASELINE}
     for row in rows:
         base = baseline.get((row["path"], row["connections"]))
         row["rps_vs_nginx"] = row["rps"] / base["rps"] if base and base["rps"] else None
         row["cpu_vs_nginx"] = row["cpu_us"] / base["cpu_us"] if base and base["cpu_us"] else None
+        base = go.get((row["path"], row["connections"]))
+        row["cpu_vs_caddy"] = row["cpu_us"] / base["cpu_us"] if base and base["cpu_us"] else None
     order = {cell: index for index, cell in enumerate(dict.fromkeys(
         (r["path"], r["connections"]) for r in records))}
     contenders = list(dict.fromkeys(r["contender"] for r in records))
@@ -67,8 +74,13 @@ def targets(rows: list[dict]) -> list[Target]:
     checks = [
         ("CPU per proxied request, 100 B, c=50", "<= 200 us",
          lambda name: _check(row(name, "/100b", 50), "cpu_us", lambda v: v <= 200, "{:.0f} us")),
-        ("p99 latency at c=500, 100 B", "<= 100 ms",
-         lambda name: _check(row(name, "/100b", 500), "p99_ms", lambda v: v <= 100, "{:.1f} ms")),
+        ("CPU per request vs Caddy's, 100 B, c=50", f"<= {CADDY_CPU_LIMIT} x",
+         lambda name: _check(row(name, "/100b", 50), "cpu_vs_caddy",
+                             lambda v: v <= CADDY_CPU_LIMIT, "{:.2f} x")),
+        ("p99 latency at c=500, 100 B", "<= 100 ms, or <= Caddy's",
+         lambda name: _check(row(name, "/100b", 500), "p99_ms",
+                             lambda v: v <= max(100, _value(row(GO_BASELINE, "/100b", 500), "p99_ms")),
+                             "{:.1f} ms")),
         ("1 MiB responses, req/s vs nginx", ">= 0.8 x",
          lambda name: _check(row(name, "/1m", 50), "rps_vs_nginx", lambda v: v >= 0.8, "{:.2f} x")),
         ("errors in every run", "0",
@@ -137,6 +149,11 @@ def https_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _value(row, key) -> float:
+    """``row[key]``, or 0 where the row or the figure is missing."""
+    return (row or {}).get(key) or 0
+
+
 def _check(row, key, passes, fmt):
     if row is None or row.get(key) is None:
         return ("not measured", None)
@@ -166,15 +183,16 @@ def _number(value, fmt: str) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """The results as one Markdown table, a group of rows per path and concurrency."""
     lines = ["| path | c | contender | req/s | x nginx | p50 ms | p99 ms | errors | "
-             "CPU us/req | x nginx CPU | peak RSS MiB |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "CPU us/req | x nginx CPU | x Caddy CPU | peak RSS MiB |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append("| " + " | ".join([
             row["path"], str(row["connections"]), row["contender"],
             _number(row["rps"], "{:,.0f}"), _number(row["rps_vs_nginx"], "{:.2f}"),
             _number(row["p50_ms"], "{:.2f}"), _number(row["p99_ms"], "{:.2f}"),
             str(row["errors"]), _number(row["cpu_us"], "{:.0f}"),
-            _number(row["cpu_vs_nginx"], "{:.1f}"), _number(row["peak_rss_mib"], "{:.1f}"),
+            _number(row["cpu_vs_nginx"], "{:.1f}"), _number(row.get("cpu_vs_caddy"), "{:.2f}"),
+            _number(row["peak_rss_mib"], "{:.1f}"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -226,7 +244,7 @@ def render(meta: dict, rows: list[dict], records: list[dict] = ()) -> str:
         "time over the run divided by the requests wrk completed; peak RSS is VmHWM summed over "
         "the process tree. `direct` is wrk straight at one backend: its CPU and RSS are the "
         "backend's.",
-        "## Targets (issues 7 and 18)",
+        "## Targets (issues 7, 17 and 18)",
         targets_table(targets(rows)),
         "## HTTPS (issue 15)" if https_table(rows) else "",
         https_table(rows),

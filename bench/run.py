@@ -1,10 +1,10 @@
-"""``python bench/run.py [--quick]``: MyProxy against nginx and HAProxy, on this machine.
+"""``python bench/run.py [--quick]``: MyProxy against nginx, HAProxy and Caddy, on this machine.
 
 Starts three backends (nginx serving static files of 100 B, 64 KiB and 1 MiB; the
 built-in backend where nginx is not installed), MyProxy under ``python wsgi.py`` (also with
 a table of 100 routes the requests fall through, to price the route lookup) and under
-gunicorn, and, when installed, nginx and HAProxy as round-robin balancers over the same
-backends. Then, round after round, drives each with wrk (keep-alive): every path at c=50,
+gunicorn, and, when installed, nginx, HAProxy and Caddy as round-robin balancers over the
+same backends. Then, round after round, drives each with wrk (keep-alive): every path at c=50,
 and the 100 B path at c=1, 10, 100 and 500, the contenders interleaved in a rotating order
 so that drift on a shared machine touches them all alike. Writes a JSON file and a
 Markdown report to ``bench/results/`` and prints the report. Every process it starts is
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds (default: 3, or 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: 8, or 3)")
     parser.add_argument("--only", help="comma-separated contenders to run "
-                        "(direct,nginx,haproxy,myproxy,myproxy-routes,myproxy-gunicorn,"
+                        "(direct,nginx,haproxy,caddy,myproxy,myproxy-routes,myproxy-gunicorn,"
                         "myproxy-gunicorn-gevent,myproxy-https,nginx-https)")
     parser.add_argument("--cells", help="comma-separated PATH:CONNECTIONS cells to run "
                         "(default: all; e.g. /100b:50 to compare two contenders closely)")
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
 
     tools = {"wrk": contenders.find_tool("wrk", "/usr/bin/wrk"),
              "nginx": contenders.find_tool("nginx", "/usr/sbin/nginx"),
-             "haproxy": contenders.find_tool("haproxy", "/usr/sbin/haproxy")}
+             "haproxy": contenders.find_tool("haproxy", "/usr/sbin/haproxy"),
+             "caddy": contenders.find_tool("caddy", "/usr/bin/caddy")}
     if not tools["wrk"]:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
@@ -114,6 +115,8 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) ->
         field.append(contenders.start_nginx(sup, workdir, tools["nginx"], backends))
     if tools["haproxy"] and wanted("haproxy"):
         field.append(contenders.start_haproxy(sup, workdir, tools["haproxy"], backends))
+    if tools["caddy"] and wanted("caddy"):
+        field.append(contenders.start_caddy(sup, workdir, tools["caddy"], backends))
     if wanted("myproxy"):
         field.append(contenders.start_myproxy(sup, workdir, backends))
     if wanted("myproxy-routes"):
@@ -221,7 +224,7 @@ def software(tools: dict) -> dict:
     import gunicorn
     found = {"python": platform.python_version(), "gevent": gevent.__version__,
              "gunicorn": gunicorn.__version__}
-    flags = {"wrk": "-v", "nginx": "-v", "haproxy": "-v"}
+    flags = {"wrk": "-v", "nginx": "-v", "haproxy": "-v", "caddy": "version"}
     for name, path in tools.items():
         if path:
             found[name] = contenders.tool_version(path, flags[name])

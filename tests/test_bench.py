@@ -111,7 +111,7 @@ def test_summary_takes_medians_sums_errors_and_divides_by_nginx():
 def test_table_shows_a_dash_when_nginx_was_not_measured():
     rows = report.summarise([_record("myproxy", 2000, 480)])
     table = report.markdown_table(rows)
-    assert table.splitlines()[2] == "| /100b | 50 | myproxy | 2,000 | - | 1.00 | 10.00 | 0 | 480 | - | 40.0 |"
+    assert table.splitlines()[2] == "| /100b | 50 | myproxy | 2,000 | - | 1.00 | 10.00 | 0 | 480 | - | - | 40.0 |"
 
 
 def test_targets_say_which_are_met():
@@ -147,6 +147,38 @@ def test_balancer_configs_name_every_backend_with_keep_alive():
     haproxy = configs.haproxy_balancer(8081, backends)
     assert "balance roundrobin" in haproxy and "bind 127.0.0.1:8081" in haproxy
     assert "server b1 127.0.0.1:5002" in haproxy
+
+
+def test_caddy_config_balances_round_robin_on_loopback_with_keep_alive():
+    backends = ["http://127.0.0.1:5001", "http://127.0.0.1:5002"]
+    caddy = configs.caddy_balancer(8082, backends)
+    assert "http://:8082 {" in caddy and "bind 127.0.0.1" in caddy
+    assert "reverse_proxy 127.0.0.1:5001 127.0.0.1:5002 {" in caddy
+    assert "lb_policy round_robin" in caddy and "keepalive_idle_conns_per_host 100" in caddy
+    assert "admin off" in caddy and "auto_https off" in caddy and "log" not in caddy
+
+
+def test_cpu_is_also_given_as_a_ratio_to_caddy_and_checked_against_the_target():
+    rows = report.summarise([_record("caddy", 1000, 80), _record("myproxy", 900, 160),
+                             _record("nginx", 2000, 20)])
+    mine = next(row for row in rows if row["contender"] == "myproxy")
+    assert mine["cpu_vs_caddy"] == pytest.approx(2.0)
+    assert mine["cpu_vs_nginx"] == pytest.approx(8.0)
+    results = {t.measure: t.results["myproxy"] for t in report.targets(rows)}
+    assert results["CPU per request vs Caddy's, 100 B, c=50"] == ("2.00 x", False)
+    assert "| /100b | 50 | myproxy | 900 | 0.45 | 1.00 | 10.00 | 0 | 160 | 8.0 | 2.00 | 40.0 |" \
+        in report.markdown_table(rows)
+
+
+def test_the_c500_tail_target_is_also_met_at_or_under_caddys_p99():
+    def rows(caddy_p99):
+        return report.summarise([_record("myproxy", 7000, 130, connections=500, p99=101.0),
+                                 _record("caddy", 9000, 90, connections=500, p99=caddy_p99)])
+    def verdict(caddy_p99):
+        return {t.measure: t.results["myproxy"] for t in report.targets(rows(caddy_p99))}[
+            "p99 latency at c=500, 100 B"]
+    assert verdict(102.5) == ("101.0 ms", True)
+    assert verdict(95.0) == ("101.0 ms", False)
 
 
 def test_myproxy_bench_config_merges_sections():

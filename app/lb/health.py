@@ -69,7 +69,7 @@ class HealthChecker:
         timeout = urllib3.Timeout(connect=self.rules.timeout, read=self.rules.timeout)
         try:
             response = self.upstream.send(backend.origin, "GET", backend.prefix + self.rules.path,
-                                          headers, timeout=timeout)
+                                          headers, timeout=timeout, keep_alive=False)
         except UpstreamError as error:
             return CheckResult(self._clock(), False, time.monotonic() - started, error=error.detail)
         try:

@@ -24,6 +24,7 @@ import ipaddress
 import queue
 import socket
 
+import gevent
 import requests
 import requests.adapters
 import urllib3
@@ -37,6 +38,7 @@ from urllib3.util.timeout import _TYPE_DEFAULT
 
 from . import exchange
 from ..config import TimeoutsConfig
+from ..lb.retry import IDEMPOTENT_METHODS
 from ..errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
 
@@ -45,6 +47,7 @@ LIBRARY_DEFAULT_HEADERS = ("User-Agent", "Accept-Encoding")
 
 DEFAULT_TIMEOUT = urllib3.Timeout(connect=TimeoutsConfig.connect, read=TimeoutsConfig.read)
 POOL_MAXSIZE = 100          # keep-alive connections kept per backend
+_READ = 1                   # libev's EV_READ, for a gevent io watcher
 _PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)   # made once: enum flags cost per use
 
 
@@ -87,7 +90,48 @@ class _LiteralAddress:
 
 
 class _PlainConnection(_LiteralAddress, urllib3.connection.HTTPConnection):
-    pass
+    """A plain backend connection that watches itself while it idles in the pool.
+
+    An idle keep-alive connection has nothing to say: if it becomes readable, the backend
+    closed it (its keep-alive timeout) or sent bytes nobody asked for, and either way it
+    must not carry another request. As nginx does for its idle upstream connections, a
+    read watcher on the socket (one gevent ``io`` watcher per connection, started when it
+    goes back to the pool, stopped when it is taken) closes it then, so taking a
+    connection needs no system call to test it. The socket's own watcher and this one
+    both ask for reads, so the event loop's interest in the descriptor does not change
+    as a connection cycles between a request and the pool.
+    """
+
+    _idle_watcher = None
+
+    def watch_idle(self) -> None:
+        """Close this connection as soon as the backend closes it or writes to it."""
+        sock = self.sock
+        if sock is None:
+            return
+        watcher = self._idle_watcher
+        if watcher is None:
+            watcher = self._idle_watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
+        watcher.start(self._idle_ended)
+
+    def unwatch_idle(self) -> None:
+        watcher = self._idle_watcher
+        if watcher is not None:
+            watcher.stop()
+
+    def _idle_ended(self) -> None:
+        # In the event loop: nothing may raise out of here, and closing never blocks.
+        try:
+            self.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        watcher, self._idle_watcher = self._idle_watcher, None
+        if watcher is not None:
+            watcher.stop()       # before the descriptor is closed (and its number reused)
+            watcher.close()
+        super().close()
 
 
 class _TlsConnection(_LiteralAddress, urllib3.connection.HTTPSConnection):
@@ -153,7 +197,8 @@ class Upstream:
         return pool
 
     def send(self, origin: str, method: str, target: str, headers: list, body=None,
-             chunked: bool = False, timeout: urllib3.Timeout | None = None, fresh: bool = False):
+             chunked: bool = False, timeout: urllib3.Timeout | None = None, fresh: bool = False,
+             keep_alive: bool = True):
         """Send the request; return the response with its body unread and undecoded.
 
         ``target`` goes on the request line exactly as given: the pool's own ``urlopen``
@@ -161,7 +206,10 @@ class Upstream:
         request itself (``app.exchange`` on plain connections, urllib3 on TLS ones).
         ``headers`` are ``(name, value)`` lines, in order (a repeated name stays separate
         lines). ``fresh`` opens a new connection instead of reusing a pooled
-        one. The caller gives the connection back with ``release_conn()``.
+        one. ``keep_alive=False`` says that ``headers`` hold ``Connection: close``: the
+        connection is closed after the response, whatever the backend answers (RFC 9112
+        §9.6: a client that sent ``close`` sends no further request on it), never pooled.
+        The caller gives the connection back with ``release_conn()``.
         Raises a subclass of ``UpstreamError``; its ``reused`` says whether the failure
         was on a pooled keep-alive connection.
         """
@@ -169,14 +217,18 @@ class Upstream:
         plain = pool.scheme == "http"
         # A pooled connection the backend closed is dropped here. (With TLS, bytes waiting
         # may be a session ticket, so urllib3's own test stays.)
-        conn = _checkout(pool) if plain else pool._get_conn()
+        # The idle watcher hears of a backend's close at the event loop's next turn; a
+        # request that could not be sent again on a fresh connection (a POST, a body)
+        # also peeks, so it never lands on a connection closed a moment ago.
+        conn = _checkout(pool, peek=body is not None or method not in IDEMPOTENT_METHODS) \
+            if plain else pool._get_conn()
         if fresh:
             conn.close()
         reused = conn.sock is not None
         timeout = timeout or self.timeout
         if plain:
             return self._exchange(pool, conn, reused, method, target, headers, body, chunked,
-                                  timeout)
+                                  timeout, keep_alive)
         # https: http.client and urllib3's TLS handling, as before.
         headers = HTTPHeaderDict(headers)
         for name in LIBRARY_DEFAULT_HEADERS:
@@ -206,14 +258,18 @@ class Upstream:
 
     @staticmethod
     def _exchange(pool, conn, reused: bool, method: str, target: str, headers, body,
-                  chunked: bool, timeout: urllib3.Timeout) -> exchange.Response:
+                  chunked: bool, timeout: urllib3.Timeout,
+                  keep_alive: bool = True) -> exchange.Response:
         """The request and response on a plain connection, with ``app.exchange``'s codec."""
         head = exchange.build_head(method, target, headers, chunked, body is not None)
 
         def release(keep: bool) -> None:
-            if not keep:
+            if not (keep and keep_alive):
                 conn.close()
-            pool._put_conn(conn)
+                pool._put_conn(conn)
+                return
+            conn.watch_idle()
+            pool._put_conn(conn)     # closes it when the pool is full (or closed)
 
         try:
             if conn.sock is None:
@@ -254,10 +310,12 @@ class Upstream:
         self._pools.clear()
 
 
-def _checkout(pool):
-    """``pool._get_conn()``, with a cheaper test that a pooled connection is still open:
-    one non-blocking peek at the socket instead of urllib3's ``poll`` (which was 8 % of
-    the CPU per request). Bytes waiting on an idle connection mean it is not clean either."""
+def _checkout(pool, peek: bool = False):
+    """``pool._get_conn()`` without urllib3's test that a pooled connection is still open
+    (a ``poll``, 8 % of the CPU per request): a plain connection watched itself while it
+    was idle (``_PlainConnection.watch_idle``) and was closed if the backend closed it or
+    sent bytes, so what comes out of the pool open is clean. With ``peek``, also one
+    non-blocking peek at the socket, for what the watcher has not been told yet."""
     connections = pool.pool
     if connections is None:
         return pool._get_conn()     # closed: urllib3 raises its error
@@ -267,8 +325,9 @@ def _checkout(pool):
         conn = None
     if conn is None:
         return pool._new_conn()
+    conn.unwatch_idle()
     sock = conn.sock
-    if sock is not None:
+    if peek and sock is not None:
         try:
             getattr(sock, "_sock", sock).recv(1, _PEEK_NOW)
         except BlockingIOError:

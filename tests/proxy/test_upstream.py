@@ -3,10 +3,12 @@ import socket
 import ssl
 
 import gevent
+import gevent.event
 import pytest
 
 from app.errors import UpstreamError
 from app.proxy.upstream import Upstream
+from tests.backends import wait_until
 from tests.proxy.test_tunnel_inprocess import certificate  # noqa: F401 - fixture
 
 
@@ -40,3 +42,112 @@ def test_a_member_found_through_dns_is_verified_for_its_name_not_its_address(cer
         listener.close()
     assert asked == ["a.api.test"]
     assert upstream.pool(origin).assert_hostname == "a.api.test"
+
+
+@pytest.mark.parametrize("backend_does", ["close", "stray bytes"])
+def test_an_idle_pooled_connection_is_closed_when_the_backend_closes_or_writes(backend_does):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    answered, idle_over = gevent.event.Event(), gevent.event.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            answered.set()
+            idle_over.wait(timeout=5)
+            if backend_does == "stray bytes":
+                conn.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+                idle_over.clear()
+                idle_over.wait(timeout=5)      # kept open: only the bytes tell
+    server = gevent.spawn(serve)
+    origin = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    upstream = Upstream()
+    try:
+        response = upstream.send(origin, "GET", "/", [("Host", "t")])
+        assert response.read1() == b"ok" and response.complete
+        pooled = [conn for conn in upstream.pool(origin).pool.queue if conn is not None]
+        assert len(pooled) == 1 and pooled[0].sock is not None
+        assert answered.wait(timeout=5)
+        gevent.sleep(0.05)
+        assert pooled[0].sock is not None          # idle and quiet: kept
+        idle_over.set()
+        assert wait_until(lambda: pooled[0].sock is None, timeout=5)   # with no request made
+    finally:
+        idle_over.set()
+        server.join(timeout=5)
+        listener.close()
+        upstream.close()
+
+
+def test_a_request_that_says_connection_close_never_leaves_its_connection_in_the_pool():
+    # The backend answers as if the connection lasted (no Connection: close of its own).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    done = gevent.event.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            done.wait(timeout=5)
+    server = gevent.spawn(serve)
+    origin = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    upstream = Upstream()
+    try:
+        response = upstream.send(origin, "GET", "/", [("Host", "t"), ("Connection", "close")],
+                                 keep_alive=False)
+        assert response.read1() == b"ok" and response.complete
+        assert all(conn is None or conn.sock is None for conn in upstream.pool(origin).pool.queue)
+    finally:
+        done.set()
+        server.join(timeout=5)
+        listener.close()
+        upstream.close()
+
+
+def test_a_post_never_takes_a_connection_the_backend_closed_before_the_watcher_heard_of_it():
+    # The backend closes its side between two requests, and the POST goes out before the
+    # event loop turns (so before the idle watcher can close the pooled connection).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted, done = [], gevent.event.Event()
+
+    def serve():
+        while len(accepted) < 2:
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            if head.startswith(b"POST"):
+                while not head.endswith(b"x"):
+                    head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        done.wait(timeout=5)
+    server = gevent.spawn(serve)
+    origin = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    upstream = Upstream()
+    try:
+        first = upstream.send(origin, "GET", "/", [("Host", "t")])
+        assert first.read1() == b"ok" and first.complete
+        first.release_conn()
+        accepted[0].close()            # no yield from here to the send below
+        second = upstream.send(origin, "POST", "/pay",
+                               [("Host", "t"), ("Content-Length", "1")], body=[b"x"])
+        assert second.read1() == b"ok"
+        assert len(accepted) == 2      # it went on a new connection
+    finally:
+        done.set()
+        server.join(timeout=5)
+        listener.close()
+        upstream.close()
