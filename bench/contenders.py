@@ -155,17 +155,30 @@ def start_caddy(sup: Supervisor, workdir: str, caddy: str, backends: list[str]) 
 
 def start_myproxy(sup: Supervisor, workdir: str, backends: list[str], name: str = "myproxy",
                   description: str = "MyProxy, python wsgi.py (pywsgi), 1 process",
-                  **overrides) -> Contender:
-    """``python wsgi.py --config FILE``: one process (over HTTPS with a ``tls`` override)."""
+                  root: str = ROOT, **overrides) -> Contender:
+    """``python wsgi.py --config FILE``: one process (over HTTPS with a ``tls`` override),
+    from this tree or another (``root``: a baseline's)."""
     port = free_port()
     path = _write(workdir, f"{name}.yaml",
                   yaml.safe_dump(configs.myproxy(port, backends, **overrides)))
-    process = sup.start(name, [sys.executable, "wsgi.py", "--config", path], cwd=ROOT,
+    process = sup.start(name, [sys.executable, "wsgi.py", "--config", path], cwd=root,
                         env=_env())
     tls = "tls" in overrides
     wait_serving(process, port, configs.HEALTH_PATH, START_TIMEOUT, tls=tls)
     return Contender(name, description + (", TLS (intermediate profile)" if tls else ""),
                      f"{'https' if tls else 'http'}://127.0.0.1:{port}", process)
+
+
+def start_baseline(sup: Supervisor, workdir: str, backends: list[str], ref: str) -> Contender:
+    """``python wsgi.py`` as ``myproxy``, from the tree at git ``ref`` (exported into
+    ``workdir``): a change measured against what it changes, in the same run."""
+    root = os.path.join(workdir, "baseline")
+    os.makedirs(root)
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
+                             capture_output=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True, timeout=60)
+    return start_myproxy(sup, workdir, backends, name="myproxy-baseline",
+                         description=f"MyProxy at {ref}, python wsgi.py, 1 process", root=root)
 
 
 def start_myproxy_routes(sup: Supervisor, workdir: str, backends: list[str]) -> Contender:

@@ -61,6 +61,9 @@ def main(argv=None) -> int:
                         "myproxy-gunicorn-gevent,myproxy-https,nginx-https)")
     parser.add_argument("--cells", help="comma-separated PATH:CONNECTIONS cells to run "
                         "(default: all; e.g. /100b:50 to compare two contenders closely)")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run python wsgi.py from git REF (contender myproxy-baseline), "
+                        "interleaved with the rest: a change against what it changes")
     parser.add_argument("--output", default=RESULTS, help="directory for the JSON and Markdown")
     args = parser.parse_args(argv)
     base = MODES["quick" if args.quick else "full"]
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="myproxy-bench-") as workdir:
             os.chmod(workdir, 0o755)               # nginx's workers run unprivileged
             with Supervisor(workdir) as sup:
-                field = start_field(sup, workdir, tools, only)
+                field = start_field(sup, workdir, tools, only, args.baseline)
                 meta["contenders"] = {c.name: c.description for c in field}
                 tls_cells = TLS_CELLS if cells == CELLS else ()
                 print(f"bench: {len(field)} contenders, {mode.rounds} round(s) of {len(cells)} "
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
     return 130 if interrupted else 0
 
 
-def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) -> list:
+def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None,
+                baseline: str | None = None) -> list:
     """Start the backends and every contender; ``direct`` (the ceiling) first."""
     backends, direct = contenders.start_backends(sup, workdir, tools["nginx"])
     field = [direct]
@@ -119,6 +123,8 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) ->
         field.append(contenders.start_caddy(sup, workdir, tools["caddy"], backends))
     if wanted("myproxy"):
         field.append(contenders.start_myproxy(sup, workdir, backends))
+    if baseline:
+        field.append(contenders.start_baseline(sup, workdir, backends, baseline))
     if wanted("myproxy-routes"):
         field.append(contenders.start_myproxy_routes(sup, workdir, backends))
     for name in contenders.GUNICORN_WAYS:
@@ -133,7 +139,7 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None) ->
         if tools["nginx"] and wanted("nginx-https"):
             field.append(contenders.start_nginx(sup, workdir, tools["nginx"], backends,
                                                 tls=(cert, key)))
-    return [c for c in field if wanted(c.name)]
+    return [c for c in field if wanted(c.name) or c.name == "myproxy-baseline"]
 
 
 def measure_all(field: list, wrk_path: str, mode: Mode, records: list[dict],
