@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--path", default="/100b", choices=("/100b", "/64k", "/1m"))
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--lines", action="store_true",
+                        help="count samples by line rather than by function")
     parser.add_argument("--save", metavar="FILE",
                         help="also keep py-spy's collapsed stacks (for flamegraph.pl or speedscope)")
     args = parser.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
         cpu = procfs.cpu_seconds(proxy.process.pid)
         raw = os.path.join(workdir, "profile.txt")
         subprocess.run([py_spy, "record", "--pid", str(proxy.process.pid), "--format", "raw",
-                        "--function", "--rate", str(args.rate), "--duration", f"{args.duration:g}",
+                        *([] if args.lines else ["--function"]), "--rate", str(args.rate), "--duration", f"{args.duration:g}",
                         "--output", raw], check=True, capture_output=True,
                        timeout=args.duration + 60)
         cpu = procfs.cpu_seconds(proxy.process.pid) - cpu

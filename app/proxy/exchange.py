@@ -19,7 +19,7 @@ import re
 import socket
 
 from ..errors import UpstreamProtocolError, UpstreamReset
-from ..server.http1 import (LAST_CHUNK, MAX_CHUNK_SIZE_LINE, TCHAR, chunk_size, connection_tokens,
+from ..server.http1 import (LAST_CHUNK, MAX_CHUNK_SIZE_LINE, TCHAR, chunk_size, list_tokens,
                             encode_chunk, persists, response_has_body)
 from ..server.sockets import send_all, wait_readable
 
@@ -37,6 +37,8 @@ SWITCHING_PROTOCOLS = 101
 _FIELD_LINE = rb"(" + TCHAR.encode() + rb"+):([^\r\n]*)\r\n"
 _FIELD = re.compile(_FIELD_LINE)
 _VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
+# The same line as text, to take checked lines apart after one decode of them all.
+_FIELD_TEXT = re.compile(_FIELD_LINE.decode("latin-1"))
 
 
 def build_head(method: str, target: str, headers, chunked: bool, has_body: bool) -> bytes:
@@ -128,22 +130,25 @@ class Response:
                 line for line in buffer[first + 2:end].split(b"\r\n")
                 if not _FIELD.fullmatch(line + b"\r\n"))[:100]))
         else:
-            fields = [(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
-                      for name, value in _FIELD.findall(buffer, first + 2, end + 2)]
+            fields = [(name, value.strip(" \t")) for name, value
+                      in _FIELD_TEXT.findall(buffer[first + 2:end + 2].decode("latin-1"))]
         if len(fields) > MAX_HEADER_LINES:
             raise UpstreamProtocolError("invalid response: too many header lines")
         return int(code), reason.decode("latin-1"), version, fields
 
     def _frame(self, method: str) -> None:
         """Decide from the head how the body is framed and whether the connection lasts."""
-        codings, lengths = None, set()
+        codings, lengths, connection = None, set(), []
         for name, value in self.header_lines:
             lower = name.lower()
             if lower == "content-length":
                 lengths.add(value)
             elif lower == "transfer-encoding":
                 codings = f"{codings}, {value}" if codings else value
-        tokens = connection_tokens(self.header_lines)
+            elif lower == "connection":
+                connection.append(value)
+        # What the Connection lines list (http1.connection_tokens), from the same pass.
+        tokens = list_tokens(",".join(connection))
         self.connection_tokens = tokens      # names the backend listed as hop-by-hop
         persistent = persists(self.version == b"HTTP/1.0", tokens)
         self._keep = persistent

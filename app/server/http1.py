@@ -61,6 +61,7 @@ _VALID_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([^\x00-\x20\x7f]+) (HTT
 _FIELD_LINE = rb"(" + _TCHAR + rb"+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
 _VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
 _FIELD = re.compile(_FIELD_LINE)
+_FIELD_TEXT = re.compile(_FIELD_LINE.decode("latin-1"))   # the same, to take checked text apart
 MAX_TRAILER_BYTES = 16 * 1024
 
 
@@ -278,8 +279,8 @@ def parse_head(data: bytes, max_bytes: int) -> Head:
     request = _VALID_REQUEST_LINE.fullmatch(data, 0, first)
     if request is not None and first + 2 <= MAX_REQUEST_LINE and end + 2 <= max_bytes \
             and _VALID_FIELDS.fullmatch(data, first + 2, end) is not None:
-        fields = [(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
-                  for name, value in _FIELD.findall(data, first + 2, end)]
+        fields = [(name, value.strip(" \t")) for name, value
+                  in _FIELD_TEXT.findall(data[first + 2:end].decode("latin-1"))]
         if len(fields) <= MAX_FIELD_LINES:
             version = request[3].decode()
             check_host(fields, version)

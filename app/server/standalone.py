@@ -156,10 +156,11 @@ class Handler(StrictConnection, WSGIHandler):
             super().process_result()
 
     def start_response(self, status, headers, exc_info=None):
-        """pywsgi's checks and bookkeeping in one pass over the headers, plus ours:
-        ``Content-Length`` is dropped from a 204 or 304 (pywsgi rejects a legal one,
-        STACK-FACTS 17), and ``Connection: close`` is added from SIGTERM on or when the
-        request body was not read to its end (the connection cannot carry another)."""
+        """pywsgi's checks and bookkeeping, plus ours: ``Content-Length`` is dropped from a
+        204 or 304 (pywsgi rejects a legal one, STACK-FACTS 17), and ``Connection: close``
+        is added from SIGTERM on or when the request body was not read to its end (the
+        connection cannot carry another). The header lines are checked and encoded as one
+        block (``_header_block``), which ``_write_with_headers`` sends."""
         if exc_info:
             try:
                 if self.headers_sent:
@@ -171,42 +172,35 @@ class Handler(StrictConnection, WSGIHandler):
         if "\r" in status or "\n" in status:
             raise ValueError("carriage return or newline in status", status)
         code = int(status.split(" ", 1)[0])
-        no_body = code in http1.NO_BODY_STATUSES      # Content-Length is legal on HEAD
-        encoded = []
         connection = date = length = None
         for name, value in headers:
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise UnicodeError("The header must be a native string", name, value)
-            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-                raise ValueError("carriage return or newline in header", name, value)
             lower = name.lower()
             if lower == "content-length":
-                if no_body:
-                    continue
                 length = value
             elif lower == "connection":
                 connection = value
             elif lower == "date":
                 date = value
-            try:
-                encoded.append((name.encode("latin-1"), value.encode("latin-1")))
-            except UnicodeEncodeError:
-                raise UnicodeError("Non-latin1 header", repr(name), repr(value)) from None
+        if length is not None and code in http1.NO_BODY_STATUSES:   # legal on HEAD
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+            length = None
+        block = _header_block(headers)
         if connection != "close" and (self.server.closing
                                       or not getattr(self.wsgi_input, "finished", True)):
-            encoded.append((b"Connection", b"close"))
+            block += b"Connection: close\r\n"
             connection = "close"
         elif connection is None and self.request_version == "HTTP/1.0":   # say what happens next
-            encoded.append((b"Connection", b"close" if self.close_connection else b"keep-alive"))
+            block += b"Connection: close\r\n" if self.close_connection \
+                else b"Connection: keep-alive\r\n"
         elif connection is None and self.close_connection:
             # The client asked to close: RFC 9112 §9.6, the server SHOULD say "close" too
             # (wrk, for one, otherwise reads the end of the connection as an error).
-            encoded.append((b"Connection", b"close"))
+            block += b"Connection: close\r\n"
         if connection == "close":
             self.close_connection = True
         self.status = status.encode("latin-1")
         self._orig_status = status
-        self.response_headers = encoded
+        self.response_headers = block
         self.code = code
         self.provided_date = date
         self.provided_content_length = length
@@ -217,7 +211,7 @@ class Handler(StrictConnection, WSGIHandler):
         # follows: pywsgi would chunk and send a stray final chunk that desynchronises
         # keep-alive connections.
         if self.provided_date is None:
-            self.response_headers.append((b"Date", _http_date()))
+            self.response_headers += _date_line()
         if not http1.response_has_body(self.command, self.code):
             self.response_use_chunked = False
             return
@@ -225,10 +219,10 @@ class Handler(StrictConnection, WSGIHandler):
             return
         if hasattr(self.result, "__len__"):
             length = sum(len(chunk) for chunk in self.result)
-            self.response_headers.append((b"Content-Length", b"%d" % length))
+            self.response_headers += b"Content-Length: %d\r\n" % length
         elif self.request_version != "HTTP/1.0":
             self.response_use_chunked = True
-            self.response_headers.append((b"Transfer-Encoding", b"chunked"))
+            self.response_headers += b"Transfer-Encoding: chunked\r\n"
 
     def _sendall(self, data):
         # pywsgi's, with sockets.send_all: one send() for what the kernel takes at once.
@@ -246,24 +240,14 @@ class Handler(StrictConnection, WSGIHandler):
         # send, not two.
         self.headers_sent = True
         self.finalize_headers()
-        towrite = bytearray(b"HTTP/1.1 ")
-        towrite += self.status
-        towrite += b"\r\n"
-        for header, value in self.response_headers:
-            towrite += header
-            towrite += b": "
-            towrite += value
-            towrite += b"\r\n"
-        towrite += b"\r\n"
+        head = b"HTTP/1.1 %b\r\n%b\r\n" % (self.status, self.response_headers)
         if not data or len(data) > COALESCE_BYTES:
-            self._sendall(towrite)
+            self._sendall(head)
             self._write(data)
         elif self.response_use_chunked:
-            towrite += http1.encode_chunk(data)
-            self._sendall(towrite)
+            self._sendall(head + http1.encode_chunk(data))
         else:
-            towrite += data
-            self._sendall(towrite)
+            self._sendall(head + data)
 
     def log_request(self):
         pass             # the access log is RequestLog's
@@ -295,14 +279,32 @@ class Handler(StrictConnection, WSGIHandler):
         return super()._handle_client_error(ValueError(str(ex)))
 
 
-_date = [0, b""]         # the second and its Date value, made once a second
+def _header_block(headers) -> bytes:
+    """The header lines of ``headers``, each ending in CRLF, as bytes: one join and one
+    encode for them all. Raises what pywsgi raises for a name or value that is not a
+    native string (``UnicodeError``) or not latin-1, and ``ValueError`` for a CR or LF in
+    one (a response split in two)."""
+    try:
+        text = "".join([": ".join(pair) + "\r\n" for pair in headers])
+    except TypeError:
+        raise UnicodeError("The header must be a native string", headers) from None
+    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+        bad = next(pair for pair in headers if any("\r" in part or "\n" in part for part in pair))
+        raise ValueError("carriage return or newline in header", *bad)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise UnicodeError("Non-latin1 header", headers) from None
 
 
-def _http_date() -> bytes:
-    """The ``Date`` value for now (RFC 9110 §6.6.1), made once a second."""
+_date = [0, b""]         # the second and its Date line, made once a second
+
+
+def _date_line() -> bytes:
+    """The ``Date`` line for now (RFC 9110 §6.6.1), made once a second."""
     now = int(time.time())
     if now != _date[0]:
-        _date[:] = now, format_date_time(now)
+        _date[:] = now, b"Date: %b\r\n" % format_date_time(now)   # bytes, from pywsgi
     return _date[1]
 
 

@@ -269,6 +269,8 @@ def test_the_environ_is_the_one_pywsgi_would_build(tmp_path):
     ("200 OK", [("X-Name\r\nX-Evil", "1")]),
     ("200 OK\r\nX-Evil: 1", []),
     ("200 OK", [("X-Value", "\u2603")]),
+    ("200 OK", [("X-Ok", "1"), ("X-Value", "a\rb"), ("X-Evil", "\n")]),
+    ("200 OK", [(b"X-Bytes", "1"), ("X-Evil", "1")]),
 ])
 def test_a_header_that_would_split_the_response_is_refused(status, headers):
     from app.server.standalone import Server
