@@ -171,13 +171,15 @@ def start_myproxy(sup: Supervisor, workdir: str, backends: list[str], name: str 
 
 def start_baseline(sup: Supervisor, workdir: str, backends: list[str], ref: str) -> Contender:
     """``python wsgi.py`` as ``myproxy``, from the tree at git ``ref`` (exported into
-    ``workdir``): a change measured against what it changes, in the same run."""
-    root = os.path.join(workdir, "baseline")
+    ``workdir``), named ``myproxy@REF``: a change measured against what it changes, in
+    the same run."""
+    name = f"myproxy@{ref}"
+    root = os.path.join(workdir, "tree-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ref))
     os.makedirs(root)
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
                              capture_output=True, timeout=60).stdout
     subprocess.run(["tar", "-x", "-C", root], input=archive, check=True, timeout=60)
-    return start_myproxy(sup, workdir, backends, name="myproxy-baseline",
+    return start_myproxy(sup, workdir, backends, name=name,
                          description=f"MyProxy at {ref}, python wsgi.py, 1 process", root=root)
 
 

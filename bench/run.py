@@ -61,8 +61,8 @@ def main(argv=None) -> int:
                         "myproxy-gunicorn-gevent,myproxy-https,nginx-https)")
     parser.add_argument("--cells", help="comma-separated PATH:CONNECTIONS cells to run "
                         "(default: all; e.g. /100b:50 to compare two contenders closely)")
-    parser.add_argument("--baseline", metavar="REF",
-                        help="also run python wsgi.py from git REF (contender myproxy-baseline), "
+    parser.add_argument("--baseline", metavar="REF[,REF...]",
+                        help="also run python wsgi.py from each git REF (contender myproxy@REF), "
                         "interleaved with the rest: a change against what it changes")
     parser.add_argument("--output", default=RESULTS, help="directory for the JSON and Markdown")
     args = parser.parse_args(argv)
@@ -123,8 +123,8 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None,
         field.append(contenders.start_caddy(sup, workdir, tools["caddy"], backends))
     if wanted("myproxy"):
         field.append(contenders.start_myproxy(sup, workdir, backends))
-    if baseline:
-        field.append(contenders.start_baseline(sup, workdir, backends, baseline))
+    for ref in (baseline.split(",") if baseline else ()):
+        field.append(contenders.start_baseline(sup, workdir, backends, ref))
     if wanted("myproxy-routes"):
         field.append(contenders.start_myproxy_routes(sup, workdir, backends))
     for name in contenders.GUNICORN_WAYS:
@@ -139,7 +139,7 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None,
         if tools["nginx"] and wanted("nginx-https"):
             field.append(contenders.start_nginx(sup, workdir, tools["nginx"], backends,
                                                 tls=(cert, key)))
-    return [c for c in field if wanted(c.name) or c.name == "myproxy-baseline"]
+    return [c for c in field if wanted(c.name) or c.name.startswith("myproxy@")]
 
 
 def measure_all(field: list, wrk_path: str, mode: Mode, records: list[dict],
