@@ -268,13 +268,20 @@ class Balancer:
             candidates = self.candidates(exclude)
             if not candidates:
                 raise NoBackendAvailable(self.describe_unavailable(exclude))
-            now = self._clock()
-            return self._policy.pick(candidates, [self.weight_of(b, now) for b in candidates], key)
+            if self.slow_start > 0:
+                now = self._clock()
+                weights = [self.weight_of(b, now) for b in candidates]
+            else:
+                weights = [float(b.config.weight) for b in candidates]
+            return self._policy.pick(candidates, weights, key)
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> list[Backend]:
         """Who may take a request: available primaries, else available backups."""
-        excluded = set(exclude)
-        usable = [b for b in self.backends if b.available and b not in excluded]
+        if exclude:
+            excluded = set(exclude)
+            usable = [b for b in self.backends if b.available and b not in excluded]
+        else:
+            usable = [b for b in self.backends if b.available]
         return [b for b in usable if not b.config.backup] or usable
 
     def weight_of(self, backend: Backend, now: float) -> float:
