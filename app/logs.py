@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -79,7 +80,22 @@ class TextFormatter(logging.Formatter):
 
     def fields_line(self, created: float, name: str, fields: dict) -> str:
         """What ``format`` makes of an INFO record of ``Fields("", fields)`` from ``name``."""
-        return f"{self.stamp(created)} INFO {name} {render_fields(fields)}"
+        return self.text_line(created, name, render_fields(fields))
+
+    def text_line(self, created: float, name: str, text: str) -> str:
+        """``fields_line`` for ``text``, the fields already rendered (``render_fields``)."""
+        return f"{self.stamp(created)} INFO {name} {text}"
+
+
+# Text that ``render_value`` shows as it is: printable ASCII but space, '"' and '='. A
+# line whose text values all match needs no value rendered one by one (``plain``).
+_PLAIN = re.compile(r"[!#-<>-~]+").fullmatch
+
+
+def plain(text: str) -> bool:
+    """Whether ``render_value(text)`` is ``text`` itself (for ASCII text; any other text
+    is simply not plain, and goes through ``render_value``)."""
+    return _PLAIN(text) is not None
 
 
 class JsonFormatter(logging.Formatter):
@@ -130,8 +146,15 @@ class LineHandler(logging.StreamHandler):
         self._pending: list[str] = []
 
     def write_fields(self, name: str, fields: dict) -> None:
+        self._gather(self.formatter.fields_line(time.time(), name, fields))
+
+    def write_text(self, name: str, text: str) -> None:
+        """``write_fields`` of fields already rendered to ``text`` (a ``TextFormatter``'s)."""
+        self._gather(self.formatter.text_line(time.time(), name, text))
+
+    def _gather(self, line: str) -> None:
         pending = self._pending
-        pending.append(self.formatter.fields_line(time.time(), name, fields))
+        pending.append(line)
         hub = get_hub()
         if getcurrent().parent is not hub:
             self.write_pending()
@@ -172,6 +195,16 @@ def info_fields(logger: logging.Logger, fields: dict) -> None:
     """
     if not logger.isEnabledFor(logging.INFO):
         return
+    handler = direct_handler(logger)
+    if handler is not None:
+        handler.write_fields(logger.name, fields)
+    else:
+        logger.info(Fields("", fields))
+
+
+def direct_handler(logger: logging.Logger) -> LineHandler | None:
+    """The handler of ``configure_logging`` when an INFO line of ``logger`` would reach it
+    alone and unfiltered, so that it may be written straight to it; else None."""
     handler = _installed
     parent = logger.parent
     if (handler is not None and not logger.handlers and not logger.filters and logger.propagate
@@ -179,9 +212,8 @@ def info_fields(logger: logging.Logger, fields: dict) -> None:
             and not handler.filters
             and handler.level <= logging.INFO and handler.formatter is not None
             and hasattr(handler.formatter, "fields_line")):
-        handler.write_fields(logger.name, fields)
-    else:
-        logger.info(Fields("", fields))
+        return handler
+    return None
 
 
 def configure_logging(level: str = "info", fmt: str = "text", stream=None) -> None:

@@ -224,3 +224,45 @@ def test_a_direct_line_outside_the_hub_is_written_at_once(configured):
     stream = configured("text")
     info_fields(logging.getLogger("myproxy.access"), {"request": "main"})
     assert stream.getvalue().endswith(" request=main\n")
+
+
+@pytest.mark.parametrize("values", [
+    {},                                                          # a proxied GET, as usual
+    {"REMOTE_ADDR": "", "myproxy.backend": None, "myproxy.tried": None},   # nothing chosen
+    {"RAW_URI": '/a b"c'},                                       # quoted, by render_value
+    {"RAW_URI": "/caf\u00e9"},                                   # not ASCII: render_value
+    {"REQUEST_METHOD": ""},
+    {"myproxy.request_id": "id with=space"},
+    {"myproxy.upstream_duration": None, "myproxy.tried": [("http://a:1", "connect_error"),
+                                                          ("http://b:2", None)]},
+])
+def test_the_access_line_is_render_fields_of_its_fields(values, configured):
+    """The access line written by one format (the usual case) is the line a record of the
+    same fields makes, whichever values need quoting."""
+    from app.middleware.access import ACCESS_KEYS, RequestLog
+
+    class Runtime:
+        class config:
+            access_log = True
+
+    environ = {"myproxy.runtime": Runtime, "myproxy.request_id": "0123abcd",
+               "REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "GET", "RAW_URI": "/x?y=1",
+               "myproxy.route": "default", "myproxy.backend": "http://127.0.0.1:9",
+               "myproxy.attempts": 1, "myproxy.tried": [("http://127.0.0.1:9", None)],
+               "myproxy.upstream_duration": 0.00123, **values}
+    stream = configured("text")
+    RequestLog(None).finish(environ, "200", 100, 0, started=0.0)
+    line = stream.getvalue().rstrip("\n")
+    fields = dict(pair.split("=", 1) for pair in re.findall(r'(\w+=(?:"(?:[^"\\]|\\.)*"|\S+))',
+                                                             line.split(" myproxy.access ", 1)[1]))
+    assert list(fields) == list(ACCESS_KEYS)
+    expected = {key: logs.render_value(value) for key, value in zip(ACCESS_KEYS, (
+        environ["myproxy.request_id"], environ["REMOTE_ADDR"] or None,
+        environ["REQUEST_METHOD"], environ["RAW_URI"], 200, 0, 100, None, None,
+        "default", environ["myproxy.backend"], 1, None))}
+    for key in ("duration_ms", "upstream_ms", "tried"):
+        expected[key] = fields[key]        # times vary; tried is checked below
+    assert fields == expected
+    tried = environ["myproxy.tried"] or []
+    assert fields["tried"] == logs.render_value(
+        ",".join(url + (f"({why})" if why else "") for url, why in tried) or None)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..config import NO_ROUTE
 from ..errors import UpstreamError
-from ..logs import info_fields
+from ..logs import TextFormatter, direct_handler, info_fields, plain
 from ..server.responses import close_body
 from ..server.tls import connection_tls
 
@@ -113,22 +113,16 @@ class RequestLog:
         if not environ["myproxy.runtime"].config.access_log:
             return
         upstream = environ.get("myproxy.upstream_duration")
-        fields = {
-            "request_id": environ["myproxy.request_id"],
-            "client": environ.get("REMOTE_ADDR") or None,
-            "method": environ.get("REQUEST_METHOD"),
-            "target": target_of(environ),
-            "status": int(status) if status.isdigit() else None,
-            "bytes_in": received,
-            "bytes_out": sent,
-            "duration_ms": round(duration * 1000, 2),
-            "upstream_ms": round(upstream * 1000, 2) if upstream is not None else None,
-            "route": route,
-            "backend": backend,
-            "attempts": environ.get("myproxy.attempts", 0),
-            "tried": _tried(tried),
-        }
+        values = (environ["myproxy.request_id"], environ.get("REMOTE_ADDR") or None,
+                  environ.get("REQUEST_METHOD"), target_of(environ),
+                  int(status) if status.isdigit() else None, received, sent,
+                  round(duration * 1000, 2),
+                  round(upstream * 1000, 2) if upstream is not None else None,
+                  route, backend, environ.get("myproxy.attempts", 0), _tried(tried))
         session = environ.get("myproxy.tls")
+        if session is None and error is None and not admin and _write_plain(values):
+            return
+        fields = dict(zip(ACCESS_KEYS, values))
         if session is not None:
             fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:
@@ -136,6 +130,30 @@ class RequestLog:
         if admin:
             fields["admin"] = True
         info_fields(log, fields)
+
+
+# The access line's fields, in order; a line of no other fields whose values need no
+# quoting (nearly all) is rendered by one format (``_write_plain``), the same text that
+# ``logs.render_fields`` makes of them (tested).
+ACCESS_KEYS = ("request_id", "client", "method", "target", "status", "bytes_in", "bytes_out",
+               "duration_ms", "upstream_ms", "route", "backend", "attempts", "tried")
+_ACCESS_FORMAT = " ".join(f"{key}=%s" for key in ACCESS_KEYS)
+_TEXT_VALUES = (0, 1, 2, 3, 9, 10, 12)      # where ACCESS_KEYS' values are text or None
+
+
+def _write_plain(values: tuple) -> bool:
+    """Write the access line of ``values`` straight to the text log, if it goes there and
+    no value needs ``render_value``'s quoting; False if it was left to ``info_fields``."""
+    if not log.isEnabledFor(logging.INFO):
+        return True
+    handler = direct_handler(log)
+    if handler is None or not isinstance(handler.formatter, TextFormatter):
+        return False
+    shown = ["-" if value is None else value for value in values]
+    if "" in shown or not plain("".join([shown[i] for i in _TEXT_VALUES])):
+        return False                    # render_value quotes an empty text: ""
+    handler.write_text(log.name, _ACCESS_FORMAT % tuple(shown))
+    return True
 
 
 class _LoggedBody:
