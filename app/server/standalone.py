@@ -51,6 +51,7 @@ from ..errors import ProxyError, UpstreamError
 from .responses import error_response
 from .sockets import send_all
 from .tls import send_close_notify, socket_tls
+from .watch import CLIENT_SOCKET, CLIENT_WATCHER, read_watcher
 
 log = logging.getLogger("myproxy.server")
 
@@ -67,6 +68,7 @@ class Handler(StrictConnection, WSGIHandler):
     idle = True          # waiting for a request line: safe to close when draining
     taken_over = False   # the connection was handed to an upgrade tunnel (app.server.handoff)
     tls = None           # (version, resumed) of a TLS connection, read once
+    _watcher = None      # the connection's read watcher for its requests' ClientWatch
 
     def handle(self):
         try:
@@ -78,6 +80,9 @@ class Handler(StrictConnection, WSGIHandler):
             super().handle()
         finally:
             self.server.connections.discard(self)
+            if self._watcher is not None:
+                self._watcher.close()    # before the server closes the descriptor
+                self._watcher = None
 
     def handle_one_request(self):
         result = super().handle_one_request()
@@ -138,7 +143,10 @@ class Handler(StrictConnection, WSGIHandler):
             if self.tls is None:
                 self.tls = socket_tls(self.socket)
             environ["myproxy.tls"] = self.tls
-        environ["myproxy.client_socket"] = self.socket    # watched for aborts (app.server.watch)
+        environ[CLIENT_SOCKET] = self.socket    # watched for aborts (app.server.watch)
+        if self._watcher is None:
+            self._watcher = read_watcher(self.socket)
+        environ[CLIENT_WATCHER] = self._watcher
         return environ
 
     def take_connection(self):

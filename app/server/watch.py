@@ -25,7 +25,9 @@ for an abort, and cut off the half-closing client. Here:
   ``RECHECK_EVERY``: after the next piece of the body goes out, a closed client resets.
 
 The cost on a request whose client stays (nearly all): one watcher started and stopped
-per wait, no system call. It knows nothing of HTTP beyond the probe's bytes, nor of
+per wait, no system call. The watcher is the connection's (``read_watcher``, made once by
+a server that keeps it in ``CLIENT_WATCHER``: a new one costs a system call to make and
+another when libev first polls it); without one, each request makes its own. It knows nothing of HTTP beyond the probe's bytes, nor of
 backends.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ import socket
 from gevent import get_hub, getcurrent
 
 CLIENT_SOCKET = "myproxy.client_socket"     # set by app.server.standalone.Handler
+CLIENT_WATCHER = "myproxy.client_watcher"   # its connection's read_watcher, made once
 GUNICORN_SOCKET = "gunicorn.socket"         # set by gunicorn's workers
 PROBE = b"HTTP/1.1 100 Continue\r\n\r\n"   # RFC 9110 §15.2.1; see the module docstring
 RECHECK_FIRST = 0.02        # seconds after an end of file: a reset is in by then on a LAN
@@ -62,20 +65,32 @@ def watch_client(environ: dict) -> "ClientWatch | None":
     if sock is None:
         return None
     try:
-        return ClientWatch(sock, probe=environ.get("SERVER_PROTOCOL") == "HTTP/1.1")
+        return ClientWatch(sock, probe=environ.get("SERVER_PROTOCOL") == "HTTP/1.1",
+                           io=environ.get(CLIENT_WATCHER))
     except (OSError, ValueError):
         return None        # closed already
+
+
+def read_watcher(sock):
+    """A read watcher on ``sock``'s descriptor for the ``ClientWatch`` of each of its
+    requests (``CLIENT_WATCHER``). Whoever makes it closes it when the connection ends,
+    before the descriptor is closed."""
+    return get_hub().loop.io(sock.fileno(), _READ)
 
 
 class ClientWatch:
     """Watches one client socket during one request's backend waits (module docstring)."""
 
-    __slots__ = ("_raw", "_fd", "_io", "_timer", "_waiter", "_probe", "_eof", "gone", "_over")
+    __slots__ = ("_raw", "_fd", "_io", "_own", "_timer", "_waiter", "_probe", "_eof", "gone",
+                 "_over")
 
-    def __init__(self, sock, probe: bool = True):
+    def __init__(self, sock, probe: bool = True, io=None):
+        """``io``: the connection's ``read_watcher``, lent for this request (left stopped,
+        not closed); without it the watch makes one of its own."""
         self._raw = getattr(sock, "_sock", sock)      # gevent's socket wraps the real one
         self._fd = sock.fileno()
-        self._io = None
+        self._io = io
+        self._own = io is None
         self._timer = None
         self._waiter = None         # the greenlet waiting on the backend, while it waits
         # No probe over TLS: bytes written past the TLS layer would break its records.
@@ -116,9 +131,12 @@ class ClientWatch:
         """The request is over: stop watching. Safe to call twice."""
         self._over = True
         self._waiter = None
-        if self._io is not None:
-            self._io.close()
-            self._io = None
+        io, self._io = self._io, None
+        if io is not None:
+            if self._own:
+                io.close()
+            else:
+                io.stop()           # the connection's: the next request borrows it
         if self._timer is not None:
             self._timer.close()
             self._timer = None

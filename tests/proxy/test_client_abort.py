@@ -24,7 +24,8 @@ from tests.wire import connect, get
 class HoldingBackend:
     """Reads one request per connection and holds it, recording when the proxy closes the
     connection. ``/hold``: answers nothing; ``/stream``: a chunked head and one chunk, then
-    nothing; ``/later``: answers 200 after ``release`` is set."""
+    nothing; ``/later``: answers 200 after ``release`` is set; ``/quick``: answers 200 at once
+    and closes."""
 
     __test__ = False
 
@@ -64,6 +65,9 @@ class HoldingBackend:
             head += piece
         target = "/" + head.split(b" ", 2)[1].decode().split("/")[1]    # /hold/ID is /hold
         self.requests.append(target)
+        if target == "/quick":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            return sock.close()
         if target == "/later":
             self.arrived.set()
             self.release.wait(timeout=10)
@@ -176,6 +180,30 @@ def test_a_client_leaving_before_the_response_frees_the_backend(proxy, fresh, le
     before = {holder.url: _metric(proxy, holder.url) for holder in fresh}
     seconds, target = _ask_and_leave(proxy, fresh, "/hold", leave)
     assert seconds < 1.0
+    _assert_counted_as_an_abort(proxy, fresh, target, before)
+
+
+def test_a_client_leaving_in_a_later_request_on_its_connection_frees_the_backend(proxy, fresh):
+    """The watch of each request on a kept-alive connection (which lends its watcher to
+    each in turn) sees that request's client leave."""
+    sock = connect(proxy.port)
+    for _ in range(2):
+        sock.sendall(b"GET /quick HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while not data.endswith(b"ok"):
+            data += sock.recv(65536)
+    for holder in fresh:
+        holder.reset()
+    before = {holder.url: _metric(proxy, holder.url) for holder in fresh}
+    target = f"/hold/{time.monotonic_ns()}"
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    with gevent.Timeout(10):
+        gevent.wait([holder.arrived for holder in fresh], count=1)
+    left = time.monotonic()
+    _reset_close(sock)
+    holder = next(holder for holder in fresh if holder.requests)
+    assert holder.closed.wait(timeout=5), "the backend connection was never closed"
+    assert holder.closed_at - left < 1.0
     _assert_counted_as_an_abort(proxy, fresh, target, before)
 
 
