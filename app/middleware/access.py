@@ -227,6 +227,8 @@ def server_timing(environ: dict, started: float) -> str:
 
 def _tried(attempts) -> str | None:
     """``url(why it failed),url`` for each backend tried, or None."""
+    if len(attempts) == 1 and attempts[0][1] is None:
+        return attempts[0][0]           # one attempt, answered: nearly every request
     return ",".join(url + (f"({failure})" if failure else "") for url, failure in attempts) or None
 
 

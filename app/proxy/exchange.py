@@ -44,15 +44,13 @@ _FIELD_TEXT = re.compile(_FIELD_LINE.decode("latin-1"))
 def build_head(method: str, target: str, headers, chunked: bool, has_body: bool) -> bytes:
     """The request line and header lines, as the bytes that go on the wire (latin-1: the
     target is the client's bytes decoded as latin-1)."""
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    fields = "".join([": ".join(pair) + "\r\n" for pair in headers])
     if chunked:
-        lines.append("Transfer-Encoding: chunked\r\n")
+        fields += "Transfer-Encoding: chunked\r\n"
     elif not has_body and method in METHODS_WITH_BODY and not any(
             name.lower() == "content-length" for name, _ in headers):
-        lines.append("Content-Length: 0\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+        fields += "Content-Length: 0\r\n"
+    return f"{method} {target} HTTP/1.1\r\n{fields}\r\n".encode("latin-1")
 
 
 def send_request(sock, head: bytes, body, chunked: bool) -> None:
@@ -165,9 +163,10 @@ class Response:
                 self._chunked, self._chunk_left = True, 0
                 self._keep = persistent and not lengths
         elif lengths:
-            if len(lengths) > 1 or not all(part.strip().isdigit() for part in lengths):
+            length = lengths.pop()
+            if lengths or not length.strip().isdigit():
                 raise UpstreamProtocolError("invalid response: bad Content-Length")
-            self.length_remaining = int(lengths.pop())
+            self.length_remaining = int(length)
         else:
             self._keep = False       # read until the backend closes
         if self.length_remaining == 0 and not self._chunked:

@@ -132,10 +132,13 @@ class Proxy:
                 "invalid response: 101 to a request that asked for no upgrade"))
         if watch is not None:
             watch.response_started()
+        has_body = response_has_body(method, status)
+        # The body's length as the response head framed it (None: chunked, or to the end).
         start_response(f"{status} {response.reason or _reason(status)}",
-                       response_headers(response.header_lines, *_body_length(response, method),
+                       response_headers(response.header_lines, has_body,
+                                        response.length_remaining if has_body else None,
                                         getattr(response, "connection_tokens", None)))
-        if not response_has_body(method, status):
+        if not has_body:
             _finish(response, backend, complete=True, watch=watch)
             return iter(())
         return ResponseBody(response, backend, environ,
@@ -420,13 +423,6 @@ def _upstream_target(backend: Backend, target: str) -> str:
     """The target on the upstream request line: the backend's path prefix, then the
     client's target byte for byte (``*`` of ``OPTIONS *`` alone)."""
     return target if target == "*" else backend.prefix + target
-
-
-def _body_length(response, method: str) -> tuple[bool, int | None]:
-    """Whether a body follows, and its length as the response head framed it (None: read to the end)."""
-    if not response_has_body(method, response.status):
-        return False, None
-    return True, response.length_remaining
 
 
 def headers_from_environ(environ: dict) -> list[tuple[str, str]]:

@@ -113,7 +113,9 @@ class StrictConnection:
         """
         if self.rfile.closed:
             return None
-        timeouts = self.server.timeouts
+        # The settings in force for this request (a reload changes them at the next one).
+        self._limits, self._timeouts = self.server.limits, self.server.timeouts
+        timeouts = self._timeouts
         self._head_timer = None
         if not self.served:              # a new connection: client_header for its first head
             self._head_timer = gevent.Timeout.start_new(header_deadline(timeouts.client_header))
@@ -163,7 +165,7 @@ class StrictConnection:
     def read_request(self, raw_requestline):
         """Read the header lines with ``http1.read_head`` (unless the head was parsed whole
         already) and set what pywsgi reads later."""
-        head = self.head or http1.read_head(self.rfile, self.server.limits.max_header_bytes,
+        head = self.head or http1.read_head(self.rfile, self._limits.max_header_bytes,
                                             first_line=raw_requestline.encode("latin-1"))
         self.head = head
         self.requestline = raw_requestline
@@ -186,7 +188,7 @@ class StrictConnection:
         gevent.sleep(0)
         # The socket's own timeout, not a gevent.Timeout: it costs nothing when the next
         # request is already in. (It is client_idle while a request runs as well.)
-        _set_timeout(self.socket, self.server.timeouts.client_idle)
+        _set_timeout(self.socket, self._timeouts.client_idle)
         try:
             return bool(self.rfile.peek(1))
         except (socket.timeout, TimeoutError):
@@ -219,13 +221,13 @@ class StrictConnection:
         end = buffered.find(b"\r\n\r\n")
         if end > 0 and not buffered.startswith(b"\r\n"):
             self.head = http1.parse_head(self.rfile.read(end + 4),
-                                         self.server.limits.max_header_bytes)
+                                         self._limits.max_header_bytes)
             request = self.head.request
             return f"{request.method} {request.target} {request.version}"
         if self._head_timer is None:
             self._head_timer = gevent.Timeout.start_new(
-                header_deadline(self.server.timeouts.client_header))
-        line = http1.read_request_line(self.rfile, self.server.limits.max_header_bytes)
+                header_deadline(self._timeouts.client_header))
+        line = http1.read_request_line(self.rfile, self._limits.max_header_bytes)
         return line.decode("latin-1")
 
     def strict_input(self) -> "RequestInput":

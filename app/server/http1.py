@@ -180,8 +180,19 @@ def list_tokens(value: str) -> frozenset[str]:
     empty ones: ``"keep-alive, X-Private"`` gives ``{"keep-alive", "x-private"}``."""
     if not value:
         return _NO_TOKENS               # the usual case: no such field
-    return frozenset(item for item in (part.strip().lower() for part in value.split(","))
-                     if item)
+    tokens = _SEEN_TOKENS.get(value)
+    if tokens is None:
+        tokens = frozenset(item for item in (part.strip().lower() for part in value.split(","))
+                           if item)
+        if len(_SEEN_TOKENS) >= _SEEN_TOKENS_MAX:
+            _SEEN_TOKENS.clear()        # bounded: values a client makes up come and go
+        _SEEN_TOKENS[value] = tokens
+    return tokens
+
+
+# list_tokens of the values seen lately ("keep-alive", "close", "Upgrade" nearly always).
+_SEEN_TOKENS: dict[str, frozenset[str]] = {}
+_SEEN_TOKENS_MAX = 256
 
 
 def connection_tokens(fields) -> frozenset[str]:
