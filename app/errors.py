@@ -142,6 +142,13 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     kind = "invalid_response"
 
+    @property
+    def stale(self) -> bool:
+        # On a pooled keep-alive connection, a head that is no response is what bytes the
+        # backend wrote after its last response (a body it sent for a HEAD, say) read as
+        # the answer to this request: they were there before it was sent.
+        return self.reused
+
 
 class StartupError(Exception):
     """What stops the process before it serves (exit 1), such as a pool whose backends DNS

@@ -14,6 +14,8 @@ action``. Actions:
 - ``slow:S``        waits S seconds before the first byte, then ``ok``
 - ``partial``       headers saying 100 bytes, 10 bytes, then closes
 - ``stall``         headers saying 100 bytes, 10 bytes, then never sends the rest
+- ``garbage``       answers bytes that are no HTTP response, then closes (as stray bytes a
+                    backend wrote after its last response would read to the next request)
 
 ``requests`` records every request head read (method, target, body if read);
 ``connections`` counts accepted connections.
@@ -114,6 +116,8 @@ class ScriptedBackend:
             _reset(sock)
         elif action == "hang":
             self._release.wait(timeout=60)
+        elif action == "garbage":
+            sock.sendall(b"64\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n")
         elif action in ("partial", "stall"):
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
             if action == "stall":

@@ -296,6 +296,8 @@ class Balancer:
                        rules: PassiveHealthConfig) -> str | None:
         """Passive health: ``Backend.record_request``, except that failed requests never
         eject the last backend that could take requests (active checks decide for it)."""
+        if failure is None and backend.request_failures == 0 and backend.ejected_until is None:
+            return None          # an answer from a backend in good standing: nothing changes
         with self._lock:
             if failure is None:
                 return backend.record_request(None, rules)

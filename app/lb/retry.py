@@ -35,7 +35,10 @@ def may_retry(error: UpstreamError, method: str, body: "ReplayableBody") -> bool
         return False
     if not error.sent:
         return True
-    return method in IDEMPOTENT_METHODS and isinstance(error, (UpstreamReset, UpstreamTimeout))
+    # A stale pooled connection (its bytes were no answer to this request) is sent again
+    # on a fresh one, whatever its error looked like.
+    return method in IDEMPOTENT_METHODS and (
+        isinstance(error, (UpstreamReset, UpstreamTimeout)) or error.stale)
 
 
 class ReplayableBody:

@@ -85,9 +85,12 @@ class Response:
     False when it must be closed instead.
     """
 
-    def __init__(self, sock, method: str, release):
+    def __init__(self, sock, method: str, release, deadline=None):
+        """``deadline``: the connection's ``sockets.ReadDeadline``, for the wait for the
+        head (else gevent makes a timer of the socket's timeout for it)."""
         self._sock = sock
         self._release = release
+        self._deadline = deadline
         self._buffer = b""
         self._done = False
         self.status, self.reason, self.version, self.header_lines = self._read_head()
@@ -101,7 +104,7 @@ class Response:
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0 and not buffer:
-            wait_readable(self._sock)       # the request was just sent: the answer is not in yet
+            wait_readable(self._sock, self._deadline)   # the request was just sent: not in yet
         while end < 0:
             if len(buffer) > MAX_HEAD_BYTES:
                 raise UpstreamProtocolError("invalid response: the head is too long")
@@ -196,6 +199,13 @@ class Response:
             if left == 0:
                 self._end()
         return data
+
+    def read_buffered(self, size: int = READ_SIZE) -> bytes:
+        """``read1`` of what has arrived with the head already, never touching the socket:
+        b"" when nothing of the body is buffered (a chunked body never is, here)."""
+        if self._done or self._chunked or not self._buffer:
+            return b""
+        return self.read1(size)
 
     def _take(self, size: int) -> bytes:
         buffer = self._buffer

@@ -271,10 +271,20 @@ class ResponseBody:
 
     def __iter__(self) -> Iterator[bytes]:
         self._started = True
-        read = self._response.read1
+        response = self._response
+        read = response.read1
+        # What came in with the head needs no wait, so no watch (app.proxy.exchange only).
+        buffered = getattr(response, "read_buffered", None)
         watch = self._watch
         try:
             while True:
+                if buffered is not None:
+                    data = buffered(RESPONSE_CHUNK)
+                    if data:
+                        yield data
+                        continue
+                    if response.complete:
+                        break
                 if watch is None:
                     data = read(RESPONSE_CHUNK)
                 else:

@@ -38,6 +38,7 @@ from urllib3.util.timeout import _TYPE_DEFAULT
 
 from . import exchange
 from ..config import TimeoutsConfig
+from ..server.sockets import ReadDeadline
 from ..lb.retry import IDEMPOTENT_METHODS
 from ..errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
@@ -103,6 +104,19 @@ class _PlainConnection(_LiteralAddress, urllib3.connection.HTTPConnection):
     """
 
     _idle_watcher = None
+    _deadline = None
+
+    def read_deadline(self, seconds: float | None) -> "ReadDeadline | None":
+        """This connection's read timeout as one timer, for ``wait_readable`` (made again
+        when a reload changes the timeout); None without a timeout."""
+        if seconds is None:
+            return None
+        deadline = self._deadline
+        if deadline is None or deadline.seconds != seconds:
+            if deadline is not None:
+                deadline.close()
+            deadline = self._deadline = ReadDeadline(seconds)
+        return deadline
 
     def watch_idle(self) -> None:
         """Close this connection as soon as the backend closes it or writes to it."""
@@ -131,6 +145,9 @@ class _PlainConnection(_LiteralAddress, urllib3.connection.HTTPConnection):
         if watcher is not None:
             watcher.stop()       # before the descriptor is closed (and its number reused)
             watcher.close()
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None:
+            deadline.close()
         super().close()
 
 
@@ -276,9 +293,11 @@ class Upstream:
                 conn.timeout = timeout.connect_timeout
                 conn.connect()
             sock = conn.sock
-            sock.settimeout(timeout.read_timeout)
+            seconds = timeout.read_timeout
+            if sock.timeout != seconds:
+                sock.settimeout(seconds)
             exchange.send_request(sock, head, body, chunked)
-            return exchange.Response(sock, method, release)
+            return exchange.Response(sock, method, release, conn.read_deadline(seconds))
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
             failure = _failed(pool, conn, reused, error)
             if failure is error:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 
 import gevent
+from gevent import getcurrent
+from gevent.exceptions import ConcurrentObjectUseError
 
 
 def send_all(sock, data) -> None:
@@ -18,17 +20,52 @@ def send_all(sock, data) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
-def wait_readable(sock) -> None:
+def wait_readable(sock, deadline: "ReadDeadline | None" = None) -> None:
     """Wait until ``sock`` has bytes (or EOF) to read, within its timeout.
 
     What gevent's ``recv`` does after a read found nothing, without that first read: right
     after a request goes out, its answer is never in yet, and the read that says so is a
     system call and an exception per request. A socket that is not gevent's is left to its
-    own ``recv``.
+    own ``recv``. With ``deadline`` (the socket's timeout, as one timer kept with the
+    connection), the wait arms that timer instead of making a ``gevent.Timeout``, its timer
+    and its exception each time; it raises the same ``socket.timeout``.
     """
     wait = getattr(sock, "_wait", None)
-    if wait is not None:
+    if wait is None:
+        return
+    if deadline is None or sock.timeout != deadline.seconds:
         wait(sock._read_event)
+        return
+    watcher = sock._read_event
+    if watcher.callback is not None:        # as gevent's own wait: one reader at a time
+        raise ConcurrentObjectUseError(f"This socket is already used by another greenlet: "
+                                       f"{watcher.callback!r}")
+    timer = deadline.timer
+    timer.again(_time_out, getcurrent())
+    try:
+        sock.hub.wait(watcher)
+    finally:
+        timer.stop()
+
+
+class ReadDeadline:
+    """A read timeout of ``seconds`` as one libev timer, armed by each ``wait_readable``
+    on a connection that keeps it; ``close`` it with the connection."""
+
+    __slots__ = ("seconds", "timer")
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.timer = gevent.get_hub().loop.timer(seconds, seconds)
+
+    def close(self) -> None:
+        self.timer.stop()
+        self.timer.close()
+
+
+def _time_out(greenlet) -> None:
+    # In the hub, as gevent.Timeout does: the greenlet is waiting right now.
+    greenlet.throw(socket.timeout("timed out"))
 
 
 def linger(sock, seconds: float, most: int) -> None:

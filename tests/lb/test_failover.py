@@ -176,6 +176,23 @@ def test_a_stale_keep_alive_connection_is_retried_on_a_fresh_one(serve, scripted
     assert f"attempts=2 tried={racy.url}(stale),{racy.url}" in caplog.text
 
 
+def test_stray_bytes_on_a_kept_alive_connection_send_a_get_again_on_a_fresh_one(
+        serve, scripted, caplog):
+    """What a backend wrote after a response (here read as the next response's head) is
+    no answer to the next request: an idempotent one goes again on a fresh connection. A
+    backend whose fresh connections answer garbage too is still a 502."""
+    racy = scripted(lambda nth, on_connection: "ok" if on_connection == 0 else "garbage", "racy")
+    proxy = serve([racy.url], retries={"attempts": 1})
+    with caplog.at_level(logging.INFO, logger="myproxy"):
+        assert send(proxy.port, "GET", "/one")[2] == b"racy"
+        assert send(proxy.port, "GET", "/two")[:3:2] == (200, b"racy")
+        assert send(proxy.port, "POST", "/pay", SMALL)[0] == 502     # never sent twice
+    assert racy.seen("/two") == 2 and racy.seen("/pay") == 1
+    assert f"attempts=2 tried={racy.url}(stale),{racy.url}" in caplog.text
+    racy.script = "garbage"
+    assert send(proxy.port, "GET", "/three")[0] == 502
+
+
 def test_a_post_on_a_connection_closed_as_it_was_sent_is_not_replayed(serve, scripted):
     racy = scripted(lambda nth, on_connection: "ok" if on_connection == 0 else "close", "racy")
     proxy = serve([racy.url])
