@@ -33,7 +33,9 @@ backends.
 from __future__ import annotations
 
 import socket
+import ssl
 
+import gevent.ssl
 from gevent import get_hub, getcurrent
 
 CLIENT_SOCKET = "myproxy.client_socket"     # set by app.server.standalone.Handler
@@ -51,6 +53,9 @@ _READ = 1                                   # libev's EV_READ
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_CLOSE = 7                              # include/net/tcp_states.h
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+# A client socket over TLS (not hasattr(sock, "do_handshake"): on a plain gevent socket that
+# asks its __getattr__, which fails with an exception, on every request).
+_TLS_SOCKETS = (ssl.SSLSocket, gevent.ssl.SSLSocket)
 
 
 class ClientAborted(BaseException):
@@ -94,7 +99,7 @@ class ClientWatch:
         self._timer = None
         self._waiter = None         # the greenlet waiting on the backend, while it waits
         # No probe over TLS: bytes written past the TLS layer would break its records.
-        self._probe = probe and not hasattr(sock, "do_handshake")
+        self._probe = probe and not isinstance(sock, _TLS_SOCKETS)
         self._eof = False
         self.gone = False           # the client reset its connection
         self._over = False          # nothing more to watch for this request

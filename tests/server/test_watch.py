@@ -8,6 +8,7 @@ import gevent
 import pytest
 
 from app.server.watch import PROBE, ClientAborted, ClientWatch
+from tests.proxy.test_tunnel_inprocess import certificate  # noqa: F401 - fixture
 
 
 @pytest.fixture
@@ -69,6 +70,38 @@ def test_no_probe_once_the_response_has_begun(pair):
     with pytest.raises(BlockingIOError):
         client.recv(100)
     watch.close()
+
+
+@pytest.mark.parametrize("kind", ["stdlib", "gevent"])
+def test_no_probe_goes_into_a_tls_connection(pair, certificate, kind):  # noqa: F811
+    """Plain bytes written under TLS would break its records: a client over TLS that
+    half-closes gets nothing from the watch."""
+    import ssl
+
+    import gevent.ssl
+    server, client = pair
+    module = ssl if kind == "stdlib" else gevent.ssl
+    context = module.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.load_verify_locations(certificate[0])
+    accepting = gevent.spawn(context.wrap_socket, server, server_side=True)
+    secure = client_context.wrap_socket(client, server_hostname="127.0.0.1")
+    tls_server = accepting.get(timeout=5)
+    watch = ClientWatch(tls_server)
+    secure.shutdown(socket.SHUT_WR)          # TCP's half-close, under TLS (no close_notify)
+    assert not wait_for_abort(watch, 0.3) and not watch.gone
+    secure.setblocking(False)
+    came = b""                               # TLS is off this socket now: raw bytes
+    try:
+        while True:
+            came += secure.recv(65536)       # (a session ticket, perhaps)
+    except BlockingIOError:
+        pass
+    assert PROBE not in came
+    watch.close()
+    secure.close()
+    tls_server.close()
 
 
 def test_a_close_mid_body_is_an_abort_once_the_next_bytes_reach_it(pair):
