@@ -68,7 +68,7 @@ class Traffic:
         if len(samples) < SAMPLES_PER_SECOND:
             samples.append(seconds)
         else:
-            index = random.randrange(slot.count)
+            index = int(random.random() * slot.count)   # uniform in [0, count): as randrange, cheaper
             if index < SAMPLES_PER_SECOND:
                 samples[index] = seconds
 
