@@ -173,14 +173,18 @@ def start_baseline(sup: Supervisor, workdir: str, backends: list[str], ref: str)
     """``python wsgi.py`` as ``myproxy``, from the tree at git ``ref`` (exported into
     ``workdir``), named ``myproxy@REF``: a change measured against what it changes, in
     the same run."""
-    name = f"myproxy@{ref}"
-    root = os.path.join(workdir, "tree-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ref))
+    root = export_tree(ref, os.path.join(workdir, "tree-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ref)))
+    return start_myproxy(sup, workdir, backends, name=f"myproxy@{ref}",
+                         description=f"MyProxy at {ref}, python wsgi.py, 1 process", root=root)
+
+
+def export_tree(ref: str, root: str) -> str:
+    """The files of git ``ref`` of this repository, written into ``root`` (made here)."""
     os.makedirs(root)
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
                              capture_output=True, timeout=60).stdout
     subprocess.run(["tar", "-x", "-C", root], input=archive, check=True, timeout=60)
-    return start_myproxy(sup, workdir, backends, name=name,
-                         description=f"MyProxy at {ref}, python wsgi.py, 1 process", root=root)
+    return root
 
 
 def start_myproxy_routes(sup: Supervisor, workdir: str, backends: list[str]) -> Contender:

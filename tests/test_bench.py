@@ -271,3 +271,18 @@ def test_targets_hold_each_gunicorn_way_to_python_wsgi_py():
     rate = checked["1 MiB responses, req/s vs python wsgi.py"]
     assert rate["myproxy-gunicorn"] == ("0.95 x", True)
     assert rate["myproxy-gunicorn-gevent"] == ("0.60 x", False)
+
+
+def test_a_baseline_is_the_tree_of_its_commit(tmp_path):
+    """``--baseline REF`` runs python wsgi.py from the files of REF, exported beside the run."""
+    import subprocess
+
+    from bench.contenders import ROOT, export_tree
+    root = export_tree("HEAD", str(tmp_path / "tree"))
+    committed = subprocess.run(["git", "show", "HEAD:wsgi.py"], cwd=ROOT, check=True,
+                               capture_output=True, timeout=30).stdout
+    assert (tmp_path / "tree" / "wsgi.py").read_bytes() == committed
+    listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD", "app"], cwd=ROOT,
+                            check=True, capture_output=True, text=True, timeout=30).stdout.split()
+    assert listed and all((tmp_path / "tree" / name).is_file() for name in listed)
+    assert root == str(tmp_path / "tree")
