@@ -296,11 +296,10 @@ class Balancer:
                        rules: PassiveHealthConfig) -> str | None:
         """Passive health: ``Backend.record_request``, except that failed requests never
         eject the last backend that could take requests (active checks decide for it)."""
-        if failure is None and backend.request_failures == 0 and backend.ejected_until is None:
-            return None          # an answer from a backend in good standing: nothing changes
+        if failure is None:
+            # Nothing in it can yield to another greenlet, and it reads no other backend.
+            return backend.record_request(None, rules)
         with self._lock:
-            if failure is None:
-                return backend.record_request(None, rules)
             others = any(b.available for b in self.backends if b is not backend)
             return backend.record_request(failure, rules, may_eject=others)
 

@@ -359,7 +359,7 @@ def _outbound_headers(environ: dict, backend: Backend, forwarded) -> list[tuple[
     dropped = list_tokens(environ.get("HTTP_CONNECTION", ""))   # every line, joined
     client = environ.get("REMOTE_ADDR", "")
     request_id = environ.get("myproxy.request_id")
-    trusted = bool(forwarded.trusted_proxies) and forwarded.trusts(client)
+    trusted = forwarded.trusts(client)
     preserve_host = forwarded.preserve_host
     forwarded_for = ""
     has_proto = has_host = has_forwarded_host = False

@@ -38,7 +38,7 @@ from urllib3.util.timeout import _TYPE_DEFAULT
 
 from . import exchange
 from ..config import TimeoutsConfig
-from ..server.sockets import ReadDeadline
+from ..server.sockets import ReadDeadline, set_timeout
 from ..lb.retry import IDEMPOTENT_METHODS
 from ..errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
@@ -294,8 +294,7 @@ class Upstream:
                 conn.connect()
             sock = conn.sock
             seconds = timeout.read_timeout
-            if sock.timeout != seconds:
-                sock.settimeout(seconds)
+            set_timeout(sock, seconds)
             exchange.send_request(sock, head, body, chunked)
             return exchange.Response(sock, method, release, conn.read_deadline(seconds))
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error

@@ -20,6 +20,13 @@ def send_all(sock, data) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
+def set_timeout(sock, seconds: float | None) -> None:
+    """``sock.settimeout(seconds)``, skipped when it is set so already (gevent's costs a
+    call chain): a kept-alive connection keeps one timeout from request to request."""
+    if sock.timeout != seconds:
+        sock.settimeout(seconds)
+
+
 def wait_readable(sock, deadline: "ReadDeadline | None" = None) -> None:
     """Wait until ``sock`` has bytes (or EOF) to read, within its timeout.
 

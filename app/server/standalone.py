@@ -110,7 +110,7 @@ class Handler(StrictConnection, WSGIHandler):
         environ["REQUEST_METHOD"] = self.command
         environ["SCRIPT_NAME"] = ""
         path, _, query = self.path.partition("?")
-        environ["PATH_INFO"] = unquote(path, encoding="latin-1") if "%" in path else path
+        environ["PATH_INFO"] = unquote(path, encoding="latin-1")
         environ["QUERY_STRING"] = query
         environ["SERVER_PROTOCOL"] = self.request_version
         address = self.client_address

@@ -18,9 +18,7 @@ def test_a_member_found_through_dns_is_verified_for_its_name_not_its_address(cer
     context.load_cert_chain(*certificate)
     asked = []
     context.sni_callback = lambda sock, name, ctx: asked.append(name)
-    listener = socket.socket()
-    listener.bind(("127.0.0.2", 0))
-    listener.listen()
+    listener = _listen("127.0.0.2")
 
     def serve():
         conn, _ = listener.accept()
@@ -44,19 +42,31 @@ def test_a_member_found_through_dns_is_verified_for_its_name_not_its_address(cer
     assert upstream.pool(origin).assert_hostname == "a.api.test"
 
 
+def _listen(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port of ``host``: a backend the test answers by hand."""
+    listener = socket.socket()
+    listener.bind((host, 0))
+    listener.listen()
+    return listener
+
+
+def _read_head(conn) -> bytes:
+    """Read one request head off ``conn`` (and whatever came with it)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += conn.recv(4096)
+    return head
+
+
 @pytest.mark.parametrize("backend_does", ["close", "stray bytes"])
 def test_an_idle_pooled_connection_is_closed_when_the_backend_closes_or_writes(backend_does):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
+    listener = _listen()
     answered, idle_over = gevent.event.Event(), gevent.event.Event()
 
     def serve():
         conn, _ = listener.accept()
         with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
+            head = _read_head(conn)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             answered.set()
             idle_over.wait(timeout=5)
@@ -86,17 +96,13 @@ def test_an_idle_pooled_connection_is_closed_when_the_backend_closes_or_writes(b
 
 def test_a_request_that_says_connection_close_never_leaves_its_connection_in_the_pool():
     # The backend answers as if the connection lasted (no Connection: close of its own).
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
+    listener = _listen()
     done = gevent.event.Event()
 
     def serve():
         conn, _ = listener.accept()
         with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
+            head = _read_head(conn)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             done.wait(timeout=5)
     server = gevent.spawn(serve)
@@ -117,18 +123,14 @@ def test_a_request_that_says_connection_close_never_leaves_its_connection_in_the
 def test_a_post_never_takes_a_connection_the_backend_closed_before_the_watcher_heard_of_it():
     # The backend closes its side between two requests, and the POST goes out before the
     # event loop turns (so before the idle watcher can close the pooled connection).
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
+    listener = _listen()
     accepted, done = [], gevent.event.Event()
 
     def serve():
         while len(accepted) < 2:
             conn, _ = listener.accept()
             accepted.append(conn)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
+            head = _read_head(conn)
             if head.startswith(b"POST"):
                 while not head.endswith(b"x"):
                     head += conn.recv(4096)

@@ -46,7 +46,9 @@ def test_a_deadline_for_another_timeout_is_not_used(pair):
     a, _ = pair
     a.settimeout(0.05)
     deadline = ReadDeadline(30.0)
+    started = time.monotonic()
     with pytest.raises(socket.timeout):
         wait_readable(a, deadline)
+    assert time.monotonic() - started < 2.0    # the socket's 0.05 s, not the deadline's 30
     assert not deadline.timer.active
     deadline.close()
