@@ -50,8 +50,10 @@ class ReplayableBody:
     pass ``limit``. Bytes are read from the client only as an attempt sends them.
     """
 
-    def __init__(self, source=None, chunked: bool = False, limit: int = REPLAY_LIMIT):
+    def __init__(self, source=None, chunked: bool = False, limit: int = REPLAY_LIMIT,
+                 length: int | None = None):
         self.chunked = chunked
+        self.length = length                        # the Content-Length to send, if any
         self.consumed = 0                           # bytes read from the client so far
         self.client_failed = False                  # reading from the client raised
         self._limit = limit

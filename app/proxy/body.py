@@ -1,9 +1,11 @@
 """The client's request body on its way to a backend: framing, the size limit, client errors.
 
-``request_body(environ, max_bytes)`` says how the body goes upstream: with the client's
-own ``Content-Length`` (the header is forwarded, nothing is added), re-chunked when the
-client sent it chunked (urllib3 then adds the one ``Transfer-Encoding: chunked``), or not
-at all. Exactly one framing header reaches the backend either way (STACK-FACTS 8).
+``request_body(environ, max_bytes)`` says how the body goes upstream, as the
+``http1.Framing`` the server parsed: with a ``Content-Length`` of the parsed length, which
+the proxy writes itself in place of the client's, re-chunked when the client sent it
+chunked (the upstream writer adds the one ``Transfer-Encoding: chunked``), or not at all.
+Exactly one framing header reaches the backend either way (STACK-FACTS 8), whatever the
+client's ``Connection`` names (``http1.NEVER_HOP_BY_HOP``).
 
 ``RequestBody`` reads ``wsgi.input`` at most ``CHUNK_SIZE`` bytes at a time, so memory
 stays bounded whatever the size; counts against ``limits.max_body_bytes`` (413, even in
@@ -18,7 +20,7 @@ import socket
 from typing import Iterator
 
 from ..errors import BadRequest, BodyTooLarge, ClientError, ClientTimeout, ProxyError
-from ..server.http1 import Incomplete
+from ..server.http1 import Framing, Incomplete
 
 CHUNK_SIZE = 64 * 1024       # bytes read from the client per read
 
@@ -73,20 +75,27 @@ class RequestBody:
         return data
 
 
-def request_body(environ: dict, max_bytes: int = 0) -> tuple[RequestBody | None, bool]:
-    """The body to send upstream, and whether to send it chunked.
+NO_FRAMING = Framing()
+CHUNKED = Framing(chunked=True)
+
+
+def request_body(environ: dict, max_bytes: int = 0) -> tuple[RequestBody | None, Framing]:
+    """The body to send upstream (None for none), and its framing: the length the
+    server parsed (``Content-Length: 0`` included, forwarded as sent), chunked, or none.
 
     A ``Content-Length`` over ``max_bytes`` is refused (413) before a byte is read.
     """
     length = environ.get("CONTENT_LENGTH")
-    if length and length != "0":
+    if length:
         size = int(length)
+        if not size:
+            return None, Framing(length=0)
         if max_bytes and size > max_bytes:
             raise BodyTooLarge(f"the request body is over {max_bytes} bytes")
-        return RequestBody(environ["wsgi.input"], size, max_bytes), False
+        return RequestBody(environ["wsgi.input"], size, max_bytes), Framing(length=size)
     if environ.get("HTTP_TRANSFER_ENCODING", "").strip().lower() == "chunked":
-        return RequestBody(environ["wsgi.input"], None, max_bytes), True
-    return None, False
+        return RequestBody(environ["wsgi.input"], None, max_bytes), CHUNKED
+    return None, NO_FRAMING
 
 
 def client_error(error: BaseException) -> ClientError:

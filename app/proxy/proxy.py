@@ -40,7 +40,7 @@ from .body import request_body
 from ..config import Config
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
                       UpstreamProtocolError, UpstreamReset)
-from ..server.http1 import connection_tokens, list_tokens, response_has_body
+from ..server.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
 from ..server.responses import error_response
 from ..server.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
@@ -102,10 +102,10 @@ class Proxy:
             target = admit(environ, config.limits)
             pool = route_of(runtime.table, environ, target)
             upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
-            source, chunked = request_body(environ, config.limits.max_body_bytes)
+            source, framing = request_body(environ, config.limits.max_body_bytes)
             if source is not None:
                 source.prefetch()       # a body bad from its first byte reaches no backend
-            body = ReplayableBody(source, chunked)
+            body = ReplayableBody(source, framing.chunked, length=framing.length)
             # A tunnel's handshake is short, and the tunnel sees the client go on its own.
             watch = None if upgrade else watch_client(environ)
             backend, response = self._send(environ, pool, config, method, pool.rewrite(target),
@@ -196,7 +196,7 @@ class Proxy:
         attempts = environ.setdefault("myproxy.tried", [])
         attempts.append((backend.url, None))
         environ["myproxy.attempts"] = len(attempts)
-        headers = _outbound_headers(environ, backend, config.forwarded)
+        headers = _outbound_headers(environ, backend, config.forwarded, body.length)
         backend.in_flight += 1
         backend.requests += 1
         sent_at = time.monotonic()
@@ -351,12 +351,19 @@ def _report(pool: Pool, backend: Backend, error: UpstreamError | None) -> None:
                         after="a request succeeded"))
 
 
-def _outbound_headers(environ: dict, backend: Backend, forwarded) -> list[tuple[str, str]]:
+def _outbound_headers(environ: dict, backend: Backend, forwarded,
+                      length: int | None = None) -> list[tuple[str, str]]:
     """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID,
-    as ``(name, value)`` lines in order (a repeated name stays separate lines)."""
+    as ``(name, value)`` lines in order (a repeated name stays separate lines).
+
+    The framing is the proxy's own: ``Content-Length`` is ``length``, the one the server
+    parsed, in the place of the client's line (or last, if it had none), whatever
+    ``Connection`` names; a chunked body's ``Transfer-Encoding`` is the upstream writer's.
+    """
     headers = []
     incoming = environ.get("myproxy.headers") or headers_from_environ(environ)
-    dropped = list_tokens(environ.get("HTTP_CONNECTION", ""))   # every line, joined
+    # Every Connection line, joined; never Content-Length or Host (http1.NEVER_HOP_BY_HOP).
+    dropped = hop_by_hop(list_tokens(environ.get("HTTP_CONNECTION", "")))
     client = environ.get("REMOTE_ADDR", "")
     request_id = environ.get("myproxy.request_id")
     trusted = forwarded.trusts(client)
@@ -366,6 +373,11 @@ def _outbound_headers(environ: dict, backend: Backend, forwarded) -> list[tuple[
     for name, value in incoming:
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in NOT_FORWARDED or lower in dropped:
+            continue
+        if lower == "content-length":
+            if length is not None:
+                headers.append((name, str(length)))
+                length = None           # exactly one
             continue
         if "_" in name:
             # X_Forwarded_For reads as X-Forwarded-For to CGI-style servers: dropped,
@@ -386,6 +398,8 @@ def _outbound_headers(environ: dict, backend: Backend, forwarded) -> list[tuple[
                 continue
             has_host = True
         headers.append((name, value))
+    if length is not None:
+        headers.append(("Content-Length", str(length)))
     headers.append(("X-Forwarded-For", f"{forwarded_for}, {client}" if forwarded_for else client))
     if not has_proto:
         headers.append(("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")))
@@ -459,8 +473,9 @@ def response_headers(upstream_headers, body_follows: bool = False,
     """
     pairs = upstream_headers if isinstance(upstream_headers, list) else \
         list(upstream_headers.iteritems())
-    if dropped is None:
-        dropped = connection_tokens(pairs)
+    # Never the backend's own framing (http1.NEVER_HOP_BY_HOP): the client must read the
+    # body as the backend framed it.
+    dropped = hop_by_hop(connection_tokens(pairs) if dropped is None else dropped)
     headers, length_sent = [], False
     for name, value in pairs:
         lower = name.lower()

@@ -98,6 +98,7 @@ class StrictConnection:
     served = 0           # requests answered on this connection
     head = None          # the http1.Head of the current request
     _head_timer = None
+    _head_method = False  # the request being read is a HEAD: an answer to it has no body
 
     def _client(self) -> str:
         address = self.client_address
@@ -200,6 +201,8 @@ class StrictConnection:
         """Answer a malformed request head with its status, then close the connection."""
         log.info("bad request from %s: %s %s", self._client(), error.status, error.detail)
         status_line, headers, body = error_response(error, close=True)
+        if self._head_method:
+            body = b""                   # RFC 9110 §9.3.2: never a body after a HEAD
         try:
             self.socket.sendall(render_head(status_line, headers) + body)
         except OSError:
@@ -219,6 +222,8 @@ class StrictConnection:
         line, under the head timer (started here if not yet).
         """
         buffered = self.rfile.peek()
+        # Known before the head is parsed, so that even its refusal has no body.
+        self._head_method = buffered.lstrip(b"\r\n").startswith(b"HEAD ")
         end = buffered.find(b"\r\n\r\n")
         if end > 0 and not buffered.startswith(b"\r\n"):
             self.head = http1.parse_head(self.rfile.read(end + 4),
@@ -229,6 +234,7 @@ class StrictConnection:
             self._head_timer = gevent.Timeout.start_new(
                 header_deadline(self._timeouts.client_header))
         line = http1.read_request_line(self.rfile, self._limits.max_header_bytes)
+        self._head_method = line.startswith(b"HEAD ")
         return line.decode("latin-1")
 
     def strict_input(self) -> "RequestInput":

@@ -43,15 +43,25 @@ HOST = re.compile(r"(?:\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)|v[0-9A-Fa-f]+\.[A-Za-z0-9\-
                   r"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
 VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 SUPPORTED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
-# RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF.
+# RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF. chunk-size is
+# 1*HEXDIG: leading zeros of any number are valid (h11 and nginx take them), and at most 16
+# significant digits are (a size past 2**64 is no size).
 CHUNK_SIZE_LINE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})"
+    rb"0*([0-9A-Fa-f]{1,16})"
     rb"((?:[ \t]*;[ \t]*" + _TCHAR + rb"+"
     rb"(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|\"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*\"))?)*)")
 MAX_CHUNK_SIZE_LINE = 4096
 LAST_CHUNK = b"0\r\n\r\n"           # RFC 9112 §7.1: last-chunk, no trailers, the final CRLF
 # RFC 9110 §15.3.5, §15.4.5: a 204 or 304 never has content (nor does 1xx, nor a HEAD's answer).
 NO_BODY_STATUSES = frozenset({204, 304})
+# RFC 9110 §7.6.1 lets Connection name any field as hop-by-hop, to be removed by the next
+# hop. These frame or address the message, and the proxy writes them itself from what it
+# parsed: a Connection line never removes them (else a request's body goes upstream
+# unframed, and the backend reads it as the next request on a pooled connection).
+NEVER_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "host"})
+# Empty lines a server skips before a request line (RFC 9112 §2.2 says at least one; nginx
+# skips them all): up to this many bytes of them, then 400.
+MAX_EMPTY_LINES_BYTES = 8 * 1024
 _NO_TOKENS: frozenset[str] = frozenset()
 # The common case in one match each, for a head parsed whole (``parse_head``): a valid
 # request line of a supported version, and field lines that are all valid (values stripped
@@ -195,6 +205,14 @@ _SEEN_TOKENS: dict[str, frozenset[str]] = {}
 _SEEN_TOKENS_MAX = 256
 
 
+def hop_by_hop(tokens: frozenset[str]) -> frozenset[str]:
+    """The field names that ``Connection`` ``tokens`` make hop-by-hop: all of them but
+    ``NEVER_HOP_BY_HOP``."""
+    if tokens and not tokens.isdisjoint(NEVER_HOP_BY_HOP):
+        return tokens - NEVER_HOP_BY_HOP
+    return tokens
+
+
 def connection_tokens(fields) -> frozenset[str]:
     """What every ``Connection`` line of ``fields`` lists (RFC 9110 §7.6.1), lower-cased:
     ``close``, ``keep-alive``, ``upgrade``, or names of hop-by-hop fields."""
@@ -333,14 +351,21 @@ def _head(line: bytes, next_line: Callable, max_bytes: int) -> Head:
 
 
 def read_request_line(rfile, max_bytes: int) -> bytes:
-    """The request line, skipping one empty line before it (RFC 9112 §2.2)."""
+    """The request line, skipping the empty lines before it (RFC 9112 §2.2), up to
+    ``MAX_EMPTY_LINES_BYTES`` of them."""
     budget = min(MAX_REQUEST_LINE, max_bytes)
 
     def too_long():
         return UriTooLong(f"the request line is over {budget} bytes")
 
-    line = read_line(rfile, budget, too_long)
-    return read_line(rfile, budget, too_long) if line == b"" else line
+    skipped = 0
+    while True:
+        line = read_line(rfile, budget, too_long)
+        if line:
+            return line
+        skipped += 2
+        if skipped > MAX_EMPTY_LINES_BYTES:
+            raise BadRequest("too many empty lines before the request line")
 
 
 class ChunkedReader:

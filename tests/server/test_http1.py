@@ -90,6 +90,14 @@ def test_read_head_skips_one_empty_line_and_needs_host():
         http1.read_head(BytesIO(b"GET / HTTP/1.1\r\n\r\n"), 1000)
 
 
+def test_read_head_skips_empty_lines_within_a_bound():
+    assert http1.read_head(BytesIO(b"\r\n" * 5 + b"GET /x HTTP/1.0\r\n\r\n"),
+                           1000).request.target == "/x"
+    many = b"\r\n" * (http1.MAX_EMPTY_LINES_BYTES // 2 + 1)
+    with pytest.raises(BadRequest, match="empty lines"):
+        http1.read_head(BytesIO(many + b"GET / HTTP/1.0\r\n\r\n"), 1000)
+
+
 def test_read_head_of_a_closed_connection_is_incomplete():
     with pytest.raises(http1.Incomplete):
         http1.read_head(BytesIO(b"GET / HTTP/1.1\r\nHost: h\r\n"), 1000)
@@ -149,6 +157,12 @@ def test_a_head_parsed_whole_is_read_as_line_by_line(data):
     assert whole == outcome(lambda: http1.read_head(BytesIO(data), limit))
 
 
+def test_connection_never_makes_framing_or_host_hop_by_hop():
+    tokens = http1.list_tokens("Content-Length, Host, Transfer-Encoding, X-Hop, close")
+    assert http1.hop_by_hop(tokens) == {"x-hop", "close"}
+    assert http1.hop_by_hop(frozenset({"keep-alive"})) == {"keep-alive"}
+
+
 def test_connection_tokens_gather_every_connection_line_lower_cased():
     fields = [("Connection", "keep-alive, X-Private"), ("Host", "h"), ("connection", " ,Upgrade,")]
     assert http1.connection_tokens(fields) == {"keep-alive", "x-private", "upgrade"}
@@ -196,9 +210,12 @@ def test_which_responses_have_a_body(method, status, has_body):
 
 @pytest.mark.parametrize("line,size", [
     (b"5", 5), (b"1aF", 0x1AF), (b"5;ext", 5), (b'5 ; a="q \\" x"', 5), (b"0", 0),
-    (b"", None), (b"zz", None), (b"5 ", None), (b"-5", None), (b"f" * 17, None), (b"5;", None)],
+    (b"", None), (b"zz", None), (b"5 ", None), (b"-5", None), (b"f" * 17, None), (b"5;", None),
+    (b"0" * 40 + b"5", 5), (b"0" * 40, 0), (b"0" * 20 + b"f" * 16, 2 ** 64 - 1),
+    (b"0" * 20 + b"1" + b"0" * 16, None)],
     ids=["digit", "hex", "ext", "quoted-ext", "last", "empty", "not-hex", "trailing-space",
-         "negative", "overflow", "empty-ext"])
+         "negative", "overflow", "empty-ext", "zero-padded", "zero-padded-last",
+         "padded-16-digits", "padded-17-digits"])
 def test_chunk_size_lines(line, size):
     assert http1.chunk_size(line) == size
 
