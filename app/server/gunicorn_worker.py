@@ -51,6 +51,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import StartupError, UpstreamError
 from .connection import header_deadline
+from .http1 import list_tokens
 from .responses import close_body
 from .standalone import Server, log_listening, reload_on, tune_gc
 
@@ -308,11 +309,15 @@ class ServerConnection:
         sock = environ.get(self.SOCKET_KEY)
         if sock is None:
             return self.app(environ, start_response)
-        state = {"close": False}
+        # gunicorn's parser hears "close" only as a Connection value of its own ("close,
+        # close" or "close, TE" keep the connection, and it reads the request pipelined
+        # behind): RFC 9112 §9.6 says no further request is processed after it.
+        asked = "close" in list_tokens(environ.get("HTTP_CONNECTION", ""))
+        state = {"close": asked}
 
         def start(status: str, headers: list, exc_info=None):
-            state["close"] = any(name.lower() == "connection" and value.lower() == "close"
-                                 for name, value in headers)
+            state["close"] = asked or any(name.lower() == "connection" and value.lower() == "close"
+                                          for name, value in headers)
             return start_response(status, headers, exc_info)
 
         send_timeout = environ["myproxy.runtime"].config.timeouts.client_idle

@@ -169,3 +169,13 @@ def test_a_zero_padded_chunk_size_is_accepted(proxy, raw):
     assert status == 200
     [seen] = since(raw, before)
     assert seen.body == b"5\r\nhello\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("connection", ["close, close", "close, TE", "Keep-Alive, close"])
+def test_no_request_is_served_after_one_that_says_close(proxy, raw, connection):
+    before = len(raw.received)
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: a\r\nConnection: %s\r\n\r\n"
+                     b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n" % connection.encode())
+        assert statuses(read_until_closed(sock)) == [200]
+    assert [r.target for r in since(raw, before)] == ["/first"]
