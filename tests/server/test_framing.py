@@ -117,8 +117,6 @@ def test_ambiguous_request_is_refused_and_closes_the_connection(proxy, raw, data
 
 
 def test_te_with_connection_close_closes_after_the_response(proxy, raw):
-    if proxy.kind == "gunicorn-gevent":
-        pytest.skip("gunicorn's own parser keeps this connection open after the response")
     with connect(proxy.port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: TE, close\r\n\r\n")
         assert statuses(read_until_closed(sock, timeout=5)) == [200]
