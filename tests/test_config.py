@@ -152,6 +152,38 @@ def test_tunnel_idle_defaults_to_an_hour_and_takes_a_duration():
     assert "not a duration" in str(error)
 
 
+@pytest.mark.parametrize("section,key,instead", [
+    ("timeouts", "connect", "write a long duration such as 1h"),
+    ("timeouts", "read", "write a long duration such as 1h"),
+    ("timeouts", "client_header", "write a long duration such as 1h"),
+    ("timeouts", "client_idle", "write a long duration such as 1h"),
+    ("health_check", "timeout", "health_check.enabled: false"),
+    ("passive_health", "eject_for", "passive_health.failures: 0"),
+])
+def test_a_zero_with_no_meaning_of_its_own_is_refused_saying_what_to_write(section, key, instead):
+    error = _error(MINIMAL + f"{section}:\n  {key}: 0s\n")
+    assert (error.key, error.line, error.column) == (f"{section}.{key}", 4, 3 + len(key) + 2)
+    assert "must be more than 0" in str(error) and instead in str(error)
+    routed = _error(f"routes:\n  - name: r\n    backends: [http://h:1]\n    {section}:\n"
+                    f"      {key}: 0\n") if section != "timeouts" or key in ("connect", "read") \
+        else None
+    assert routed is None or routed.key == f"routes[0].{section}.{key}"
+
+
+@pytest.mark.parametrize("key", ["slow_start", "shutdown_delay", "shutdown_timeout",
+                                 "timeouts.tunnel_idle", "tls.hsts"])
+def test_a_zero_that_means_off_is_taken(key):
+    section, _, name = key.rpartition(".")
+    tls = "tls:\n  certificates: [{cert: c.pem, key: k.pem}]\n" if section == "tls" else ""
+    text = MINIMAL + tls + (f"  {name}: 0\n" if section == "tls" else
+                            f"{section}:\n  {name}: 0\n" if section else f"{name}: 0\n")
+    config = parse(text, environ={})
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    assert value == 0
+
+
 ROUTES = """\
 policy: least_connections
 health_check:
