@@ -1004,6 +1004,13 @@ def _hosts(value: Any) -> tuple[str, ...]:
 
 def _route_path(value: Any) -> str:
     """``path``: a raw prefix from '/', kept without its trailing '/' ("/" itself: any path)."""
+    if "*" in _string(value):
+        # Caddy's and Traefik's habit: here a `*` would only ever match a literal `*`.
+        before = value[:value.index("*")]
+        instead = "leave `path` out for any path" if before in ("", "/") else \
+            f"write `path: {before}`: a prefix, matched at a segment boundary"
+        raise ValueError(f"{value!r}: a route's path is a prefix, not a pattern, and takes no "
+                         f"`*`; {instead}")
     path = _path(value)
     if any(c in path for c in "?# ") or not path.isprintable():
         raise ValueError(f"{value!r}: a path prefix has no query, fragment, space or control character")

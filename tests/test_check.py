@@ -28,8 +28,13 @@ def check(path, *args, env=None) -> ProxyProcess:
     (OK_BACKENDS + "port: ${NOT_SET_ANYWHERE}\n",
      ":3:7: port: environment variable NOT_SET_ANYWHERE is not set"),
     (OK_BACKENDS + "health_check: {path: /\n", ":4:1: invalid YAML"),
+    (OK_BACKENDS + "routes:\n  - name: api\n    path: /api/*\n    backends: [http://h:1]\n",
+     ":5:11: routes[0].path: '/api/*': a route's path is a prefix, not a pattern, and takes no "
+     "`*`; write `path: /api/`"),
+    (OK_BACKENDS + "timeouts:\n  read: 0\n",
+     ":4:9: timeouts.read: must be more than 0 (0 is not 'no limit'"),
 ], ids=["nested-key", "backend-key", "top-level-key", "bad-duration", "below-minimum",
-        "unset-variable", "bad-yaml"])
+        "unset-variable", "bad-yaml", "route-path-wildcard", "zero-timeout"])
 def test_check_errors_give_file_line_column_key_and_suggestion(write_config, text, where):
     path = write_config(text)
     process = check(path)

@@ -261,6 +261,19 @@ def test_route_errors_name_file_key_and_line(text, key, line, words):
     assert words in str(error)
 
 
+@pytest.mark.parametrize("path,instead", [
+    ("/api/*", "write `path: /api/`: a prefix, matched at a segment boundary"),
+    ("/api*", "write `path: /api`: a prefix, matched at a segment boundary"),
+    ("/v1/*/users", "write `path: /v1/`"),
+    ("/*", "leave `path` out for any path"),
+    ("'*'", "leave `path` out for any path"),
+])
+def test_a_wildcard_in_a_route_path_is_an_error_saying_what_to_write(path, instead):
+    error = _error(f"routes:\n  - name: api\n    path: {path}\n    backends: [http://h:1]\n")
+    assert (error.key, error.line, error.column) == ("routes[0].path", 3, 11)
+    assert "a route's path is a prefix, not a pattern" in str(error) and instead in str(error)
+
+
 TLS = MINIMAL + """tls:
   certificates:
     - cert: certs/site.pem
