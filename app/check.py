@@ -240,5 +240,7 @@ def _resolve(app) -> tuple[list[str], bool]:
             continue
         lines.append(f"  {entry['backend']}  {entry['type']}  {len(entry['members'])} member(s), "
                      f"ttl {entry['ttl_seconds']:g}s, from {entry['server']}")
+        if entry.get("partial"):        # answered through the other family: not a failure
+            lines.append(f"    partly failed (its members stay): {entry['partial']}")
         lines += [f"    {member}" for member in entry["members"]]
     return lines, ok

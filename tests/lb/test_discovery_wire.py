@@ -212,3 +212,25 @@ def _status(port: int) -> dict:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", "/_myproxy/status")
     return json.loads(connection.getresponse().read())
+
+
+def test_check_probe_passes_a_name_that_resolved_through_one_family(dns, tmp_path):
+    """dnsmasq as the README sets it up refuses AAAA for a name it knows only an IPv4 address
+    of: the name resolved, so no FAILED; the refused question is shown."""
+    member = TestBackend("m", 0, "127.0.0.2").start()
+    dns.set("web.test", ["127.0.0.2"], ttl=30)
+    dns.refuse = {"AAAA"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(dns_config(dns, [
+        {"url": f"http://web.test:{member.port}", "resolve": "5s"}])))
+    process = ProxyProcess([sys.executable, "wsgi.py", "--check", "--probe", "--config", str(path)])
+    try:
+        code = process.wait(timeout=15)
+    finally:
+        member.stop()
+    output = process.output
+    assert code == 0, output
+    assert "FAILED" not in output
+    assert f"http://web.test:{member.port}  A/AAAA  1 member(s), ttl 30s, from {dns.address}" in output
+    assert "partly failed (its members stay): web.test AAAA:" in output and "REFUSED" in output
+    assert f"http://web.test:{member.port} (127.0.0.2)  up" in output
