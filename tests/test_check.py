@@ -51,7 +51,9 @@ def test_check_aligns_every_setting_and_shows_values_as_written(write_config):
     assert process.proc.returncode == 0
     lines = process.output.splitlines()
     assert lines[0] == f"config OK: {path}"
-    settings, budget = lines[1:-1], lines[-1]
+    settings, budget, hint = lines[1:-2], lines[-2], lines[-1]
+    assert hint == ("probe: not run; add --probe to send one health check (GET /) to each "
+                    "backend: a wrong health_check.path would take every backend down")
     assert budget.startswith("shutdown: SIGTERM to exit takes up to 26s")
     assert len(settings) == len(SCALARS) + 2 + sum(len(keys) for _, keys in SECTIONS.values())
     assert len({line.rindex(" (") for line in settings}) == 1      # one column of origins
@@ -107,6 +109,18 @@ def test_probe_counts_an_unexpected_status_as_down(write_config, backend):
     assert "DOWN  status 500 (not in health_check.expect)" in process.output
 
 
+def test_probe_reports_a_4xx_from_the_health_path_as_a_likely_wrong_path(write_config, backends):
+    path = write_config(base_config([backends[0].url], health_check={"path": "/status/404"},
+                                    routes=[{"name": "api", "backends": [backends[1].url],
+                                             "health_check": {"path": "/status/401"}}]))
+    process = check(path, "--probe")
+    assert process.proc.returncode == 1
+    assert ("DOWN  status 404 (not in health_check.expect: GET /status/404 is likely the wrong "
+            "path; set health_check.path)") in process.output
+    assert ("DOWN  status 401 (not in health_check.expect: GET /status/401 is likely the wrong "
+            "path; set health_check.path of route api)") in process.output
+
+
 @pytest.mark.parametrize("delay,timeout,docker,kubernetes", [
     ("0s", "25s", "needs more", "fits"),
     ("5s", "20s", "needs more", "fits"),
@@ -117,7 +131,7 @@ def test_check_weighs_delay_and_timeout_against_each_platforms_wait(write_config
                                                                    docker, kubernetes):
     path = write_config({"backends": ["http://127.0.0.1:5001"], "shutdown_delay": delay,
                          "shutdown_timeout": timeout})
-    budget = check(path).output.splitlines()[-1]
+    budget = check(path).output.splitlines()[-2]
     assert f"docker stop 10s: {docker}" in budget
     assert f"Kubernetes 30s: {kubernetes}" in budget and f"a PaaS 30s: {kubernetes}" in budget
 
