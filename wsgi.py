@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         print(f"myproxy: config error: {error}", file=sys.stderr)
         return 1
     if args.check or args.probe:
-        from app.check import certificates, describe, probe
+        from app.check import certificates, describe, probe, probe_hint
         print(describe(config))
         if config.tls is not None:
             report, usable = certificates(config)
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
             if not usable:
                 return 1
         if not args.probe:
+            print(probe_hint(config))
             return 0
         app = create_app(config)
         try:

@@ -214,13 +214,30 @@ def probe(app) -> tuple[str, bool]:
             verdict = "up" if result.ok else "DOWN"
             detail = (f"status {result.status}" if result.status is not None else result.error)
             if result.status is not None and not result.ok:
-                detail += " (not in health_check.expect)"
+                detail += " (not in health_check.expect" + \
+                    (f": GET {pool.settings.health_check.path} is likely the wrong path; "
+                     f"set {_path_key(pool)})" if 400 <= result.status <= 499 else ")")
             detail += f" ({result.latency * 1000:.0f}ms)"
         failed += verdict != "up"
         route = f"{pool.name:<{name_width}}  " if named else ""
         lines.append(f"  {route}{backend.url:<{width}}  {verdict:<4}  {detail}")
     lines.append(f"probe: {len(members) - failed} of {len(members)} backend(s) up")
     return "\n".join(lines), failed == 0 and resolved and bool(members)
+
+
+def _path_key(pool) -> str:
+    """The key that sets ``pool``'s health-check path, as the start-up warning names it."""
+    return "health_check.path" + (f" of route {pool.name}" if pool.name != DEFAULT_ROUTE else "")
+
+
+def probe_hint(config: Config) -> str:
+    """The line ``--check`` ends with when not probing: what ``--probe`` would catch."""
+    paths = ", ".join(dict.fromkeys(pool.health_check.path for pool in config.pools
+                                    if pool.health_check.enabled))
+    if not paths:
+        return "probe: not run (health checks are off)"
+    return (f"probe: not run; add --probe to send one health check (GET {paths}) to each "
+            "backend: a wrong health_check.path would take every backend down")
 
 
 def _resolve(app) -> tuple[list[str], bool]:
@@ -240,5 +257,7 @@ def _resolve(app) -> tuple[list[str], bool]:
             continue
         lines.append(f"  {entry['backend']}  {entry['type']}  {len(entry['members'])} member(s), "
                      f"ttl {entry['ttl_seconds']:g}s, from {entry['server']}")
+        if entry.get("partial"):        # answered through the other family: not a failure
+            lines.append(f"    partly failed (its members stay): {entry['partial']}")
         lines += [f"    {member}" for member in entry["members"]]
     return lines, ok

@@ -399,11 +399,28 @@ def _resolve_interval(value: Any) -> float:
     return seconds
 
 
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be more than 0")
-    return seconds
+def _above_zero(instead: str = "") -> Callable[[Any], float]:
+    """A duration where 0 has no meaning of its own (a timeout of 0 would give up at once),
+    refused with what to write ``instead``. Where 0 does mean something ("off", "none",
+    "never"), the key takes ``parse_duration`` and its README line says what."""
+    def parse(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("must be more than 0" + (f" ({instead})" if instead else ""))
+        return seconds
+    return parse
+
+
+_positive_duration = _above_zero()
+# A timeout of 0 is not "no limit" here: every wait would end at once.
+_timeout = _above_zero("0 is not 'no limit': for a long wait, write a long duration such as 1h")
+_check_timeout = _above_zero("to turn health checks off: health_check.enabled: false")
+_eject_for = _above_zero("to turn passive health checks off: passive_health.failures: 0")
+
+
+def _tls_version(value: Any) -> str:
+    value = f"{value:.1f}" if isinstance(value, float) else value   # 1.2 unquoted is a float
+    return _choice(*TLS_VERSIONS)(value)
 
 
 def _srv_name(value: Any) -> str:
@@ -433,14 +450,14 @@ def parse_backend_url(value: Any) -> str:
 SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "health_check": (HealthCheckConfig, {
         "enabled": _boolean, "path": _path, "interval": parse_duration,
-        "timeout": parse_duration, "rise": _integer(1), "fall": _integer(1), "expect": _expect,
+        "timeout": _check_timeout, "rise": _integer(1), "fall": _integer(1), "expect": _expect,
     }),
-    "passive_health": (PassiveHealthConfig, {"failures": _integer(0), "eject_for": parse_duration}),
+    "passive_health": (PassiveHealthConfig, {"failures": _integer(0), "eject_for": _eject_for}),
     "retries": (RetriesConfig, {"attempts": _integer(1), "budget": _share}),
     "timeouts": (TimeoutsConfig, {
-        "connect": parse_duration, "read": parse_duration,
-        "client_header": parse_duration, "client_idle": parse_duration,
-        "tunnel_idle": parse_duration,
+        "connect": _timeout, "read": _timeout,
+        "client_header": _timeout, "client_idle": _timeout,
+        "tunnel_idle": parse_duration,     # 0 = never
     }),
     "limits": (LimitsConfig, {
         "max_header_bytes": parse_size, "max_body_bytes": parse_size,
@@ -459,12 +476,19 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "access_log": _boolean, "server_timing": _boolean,
 }
 
+# The parsers of durations, for showing a value as a user would write it.
+DURATIONS = (parse_duration, _positive_duration, _timeout, _check_timeout, _eject_for,
+             _resolve_interval)
+
 BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _boolean,
                 "resolve": _resolve_interval, "srv": _srv_name, "scheme": _choice("http", "https")}
 MIN_RESOLVE = 1.0          # seconds: the shortest re-resolve interval, whatever the TTL says
 DEFAULT_SRV_RESOLVE = 10.0  # an `srv` entry without `resolve`
 
-TLS_KEYS = ("certificates", "min_version", "redirect_from", "hsts")
+TLS_SCALARS: dict[str, Callable[[Any], Any]] = {
+    "min_version": _tls_version, "redirect_from": _port, "hsts": parse_duration,
+}
+TLS_KEYS = ("certificates", *TLS_SCALARS)
 CERTIFICATE_KEYS = ("cert", "key")
 
 TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS, "tls")
@@ -699,12 +723,11 @@ def parse(text: str, path: str = "<config>", environ: Mapping[str, str] | None =
 def format_value(key: str, value: Any) -> str:
     """A setting as a user would write it in the file: ``5s``, ``200ms``, ``64KiB``, ``200-399``."""
     section, _, name = key.rpartition(".")
-    parser = SECTIONS[section][1].get(name) if section in SECTIONS else SCALARS.get(key)
-    if key == "tls.hsts":
-        parser = parse_duration
+    parser = SECTIONS[section][1].get(name) if section in SECTIONS else \
+        TLS_SCALARS.get(name) if section == "tls" else SCALARS.get(key)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if parser in (parse_duration, _positive_duration):
+    if parser in DURATIONS:
         return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
     if parser is parse_size:
         for unit, factor in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
@@ -808,16 +831,9 @@ def _tls(document: _Document, raw: Any) -> TLSConfig:
             cert_line=document.locate(keypath + ("cert",))[0],
             key_line=document.locate(keypath + ("key",))[0]))
     fields: dict[str, Any] = {"certificates": tuple(certificates)}
-    if "min_version" in raw:
-        value = raw["min_version"]
-        value = f"{value:.1f}" if isinstance(value, float) else value   # 1.2 unquoted is a float
-        fields["min_version"] = _checked(document, ("tls", "min_version"), _choice(*TLS_VERSIONS),
-                                         value)
-    if "redirect_from" in raw:
-        fields["redirect_from"] = _checked(document, ("tls", "redirect_from"), _port,
-                                           raw["redirect_from"])
-    if "hsts" in raw:
-        fields["hsts"] = _checked(document, ("tls", "hsts"), parse_duration, raw["hsts"])
+    for key, parse_value in TLS_SCALARS.items():
+        if key in raw:
+            fields[key] = _checked(document, ("tls", key), parse_value, raw[key])
     return TLSConfig(**fields)
 
 
@@ -988,6 +1004,13 @@ def _hosts(value: Any) -> tuple[str, ...]:
 
 def _route_path(value: Any) -> str:
     """``path``: a raw prefix from '/', kept without its trailing '/' ("/" itself: any path)."""
+    if "*" in _string(value):
+        # Caddy's and Traefik's habit: here a `*` would only ever match a literal `*`.
+        before = value[:value.index("*")]
+        instead = "leave `path` out for any path" if before in ("", "/") else \
+            f"write `path: {before}`: a prefix, matched at a segment boundary"
+        raise ValueError(f"{value!r}: a route's path is a prefix, not a pattern, and takes no "
+                         f"`*`; {instead}")
     path = _path(value)
     if any(c in path for c in "?# ") or not path.isprintable():
         raise ValueError(f"{value!r}: a path prefix has no query, fragment, space or control character")

@@ -28,8 +28,13 @@ def check(path, *args, env=None) -> ProxyProcess:
     (OK_BACKENDS + "port: ${NOT_SET_ANYWHERE}\n",
      ":3:7: port: environment variable NOT_SET_ANYWHERE is not set"),
     (OK_BACKENDS + "health_check: {path: /\n", ":4:1: invalid YAML"),
+    (OK_BACKENDS + "routes:\n  - name: api\n    path: /api/*\n    backends: [http://h:1]\n",
+     ":5:11: routes[0].path: '/api/*': a route's path is a prefix, not a pattern, and takes no "
+     "`*`; write `path: /api/`"),
+    (OK_BACKENDS + "timeouts:\n  read: 0\n",
+     ":4:9: timeouts.read: must be more than 0 (0 is not 'no limit'"),
 ], ids=["nested-key", "backend-key", "top-level-key", "bad-duration", "below-minimum",
-        "unset-variable", "bad-yaml"])
+        "unset-variable", "bad-yaml", "route-path-wildcard", "zero-timeout"])
 def test_check_errors_give_file_line_column_key_and_suggestion(write_config, text, where):
     path = write_config(text)
     process = check(path)
@@ -46,7 +51,9 @@ def test_check_aligns_every_setting_and_shows_values_as_written(write_config):
     assert process.proc.returncode == 0
     lines = process.output.splitlines()
     assert lines[0] == f"config OK: {path}"
-    settings, budget = lines[1:-1], lines[-1]
+    settings, budget, hint = lines[1:-2], lines[-2], lines[-1]
+    assert hint == ("probe: not run; add --probe to send one health check (GET /) to each "
+                    "backend: a wrong health_check.path would take every backend down")
     assert budget.startswith("shutdown: SIGTERM to exit takes up to 26s")
     assert len(settings) == len(SCALARS) + 2 + sum(len(keys) for _, keys in SECTIONS.values())
     assert len({line.rindex(" (") for line in settings}) == 1      # one column of origins
@@ -102,6 +109,18 @@ def test_probe_counts_an_unexpected_status_as_down(write_config, backend):
     assert "DOWN  status 500 (not in health_check.expect)" in process.output
 
 
+def test_probe_reports_a_4xx_from_the_health_path_as_a_likely_wrong_path(write_config, backends):
+    path = write_config(base_config([backends[0].url], health_check={"path": "/status/404"},
+                                    routes=[{"name": "api", "backends": [backends[1].url],
+                                             "health_check": {"path": "/status/401"}}]))
+    process = check(path, "--probe")
+    assert process.proc.returncode == 1
+    assert ("DOWN  status 404 (not in health_check.expect: GET /status/404 is likely the wrong "
+            "path; set health_check.path)") in process.output
+    assert ("DOWN  status 401 (not in health_check.expect: GET /status/401 is likely the wrong "
+            "path; set health_check.path of route api)") in process.output
+
+
 @pytest.mark.parametrize("delay,timeout,docker,kubernetes", [
     ("0s", "25s", "needs more", "fits"),
     ("5s", "20s", "needs more", "fits"),
@@ -112,7 +131,7 @@ def test_check_weighs_delay_and_timeout_against_each_platforms_wait(write_config
                                                                    docker, kubernetes):
     path = write_config({"backends": ["http://127.0.0.1:5001"], "shutdown_delay": delay,
                          "shutdown_timeout": timeout})
-    budget = check(path).output.splitlines()[-1]
+    budget = check(path).output.splitlines()[-2]
     assert f"docker stop 10s: {docker}" in budget
     assert f"Kubernetes 30s: {kubernetes}" in budget and f"a PaaS 30s: {kubernetes}" in budget
 

@@ -152,6 +152,38 @@ def test_tunnel_idle_defaults_to_an_hour_and_takes_a_duration():
     assert "not a duration" in str(error)
 
 
+@pytest.mark.parametrize("section,key,instead", [
+    ("timeouts", "connect", "write a long duration such as 1h"),
+    ("timeouts", "read", "write a long duration such as 1h"),
+    ("timeouts", "client_header", "write a long duration such as 1h"),
+    ("timeouts", "client_idle", "write a long duration such as 1h"),
+    ("health_check", "timeout", "health_check.enabled: false"),
+    ("passive_health", "eject_for", "passive_health.failures: 0"),
+])
+def test_a_zero_with_no_meaning_of_its_own_is_refused_saying_what_to_write(section, key, instead):
+    error = _error(MINIMAL + f"{section}:\n  {key}: 0s\n")
+    assert (error.key, error.line, error.column) == (f"{section}.{key}", 4, 3 + len(key) + 2)
+    assert "must be more than 0" in str(error) and instead in str(error)
+    routed = _error(f"routes:\n  - name: r\n    backends: [http://h:1]\n    {section}:\n"
+                    f"      {key}: 0\n") if section != "timeouts" or key in ("connect", "read") \
+        else None
+    assert routed is None or routed.key == f"routes[0].{section}.{key}"
+
+
+@pytest.mark.parametrize("key", ["slow_start", "shutdown_delay", "shutdown_timeout",
+                                 "timeouts.tunnel_idle", "tls.hsts"])
+def test_a_zero_that_means_off_is_taken(key):
+    section, _, name = key.rpartition(".")
+    tls = "tls:\n  certificates: [{cert: c.pem, key: k.pem}]\n" if section == "tls" else ""
+    text = MINIMAL + tls + (f"  {name}: 0\n" if section == "tls" else
+                            f"{section}:\n  {name}: 0\n" if section else f"{name}: 0\n")
+    config = parse(text, environ={})
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    assert value == 0
+
+
 ROUTES = """\
 policy: least_connections
 health_check:
@@ -227,6 +259,19 @@ def test_route_errors_name_file_key_and_line(text, key, line, words):
     error = _error(text)
     assert (error.file, error.key, error.line) == ("conf.yaml", key, line)
     assert words in str(error)
+
+
+@pytest.mark.parametrize("path,instead", [
+    ("/api/*", "write `path: /api/`: a prefix, matched at a segment boundary"),
+    ("/api*", "write `path: /api`: a prefix, matched at a segment boundary"),
+    ("/v1/*/users", "write `path: /v1/`"),
+    ("/*", "leave `path` out for any path"),
+    ("'*'", "leave `path` out for any path"),
+])
+def test_a_wildcard_in_a_route_path_is_an_error_saying_what_to_write(path, instead):
+    error = _error(f"routes:\n  - name: api\n    path: {path}\n    backends: [http://h:1]\n")
+    assert (error.key, error.line, error.column) == ("routes[0].path", 3, 11)
+    assert "a route's path is a prefix, not a pattern" in str(error) and instead in str(error)
 
 
 TLS = MINIMAL + """tls:

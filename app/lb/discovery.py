@@ -13,10 +13,10 @@ before serving; ``prepare`` resolves a reload's new entries before the reload is
 What a lookup may change (a pool never empties because DNS hiccuped):
 
 - an answer with addresses replaces the members (those that stay keep their state);
-- a failure (timeout, SERVFAIL, REFUSED) or an answer with no address keeps the last set,
-  logged once per outage with its cause and once when answers come back; when only one of
-  the A and AAAA questions fails, the other's addresses are taken and the members of the
-  failed family stay;
+- a failure (timeout, SERVFAIL, REFUSED) or an answer with no address keeps the last set;
+  when only one of the A and AAAA questions fails, the other's addresses are taken and the
+  members of the failed family stay. Each change of a name's state (``OK``, ``PARTIAL``,
+  ``DOWN``) is logged once, with its cause;
 - NXDOMAIN drains the members of a name only on the second answer in a row that says so.
 
 Lookups go through dnspython over gevent-patched sockets (UDP, TCP on truncation), never
@@ -55,6 +55,12 @@ SWEEP_INTERVAL = 1.0  # seconds between looks at leaving members' in-flight requ
 NXDOMAIN_TO_DRAIN = 2  # consecutive NXDOMAIN answers that drain a name's members
 
 
+# The states of a name's lookups; each change of state is logged once.
+OK = "ok"              # every question answered
+PARTIAL = "partial"    # some answered, some failed (dnsmasq refusing AAAA): members from both
+DOWN = "down"          # no usable answer: the last members stay
+
+
 class LookupFailed(Exception):
     """No usable answer (timeout, SERVFAIL, no address): the last members stay."""
 
@@ -82,11 +88,12 @@ class _Entry:
 
     template: BackendConfig
     due: float = 0.0                  # monotonic time of the next lookup
-    outage: str | None = None         # the cause logged when lookups began to fail
+    state: str = OK                   # OK, PARTIAL or DOWN: each change of it is logged once
     not_found: int = 0                # NXDOMAIN answers in a row
     answer: Answer | None = None      # the last good answer
     answered_at: float | None = None  # wall-clock time of it
-    error: str = ""                   # the last lookup's failure, "" after a good one
+    error: str = ""                   # the last lookup's failure, "" after an answer
+    partial: str = ""                 # why the last answer lacks a family, "" if it does not
     resolved: int = 0                 # lookups made
 
 
@@ -284,7 +291,7 @@ class Discovery:
             entry = self._entries.get(url)
             if entry is None or entry.template != template:
                 self._entries[url] = _Entry(template) if entry is None \
-                    else _Entry(template, outage=entry.outage, answer=entry.answer)
+                    else _Entry(template, state=entry.state, answer=entry.answer)
         return [self._entries[url] for url in templates]
 
     # --- rounds --------------------------------------------------------------------------
@@ -352,14 +359,8 @@ class Discovery:
         interval = min(template.resolve, ttl) * self._rng.uniform(1 - JITTER, 1 + JITTER)
         entry.due = self._clock() + max(MIN_RESOLVE, interval)
         if isinstance(result, Answer):
-            if result.cause and entry.outage is None:
-                log.warning(Fields("DNS lookup partly failed; the members it could not "
-                                   "answer for stay", backend=template.url, cause=result.cause))
-            elif not result.cause and entry.outage is not None:
-                log.info(Fields("DNS answers again", backend=template.url, server=result.server,
-                                addresses=len(result.endpoints)))
-            entry.outage = result.cause or None
-            entry.not_found, entry.error = 0, result.cause
+            self._answered(entry, result)
+            entry.not_found, entry.error, entry.partial = 0, "", result.cause
             entry.answer, entry.answered_at = result, time.time()
             self._update(template, self._with_unanswered(template, result), result.server)
             return
@@ -370,18 +371,37 @@ class Discovery:
             if entry.not_found >= NXDOMAIN_TO_DRAIN:
                 log.warning(Fields("DNS name gone: its members are drained", backend=template.url,
                                    cause=entry.error, answers=entry.not_found))
-                entry.outage, entry.answer = entry.error, None
+                entry.state, entry.answer = DOWN, None
                 self._update(template, (), "")
             else:
                 log.warning(Fields("DNS name not found; its members stay unless the next "
                                    "answer says so too", backend=template.url, cause=entry.error))
             return
         entry.not_found = 0
-        if entry.outage is None:
-            entry.outage = entry.error
+        if entry.state != DOWN:
+            entry.state = DOWN
             log.warning(Fields("DNS lookup failed; the last members stay" if had_members
                                else "DNS lookup failed; no member yet", backend=template.url,
                                cause=entry.error, members=len(self.balancer.members(template.url))))
+
+    def _answered(self, entry: _Entry, answer: Answer) -> None:
+        """Log the change of state an answer makes, once: a partial failure (one family's
+        question failed), a recovery from an outage (in part, or whole)."""
+        state = PARTIAL if answer.cause else OK
+        before, entry.state = entry.state, state
+        if state == before:
+            return
+        backend = entry.template.url
+        if state == PARTIAL and before == OK:
+            log.warning(Fields("DNS lookup partly failed; the members it could not answer for "
+                               "stay", backend=backend, cause=answer.cause))
+        elif state == PARTIAL:
+            log.info(Fields("DNS answers again, in part; the members it could not answer for "
+                            "stay", backend=backend, server=answer.server,
+                            addresses=len(answer.endpoints), cause=answer.cause))
+        else:
+            log.info(Fields("DNS answers again", backend=backend, server=answer.server,
+                            addresses=len(answer.endpoints)))
 
     def _with_unanswered(self, template: BackendConfig, answer: Answer) -> list[Endpoint]:
         """The answer's endpoints, and the current members' of the hosts and IP versions
@@ -467,5 +487,6 @@ class Discovery:
             "ttl_seconds": e.answer.ttl if e.answer else None,
             "server": e.answer.server if e.answer else None,
             "next_in_seconds": round(max(0.0, e.due - now), 1) if e.resolved else 0.0,
-            "error": e.error,
+            "error": e.error,        # no usable answer: the last members stay
+            "partial": e.partial,    # answered, but a family's question failed
         } for e in self.entries]

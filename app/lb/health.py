@@ -19,7 +19,7 @@ import urllib3
 from gevent.event import Event
 
 from .balancer import Backend, Balancer, CheckResult
-from ..config import HealthCheckConfig
+from ..config import DEFAULT_ROUTE, HealthCheckConfig, format_value
 from ..errors import UpstreamError
 from ..logs import Fields
 
@@ -51,6 +51,7 @@ class HealthChecker:
         rules = self.rules
         jobs = [gevent.spawn(self.probe, backend) for backend in backends]
         gevent.joinall(jobs, timeout=rules.timeout + 1)
+        results = []
         for backend, job in zip(backends, jobs):
             if job.successful():
                 result = job.value
@@ -59,7 +60,30 @@ class HealthChecker:
                 result = CheckResult(self._clock(), False, rules.timeout,
                                      error=f"check did not finish: {job.exception or 'timeout'}")
             self.apply(backend, result)
+            results.append(result)
+        if self.rounds == 0:
+            self._warn_of_the_path(results)
         self.rounds += 1
+
+    def _warn_of_the_path(self, results: list[CheckResult]) -> None:
+        """After the first round: when every backend failed with one and the same 4xx, the
+        path is likely wrong (APIs often answer 404 on ``/``), and within ``fall`` rounds
+        every backend is down. One warning naming the path and the key to change."""
+        statuses = {result.status for result in results if not result.ok}
+        if not results or any(r.ok for r in results) or len(statuses) != 1:
+            return
+        status = statuses.pop()
+        if status is None or not 400 <= status <= 499:
+            return
+        key = "health_check.path" + (f" of route {self.route}"
+                                     if self.route not in (None, DEFAULT_ROUTE) else "")
+        log.warning(Fields(
+            f"every backend failed its first health check with status {status}: GET "
+            f"{self.rules.path} is likely the wrong path, and every backend will be down after "
+            f"{self.rules.fall} failed checks; set {key} to a path the backends answer with "
+            f"{format_value('health_check.expect', self.rules.expect)} (try it with "
+            "`python wsgi.py --check --probe`)", route=self.route, path=self.rules.path,
+            status=status, backends=len(results)))
 
     def probe(self, backend: Backend) -> CheckResult:
         """One ``GET`` of the health path; never raises."""

@@ -442,3 +442,40 @@ def test_a_real_dnsmasq_gives_the_members_and_its_changes(dnsmasq):
     discovery.resolve_once()
     assert [b.url for b in pool.members(WEB.url)] == ["http://web.test:8000 (127.0.0.3)",
                                                         "http://web.test:8000 (127.0.0.5)"]
+
+
+def test_each_transition_after_a_partial_failure_is_logged_once(dns, caplog):
+    """dnsmasq without an upstream refuses AAAA: a partial failure from the first lookup. A
+    later full outage, its recovery, and the full recovery are each logged, once."""
+    dns.set("web.test", ["127.0.0.2"])
+    dns.refuse = {"AAAA"}
+    discovery, pool = discovery_for(dns, WEB, timeout=0.2)
+    caplog.set_level(logging.INFO, logger="myproxy.discovery")
+
+    def logged():
+        return [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records
+                if "members changed" not in r.getMessage()]
+
+    discovery.resolve_once()
+    discovery.resolve_once()
+    assert logged() == [("WARNING", "DNS lookup partly failed; the members it could not answer "
+                                    "for stay")]
+    dns.mode = "servfail"                          # the whole server fails: a full outage
+    discovery.resolve_once()
+    discovery.resolve_once()
+    assert logged()[1:] == [("WARNING", "DNS lookup failed; the last members stay")]
+    assert "SERVFAIL" in [r for r in caplog.records if "lookup failed" in r.getMessage()][0].getMessage()
+    assert discovery.describe()[0]["error"]
+    dns.mode = "answer"                            # back to the partial answer
+    discovery.resolve_once()
+    discovery.resolve_once()
+    assert logged()[2:] == [("INFO", "DNS answers again, in part; the members it could not "
+                                     "answer for stay")]
+    assert addresses(pool) == ["http://web.test:8000 (127.0.0.2)"]
+    described = discovery.describe()[0]
+    assert described["error"] == "" and "REFUSED" in described["partial"]
+    dns.refuse = set()                             # AAAA answers too
+    discovery.resolve_once()
+    discovery.resolve_once()
+    assert logged()[3:] == [("INFO", "DNS answers again")]
+    assert discovery.describe()[0]["partial"] == ""

@@ -212,3 +212,49 @@ def _status(port: int) -> dict:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", "/_myproxy/status")
     return json.loads(connection.getresponse().read())
+
+
+def test_check_probe_passes_a_name_that_resolved_through_one_family(dns, tmp_path):
+    """dnsmasq as the README sets it up refuses AAAA for a name it knows only an IPv4 address
+    of: the name resolved, so no FAILED; the refused question is shown."""
+    member = TestBackend("m", 0, "127.0.0.2").start()
+    dns.set("web.test", ["127.0.0.2"], ttl=30)
+    dns.refuse = {"AAAA"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(dns_config(dns, [
+        {"url": f"http://web.test:{member.port}", "resolve": "5s"}])))
+    process = ProxyProcess([sys.executable, "wsgi.py", "--check", "--probe", "--config", str(path)])
+    try:
+        code = process.wait(timeout=15)
+    finally:
+        member.stop()
+    output = process.output
+    assert code == 0, output
+    assert "FAILED" not in output
+    assert f"http://web.test:{member.port}  A/AAAA  1 member(s), ttl 30s, from {dns.address}" in output
+    assert "partly failed (its members stay): web.test AAAA:" in output and "REFUSED" in output
+    assert f"http://web.test:{member.port} (127.0.0.2)  up" in output
+
+
+@pytest.mark.parametrize("kind", ["wsgi.py", "gunicorn"])
+def test_a_running_proxy_logs_each_dns_transition_after_a_refused_aaaa(kind, dns, tmp_path_factory):
+    """dnsmasq as the README sets it up refuses AAAA: a partial failure from the start. A
+    full outage later, its recovery, and the full recovery are each logged once."""
+    member = TestBackend("m", 0, "127.0.0.2").start()
+    dns.set("web.test", ["127.0.0.2"], ttl=1)
+    dns.refuse = {"AAAA"}
+    config = dns_config(dns, [{"url": f"http://web.test:{member.port}", "resolve": "1s"}])
+    steps = [("servfail", {"AAAA"}, "DNS lookup failed; the last members stay"),
+             ("answer", {"AAAA"}, "DNS answers again, in part"),
+             ("answer", set(), "DNS answers again:")]
+    try:
+        with serving(kind, tmp_path_factory, config) as proxy:
+            assert wait_until(lambda: "DNS lookup partly failed" in proxy.output, timeout=10)
+            for mode, refused, logged in steps:
+                dns.mode, dns.refuse = mode, refused
+                assert wait_until(lambda: logged in proxy.output, timeout=10), proxy.output
+            assert _get(proxy.port, LOAD) == 200
+    finally:
+        member.stop()
+    for logged in ("DNS lookup partly failed", *(step[2] for step in steps)):
+        assert proxy.output.count(logged) == 1, proxy.output

@@ -1,7 +1,12 @@
 """Active health checks: one round at a time, against real backends; no sleeping through intervals."""
+import logging
+
+import pytest
+
 from app import create_app
 from app.config import parse
-from tests.backends import TestBackend
+from tests.backends import TestBackend, wait_until
+from tests.servers import serving
 
 
 def make_app(urls, health="  rise: 2\n  fall: 2\n"):
@@ -80,3 +85,59 @@ def test_rounds_are_spread_by_jitter(backend):
     delays = [app.health.next_delay() for _ in range(200)]
     assert all(9.0 <= delay <= 11.0 for delay in delays)
     assert min(delays) < 9.5 and max(delays) > 10.5
+
+
+def _wrong_path_warnings(caplog):
+    return [r for r in caplog.records if "likely the wrong path" in r.getMessage()]
+
+
+def test_every_backend_failing_its_first_check_with_one_4xx_warns_of_the_path(backends, caplog):
+    """APIs often answer 404 on `/`: the whole site would be 503 within `fall` rounds."""
+    app = make_app([b.url for b in backends], "  path: /status/404\n")
+    with caplog.at_level(logging.WARNING, logger="myproxy.health"):
+        app.health.check_once()
+        app.health.check_once()
+    warned = _wrong_path_warnings(caplog)
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
+    message = warned[0].getMessage()
+    assert "every backend failed its first health check with status 404" in message
+    assert "GET /status/404" in message and "set health_check.path" in message
+    assert "route" not in message.split(":")[0]
+
+
+def test_a_routes_pool_names_the_route_in_the_warning(backend, caplog):
+    app = create_app(parse(f"routes:\n  - name: api\n    backends: [{backend.url}]\n"
+                           "    health_check: {path: /status/403}\n", environ={}))
+    with caplog.at_level(logging.WARNING, logger="myproxy.health"):
+        app.runtime.pool("api").health.check_once()
+    [warned] = _wrong_path_warnings(caplog)
+    assert "set health_check.path of route api" in warned.getMessage()
+    assert "status 403" in warned.getMessage()
+
+
+@pytest.mark.parametrize("path,stop_one", [
+    ("/status/404", True),        # one refuses the connection: not the same 4xx from all
+    ("/status/503", False),       # a 5xx: the backends are in trouble, not the path
+    ("/", False),                 # passing
+], ids=["mixed", "5xx", "passing"])
+def test_no_path_warning_unless_every_backend_answers_the_same_4xx(backends, caplog, path,
+                                                                  stop_one):
+    app = make_app([b.url for b in backends], f"  path: {path}\n")
+    if stop_one:
+        backends[0].stop()
+    with caplog.at_level(logging.WARNING, logger="myproxy.health"):
+        app.health.check_once()
+    assert _wrong_path_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("kind", ["wsgi.py", "gunicorn"])
+def test_the_wrong_path_warning_is_logged_once_by_a_running_proxy(kind, backends, tmp_path_factory):
+    config = {"host": "127.0.0.1", "port": 0, "backends": [b.url for b in backends],
+              "health_check": {"path": "/status/404", "interval": "200ms", "fall": 2},
+              "shutdown_timeout": "2s"}
+    with serving(kind, tmp_path_factory, config) as process:
+        assert wait_until(lambda: "likely the wrong path" in process.output, timeout=10), \
+            process.output
+        assert wait_until(lambda: process.output.count("backend down") == 3, timeout=10)
+        assert process.output.count("likely the wrong path") == 1
+    assert "set health_check.path to a path the backends answer with 200-399" in process.output
