@@ -124,8 +124,9 @@ def server_timing(header: str) -> dict:
     return metrics
 
 
-def test_server_timing_names_the_backend_and_splits_the_time(start_proxy, backend):
-    proxy = start_proxy(base_config([backend.url]))
+def test_server_timing_with_expose_backends_names_the_backend_and_splits_the_time(
+        start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url], expose_backends=True))
     _, headers, _ = get(proxy.port, "/slow?seconds=0.2")
     timing = server_timing(headers["server-timing"])
     assert timing["upstream"]["desc"] == f'"{backend.url}"'

@@ -2,7 +2,8 @@
 
 ``RequestLog`` wraps any WSGI app. It gives each request an ``X-Request-ID`` (kept from a
 trusted proxy, otherwise generated) and returns it to the client with a ``Server-Timing``
-header (upstream and total time to the response headers, and the backend's name). When
+header (upstream and total time to the response headers; the backend's URL only with
+``expose_backends``: by default nothing sent to a client names a backend). When
 the server closes the response body, it writes one access line and hands the outcome to
 ``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
 ``myproxy.route``, ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``,
@@ -14,7 +15,7 @@ and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
 
     app = RequestLog(proxy, metrics)
 
-Its settings (``access_log``, ``server_timing``, ``forwarded``) are those of the request's
+Its settings (``access_log``, ``server_timing``, ``expose_backends``, ``forwarded``) are those of the request's
 runtime (``myproxy.runtime``). It knows nothing of backends beyond those keys.
 """
 from __future__ import annotations
@@ -68,6 +69,7 @@ class RequestLog:
             received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
         state = {"status": "-"}
         timing = config.server_timing
+        expose = config.expose_backends
         hsts = 0
         if environ.get("wsgi.url_scheme") == "https":
             # Read now: a tunnel's socket is shut down by the time the line is written.
@@ -79,7 +81,7 @@ class RequestLog:
             state["status"] = status.split(" ", 1)[0]
             headers.append((REQUEST_ID_HEADER, request_id))
             if timing:
-                headers.append((SERVER_TIMING_HEADER, server_timing(environ, started)))
+                headers.append((SERVER_TIMING_HEADER, server_timing(environ, started, expose)))
             if hsts and not any(name.lower() == "strict-transport-security" for name, _ in headers):
                 headers.append((HSTS_HEADER, f"max-age={int(hsts)}"))   # the backend's own wins
             return start_response(status, headers, exc_info)
@@ -214,13 +216,16 @@ class _CountingInput:
         return getattr(self._stream, name)
 
 
-def server_timing(environ: dict, started: float) -> str:
-    """``upstream;dur=MS;desc="BACKEND", total;dur=MS``: times to the response headers."""
+def server_timing(environ: dict, started: float, name_backend: bool = False) -> str:
+    """``upstream;dur=MS, total;dur=MS``: times to the response headers; with
+    ``name_backend``, ``upstream`` has ``desc="BACKEND"`` too."""
     total = f"total;dur={(time.monotonic() - started) * 1000:.1f}"
     upstream = environ.get("myproxy.upstream_duration")
     backend = environ.get("myproxy.backend")
     if upstream is None or backend is None:
         return total
+    if not name_backend:
+        return f"upstream;dur={upstream * 1000:.1f}, {total}"
     name = backend.replace("\\", "\\\\").replace('"', '\\"')
     return f'upstream;dur={upstream * 1000:.1f};desc="{name}", {total}'
 
