@@ -8,8 +8,9 @@ the server closes the response body, it writes one access line and hands the out
 ``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
 ``myproxy.route``, ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``,
 ``myproxy.error``, ``myproxy.upstream_duration`` and ``myproxy.client_aborted`` (logged as
-status 499) from the proxy, ``myproxy.admin`` from the admin surface
-(admin requests are logged but not counted as traffic). Over TLS, the line also has the
+status 499) from the proxy, ``myproxy.admin`` from the admin surface and
+``myproxy.redirect`` from the redirect to https (both logged but not counted as traffic;
+admin requests are logged ``admin=true``). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
 and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
 
@@ -107,7 +108,8 @@ class RequestLog:
         backend = environ.get("myproxy.backend")
         route = environ.get("myproxy.route", NO_ROUTE)
         tried = environ.get("myproxy.tried") or ()
-        if self.metrics is not None and not admin and status.isdigit():
+        if self.metrics is not None and not admin and status.isdigit() and \
+                "myproxy.redirect" not in environ:
             self.metrics.observe(route, backend, int(status), None if tunnel else duration, tried,
                                  error.kind if isinstance(error, UpstreamError) else None)
             if aborted:
