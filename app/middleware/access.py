@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..config import NO_ROUTE
 from ..errors import UpstreamError
-from ..logs import TextFormatter, direct_handler, info_fields, plain
+from ..logs import TextFormatter, direct_handler, info_fields, plain, render_value
 from ..server.responses import close_body
 from ..server.tls import connection_tls
 
@@ -118,11 +118,12 @@ class RequestLog:
             return
         upstream = environ.get("myproxy.upstream_duration")
         values = (environ["myproxy.request_id"], environ.get("REMOTE_ADDR") or None,
-                  environ.get("REQUEST_METHOD"), target_of(environ),
+                  environ.get("REQUEST_METHOD"), environ.get("HTTP_HOST"), target_of(environ),
                   int(status) if status.isdigit() else None, received, sent,
                   round(duration * 1000, 2),
                   round(upstream * 1000, 2) if upstream is not None else None,
-                  route, backend, environ.get("myproxy.attempts", 0), _tried(tried))
+                  route, backend, environ.get("myproxy.attempts", 0), _tried(tried),
+                  environ.get("HTTP_USER_AGENT"))
         session = environ.get("myproxy.tls")
         if session is None and error is None and not admin and _write_plain(values):
             return
@@ -137,12 +138,14 @@ class RequestLog:
 
 
 # The access line's fields, in order; a line of no other fields whose values need no
-# quoting (nearly all) is rendered by one format (``_write_plain``), the same text that
+# quoting (nearly all: the user agent, last, is rendered on its own, as it often has
+# spaces) is rendered by one format (``_write_plain``), the same text that
 # ``logs.render_fields`` makes of them (tested).
-ACCESS_KEYS = ("request_id", "client", "method", "target", "status", "bytes_in", "bytes_out",
-               "duration_ms", "upstream_ms", "route", "backend", "attempts", "tried")
+ACCESS_KEYS = ("request_id", "client", "method", "host", "target", "status", "bytes_in",
+               "bytes_out", "duration_ms", "upstream_ms", "route", "backend", "attempts", "tried",
+               "user_agent")
 _ACCESS_FORMAT = " ".join(f"{key}=%s" for key in ACCESS_KEYS)
-_TEXT_VALUES = (0, 1, 2, 3, 9, 10, 12)      # where ACCESS_KEYS' values are text or None
+_TEXT_VALUES = (0, 1, 2, 3, 4, 10, 11, 13)   # where ACCESS_KEYS' values are text or None
 
 
 def _write_plain(values: tuple) -> bool:
@@ -153,9 +156,10 @@ def _write_plain(values: tuple) -> bool:
     handler = direct_handler(log)
     if handler is None or not isinstance(handler.formatter, TextFormatter):
         return False
-    shown = ["-" if value is None else value for value in values]
+    shown = ["-" if value is None else value for value in values[:-1]]
     if "" in shown or not plain("".join([shown[i] for i in _TEXT_VALUES])):
         return False                    # render_value quotes an empty text: ""
+    shown.append(render_value(values[-1]))
     handler.write_text(log.name, _ACCESS_FORMAT % tuple(shown))
     return True
 
