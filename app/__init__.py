@@ -27,6 +27,8 @@ from gevent.lock import Semaphore
 
 from .config import Config, ConfigError, load
 
+__version__ = "0.1.0"      # myproxy_build_info's version
+
 log = logging.getLogger("myproxy")
 
 

@@ -203,7 +203,10 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     access_log: bool = True
-    server_timing: bool = True   # add a Server-Timing header naming the backend to responses
+    server_timing: bool = True   # add a Server-Timing header (upstream and total time)
+    # Answers to clients may name backends: error bodies give the backend and its failure,
+    # Server-Timing the backend's URL. Off: they say the status, route and request ID only.
+    expose_backends: bool = False
     admin: AdminConfig = AdminConfig()
     tls: TLSConfig | None = None   # None: plain HTTP
     resolver: ResolverConfig = ResolverConfig()
@@ -473,7 +476,7 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "slow_start": parse_duration, "shutdown_delay": parse_duration,
     "shutdown_timeout": parse_duration,
     "log_level": _choice(*LOG_LEVELS), "log_format": _choice(*LOG_FORMATS),
-    "access_log": _boolean, "server_timing": _boolean,
+    "access_log": _boolean, "server_timing": _boolean, "expose_backends": _boolean,
 }
 
 # The parsers of durations, for showing a value as a user would write it.

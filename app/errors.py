@@ -2,7 +2,9 @@
 
 Imports nothing from the app. The proxy turns any ``ProxyError`` into one response in one
 place; the classes here only say which status, which reason phrase, and what to tell the
-client.
+client. What went wrong on the far side (a backend's address, its failure) is the
+operator's: an error's body says it only when asked (``detail``, the config's
+``expose_backends``); the log always has it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ class ProxyError(Exception):
     status = 500
     reason = "Internal Server Error"
     kind = "internal"       # the label used in logs and metrics
+    # Whether ``detail`` is the operator's to see (a backend, its failure) rather than the
+    # client's (what was wrong with its own request): then a body leaves it out by default.
+    private = True
 
     def __init__(self, detail: str = "", backend: str = ""):
         self.detail = detail
@@ -23,12 +28,21 @@ class ProxyError(Exception):
     def status_line(self) -> str:
         return f"{self.status} {self.reason}"
 
-    def body(self) -> bytes:
-        """The plain-text body sent to the client: what happened, never a traceback."""
-        return f"{self.status} {self.reason}: {self.public_message()}\n".encode()
+    def body(self, route: str | None = None, request_id: str | None = None,
+             detail: bool = False, backend: str | None = None) -> bytes:
+        """The plain-text body sent to the client: what happened, never a traceback; then
+        the request's route and ID, by which the operator finds the rest in the log. With
+        ``detail``, also the failure's own words and the ``backend`` that failed."""
+        shown = detail or not self.private
+        context = [f"{key}={value}" for key, value in
+                   (("route", route), ("request_id", request_id),
+                    ("backend", backend if shown else None)) if value]
+        return (f"{self.status} {self.reason}: {self.public_message(shown)}"
+                f"{' (' + ' '.join(context) + ')' if context else ''}\n").encode()
 
-    def public_message(self) -> str:
-        return self.detail or self.reason.lower()
+    def public_message(self, detail: bool = True) -> str:
+        """What happened, in a few words; with ``detail``, in the failure's own words."""
+        return (self.detail if detail else "") or self.reason.lower()
 
     def headers(self) -> list[tuple[str, str]]:
         return []
@@ -39,6 +53,7 @@ class ClientError(ProxyError):
     closed after the answer (the rest of what the client sent cannot be trusted)."""
 
     status, reason, kind = 400, "Bad Request", "bad_request"
+    private = False         # the detail is about the client's own request
     # The WSGI server's own exception when it raised first (gunicorn's parser reading the
     # body): re-raised so that server answers and closes the connection its own way.
     server_error: BaseException | None = None
@@ -81,9 +96,9 @@ class NoBackendAvailable(ProxyError):
     status, reason, kind = 503, "Service Unavailable", "no_backend"
     retry_after = 5
 
-    def public_message(self) -> str:
+    def public_message(self, detail: bool = True) -> str:
         return "no backend is available to serve this request" + (
-            f" ({self.detail})" if self.detail else "")
+            f" ({self.detail})" if self.detail and detail else "")
 
     def headers(self) -> list[tuple[str, str]]:
         return [("Retry-After", str(self.retry_after))]
@@ -102,8 +117,9 @@ class UpstreamError(ProxyError):
         """A pooled connection the backend had already closed: not the backend's fault."""
         return False
 
-    def public_message(self) -> str:
-        return f"the backend failed: {self.detail}" if self.detail else "the backend failed"
+    def public_message(self, detail: bool = True) -> str:
+        return f"the backend failed: {self.detail}" if self.detail and detail else \
+            "the backend failed"
 
 
 class UpstreamConnectError(UpstreamError):
@@ -116,7 +132,7 @@ class UpstreamConnectError(UpstreamError):
 class UpstreamConnectTimeout(UpstreamConnectError):
     status, reason, kind = 504, "Gateway Timeout", "connect_timeout"
 
-    def public_message(self) -> str:
+    def public_message(self, detail: bool = True) -> str:
         return "the backend did not accept the connection in time"
 
 
@@ -135,7 +151,7 @@ class UpstreamReset(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status, reason, kind = 504, "Gateway Timeout", "timeout"
 
-    def public_message(self) -> str:
+    def public_message(self, detail: bool = True) -> str:
         return "the backend did not answer in time"
 
 
@@ -159,6 +175,7 @@ class NoRouteMatched(ProxyError):
     """No route matches the request's host and path, and there is no default pool."""
 
     status, reason, kind = 404, "Not Found", "no_route"
+    private = False         # it echoes what the client sent: its host and path
     SHOWN = 200      # characters of the host and the path echoed in the body
 
     def __init__(self, host: str, path: str):

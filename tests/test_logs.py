@@ -84,6 +84,7 @@ def test_json_access_line_has_every_field(start_proxy, backend):
     proxy = start_json_proxy(start_proxy, base_config([backend.url]))
     body = b"x" * 1000
     status, headers, _ = request(proxy.port, b"POST /echo?q=1 HTTP/1.1\r\nHost: t\r\n"
+                                 b"User-Agent: Mozilla/5.0 (X11) tester\r\n"
                                  b"Content-Length: 1000\r\nConnection: close\r\n\r\n" + body)
     assert status == 200
     assert wait_until(lambda: json_lines(proxy, "myproxy.access"), timeout=5)
@@ -94,6 +95,7 @@ def test_json_access_line_has_every_field(start_proxy, backend):
     assert (entry["bytes_in"], entry["bytes_out"], entry["backend"], entry["attempts"]) == (
         1000, 1000, backend.url, 1)
     assert 0 < entry["upstream_ms"] <= entry["duration_ms"]
+    assert (entry["host"], entry["user_agent"]) == ("t", "Mozilla/5.0 (X11) tester")
     assert "time" in entry and "message" not in entry
 
 
@@ -124,8 +126,9 @@ def server_timing(header: str) -> dict:
     return metrics
 
 
-def test_server_timing_names_the_backend_and_splits_the_time(start_proxy, backend):
-    proxy = start_proxy(base_config([backend.url]))
+def test_server_timing_with_expose_backends_names_the_backend_and_splits_the_time(
+        start_proxy, backend):
+    proxy = start_proxy(base_config([backend.url], expose_backends=True))
     _, headers, _ = get(proxy.port, "/slow?seconds=0.2")
     timing = server_timing(headers["server-timing"])
     assert timing["upstream"]["desc"] == f'"{backend.url}"'
@@ -235,6 +238,10 @@ def test_a_direct_line_outside_the_hub_is_written_at_once(configured):
     {"myproxy.request_id": "id with=space"},
     {"myproxy.upstream_duration": None, "myproxy.tried": [("http://a:1", "connect_error"),
                                                           ("http://b:2", None)]},
+    {"HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) \"q\""},   # quoted, on its own
+    {"HTTP_USER_AGENT": ""},                                     # "": shown as such
+    {"HTTP_USER_AGENT": None, "HTTP_HOST": None},                # not sent: -
+    {"HTTP_HOST": "a b"},                                        # quoted, by render_value
 ])
 def test_the_access_line_is_render_fields_of_its_fields(values, configured):
     """The access line written by one format (the usual case) is the line a record of the
@@ -247,9 +254,12 @@ def test_the_access_line_is_render_fields_of_its_fields(values, configured):
 
     environ = {"myproxy.runtime": Runtime, "myproxy.request_id": "0123abcd",
                "REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "GET", "RAW_URI": "/x?y=1",
+               "HTTP_HOST": "shop.test:8080", "HTTP_USER_AGENT": "curl/8.5.0",
                "myproxy.route": "default", "myproxy.backend": "http://127.0.0.1:9",
                "myproxy.attempts": 1, "myproxy.tried": [("http://127.0.0.1:9", None)],
                "myproxy.upstream_duration": 0.00123, **values}
+    environ = {key: value for key, value in environ.items() if value is not None or
+               not key.startswith("HTTP_")}        # a header not sent is not in environ
     stream = configured("text")
     RequestLog(None).finish(environ, "200", 100, 0, started=0.0)
     line = stream.getvalue().rstrip("\n")
@@ -258,8 +268,9 @@ def test_the_access_line_is_render_fields_of_its_fields(values, configured):
     assert list(fields) == list(ACCESS_KEYS)
     expected = {key: logs.render_value(value) for key, value in zip(ACCESS_KEYS, (
         environ["myproxy.request_id"], environ["REMOTE_ADDR"] or None,
-        environ["REQUEST_METHOD"], environ["RAW_URI"], 200, 0, 100, None, None,
-        "default", environ["myproxy.backend"], 1, None))}
+        environ["REQUEST_METHOD"], environ.get("HTTP_HOST"), environ["RAW_URI"], 200, 0, 100,
+        None, None, "default", environ["myproxy.backend"], 1, None,
+        environ.get("HTTP_USER_AGENT")))}
     for key in ("duration_ms", "upstream_ms", "tried"):
         expected[key] = fields[key]        # times vary; tried is checked below
     assert fields == expected

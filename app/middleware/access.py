@@ -2,19 +2,21 @@
 
 ``RequestLog`` wraps any WSGI app. It gives each request an ``X-Request-ID`` (kept from a
 trusted proxy, otherwise generated) and returns it to the client with a ``Server-Timing``
-header (upstream and total time to the response headers, and the backend's name). When
+header (upstream and total time to the response headers; the backend's URL only with
+``expose_backends``: by default nothing sent to a client names a backend). When
 the server closes the response body, it writes one access line and hands the outcome to
 ``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
 ``myproxy.route``, ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``,
 ``myproxy.error``, ``myproxy.upstream_duration`` and ``myproxy.client_aborted`` (logged as
-status 499) from the proxy, ``myproxy.admin`` from the admin surface
-(admin requests are logged but not counted as traffic). Over TLS, the line also has the
+status 499) from the proxy, ``myproxy.admin`` from the admin surface and
+``myproxy.redirect`` from the redirect to https (both logged but not counted as traffic;
+admin requests are logged ``admin=true``). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
 and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
 
     app = RequestLog(proxy, metrics)
 
-Its settings (``access_log``, ``server_timing``, ``forwarded``) are those of the request's
+Its settings (``access_log``, ``server_timing``, ``expose_backends``, ``forwarded``) are those of the request's
 runtime (``myproxy.runtime``). It knows nothing of backends beyond those keys.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..config import NO_ROUTE
 from ..errors import UpstreamError
-from ..logs import TextFormatter, direct_handler, info_fields, plain
+from ..logs import TextFormatter, direct_handler, info_fields, plain, render_value
 from ..server.responses import close_body
 from ..server.tls import connection_tls
 
@@ -68,6 +70,7 @@ class RequestLog:
             received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
         state = {"status": "-"}
         timing = config.server_timing
+        expose = config.expose_backends
         hsts = 0
         if environ.get("wsgi.url_scheme") == "https":
             # Read now: a tunnel's socket is shut down by the time the line is written.
@@ -79,7 +82,7 @@ class RequestLog:
             state["status"] = status.split(" ", 1)[0]
             headers.append((REQUEST_ID_HEADER, request_id))
             if timing:
-                headers.append((SERVER_TIMING_HEADER, server_timing(environ, started)))
+                headers.append((SERVER_TIMING_HEADER, server_timing(environ, started, expose)))
             if hsts and not any(name.lower() == "strict-transport-security" for name, _ in headers):
                 headers.append((HSTS_HEADER, f"max-age={int(hsts)}"))   # the backend's own wins
             return start_response(status, headers, exc_info)
@@ -105,7 +108,8 @@ class RequestLog:
         backend = environ.get("myproxy.backend")
         route = environ.get("myproxy.route", NO_ROUTE)
         tried = environ.get("myproxy.tried") or ()
-        if self.metrics is not None and not admin and status.isdigit():
+        if self.metrics is not None and not admin and status.isdigit() and \
+                "myproxy.redirect" not in environ:
             self.metrics.observe(route, backend, int(status), None if tunnel else duration, tried,
                                  error.kind if isinstance(error, UpstreamError) else None)
             if aborted:
@@ -114,11 +118,12 @@ class RequestLog:
             return
         upstream = environ.get("myproxy.upstream_duration")
         values = (environ["myproxy.request_id"], environ.get("REMOTE_ADDR") or None,
-                  environ.get("REQUEST_METHOD"), target_of(environ),
+                  environ.get("REQUEST_METHOD"), environ.get("HTTP_HOST"), target_of(environ),
                   int(status) if status.isdigit() else None, received, sent,
                   round(duration * 1000, 2),
                   round(upstream * 1000, 2) if upstream is not None else None,
-                  route, backend, environ.get("myproxy.attempts", 0), _tried(tried))
+                  route, backend, environ.get("myproxy.attempts", 0), _tried(tried),
+                  environ.get("HTTP_USER_AGENT"))
         session = environ.get("myproxy.tls")
         if session is None and error is None and not admin and _write_plain(values):
             return
@@ -133,12 +138,14 @@ class RequestLog:
 
 
 # The access line's fields, in order; a line of no other fields whose values need no
-# quoting (nearly all) is rendered by one format (``_write_plain``), the same text that
+# quoting (nearly all: the user agent, last, is rendered on its own, as it often has
+# spaces) is rendered by one format (``_write_plain``), the same text that
 # ``logs.render_fields`` makes of them (tested).
-ACCESS_KEYS = ("request_id", "client", "method", "target", "status", "bytes_in", "bytes_out",
-               "duration_ms", "upstream_ms", "route", "backend", "attempts", "tried")
+ACCESS_KEYS = ("request_id", "client", "method", "host", "target", "status", "bytes_in",
+               "bytes_out", "duration_ms", "upstream_ms", "route", "backend", "attempts", "tried",
+               "user_agent")
 _ACCESS_FORMAT = " ".join(f"{key}=%s" for key in ACCESS_KEYS)
-_TEXT_VALUES = (0, 1, 2, 3, 9, 10, 12)      # where ACCESS_KEYS' values are text or None
+_TEXT_VALUES = (0, 1, 2, 3, 4, 10, 11, 13)   # where ACCESS_KEYS' values are text or None
 
 
 def _write_plain(values: tuple) -> bool:
@@ -149,9 +156,10 @@ def _write_plain(values: tuple) -> bool:
     handler = direct_handler(log)
     if handler is None or not isinstance(handler.formatter, TextFormatter):
         return False
-    shown = ["-" if value is None else value for value in values]
+    shown = ["-" if value is None else value for value in values[:-1]]
     if "" in shown or not plain("".join([shown[i] for i in _TEXT_VALUES])):
         return False                    # render_value quotes an empty text: ""
+    shown.append(render_value(values[-1]))
     handler.write_text(log.name, _ACCESS_FORMAT % tuple(shown))
     return True
 
@@ -214,13 +222,16 @@ class _CountingInput:
         return getattr(self._stream, name)
 
 
-def server_timing(environ: dict, started: float) -> str:
-    """``upstream;dur=MS;desc="BACKEND", total;dur=MS``: times to the response headers."""
+def server_timing(environ: dict, started: float, name_backend: bool = False) -> str:
+    """``upstream;dur=MS, total;dur=MS``: times to the response headers; with
+    ``name_backend``, ``upstream`` has ``desc="BACKEND"`` too."""
     total = f"total;dur={(time.monotonic() - started) * 1000:.1f}"
     upstream = environ.get("myproxy.upstream_duration")
     backend = environ.get("myproxy.backend")
     if upstream is None or backend is None:
         return total
+    if not name_backend:
+        return f"upstream;dur={upstream * 1000:.1f}, {total}"
     name = backend.replace("\\", "\\\\").replace('"', '\\"')
     return f'upstream;dur={upstream * 1000:.1f};desc="{name}", {total}'
 

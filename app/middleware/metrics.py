@@ -18,25 +18,39 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
 Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects of the runtime in
 force (``RuntimeHolder``), which own that state, when scraped, so they cost nothing per
 request; so is each TLS certificate's time left (``certificate_expiry``, from
-``app.server.tls``), by name.
+``app.server.tls``), by name, and the open client connections (``count_connections``, a
+count the server running the app hands in). Also exposed: the process's own ``process_*``
+metrics (prometheus_client's ``ProcessCollector``: memory, CPU, open descriptors) and
+``myproxy_build_info{version,python}``.
+
+What a scrape shows: no ``*_created`` series (prometheus_client's
+``disable_created_metrics``: a counter's creation time is noise to every scraper but
+OpenMetrics' own), and no family without a sample (a labelled counter nothing has
+happened to yet, a TLS gauge without TLS): it appears with its first sample.
 
 Several gunicorn workers add up through prometheus_client's multiprocess mode:
 ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before anything imports
 prometheus_client; each worker then writes its values to files there, and a scrape in any
 worker reads them all. In that mode a small greenlet copies the gauges to the files every
 ``GAUGE_REFRESH`` seconds, since the scraping worker cannot read another's ``Backend``.
+The client connections add up over the live workers; the ``process_*`` metrics are each
+live worker's own, with a ``pid`` label (gauges, ``process_cpu_seconds_total`` too, as the
+files hold gauges per process).
 It knows nothing of WSGI or HTTP beyond a status code.
 """
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from typing import Callable
 
 import gevent
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               disable_created_metrics)
 from prometheus_client.exposition import choose_encoder
 
+from .. import __version__
 from ..config import NO_ROUTE
 from ..lb.balancer import Backend, CheckResult
 from .recent import Traffic
@@ -59,7 +73,8 @@ class _Series:
         self.route, self.url = route, url
         self.codes: dict[int, object] = {}
         self.duration = metrics.request_duration.labels(route, url)
-        self.retries = metrics.retries.labels(route, url)
+        # A request with no backend is never retried on it: no series that is always 0.
+        self.retries = metrics.retries.labels(route, url) if url != NO_BACKEND else None
         self.errors: dict[str, object] = {}
         self.traffic = Traffic(metrics.clock)
 
@@ -74,6 +89,7 @@ class Metrics:
         self.certificate_expiry = certificate_expiry   # TLS name -> not-after (Unix time)
         self.multiprocess = bool(multiprocess_dir)
         self.clock = clock
+        disable_created_metrics()   # process-wide, and the same for every app: no *_created
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("myproxy_requests_total", "Requests answered, by backend and status code.",
@@ -119,9 +135,17 @@ class Metrics:
                 ["reason"], registry=r)
             for reason in REFUSALS:
                 self.tls_refusals.labels(reason)
+        self.client_connections = Gauge("myproxy_client_connections",
+                                         "Client connections open now (the sum over the "
+                                         "workers).", registry=r, multiprocess_mode="livesum")
+        self._count_connections: Callable[[], int] | None = None
+        Gauge("myproxy_build_info", "Always 1: the MyProxy version and the Python running it.",
+              ["version", "python"], registry=r, multiprocess_mode="livemax").labels(
+            __version__, platform.python_version()).set(1)
         self._series: dict[tuple[str, str], _Series] = {}
         self._gauged: set[tuple[str, str]] = set()
         self._exposed = self.registry
+        self._process_gauges: dict[str, Gauge] | None = None
         if self.multiprocess:
             from prometheus_client import multiprocess, values
             if values.ValueClass is values.MutexValue:
@@ -129,6 +153,12 @@ class Metrics:
                                    "is first imported (gunicorn.conf.py does it first thing)")
             self._exposed = CollectorRegistry()
             multiprocess.MultiProcessCollector(self._exposed, path=multiprocess_dir)
+            # Each worker's process_* as gauges of its own, which the files then show
+            # with a `pid` label (made at the first refresh, by what /proc gives).
+            self._process = ProcessCollector(registry=None)
+            self._process_gauges = {}
+        else:
+            ProcessCollector(registry=r)
         self._refresher: gevent.Greenlet | None = None
 
     # --- hooks ---------------------------------------------------------------------------
@@ -199,6 +229,10 @@ class Metrics:
         errors.inc()
         series.traffic.upstream_error(kind, answered)
 
+    def count_connections(self, count: Callable[[], int]) -> None:
+        """Read the open client connections from ``count`` (the server running the app)."""
+        self._count_connections = count
+
     def health_checked(self, route: str, backend: Backend, result: CheckResult) -> None:
         """Count one active health check of a pool's backend (the pools' ``on_check``)."""
         self.health_checks.labels(route, backend.url, "pass" if result.ok else "fail").inc()
@@ -262,6 +296,10 @@ class Metrics:
                 except KeyError:
                     pass
         self._gauged = current
+        if self._count_connections is not None:
+            self.client_connections.set(self._count_connections())
+        if self._process_gauges is not None:
+            self._refresh_process()
         if self.certificate_expiry is not None:
             now = self.clock()
             expiry = self.certificate_expiry()
@@ -274,11 +312,22 @@ class Metrics:
                     pass
             self._tls_names = set(expiry)
 
+    def _refresh_process(self) -> None:
+        """Copy this worker's ``process_*`` values into its per-process gauges."""
+        for family in self._process.collect():
+            for sample in family.samples:
+                gauge = self._process_gauges.get(sample.name)
+                if gauge is None:
+                    gauge = self._process_gauges[sample.name] = Gauge(
+                        sample.name, family.documentation, registry=self.registry,
+                        multiprocess_mode="liveall")
+                gauge.set(sample.value)
+
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The Prometheus text (or OpenMetrics, if ``accept`` asks for it) and its content type."""
         self.refresh_gauges()
         encoder, content_type = choose_encoder(accept)
-        return encoder(self._exposed), content_type
+        return encoder(_WithSamples(self._exposed)), content_type
 
     def start(self) -> None:
         """In multiprocess mode, keep this worker's gauges current for scrapes by other workers."""
@@ -297,3 +346,13 @@ class Metrics:
             except Exception:  # noqa: BLE001 - a background loop never dies silently
                 log.exception("refreshing the gauges failed; retrying")
             gevent.sleep(GAUGE_REFRESH)
+
+
+class _WithSamples:
+    """A registry as a scrape shows it: the families that have a sample, and only those."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        return (family for family in self.registry.collect() if family.samples)

@@ -7,7 +7,9 @@ connections ``app.server.tls.Terminator`` leaves plain) is answered
 ``308 Permanent Redirect`` (RFC 9110 §15.4.9: the method and body are kept, unlike 301)
 to ``https://HOST[:port]TARGET``: the host the client asked for, without its port, then
 ``port`` unless it is 443, then the request target byte for byte. It never reaches a
-backend, and the admin pages are redirected too. It knows nothing of backends.
+backend, and the admin pages are redirected too. Its answers are logged as they are
+(``myproxy.redirect``: not admin requests, not counted as proxied traffic). It knows
+nothing of backends.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class HTTPSRedirect:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if connection_tls(environ) is not None:
             return self.app(environ, start_response)
-        environ["myproxy.admin"] = True          # logged, not counted as traffic
+        environ["myproxy.redirect"] = True       # logged, not counted as traffic
         match = _HOST.fullmatch(environ.get("HTTP_HOST", ""))
         if match is None:
             body = b"400 Bad Request: a redirect to https needs the request's Host\n"

@@ -246,7 +246,13 @@ class Proxy:
                         backend, error.kind, error.status, error.detail)
         elif error.status == 503:
             log.warning("no backend available: %s", error.detail)
-        status_line, headers, body = error_response(error, close=isinstance(error, ClientError))
+        # The body names the route and request ID; a backend and its failure only where
+        # the operator said clients may see them (the log has them always).
+        status_line, headers, body = error_response(
+            error, close=isinstance(error, ClientError), route=environ.get("myproxy.route"),
+            request_id=environ.get("myproxy.request_id"),
+            detail=environ["myproxy.runtime"].config.expose_backends,
+            backend=environ.get("myproxy.backend"))
         start_response(status_line, headers)
         return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
 

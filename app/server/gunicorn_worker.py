@@ -83,6 +83,7 @@ class Worker(GeventWorker):
         app.fixed_by_server = FIXED_AT_START
         config = app.config
         servers = [self.make_server(sock, app, config) for sock in self.sockets]
+        app.metrics.count_connections(lambda: sum(len(server.connections) for server in servers))
         reload = Event()
         # Kept on the worker: a signal watcher that is garbage-collected stops watching.
         self.myproxy = [gevent.signal_handler(signal.SIGHUP, reload.set),
@@ -241,6 +242,7 @@ def start_worker(worker) -> None:
     tune_gc()
     connections = Connections()
     connections.track(worker)
+    app.metrics.count_connections(lambda: len(connections.open))
     _spread_head_timeouts(worker)
     reload = Event()
     graceful_stop = signal.getsignal(signal.SIGTERM)      # gunicorn's own: stop accepting

@@ -13,12 +13,14 @@ def close_body(body) -> None:
         close()
 
 
-def error_response(error, close: bool = False) -> tuple[str, list[tuple[str, str]], bytes]:
+def error_response(error, close: bool = False, **context) -> tuple[str, list[tuple[str, str]], bytes]:
     """The one rendering of an answer the proxy gives itself for a typed error
     (``errors.ProxyError``: a refused request, a failed backend, no backend): its status
     line, its header fields (``Connection: close`` when ``close``), and its short
-    plain-text body. The proxy, the server's handler and the connection all answer so."""
-    body = error.body()
+    plain-text body (``context``: the request's ``route``, ``request_id``, and whether the
+    body may give the failure's ``detail`` and ``backend``, as ``ProxyError.body`` takes
+    them). The proxy, the server's handler and the connection all answer so."""
+    body = error.body(**context)
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                *error.headers()]
     if close:

@@ -397,6 +397,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
                           settings=lambda: app.config)
         redirect.init_socket()
         servers.append(redirect)
+    app.metrics.count_connections(lambda: sum(len(each.connections) for each in servers))
     app.start()    # before the line that says we listen: it may fail (StartupError)
     # Signals are ours before the line that says we listen: whoever waits for that line
     # may send SIGHUP or SIGTERM at once, and the default action would kill the process.

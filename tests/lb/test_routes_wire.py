@@ -109,9 +109,10 @@ def test_the_access_line_names_the_route(proxy):
 
 
 def test_without_a_default_pool_an_unmatched_request_is_a_404_naming_host_and_path(bare):
-    status, _, body = send(bare.port, "nowhere.test", "/some/where?x=1")
+    status, headers, body = send(bare.port, "nowhere.test", "/some/where?x=1")
     assert status == 404
-    assert body == b"404 Not Found: no route for host nowhere.test and path /some/where\n"
+    assert body == (b"404 Not Found: no route for host nowhere.test and path /some/where "
+                    b"(request_id=" + headers["x-request-id"].encode() + b")\n")
     assert wait_until(lambda: "/some/where?x=1\"" in bare.output, timeout=5)
     line = next(line for line in bare.output.splitlines() if "/some/where?x=1\"" in line)
     assert "status=404" in line and "route=- " in line
@@ -122,7 +123,7 @@ def test_the_same_backend_in_two_routes_has_two_health_states(proxy, farm):
     # hc-fail checks /status/500 on the backend that hc-pass checks on "/": down in one only.
     assert wait_until(lambda: send(proxy.port, "hc.test", "/fail")[0] == 503, timeout=10)
     status, headers, body = send(proxy.port, "hc.test", "/fail")
-    assert status == 503 and b"route hc-fail" in body and "retry-after" in headers
+    assert status == 503 and b"(route=hc-fail " in body and "retry-after" in headers
     status, _, body = send(proxy.port, "hc.test", "/pass")
     assert (status, body) == (200, b"backend shared")
     document = yaml.safe_load(send(proxy.port, "127.0.0.1", "/_myproxy/status")[2])

@@ -1,6 +1,8 @@
 """/_myproxy/metrics after known traffic through real backends, read with prometheus_client's parser."""
 import gevent
+import pytest
 import websocket
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from webtest import TestApp
 
@@ -8,8 +10,9 @@ from app import create_app
 from app.config import load, parse
 from tests.backends import free_port, wait_until
 from tests.conftest import base_config
+from tests.servers import SERVERS, launch
 from tests.websocket_backend import WebSocketBackend
-from tests.wire import get
+from tests.wire import connect, get, read_response
 
 
 def make_app(urls, extra=""):
@@ -121,9 +124,11 @@ def test_every_spec_metric_is_exposed_from_the_start(backend):
     client = client_of(make_app([backend.url]))
     names = {family.name for family in text_string_to_metric_families(
         client.get("/_myproxy/metrics").text)}
-    # The parser names counter families without their _total suffix.
-    assert {"myproxy_requests", "myproxy_request_duration_seconds", "myproxy_backend_up",
-            "myproxy_backend_in_flight", "myproxy_retries", "myproxy_upstream_errors",
+    # The parser names counter families without their _total suffix. (Requests by status
+    # and upstream errors by kind appear with their first sample: a family with no sample
+    # is not exposed.)
+    assert {"myproxy_request_duration_seconds", "myproxy_backend_up",
+            "myproxy_backend_in_flight", "myproxy_retries",
             "myproxy_health_checks", "myproxy_config_reloads"} <= names
     samples = scrape(client)
     assert value(samples, "myproxy_retries_total", route="default", backend=backend.url) == 0
@@ -190,3 +195,77 @@ def test_a_tunnel_counts_as_a_101_but_its_life_is_no_latency(start_proxy):
         assert value(samples, "myproxy_request_duration_seconds_count", route="default", backend=ws_backend.url) == 0
     finally:
         ws_backend.stop()
+
+
+def test_a_scrape_has_no_created_series_and_no_family_without_a_sample(backend):
+    text = client_of(make_app([backend.url])).get("/_myproxy/metrics").text
+    assert "_created" not in text
+    for family in text_string_to_metric_families(text):
+        assert family.samples, family.name          # HELP and TYPE alone: left out
+    assert "myproxy_upstream_errors_total" not in text and "myproxy_tls_" not in text
+
+
+def test_a_request_no_backend_took_makes_no_series_no_backend_can_have(backend):
+    app = make_app([backend.url], "health_check:\n  fall: 1\n  timeout: 500ms\n")
+    client = client_of(app)
+    backend.stop()
+    app.health.check_once()
+    client.get("/", status=503)
+    samples = scrape(client)
+    none = {name for (name, labels) in samples if ("backend", "none") in labels}
+    assert none == {"myproxy_requests_total", "myproxy_request_duration_seconds_bucket",
+                    "myproxy_request_duration_seconds_count", "myproxy_request_duration_seconds_sum"}
+
+
+def test_process_metrics_and_build_info_are_exposed(backend):
+    import platform
+    from app import __version__
+    samples = scrape(client_of(make_app([backend.url])))
+    assert value(samples, "myproxy_build_info", version=__version__,
+                 python=platform.python_version()) == 1
+    assert value(samples, "process_resident_memory_bytes") > 1_000_000
+    assert value(samples, "process_open_fds") > 0
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "myproxy_client_connections") == 0      # no server: none
+
+
+def scrape_port(port: int) -> dict:
+    text = get(port, "/_myproxy/metrics")[2].decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_client_connections_add_up_over_workers_and_process_metrics_are_each_workers(
+        kind, backend, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config([backend.url])))
+    process = launch(kind, str(path), workers=2)
+    held = []
+    try:
+        for _ in range(3):
+            sock = connect(process.port)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: tester/1\r\n\r\n")
+            assert read_response(sock)[0] == 200
+            held.append(sock)                    # kept open, idle
+        # The three held, and the scrape's own; each worker's count may be a second old.
+        assert wait_until(lambda: value(scrape_port(process.port),
+                                        "myproxy_client_connections") == 4, timeout=10)
+
+        def resident():
+            return {labels for (name, labels) in scrape_port(process.port)
+                    if name == "process_resident_memory_bytes"}
+        if kind == "wsgi.py":
+            assert resident() == {()}
+        else:                                    # one series per live worker, by pid
+            assert wait_until(lambda: len(resident()) == 2, timeout=10)
+            assert all([key for key, _ in labels] == ["pid"] for labels in resident())
+        samples = scrape_port(process.port)
+        assert [v for (name, _), v in samples.items() if name == "myproxy_build_info"] == [1]
+        assert not any(name.endswith("_created") for name, _ in samples)
+        process.wait_for(r"myproxy.access .*host=shop.test .*user_agent=tester/1")
+    finally:
+        for sock in held:
+            sock.close()
+        process.stop()
+    assert "Traceback" not in process.output

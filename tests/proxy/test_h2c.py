@@ -78,4 +78,5 @@ def test_any_other_protocol_is_still_tunnelled(proxy, raw):
 def test_a_101_the_client_did_not_ask_for_is_502(proxy, raw):
     status, _, body = request(proxy.port, b"GET /rogue-101 HTTP/1.1\r\nHost: t\r\n"
                                           b"Connection: close\r\n\r\n")
-    assert status == 502 and b"101" in body
+    assert status == 502 and b"the backend failed" in body
+    proxy.wait_for(r"upstream error: .*kind=invalid_response .*101 to a request that asked for no upgrade")

@@ -140,8 +140,9 @@ def test_backend_status_codes_pass_through(client):
     assert client.get("/status/204", status=204).body == b""
 
 
-def test_refused_backend_is_502_naming_the_cause():
-    app = make_app([f"http://127.0.0.1:{free_port()}"], "retries:\n  attempts: 1\n")
+def test_refused_backend_is_502_naming_the_cause_with_expose_backends():
+    app = make_app([f"http://127.0.0.1:{free_port()}"],
+                   "retries:\n  attempts: 1\nexpose_backends: true\n")
     response = TestApp(app, lint=False).get("/", status=502)
     assert "connection refused" in response.text
     assert response.content_type == "text/plain"

@@ -150,7 +150,7 @@ def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backe
     """The master imports only app.config: requests imported before the worker's
     monkey-patching would turn every HTTPS upstream into a RecursionError (STACK-FACTS 12)."""
     https = backend.url.replace("http://", "https://")
-    proxy = start_gunicorn(base_config([https], retries={"attempts": 1},
+    proxy = start_gunicorn(base_config([https], retries={"attempts": 1}, expose_backends=True,
                                        health_check={"enabled": False}), kind=kind)
     status, _, body = get(proxy.port)
     assert status == 502 and b"TLS error" in body      # a plain-HTTP port: the handshake fails

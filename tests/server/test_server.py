@@ -56,12 +56,13 @@ def test_304_and_204_keep_keep_alive_connections_in_sync(start_proxy, backend):
         assert read_response(sock)[2] == b"backend solo"
 
 
-def test_refused_backend_is_502_and_logged(start_proxy):
+def test_refused_backend_is_502_and_logged_with_its_cause(start_proxy):
     port = free_port()
     proxy = start_proxy(base_config([f"http://127.0.0.1:{port}"], retries={"attempts": 1},
                                     health_check={"enabled": False}))
     status, _, body = get(proxy.port)
-    assert status == 502 and b"connection refused" in body
+    assert status == 502 and b"the backend failed" in body
+    assert b"refused" not in body and str(port).encode() not in body    # the log's, below
     line = proxy.wait_for(r"upstream error: .*").group(0)
     assert f"backend=http://127.0.0.1:{port}" in line and "connection refused" in line
 

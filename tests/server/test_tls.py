@@ -384,6 +384,11 @@ def test_redirect_from_answers_308_to_https_and_hsts_only_over_tls(kind, certs, 
         assert len(backend.requests) == before                     # nothing was proxied
         status, headers, _ = https_get(process.port, "/over-tls")
         assert (status, headers["strict-transport-security"]) == (200, "max-age=3600")
+        # Logged as what they are, not as admin requests; not counted as proxied traffic.
+        line = process.wait_for(r"myproxy.access .*target=/_myproxy/status status=308.*").group(0)
+        assert "admin=" not in line
+        metrics = https_get(process.port, "/_myproxy/metrics")[2].decode()
+        assert 'code="308"' not in metrics and 'code="400"' not in metrics
     finally:
         process.stop()
     assert "Traceback" not in process.output
