@@ -15,7 +15,7 @@ import yaml
 
 from tests.backends import free_port, wait_until
 from tests.conftest import ProxyProcess
-from tests.wire import connect
+from tests.rawclient import connect
 
 SERVERS = ("wsgi.py", "gunicorn", "gunicorn-gevent")
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")

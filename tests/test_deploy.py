@@ -24,7 +24,7 @@ from app.check import shutdown_seconds
 from app.config import parse, parse_duration
 from tests.backends import free_port
 from tests.conftest import ROOT, ProxyProcess
-from tests.wire import get
+from tests.rawclient import get
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:

@@ -18,7 +18,7 @@ from app.check import shutdown_seconds
 from app.config import parse
 from tests.backends import free_port, wait_until
 from tests.conftest import ROOT
-from tests.wire import connect, get, read_response
+from tests.rawclient import connect, get, read_response
 
 IMAGE = "myproxy:test"
 DEFAULT_BASES = ("myproxy-base:bookworm", "python:3.11-slim")

@@ -16,7 +16,7 @@ from tests.backends import wait_until
 from tests.certs import make_certificate, tls_connect
 from tests.conftest import ProxyProcess
 from tests.servers import GUNICORN, launch
-from tests.wire import get, read_response
+from tests.rawclient import get, read_response
 
 VALUES = (0, "1ms")
 

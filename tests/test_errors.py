@@ -11,7 +11,7 @@ from app.errors import BadRequest, NoBackendAvailable, UpstreamConnectError, Ups
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import base_config
 from tests.servers import serving
-from tests.wire import request
+from tests.rawclient import request
 
 def test_a_backend_failure_body_has_the_status_route_and_request_id_only():
     error = UpstreamConnectError("connection refused", backend="http://10.0.0.5:9000")

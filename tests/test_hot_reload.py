@@ -8,7 +8,7 @@ from gevent.event import Event
 
 from tests.backends import wait_until
 from tests.conftest import base_config
-from tests.wire import get
+from tests.rawclient import get
 
 
 class Stream:

@@ -11,7 +11,7 @@ from app.logs import (TEXT_FORMAT, Fields, JsonFormatter, TextFormatter, configu
                       info_fields)
 from tests.backends import wait_until
 from tests.conftest import base_config
-from tests.wire import get, request
+from tests.rawclient import get, request
 
 
 def record(message, level=logging.INFO, **extra):

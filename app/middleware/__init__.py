@@ -1,6 +1,6 @@
 """Around every request: request IDs and the access log, metrics, recent traffic, the admin
 pages and the status document.
 
-May import ``lb`` (to read backend state), ``server.responses``, and the leaves; never
+May import ``lb`` (to read backend state), ``wire.responses``, and the leaves; never
 ``proxy``: what the proxy did reaches it in ``myproxy.*`` environ keys.
 """

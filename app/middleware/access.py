@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from ..config import NO_ROUTE
 from ..errors import UpstreamError
 from ..logs import TextFormatter, direct_handler, info_fields, plain, render_value
-from ..server.responses import close_body
+from ..wire.responses import close_body
 from ..server.tls import connection_tls
 
 if TYPE_CHECKING:

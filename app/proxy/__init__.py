@@ -1,6 +1,6 @@
 """The request's trip upstream and back: the proxy callable, upstream pools and the
 HTTP/1.1 client codec, request bodies, admission rules and tunnels.
 
-May import ``lb`` (who gets the request), the shared HTTP/1.1 rules and socket helpers in
-``server`` (``http1``, ``sockets``, ``handoff``), and the leaves; never ``middleware``.
+May import ``lb`` (who gets the request), ``wire`` (the HTTP/1.1 rules and socket helpers
+it shares with the server) and the leaves; never ``server`` or ``middleware``.
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from ..server import http1
+from ..wire import http1
 from ..config import LimitsConfig
 from ..errors import HeadersTooLarge
 

@@ -20,7 +20,7 @@ import socket
 from typing import Iterator
 
 from ..errors import BadRequest, BodyTooLarge, ClientError, ClientTimeout, ProxyError
-from ..server.http1 import Framing, Incomplete
+from ..wire.http1 import Framing, Incomplete
 
 CHUNK_SIZE = 64 * 1024       # bytes read from the client per read
 

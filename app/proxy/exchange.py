@@ -19,9 +19,9 @@ import re
 import socket
 
 from ..errors import UpstreamProtocolError, UpstreamReset
-from ..server.http1 import (LAST_CHUNK, MAX_CHUNK_SIZE_LINE, TCHAR, chunk_size, list_tokens,
+from ..wire.http1 import (LAST_CHUNK, MAX_CHUNK_SIZE_LINE, TCHAR, chunk_size, list_tokens,
                             encode_chunk, persists, response_has_body)
-from ..server.sockets import send_all, wait_readable
+from ..wire.sockets import send_all, wait_readable
 
 MAX_HEAD_BYTES = 64 * 1024      # the status line and header lines together
 MAX_HEADER_LINES = 100          # as http.client

@@ -40,9 +40,9 @@ from .body import request_body
 from ..config import Config
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
                       UpstreamProtocolError, UpstreamReset)
-from ..server.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
-from ..server.responses import error_response
-from ..server.watch import ClientAborted, ClientWatch, watch_client
+from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
+from ..wire.responses import error_response
+from ..wire.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
 from ..lb.retry import ReplayableBody, may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested

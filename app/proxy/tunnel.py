@@ -29,10 +29,10 @@ import urllib3
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3 import HTTPHeaderDict
 
-from ..server import handoff
+from ..wire import handoff
 from ..config import TimeoutsConfig
 from ..errors import BadRequest, ClientError, UpstreamConnectError, UpstreamConnectTimeout
-from ..server.http1 import LAST_CHUNK, TCHAR, encode_chunk, list_tokens
+from ..wire.http1 import LAST_CHUNK, TCHAR, encode_chunk, list_tokens
 from .upstream import classify
 
 log = logging.getLogger("myproxy.tunnel")

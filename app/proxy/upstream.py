@@ -38,7 +38,7 @@ from urllib3.util.timeout import _TYPE_DEFAULT
 
 from . import exchange
 from ..config import TimeoutsConfig
-from ..server.sockets import ReadDeadline, set_timeout
+from ..wire.sockets import ReadDeadline, set_timeout
 from ..lb.retry import IDEMPOTENT_METHODS
 from ..errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                      UpstreamProtocolError, UpstreamReset, UpstreamTimeout)

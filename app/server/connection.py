@@ -1,7 +1,7 @@
 """The client connection under ``python wsgi.py``: each request read strictly, and bounded.
 
 ``StrictConnection`` is a mixin for pywsgi's ``WSGIHandler`` (``app.server.standalone.Handler``). It
-replaces pywsgi's lax request parsing (STACK-FACTS 15-19) with ``app.server.http1`` and adds the
+replaces pywsgi's lax request parsing (STACK-FACTS 15-19) with ``app.wire.http1`` and adds the
 timeouts pywsgi lacks (STACK-FACTS 14):
 
 - a new connection has ``timeouts.client_header`` to send its first request head; later,
@@ -28,9 +28,9 @@ from typing import Callable
 
 import gevent
 
-from . import http1
-from .responses import error_response, render_head
-from .sockets import linger, set_timeout
+from ..wire import http1
+from ..wire.responses import error_response, render_head
+from ..wire.sockets import linger, set_timeout
 from ..errors import ClientError, ClientTimeout
 from ..logs import Fields
 

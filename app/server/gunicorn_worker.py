@@ -51,8 +51,8 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import StartupError, UpstreamError
 from .connection import header_deadline
-from .http1 import list_tokens
-from .responses import close_body
+from ..wire.http1 import list_tokens
+from ..wire.responses import close_body
 from .standalone import Server, log_listening, reload_on, tune_gc
 
 WORKER_BOOT_ERROR = 3    # gunicorn's Arbiter.WORKER_BOOT_ERROR: a worker that exits so halts it
@@ -187,7 +187,7 @@ class Connections:
 
         def tracked_request(listener_name, req, sock, addr):
             self.serving[sock] = req
-            if self.closing:
+            if self.closing or asks_close(req.headers):
                 req.force_close()
             try:
                 return handle_request(listener_name, req, sock, addr)
@@ -209,6 +209,14 @@ class Connections:
         for sock in idle:
             _end_reading(sock)
         return len(idle)
+
+
+def asks_close(headers) -> bool:
+    """Whether a gunicorn request's ``Connection`` lines list ``close``. gunicorn hears it
+    only as the first line's whole value ("close, TE" or "close, close" keep the connection,
+    and it serves the request pipelined behind); RFC 9112 §9.6 says none is."""
+    return "close" in list_tokens(",".join(value for name, value in headers
+                                           if name == "CONNECTION"))
 
 
 def _end_reading(sock) -> None:
@@ -311,15 +319,11 @@ class ServerConnection:
         sock = environ.get(self.SOCKET_KEY)
         if sock is None:
             return self.app(environ, start_response)
-        # gunicorn's parser hears "close" only as a Connection value of its own ("close,
-        # close" or "close, TE" keep the connection, and it reads the request pipelined
-        # behind): RFC 9112 §9.6 says no further request is processed after it.
-        asked = "close" in list_tokens(environ.get("HTTP_CONNECTION", ""))
-        state = {"close": asked}
+        state = {"close": False}
 
         def start(status: str, headers: list, exc_info=None):
-            state["close"] = asked or any(name.lower() == "connection" and value.lower() == "close"
-                                          for name, value in headers)
+            state["close"] = any(name.lower() == "connection" and value.lower() == "close"
+                                 for name, value in headers)
             return start_response(status, headers, exc_info)
 
         send_timeout = environ["myproxy.runtime"].config.timeouts.client_idle

@@ -3,14 +3,14 @@
 Owns what gevent's pywsgi leaves to the application (STACK-FACTS 13-21): ``TCP_NODELAY``
 on every accepted socket, the raw request target and header lines in environ, no stray
 body or final chunk on ``HEAD``/``204``/``304``, our logging instead of pywsgi's access
-log and tracebacks, the hand-over of a connection to an upgrade tunnel (``app.server.handoff``),
+log and tracebacks, the hand-over of a connection to an upgrade tunnel (``app.wire.handoff``),
 the garbage collector's settings for serving (``tune_gc``), and a shutdown sequence with
 a deadline (below). With ``tls``, the port speaks TLS through ``app.server.tls.Terminator``
 (gevent calls its ``wrap_socket`` in each connection's greenlet), and a second, plain
 server on ``tls.redirect_from`` answers with redirects (``app.middleware.redirect``).
 
 Each request is read strictly and every wait is bounded by ``connection.StrictConnection``
-(``app.server.http1`` and ``limits``/``timeouts``); the shutdown sequence:
+(``app.wire.http1`` and ``limits``/``timeouts``); the shutdown sequence:
 
 1. SIGTERM or SIGINT sets an event (signals are events, never places to do work);
 2. the app is marked draining (``/_myproxy/health`` answers 503) and every response from
@@ -45,13 +45,13 @@ from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
 
 from ..config import LimitsConfig, TimeoutsConfig
-from . import http1
+from ..wire import http1
 from .connection import SlowHeads, StrictConnection
 from ..errors import ProxyError, UpstreamError
-from .responses import error_response
-from .sockets import send_all
+from ..wire.responses import error_response
+from ..wire.sockets import send_all
 from .tls import send_close_notify, socket_tls
-from .watch import CLIENT_SOCKET, CLIENT_WATCHER, read_watcher
+from ..wire.watch import CLIENT_SOCKET, CLIENT_WATCHER, read_watcher
 
 log = logging.getLogger("myproxy.server")
 
@@ -66,7 +66,7 @@ class Handler(StrictConnection, WSGIHandler):
     strict reading of each request is ``StrictConnection``'s."""
 
     idle = True          # waiting for a request line: safe to close when draining
-    taken_over = False   # the connection was handed to an upgrade tunnel (app.server.handoff)
+    taken_over = False   # the connection was handed to an upgrade tunnel (app.wire.handoff)
     tls = None           # (version, resumed) of a TLS connection, read once
     _watcher = None      # the connection's read watcher for its requests' ClientWatch
 
@@ -143,7 +143,7 @@ class Handler(StrictConnection, WSGIHandler):
             if self.tls is None:
                 self.tls = socket_tls(self.socket)
             environ["myproxy.tls"] = self.tls
-        environ[CLIENT_SOCKET] = self.socket    # watched for aborts (app.server.watch)
+        environ[CLIENT_SOCKET] = self.socket    # watched for aborts (app.wire.watch)
         if self._watcher is None:
             self._watcher = read_watcher(self.socket)
         environ[CLIENT_WATCHER] = self._watcher

@@ -28,7 +28,7 @@ from gevent import GreenletExit
 
 from ..config import TLSConfig
 from .certificates import MIN_VERSIONS, CertificateSet, load_certificates, make_context
-from .sockets import linger
+from ..wire.sockets import linger
 
 log = logging.getLogger("myproxy.tls")
 

@@ -15,7 +15,7 @@ from app.server.standalone import Server
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import base_config
 from tests.scripted import FullBacklog, ScriptedBackend
-from tests.wire import connect, get, read_response, request
+from tests.rawclient import connect, get, read_response, request
 
 SMALL = b"k=v" * 100                 # kept for a replay
 BIG = b"x" * (200 * 1024)            # over the 64 KiB replay limit

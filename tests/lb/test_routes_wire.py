@@ -13,7 +13,7 @@ import yaml
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import base_config
 from tests.servers import SERVERS, launch, serving
-from tests.wire import request
+from tests.rawclient import request
 
 NAMES = ("api", "apiv2", "web", "wild", "deep", "docs", "shared", "fallback")
 

@@ -12,7 +12,7 @@ from tests.backends import free_port, wait_until
 from tests.conftest import base_config
 from tests.servers import SERVERS, launch
 from tests.websocket_backend import WebSocketBackend
-from tests.wire import connect, get, read_response
+from tests.rawclient import connect, get, read_response
 
 
 def make_app(urls, extra=""):

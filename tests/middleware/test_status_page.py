@@ -5,7 +5,7 @@ import pytest
 
 from tests.browser import CHROMIUM, Browser
 from tests.conftest import base_config
-from tests.wire import get
+from tests.rawclient import get
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium; .ci/run does)")

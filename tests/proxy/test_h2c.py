@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import base_config
 from tests.rawbackend import OK, RawBackend
 from tests.servers import SERVERS, serving
-from tests.wire import connect, request
+from tests.rawclient import connect, request
 
 SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"      # an empty HTTP/2 SETTINGS frame
 

@@ -14,7 +14,7 @@ from tests.backends import free_port, wait_until
 from tests.conftest import ProxyProcess, base_config
 from tests.servers import SERVERS, launch, serving
 from tests.websocket_backend import CLOSE, WebSocketBackend
-from tests.wire import connect, read_response, request
+from tests.rawclient import connect, read_response, request
 
 SIGTERM_SEEN = {"wsgi.py": "received SIGTERM", "gunicorn": "received SIGTERM",
                 "gunicorn-gevent": "Handling signal: term"}

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import base_config
 from tests.rawbackend import RawBackend, read_until_closed, statuses
 from tests.servers import SERVERS, serving
-from tests.wire import connect, read_response, request
+from tests.rawclient import connect, read_response, request
 
 SMUGGLED = b"GET /steal HTTP/1.1\r\nX-Ignore: "
 

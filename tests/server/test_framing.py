@@ -11,7 +11,7 @@ from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.rawbackend import RawBackend, Tripwire, read_until_closed, statuses
 from tests.servers import SERVERS, serving
-from tests.wire import connect, read_response, request
+from tests.rawclient import connect, read_response, request
 
 PIPELINED = b"GET /pipelined HTTP/1.1\r\nHost: t\r\n\r\n"
 MAX_HEADER_BYTES = 16 * 1024

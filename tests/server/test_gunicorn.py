@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import free_port, wait_until
 from tests.conftest import ROOT, ProxyProcess, base_config
-from tests.wire import connect, get, read_response
+from tests.rawclient import connect, get, read_response
 
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import base_config
 from tests.rawbackend import RawBackend, read_until_closed, statuses
 from tests.servers import SERVERS, serving
-from tests.wire import connect, request
+from tests.rawclient import connect, request
 
 
 @pytest.fixture(scope="module")

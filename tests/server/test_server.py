@@ -9,7 +9,7 @@ import pytest
 
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import ProxyProcess, base_config
-from tests.wire import connect, get, read_response, request
+from tests.rawclient import connect, get, read_response, request
 
 
 def test_startup_line_names_address_and_backends(start_proxy, backends):

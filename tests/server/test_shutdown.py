@@ -9,7 +9,7 @@ import yaml
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.servers import SERVERS, launch
-from tests.wire import connect, read_response
+from tests.rawclient import connect, read_response
 
 DELAY = 1.0          # short, but long enough to act inside it on a loaded machine
 PLAIN_GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"      # keep-alive: the server decides

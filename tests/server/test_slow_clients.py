@@ -12,7 +12,7 @@ from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.rawbackend import OK, RawBackend, read_until_closed
 from tests.servers import SERVERS, serving
-from tests.wire import connect, get, read_response
+from tests.rawclient import connect, get, read_response
 
 PIECE = b"x" * 65536
 

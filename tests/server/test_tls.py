@@ -19,7 +19,7 @@ from tests.certs import client_context, make_certificate, served_names, tls_conn
 from tests.conftest import ProxyProcess, base_config
 from tests.servers import GUNICORN, SERVERS, launch, serving
 from tests.websocket_backend import WebSocketBackend
-from tests.wire import connect, read_response
+from tests.rawclient import connect, read_response
 
 
 @pytest.fixture(scope="module")

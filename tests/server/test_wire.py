@@ -15,7 +15,7 @@ from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.rawbackend import CLOSE, OK, RawBackend, read_until_closed, statuses
 from tests.servers import SERVERS, serving
-from tests.wire import connect, read_response, request
+from tests.rawclient import connect, read_response, request
 
 GZIPPED = gzip.compress(b"hello gzip " * 100)
 

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.servers import SERVERS, serving
-from tests.wire import connect
+from tests.rawclient import connect
 
 EXAMPLES = 150
 END = b"GET /end HTTP/1.1\r\nHost: end\r\nConnection: close\r\n\r\n"

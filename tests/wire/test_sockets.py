@@ -1,4 +1,4 @@
-"""``app.server.sockets``: the wait for a reply with a connection's own read deadline."""
+"""``app.wire.sockets``: the wait for a reply with a connection's own read deadline."""
 import socket
 import time
 
@@ -6,7 +6,7 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from app.server.sockets import ReadDeadline, wait_readable
+from app.wire.sockets import ReadDeadline, wait_readable
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""app.server.responses: the one rendering of an error the proxy answers itself."""
+"""app.wire.responses: the one rendering of an error the proxy answers itself."""
 from app.errors import BadRequest, NoBackendAvailable
-from app.server.responses import error_response, render_head
+from app.wire.responses import error_response, render_head
 
 
 def test_an_error_renders_its_status_headers_and_text():

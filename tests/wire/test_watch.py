@@ -1,4 +1,4 @@
-"""app.server.watch on real loopback TCP connections: what counts as a client gone, and
+"""app.wire.watch on real loopback TCP connections: what counts as a client gone, and
 what does not (a half-close, a pipelined request). The wire tests in
 tests/proxy/test_client_abort.py cover the same through a running proxy."""
 import socket
@@ -7,7 +7,7 @@ import struct
 import gevent
 import pytest
 
-from app.server.watch import PROBE, ClientAborted, ClientWatch
+from app.wire.watch import PROBE, ClientAborted, ClientWatch
 from tests.proxy.test_tunnel_inprocess import certificate  # noqa: F401 - fixture
 
 

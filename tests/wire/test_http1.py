@@ -3,7 +3,7 @@ from io import BytesIO
 
 import pytest
 
-from app.server import http1
+from app.wire import http1
 from app.errors import BadRequest, HeadersTooLarge, MethodNotAllowed, UriTooLong
 
 
