@@ -200,6 +200,9 @@ class StrictConnection:
         """Answer a malformed request head with its status, then close the connection."""
         log.info("bad request from %s: %s %s", self._client(), error.status, error.detail)
         status_line, headers, body = error_response(error, close=True)
+        extra = getattr(self.server, "refusal_headers", None)    # HSTS over TLS (app.server.tls)
+        if extra is not None:
+            headers += extra(self.socket)
         try:
             self.socket.sendall(render_head(status_line, headers) + body)
         except OSError:
