@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from tests.backends import TestBackend, wait_until
+from tests.backends import TestBackend
 from tests.certs import make_certificate, served_names, tls_connect
 from tests.conftest import base_config
 from tests.servers import SERVERS, launch
