@@ -46,22 +46,23 @@ def main(argv=None) -> int:
         return 1
     if args.check or args.probe:
         from app.check import certificates, describe, probe, probe_hint
-        print(describe(config))
-        if config.tls is not None:
-            report, usable = certificates(config)
+        # A certificate clients refuse (expired, not yet valid) is served, but no "config OK"
+        # and exit 1; one that cannot be served stops the proxy: no probe either.
+        report, verdict = certificates(config) if config.tls is not None else ("", "ok")
+        print(describe(config, ok=verdict == "ok"))
+        if report:
             print(report)
-            if not usable:
-                return 1
-        if not args.probe:
-            print(probe_hint(config))
-            return 0
+        if verdict == "error" or not args.probe:
+            if verdict != "error":
+                print(probe_hint(config))
+            return 0 if verdict == "ok" else 1
         app = create_app(config)
         try:
             report, passed = probe(app)
         finally:
             app.stop()
         print(report)
-        return 0 if passed else 1
+        return 0 if passed and verdict == "ok" else 1
 
     configure_logging(config.log_level, config.log_format)
     from app.check import shutdown_warning

@@ -136,6 +136,7 @@ class App:
         changed = changes(old.config, new)
         if self.tls is not None and new.tls is not None:
             certificates = certificates or self.tls.prepare(new.tls)
+            changed += self.tls.changes(certificates)    # renewed files, with their new expiry
         # DNS names that are new (or looked up more or less often) are resolved first, so
         # that they have members from the first request the new runtime serves.
         prepared = lookup_fresh(old, new)
@@ -189,8 +190,9 @@ class App:
 
         A file with errors is refused with the same message as at start-up, logged and
         counted, and the running config stays; so is a TLS certificate that cannot be
-        served (missing, unreadable, not matching its key, expired): the certificate files
-        are read again on every reload, as certbot renews them in place.
+        served (missing, unreadable, not matching its key): the certificate files are read
+        again on every reload, as certbot renews them in place. An expired or not yet
+        valid certificate does not refuse the reload: it is logged as an ERROR.
         """
         with self._reloading:
             try:

@@ -27,8 +27,9 @@ PLATFORM_GRACE = (
 EXIT_MARGIN = 1.0   # seconds the process takes to exit once the drain is over
 
 
-def describe(config: Config) -> str:
-    """The effective settings, one a line, aligned: key, value, (origin)."""
+def describe(config: Config, ok: bool = True) -> str:
+    """The effective settings, one a line, aligned: key, value, (origin); headed
+    ``config OK`` when ``ok``, else ``config has problems`` (the lines after say which)."""
     rows = [(key, format_value(key, getattr(config, key)), config.origins.get(key, "default"))
             for key in SCALARS]
     for index, backend in enumerate(config.backends):
@@ -62,7 +63,8 @@ def describe(config: Config) -> str:
                          config.origins.get(f"tls.{key}", "default")))
     key_width = max(len(key) for key, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)
-    lines = [f"config OK: {config.source}"]
+    lines = [f"config OK: {config.source}" if ok else
+             f"config has problems (ERROR lines below): {config.source}"]
     lines += [f"  {key:<{key_width}}  {value:<{value_width}}  ({origin})"
               for key, value, origin in rows]
     if config.routes:
@@ -164,27 +166,33 @@ def shadowed(config: Config) -> list[str]:
     return warnings
 
 
-def certificates(config: Config, now: float | None = None) -> tuple[str, bool]:
+def certificates(config: Config, now: float | None = None) -> tuple[str, str]:
     """Each TLS certificate: names, issuer, not-after and days left, with a warning under
-    ``EXPIRY_WARNING_DAYS``; and whether all can be served (an error otherwise)."""
+    ``EXPIRY_WARNING_DAYS`` and an error for one clients refuse (expired, not yet valid);
+    and the verdict: ``ok``, ``refused`` (the proxy starts and serves, but clients refuse a
+    certificate) or ``error`` (a certificate that cannot be served: the proxy does not start)."""
     from .server.certificates import EXPIRY_WARNING_DAYS, load_certificates
     try:
-        loaded = load_certificates(config.tls, config.source, now)
+        loaded = load_certificates(config.tls, config.source)
     except ConfigError as error:
-        return f"tls: config error: {error}", False
+        return f"tls: config error: {error}", "error"
     now = time.time() if now is None else now
-    lines = []
+    lines, verdict = [], "ok"
     for index, certificate in enumerate(loaded.certificates):
         info = certificate.describe(now)
         days = info["days_left"]
+        names = ",".join(info["names"])
         lines.append(f"tls: certificate[{index}]{' (default)' if index == 0 else ''} "
-                     f"{certificate.files.cert}: names={','.join(info['names'])} "
+                     f"{certificate.files.cert}: names={names} "
                      f"issuer={info['issuer']!r} not_after={info['not_after_text']} "
                      f"days_left={days:g}")
-        if days < EXPIRY_WARNING_DAYS:
-            lines.append(f"tls: WARNING: certificate[{index}] ({','.join(info['names'])}) "
-                         f"expires in {days:g} days")
-    return "\n".join(lines), True
+        if info["problem"] is not None:
+            verdict = "refused"
+            lines.append(f"tls: ERROR: certificate[{index}] ({names}) {info['problem']}: "
+                         "clients refuse it (the proxy starts and serves it, logging an ERROR)")
+        elif days < EXPIRY_WARNING_DAYS:
+            lines.append(f"tls: WARNING: certificate[{index}] ({names}) expires in {days:g} days")
+    return "\n".join(lines), verdict
 
 
 def probe(app) -> tuple[str, bool]:

@@ -1,6 +1,6 @@
 """Certificates for the TLS tests, made with ``cryptography``: self-signed, EC P-256 (quick
-to make), any names (wildcards too), any validity; and TLS clients that show which one a
-server sent."""
+to make) or RSA 2048 (for the DHE-RSA suites), any names (wildcards too), any validity
+(expired, not yet valid); and TLS clients that show which one a server sent."""
 from __future__ import annotations
 
 import datetime
@@ -10,17 +10,22 @@ import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
 def make_certificate(folder, stem: str, names, days: float = 30, expired: bool = False,
-                     issuer: str = "MyProxy Test CA") -> tuple[str, str]:
-    """Write ``stem.pem`` and ``stem.key`` in ``folder``; return their paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
+                     issuer: str = "MyProxy Test CA", not_yet_valid: bool = False,
+                     key_type: str = "ec") -> tuple[str, str]:
+    """Write ``stem.pem`` and ``stem.key`` in ``folder``; return their paths. ``expired``:
+    it ended a day ago; ``not_yet_valid``: it starts in two days."""
+    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if key_type == "rsa"
+           else ec.generate_private_key(ec.SECP256R1()))
     now = datetime.datetime.now(datetime.timezone.utc)
     if expired:
         not_before, not_after = now - datetime.timedelta(days=60), now - datetime.timedelta(days=1)
+    elif not_yet_valid:
+        not_before, not_after = now + datetime.timedelta(days=2), now + datetime.timedelta(days=days)
     else:
         not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])

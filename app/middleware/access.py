@@ -30,7 +30,7 @@ from ..config import NO_ROUTE
 from ..errors import UpstreamError
 from ..logs import TextFormatter, direct_handler, info_fields, plain, render_value
 from ..wire.responses import close_body
-from ..server.tls import connection_tls
+from ..server.tls import connection_tls, hsts_value
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -84,7 +84,7 @@ class RequestLog:
             if timing:
                 headers.append((SERVER_TIMING_HEADER, server_timing(environ, started, expose)))
             if hsts and not any(name.lower() == "strict-transport-security" for name, _ in headers):
-                headers.append((HSTS_HEADER, f"max-age={int(hsts)}"))   # the backend's own wins
+                headers.append((HSTS_HEADER, hsts_value(hsts)))   # the backend's own wins
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start)

@@ -17,8 +17,8 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
 
 Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects of the runtime in
 force (``RuntimeHolder``), which own that state, when scraped, so they cost nothing per
-request; so is each TLS certificate's time left (``certificate_expiry``, from
-``app.server.tls``), by name, and the open client connections (``count_connections``, a
+request; so are each TLS certificate's time left and whether it is valid now
+(``certificate_expiry``, from ``app.server.tls``), by name, and the open client connections (``count_connections``, a
 count the server running the app hands in). Also exposed: the process's own ``process_*``
 metrics (prometheus_client's ``ProcessCollector``: memory, CPU, open descriptors) and
 ``myproxy_build_info{version,python}``.
@@ -84,9 +84,10 @@ class Metrics:
 
     def __init__(self, live, multiprocess_dir: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 certificate_expiry: Callable[[], dict[str, float]] | None = None):
+                 certificate_expiry: Callable[[], dict[str, tuple[float, float]]] | None = None):
         self.live = live      # the RuntimeHolder: its pools' backends feed the gauges
-        self.certificate_expiry = certificate_expiry   # TLS name -> not-after (Unix time)
+        # TLS name -> (not-before, not-after), Unix time
+        self.certificate_expiry = certificate_expiry
         self.multiprocess = bool(multiprocess_dir)
         self.clock = clock
         disable_created_metrics()   # process-wide, and the same for every app: no *_created
@@ -124,6 +125,10 @@ class Metrics:
         self.tls_expiry = Gauge("myproxy_tls_certificate_expiry_seconds",
                                 "Seconds until the TLS certificate serving this name expires.",
                                 ["name"], registry=r, multiprocess_mode="livemin")
+        self.tls_valid = Gauge("myproxy_tls_certificate_valid",
+                               "1 while the TLS certificate serving this name is within its "
+                               "validity; 0 when clients refuse it (expired, not yet valid).",
+                               ["name"], registry=r, multiprocess_mode="livemin")
         self._tls_names: set[str] = set()
         self.tls_refusals = None
         if certificate_expiry is not None:
@@ -131,7 +136,8 @@ class Metrics:
             self.tls_refusals = Counter(
                 "myproxy_tls_handshake_failures_total",
                 "Connections to the TLS port that never got to HTTPS, by reason: plain_http, "
-                "not_tls, timeout (no handshake within timeouts.client_header), failed.",
+                "not_tls, timeout (no handshake within timeouts.client_header), alpn (no protocol "
+                "we serve offered), failed.",
                 ["reason"], registry=r)
             for reason in REFUSALS:
                 self.tls_refusals.labels(reason)
@@ -303,13 +309,15 @@ class Metrics:
         if self.certificate_expiry is not None:
             now = self.clock()
             expiry = self.certificate_expiry()
-            for name, not_after in expiry.items():
+            for name, (not_before, not_after) in expiry.items():
                 self.tls_expiry.labels(name).set(round(not_after - now))
+                self.tls_valid.labels(name).set(int(not_before <= now < not_after))
             for name in self._tls_names - set(expiry):
-                try:
-                    self.tls_expiry.remove(name)
-                except KeyError:
-                    pass
+                for gauge in (self.tls_expiry, self.tls_valid):
+                    try:
+                        gauge.remove(name)
+                    except KeyError:
+                        pass
             self._tls_names = set(expiry)
 
     def _refresh_process(self) -> None:

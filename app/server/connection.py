@@ -203,6 +203,9 @@ class StrictConnection:
         status_line, headers, body = error_response(error, close=True)
         if self._head_method:
             body = b""                   # RFC 9110 §9.3.2: never a body after a HEAD
+        extra = getattr(self.server, "refusal_headers", None)    # HSTS over TLS (app.server.tls)
+        if extra is not None:
+            headers += extra(self.socket)
         try:
             self.socket.sendall(render_head(status_line, headers) + body)
         except OSError:

@@ -338,11 +338,18 @@ class Server(WSGIServer):
                          error_log=LoggingLogAdapter(log, logging.ERROR), **ssl_args)
         self._fixed = (limits, timeouts)
         self._settings = settings
+        # The TLS side's own answer headers (app.server.tls.Terminator), for refusals; None
+        # over plain HTTP, or with gunicorn's own context (--certfile, no tls in the config).
+        self._refusal_headers = getattr(tls, "refusal_headers", None)
         self.connections: set[Handler] = set()
         self.closing = False     # from SIGTERM on: every response says Connection: close
         self.draining = False    # no longer accepting: read no further request
         self.slow_heads = SlowHeads()    # slowloris closes, one log line a second
         self.requests = 0           # request heads read (gunicorn's max_requests counts them)
+
+    def refusal_headers(self, sock) -> list[tuple[str, str]]:
+        """Header fields for the connection's own error answers on ``sock`` (HSTS over TLS)."""
+        return self._refusal_headers(sock) if self._refusal_headers is not None else []
 
     @property
     def limits(self) -> LimitsConfig:

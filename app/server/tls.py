@@ -12,6 +12,13 @@ get the new certificates at once, open ones keep theirs. A TLS connection ends w
 close_notify (``send_close_notify``). ``connection_tls`` tells the access log the version
 and whether the session was resumed.
 
+A certificate outside its validity is served (as nginx does) and said loudly: an ERROR
+line at start and at every reload that keeps it, and ``Certificate.problem`` for /status,
+the metrics and ``--check``. A ClientHello whose ALPN list has no protocol we serve gets
+the fatal ``no_application_protocol`` alert (RFC 7301 §3.2; ``app.server.client_hello``),
+which Python's ssl does not send. ``refusal_headers`` gives the connection's own error
+answers (400, 414, 431) the ``Strict-Transport-Security`` every other HTTPS answer has.
+
 No class here derives from ``ssl.SSLContext`` or ``SSLSocket`` at import time: gunicorn's
 master imports this module before its workers patch ``ssl``.
 """
@@ -27,7 +34,9 @@ import gevent
 from gevent import GreenletExit
 
 from ..config import TLSConfig
-from .certificates import MIN_VERSIONS, CertificateSet, load_certificates, make_context
+from .certificates import (ALPN_PROTOCOLS, MIN_VERSIONS, CertificateSet, load_certificates,
+                           make_context)
+from .client_hello import MAX_RECORD, NO_APPLICATION_PROTOCOL_ALERT, offered_alpn
 from ..wire.sockets import linger
 
 log = logging.getLogger("myproxy.tls")
@@ -40,9 +49,11 @@ PLAIN_HTTP_RESPONSE = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; c
                        % (len(PLAIN_HTTP_BODY), PLAIN_HTTP_BODY))
 LINGER_SECONDS = 1.0                       # after the 400, read what the client still sends
 # Why a connection never got to HTTPS: plain HTTP (answered 400), other bytes than a TLS
-# record, no handshake within client_header, a handshake that failed (no common protocol
-# or cipher, a reset, a bad message).
-REFUSALS = ("plain_http", "not_tls", "timeout", "failed")
+# record, no handshake within client_header, an ALPN list without http/1.1 (answered
+# no_application_protocol), a handshake that failed (no common protocol version or
+# cipher, a reset, a bad message).
+REFUSALS = ("plain_http", "not_tls", "timeout", "alpn", "failed")
+SERVED_ALPN = frozenset(name.encode() for name in ALPN_PROTOCOLS)
 LINGER_BYTES = 64 * 1024
 
 
@@ -78,10 +89,17 @@ class Terminator:
                                      self.certificates.default.files.key)
         self.context.sni_callback = self._on_server_name
         self.context.sslsocket_class = _closing_class(type(self.context).sslsocket_class)
+        report_problems(self.certificates, self.clock())
 
     def prepare(self, tls: TLSConfig) -> CertificateSet:
         """Load the certificates of ``tls`` (a reload): raises ``ConfigError``, changes nothing."""
         return load_certificates(tls, self.settings.config.source)
+
+    def changes(self, certificates: CertificateSet) -> list[str]:
+        """What serving ``certificates`` instead of those in force changes (for the reload's
+        log line): each certificate added, renewed or removed, with its new expiry."""
+        return [f"tls.certificates: {item}"
+                for item in self.certificates.changes(certificates, self.clock())]
 
     def install(self, certificates: CertificateSet, tls: TLSConfig) -> None:
         """From the next handshake on, serve ``certificates`` with ``tls.min_version``."""
@@ -89,6 +107,17 @@ class Terminator:
         self.certificates = certificates
         log.info("tls: %d certificate(s) in force: %s", len(certificates.certificates),
                  "; ".join(",".join(c.names) for c in certificates.certificates))
+        report_problems(certificates, self.clock())
+
+    def refusal_headers(self, sock) -> list[tuple[str, str]]:
+        """The header fields the server's own error answers (a malformed request head) carry
+        on ``sock``: ``Strict-Transport-Security`` over TLS with ``tls.hsts`` set, as on
+        every other HTTPS answer (nginx's ``add_header ... always``); none over plain HTTP
+        (RFC 6797 §7.2)."""
+        tls = self.settings.config.tls
+        if tls is None or not tls.hsts or socket_tls(sock) is None:
+            return []
+        return [("Strict-Transport-Security", hsts_value(tls.hsts))]
 
     def _on_server_name(self, ssl_socket, server_name, _context) -> None:
         # Called by OpenSSL inside the handshake, for every ClientHello (server_name None
@@ -121,14 +150,21 @@ class Terminator:
         wrapped = None
         reason = None            # a connection closed before it sent a byte is no refusal
         try:
-            first = sock.recv(1, socket.MSG_PEEK)
+            # What has come (a whole ClientHello, as a rule), left in the socket for OpenSSL.
+            first = sock.recv(MAX_RECORD, socket.MSG_PEEK)
             if first and first[0] != TLS_HANDSHAKE_RECORD:
                 reason = "not_tls"
-                if first.isalpha():          # a request line's method: plain HTTP
+                if first[:1].isalpha():          # a request line's method: plain HTTP
                     reason = "plain_http"
                     peer = _peer(sock)
                     _answer_plain_http(sock)
                     log.info("plain HTTP on the TLS port from %s: answered 400", peer)
+            elif first and _no_served_protocol(first):
+                reason = "alpn"
+                log.debug("TLS client %s offers no ALPN protocol we serve (%s): answered "
+                          "no_application_protocol", _peer(sock),
+                          ",".join(name.decode("latin-1") for name in offered_alpn(first)))
+                _answer_no_protocol(sock, len(first))
             elif first:
                 wrapped = self.context.wrap_socket(sock, server_side=True,
                                                    do_handshake_on_connect=False)
@@ -138,11 +174,13 @@ class Terminator:
             if timeout is not timer:
                 raise
             reason = "timeout"
+            # Once wrapped, ``sock`` is detached: the TLS socket knows the address.
             log.info("closing the connection of %s: no TLS handshake within %.1fs",
-                     _peer(sock), limit)
+                     _peer(wrapped if wrapped is not None else sock), limit)
         except (ssl.SSLError, OSError, ValueError) as problem:
             reason = "failed"
-            log.debug("TLS handshake with %s failed: %s", _peer(sock), problem)
+            log.debug("TLS handshake with %s failed: %s",
+                      _peer(wrapped if wrapped is not None else sock), problem)
         finally:
             timer.close()
         _close(wrapped if wrapped is not None else sock)
@@ -155,8 +193,21 @@ class Terminator:
         now = self.clock()
         return [certificate.describe(now) for certificate in self.certificates.certificates]
 
-    def expiry(self) -> dict[str, float]:
+    def expiry(self) -> dict[str, tuple[float, float]]:
         return self.certificates.expiry()
+
+
+def report_problems(certificates: CertificateSet, now: float) -> None:
+    """An ERROR line for each certificate clients refuse (expired, not yet valid)."""
+    for certificate, problem in certificates.problems(now):
+        log.error("tls: certificate[%d] %s (%s) %s: clients refuse it; it is served until "
+                  "the file is replaced and the config reloaded", certificate.files.index,
+                  certificate.files.cert, ",".join(certificate.names), problem)
+
+
+def hsts_value(max_age: float) -> str:
+    """The ``Strict-Transport-Security`` field value for ``tls.hsts`` (RFC 6797 §6.1)."""
+    return f"max-age={int(max_age)}"
 
 
 def connection_tls(environ: dict) -> tuple[str, bool] | None:
@@ -213,6 +264,22 @@ def _answer_plain_http(sock) -> None:
         sock.sendall(PLAIN_HTTP_RESPONSE)
     except OSError:
         return
+    linger(sock, LINGER_SECONDS, LINGER_BYTES)
+
+
+def _no_served_protocol(client_hello: bytes) -> bool:
+    """Whether the ClientHello offers ALPN protocols and none that we serve."""
+    if any(bytes((len(name),)) + name in client_hello for name in SERVED_ALPN):
+        return False        # the common case, without parsing (17 µs saved per connection)
+    offered = offered_alpn(client_hello)
+    return bool(offered) and SERVED_ALPN.isdisjoint(offered)
+
+
+def _answer_no_protocol(sock, hello_bytes: int) -> None:
+    """The fatal alert, once the ClientHello is read (closing on unread bytes would send a
+    reset, which may reach the client before the alert), then a short lingering read."""
+    sock.recv(hello_bytes)
+    sock.sendall(NO_APPLICATION_PROTOCOL_ALERT)
     linger(sock, LINGER_SECONDS, LINGER_BYTES)
 
 

@@ -77,17 +77,21 @@ def test_the_page_groups_backends_by_route_in_precedence_order(start_proxy, back
             "document.querySelector('.route[data-route=\"api\"] .routehead').textContent")
 
 
-def test_over_https_the_page_shows_each_certificate_s_days_left(start_proxy, backend, tmp_path):
+def test_over_https_the_page_shows_each_certificate_s_days_left_and_an_expired_one_in_red(start_proxy, backend, tmp_path):
     from tests.certs import make_certificate
     site = make_certificate(tmp_path, "site", ["site.test", "*.site.test"], days=40)
     soon = make_certificate(tmp_path, "soon", ["soon.test"], days=3)
+    old = make_certificate(tmp_path, "old", ["old.test"], expired=True)
     proxy = start_proxy(base_config([backend.url], tls={"certificates": [
-        {"cert": site[0], "key": site[1]}, {"cert": soon[0], "key": soon[1]}]}))
+        {"cert": site[0], "key": site[1]}, {"cert": soon[0], "key": soon[1]},
+        {"cert": old[0], "key": old[1]}]}))
     with Browser(tmp_path) as browser:
         page = browser.open(f"https://127.0.0.1:{proxy.port}/_myproxy/")
-        page.wait_for("document.querySelectorAll('#certs span').length === 2")
+        page.wait_for("document.querySelectorAll('#certs span').length === 3")
         texts = page.evaluate("[...document.querySelectorAll('#certs span')].map(e => e.textContent)")
         assert "site.test, *.site.test: 40 days left" in texts[0]
         assert "soon.test: 3 days left" in texts[1]
+        assert "old.test: expired 1.0 days ago" in texts[2]          # served, and red
         assert page.evaluate("document.querySelectorAll('#certs span.warn').length") == 1
+        assert page.evaluate("document.querySelectorAll('#certs span.bad').length") == 1
         page.close()
