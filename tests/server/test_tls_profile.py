@@ -15,7 +15,7 @@ from tests.certs import client_context, make_certificate, served_names, tls_conn
 from tests.conftest import base_config
 from tests.servers import SERVERS, serving
 from tests.server.test_tls import https_get, tls_section
-from tests.wire import read_response
+from tests.rawclient import read_response
 
 OPENSSL = shutil.which("openssl")
 
