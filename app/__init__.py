@@ -224,10 +224,9 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     from .server.gunicorn_worker import ServerConnection
     from .proxy.proxy import Proxy
     from .middleware.status import Status
-    from .proxy.upstream import Upstream, make_session
+    from .proxy.transport import Upstream, make_session
 
-    members = sum(len(pool.backends) for pool in config.pools)
-    upstream = Upstream(session or make_session(pools=max(16, 2 * members)))
+    upstream = Upstream(session or make_session())
     live = RuntimeHolder(None)
     tls = None
     if config.tls is not None:

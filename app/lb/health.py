@@ -15,11 +15,10 @@ import time
 from typing import Callable
 
 import gevent
-import urllib3
 from gevent.event import Event
 
 from .balancer import Backend, Balancer, CheckResult
-from ..config import DEFAULT_ROUTE, HealthCheckConfig, format_value
+from ..config import DEFAULT_ROUTE, HealthCheckConfig, TimeoutsConfig, format_value
 from ..errors import UpstreamError
 from ..logs import Fields
 
@@ -90,7 +89,7 @@ class HealthChecker:
         started = time.monotonic()
         headers = [("Host", backend.netloc), ("User-Agent", "myproxy-health-check"),
                    ("Connection", "close")]
-        timeout = urllib3.Timeout(connect=self.rules.timeout, read=self.rules.timeout)
+        timeout = TimeoutsConfig(connect=self.rules.timeout, read=self.rules.timeout)
         try:
             response = self.upstream.send(backend.origin, "GET", backend.prefix + self.rules.path,
                                           headers, timeout=timeout, keep_alive=False)

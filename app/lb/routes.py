@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import gevent
-import urllib3
 
 from ..config import DEFAULT_ROUTE, Config, RouteConfig
 from ..errors import StartupError
@@ -50,7 +49,7 @@ class Pool:
         self.budget = budget
         self.discovery = discovery
         timeouts = settings.timeouts
-        self.upstream_timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
+        self.upstream_timeout = timeouts   # its connect and read, for the transport
         # The request's hash key is computed only for the hash policy (nothing per request else).
         self.hash_key = settings.hash_key if settings.policy == "hash" else None
 

@@ -1,56 +1,44 @@
-"""One HTTP/1.1 request and response on a pooled upstream connection, without http.client.
+"""One HTTP/1.1 request and response on a backend connection: the upstream codec.
 
-``Upstream.send`` takes a connection from the session adapter's urllib3 pool and hands it
-here for ``http://`` backends: the request goes out as one pre-built head (and the body
-behind it, framed as the caller says), and the response head is read by a small strict
-parser instead of ``http.client`` and the ``email`` package, which were a third of the
-proxy's CPU per request. ``Response`` streams the body with the framing the head says
-(RFC 9112 §6.3: none for HEAD/1xx/204/304, chunked, ``Content-Length``, or until close)
-and gives the connection back to its pool only when the body was read to its end and
-the connection may carry another request.
+``send_request`` writes the request as one pre-built head (``build_head``, through
+``wire.http1.render_head``) and the body behind it, framed as the caller says.
+``Response`` reads the response head with ``wire.http1.parse_response_head`` and streams
+the body with the framing the head says (RFC 9112 §6.3: none for HEAD/1xx/204/304,
+chunked through ``wire.http1.ChunkedReader``, ``Content-Length``, or until close). It gives
+the connection back (``release(True)``) only when the body was read to its end and the
+connection may carry another request.
 
-Failures are raised as the typed errors of ``errors`` (a reset, a timeout, an invalid
-head); the caller marks whether the connection was a reused one. It knows nothing of
-WSGI, backends or retries.
+Failures are raised as the typed errors of ``errors`` (a reset, an invalid head); socket
+errors and timeouts pass through for ``transport.classify``. It knows nothing of WSGI,
+backends, pools or retries.
 """
 from __future__ import annotations
 
-import re
 import socket
 
 from ..errors import UpstreamProtocolError, UpstreamReset
-from ..wire.http1 import (LAST_CHUNK, MAX_CHUNK_SIZE_LINE, TCHAR, chunk_size, list_tokens,
-                            encode_chunk, persists, response_has_body)
+from ..wire.http1 import (LAST_CHUNK, READ_SIZE, ChunkedReader, Incomplete, encode_chunk,
+                          list_tokens, parse_response_head, persists, render_head,
+                          response_has_body)
 from ..wire.sockets import send_all, wait_readable
 
 MAX_HEAD_BYTES = 64 * 1024      # the status line and header lines together
-MAX_HEADER_LINES = 100          # as http.client
-READ_SIZE = 64 * 1024           # bytes asked of the socket per recv
 
 # RFC 9110 §9.3.x: methods whose request carries content, so no body still means length 0
-# (what urllib3 sends, so backends see the same request as before).
+# (what a client library sends, so backends see the same request as before).
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 SWITCHING_PROTOCOLS = 101
 
-# A field line: a token (RFC 9110 §5.6.2), a colon, a value without CR or LF, CRLF. No two
-# parts can match the same bytes, so neither pattern backtracks.
-_FIELD_LINE = rb"(" + TCHAR.encode() + rb"+):([^\r\n]*)\r\n"
-_FIELD = re.compile(_FIELD_LINE)
-_VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
-# The same line as text, to take checked lines apart after one decode of them all.
-_FIELD_TEXT = re.compile(_FIELD_LINE.decode("latin-1"))
-
 
 def build_head(method: str, target: str, headers, chunked: bool, has_body: bool) -> bytes:
-    """The request line and header lines, as the bytes that go on the wire (latin-1: the
-    target is the client's bytes decoded as latin-1)."""
-    fields = "".join([": ".join(pair) + "\r\n" for pair in headers])
+    """The request line and header lines as they go on the wire, plus the framing header a
+    chunked body or an empty POST, PUT or PATCH needs."""
     if chunked:
-        fields += "Transfer-Encoding: chunked\r\n"
+        headers = [*headers, ("Transfer-Encoding", "chunked")]
     elif not has_body and method in METHODS_WITH_BODY and not any(
             name.lower() == "content-length" for name, _ in headers):
-        fields += "Content-Length: 0\r\n"
-    return f"{method} {target} HTTP/1.1\r\n{fields}\r\n".encode("latin-1")
+        headers = [*headers, ("Content-Length", "0")]
+    return render_head(f"{method} {target} HTTP/1.1", headers)
 
 
 def send_request(sock, head: bytes, body, chunked: bool) -> None:
@@ -87,12 +75,13 @@ class Response:
 
     def __init__(self, sock, method: str, release, deadline=None):
         """``deadline``: the connection's ``sockets.ReadDeadline``, for the wait for the
-        head (else gevent makes a timer of the socket's timeout for it)."""
+        head (else the socket's own timeout bounds it)."""
         self._sock = sock
         self._release = release
         self._deadline = deadline
         self._buffer = b""
         self._done = False
+        self._chunks: ChunkedReader | None = None
         self.status, self.reason, self.version, self.header_lines = self._read_head()
         while 100 <= self.status < 200 and self.status != SWITCHING_PROTOCOLS:
             self.status, self.reason, self.version, self.header_lines = self._read_head()
@@ -103,8 +92,10 @@ class Response:
     def _read_head(self):
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
-        if end < 0 and not buffer:
-            wait_readable(self._sock, self._deadline)   # the request was just sent: not in yet
+        if end < 0 and not buffer and self._deadline is not None:
+            # The request was just sent: its answer is not in yet (a plain connection; a
+            # TLS one may hold decrypted bytes its descriptor does not show).
+            wait_readable(self._sock, self._deadline)
         while end < 0:
             if len(buffer) > MAX_HEAD_BYTES:
                 raise UpstreamProtocolError("invalid response: the head is too long")
@@ -116,26 +107,8 @@ class Response:
             buffer += data
             end = buffer.find(b"\r\n\r\n", max(0, len(buffer) - len(data) - 3))
         self._buffer = buffer[end + 4:]
-        first = buffer.find(b"\r\n")
-        status_line = buffer[:first]
-        version, _, rest = status_line.partition(b" ")
-        code, _, reason = rest.partition(b" ")
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
-                or b"\n" in reason or b"\r" in reason:
-            raise UpstreamProtocolError(f"invalid response: bad status line {status_line[:100]!r}")
-        # The field lines, each with its CRLF: checked by one match, taken apart by another.
-        if first == end:
-            fields = []
-        elif _VALID_FIELDS.fullmatch(buffer, first + 2, end + 2) is None:
-            raise UpstreamProtocolError("invalid response: bad header line " + repr(next(
-                line for line in buffer[first + 2:end].split(b"\r\n")
-                if not _FIELD.fullmatch(line + b"\r\n"))[:100]))
-        else:
-            fields = [(name, value.strip(" \t")) for name, value
-                      in _FIELD_TEXT.findall(buffer[first + 2:end + 2].decode("latin-1"))]
-        if len(fields) > MAX_HEADER_LINES:
-            raise UpstreamProtocolError("invalid response: too many header lines")
-        return int(code), reason.decode("latin-1"), version, fields
+        version, status, reason, fields = parse_response_head(buffer[:end + 2])
+        return status, reason, version, fields
 
     def _frame(self, method: str) -> None:
         """Decide from the head how the body is framed and whether the connection lasts."""
@@ -153,17 +126,19 @@ class Response:
         self.connection_tokens = tokens      # names the backend listed as hop-by-hop
         persistent = persists(self.version == b"HTTP/1.0", tokens)
         self._keep = persistent
-        self._chunked = False
         self.length_remaining: int | None = None
         status = self.status
+        if status == SWITCHING_PROTOCOLS:
+            # The connection now speaks another protocol: done here, and left to whoever
+            # takes it over (``take_over``), or closed by ``close``.
+            self.length_remaining, self._keep, self._done = 0, False, True
+            return
         if not response_has_body(method, status):
             self.length_remaining = 0
-            if status == SWITCHING_PROTOCOLS:
-                self._keep = False   # the connection now speaks another protocol
         elif codings is not None:
             self._keep = False       # RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored
             if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
-                self._chunked, self._chunk_left = True, 0
+                self._chunks = ChunkedReader(self, UpstreamProtocolError)
                 self._keep = persistent and not lengths
         elif lengths:
             length = lengths.pop()
@@ -172,7 +147,7 @@ class Response:
             self.length_remaining = int(length)
         else:
             self._keep = False       # read until the backend closes
-        if self.length_remaining == 0 and not self._chunked:
+        if self.length_remaining == 0 and self._chunks is None:
             self._end()
 
     # The body -------------------------------------------------------------------------
@@ -182,12 +157,18 @@ class Response:
         the backend closes before the body's end, a socket timeout when it stalls."""
         if self._done:
             return b""
-        if self._chunked:
-            return self._read_chunked(size)
+        if self._chunks is not None:
+            try:
+                data = self._chunks.read(size)
+            except Incomplete:
+                raise UpstreamReset("the response body ended early") from None
+            if not data:
+                self._end()
+            return data
         left = self.length_remaining
         if left is not None:
             size = min(size, left)
-        data = self._take(size)
+        data = self.read(size)
         if not data:
             if left is None:
                 self._end()
@@ -203,50 +184,34 @@ class Response:
     def read_buffered(self, size: int = READ_SIZE) -> bytes:
         """``read1`` of what has arrived with the head already, never touching the socket:
         b"" when nothing of the body is buffered (a chunked body never is, here)."""
-        if self._done or self._chunked or not self._buffer:
+        if self._done or self._chunks is not None or not self._buffer:
             return b""
         return self.read1(size)
 
-    def _take(self, size: int) -> bytes:
+    # The connection's bytes, as a reader (for ChunkedReader) ---------------------------
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the connection: what is buffered, else one receive."""
         buffer = self._buffer
         if buffer:
             data, self._buffer = buffer[:size], buffer[size:]
             return data
         return self._sock.recv(size)
 
-    def _line(self) -> bytes:
+    def readline(self, limit: int) -> bytes:
+        """Bytes up to and including the next LF, at most ``limit``; fewer at EOF."""
         while True:
-            end = self._buffer.find(b"\r\n")
-            if end >= 0:
-                line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+            buffer = self._buffer
+            end = buffer.find(b"\n", 0, limit)
+            if end >= 0 or len(buffer) >= limit:
+                cut = end + 1 if end >= 0 else limit
+                line, self._buffer = buffer[:cut], buffer[cut:]
                 return line
-            if len(self._buffer) > MAX_CHUNK_SIZE_LINE:
-                raise UpstreamProtocolError("invalid response: a chunk line is too long")
             data = self._sock.recv(READ_SIZE)
             if not data:
-                raise UpstreamReset("the response body ended early")
-            self._buffer += data
-
-    def _read_chunked(self, size: int) -> bytes:
-        if self._chunk_left == 0:
-            line = self._line()
-            size = chunk_size(line)
-            if size is None:
-                raise UpstreamProtocolError(f"invalid response: bad chunk size {line[:20]!r}")
-            self._chunk_left = size
-            if self._chunk_left == 0:
-                while self._line():        # trailer fields: dropped (hop-by-hop here)
-                    pass
-                self._end()
-                return b""
-        data = self._take(min(size, self._chunk_left))
-        if not data:
-            raise UpstreamReset("the response body ended early")
-        self._chunk_left -= len(data)
-        if self._chunk_left == 0:
-            if self._line():
-                raise UpstreamProtocolError("invalid response: a chunk without its CRLF")
-        return data
+                self._buffer = b""
+                return buffer
+            self._buffer = buffer + data
 
     def _end(self) -> None:
         self._done = True
@@ -269,6 +234,13 @@ class Response:
                 pass
         except (OSError, UpstreamReset, UpstreamProtocolError, socket.timeout):
             self.close()
+
+    def take_over(self) -> tuple[socket.socket, bytes]:
+        """The connection itself and the bytes read past the head (a ``101``'s tunnel
+        starts with them); nothing of it goes back to a pool."""
+        self._done, self._release = True, None
+        buffered, self._buffer = self._buffer, b""
+        return self._sock, buffered
 
     def close(self) -> None:
         """Give up on the rest of the body: the connection is closed, not reused."""

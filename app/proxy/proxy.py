@@ -46,7 +46,7 @@ from ..wire.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
 from ..lb.retry import ReplayableBody, may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
-from .upstream import Upstream, classify
+from .transport import Upstream, classify
 
 log = logging.getLogger("myproxy.proxy")
 
@@ -91,7 +91,7 @@ class Proxy:
 
     def __init__(self, upstream: Upstream, tunnels: Tunnels | None = None):
         self.upstream = upstream
-        self.tunnels = tunnels or Tunnels()     # upgrades: WebSocket and others
+        self.tunnels = tunnels or Tunnels(upstream.transport)   # upgrades: WebSocket and others
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]

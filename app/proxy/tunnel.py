@@ -2,43 +2,39 @@
 
 ``upgrade_requested`` tells an upgrade request from an ordinary one. ``Tunnels.send`` has
 the contract of ``Upstream.send`` for an upgrade request: it opens a connection of its own
-to the backend (plain TCP for ``http://``, TLS for ``https://``), writes the request head
-as given (the raw target, each header line), and returns the backend's answer unread. Any
-answer but ``101`` is an ordinary response the proxy relays as usual. After a ``101``,
+to the backend through the transport (plain TCP for ``http://``, TLS for ``https://``),
+writes the request head as given (the raw target, each header line) with ``exchange``'s
+codec, and returns the backend's answer (an ``exchange.Response``) unread. Any answer but
+``101`` is an ordinary response the proxy relays as usual. After a ``101``,
 ``Tunnels.relay`` takes the client connection from the server (``app.handoff``), passes the
 ``101`` on, and copies bytes both ways, unchanged, until either side closes, no byte has
 moved either way for ``timeouts.tunnel_idle``, or the server shuts down and kills it.
 
-Each direction holds at most one ``BUFFER_SIZE`` read at a time, so a fast sender waits for
+Each direction holds at most one ``READ_SIZE`` read at a time, so a fast sender waits for
 a slow receiver instead of filling memory. This module knows nothing of how backends are
 chosen, retried or counted: the proxy does that around ``send`` and ``relay``.
 """
 from __future__ import annotations
 
-import http.client
 import logging
 import re
 import socket
 import ssl
 import time
 from typing import Callable
-from urllib.parse import urlsplit
 
 import gevent
-import urllib3
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
-from urllib3 import HTTPHeaderDict
 
+from . import exchange
 from ..wire import handoff
 from ..config import TimeoutsConfig
-from ..errors import BadRequest, ClientError, UpstreamConnectError, UpstreamConnectTimeout
-from ..wire.http1 import LAST_CHUNK, TCHAR, encode_chunk, list_tokens
-from .upstream import classify
+from ..errors import BadRequest, ClientError
+from ..wire.http1 import READ_SIZE, TCHAR, list_tokens, render_head
+from .transport import Transport, classify
 
 log = logging.getLogger("myproxy.tunnel")
 
 SWITCHING_PROTOCOLS = 101             # RFC 9110 §15.2.2
-BUFFER_SIZE = 64 * 1024               # bytes read at a time, per direction
 HALF_CLOSE_GRACE = 1.0                # after one side closes, the other direction gets this
                                       # long to finish (a WebSocket close handshake's reply)
 
@@ -83,43 +79,24 @@ def upgrade_requested(environ: dict) -> str:
     return ", ".join(protocols)
 
 
-class Handshake(urllib3.HTTPResponse):
-    """The backend's answer to an upgrade request, on a connection of its own.
-
-    For any status but 101 it is an ordinary response: the proxy streams its body and
-    releases it, which closes the connection (it is never pooled). After a 101, ``reader``
-    holds what the backend sent right behind the head, and ``socket`` is the connection.
-    """
-
-    def __init__(self, sock, raw: http.client.HTTPResponse, method: str):
-        super().__init__(body=raw, headers=HTTPHeaderDict(raw.msg.items()), status=raw.status,
-                         version=raw.version, reason=raw.reason, preload_content=False,
-                         decode_content=False, original_response=raw, connection=sock,
-                         enforce_content_length=True, request_method=method)
-        self.socket = sock
-        self.reader = raw.fp
-        self.header_lines = raw.msg.items()
-
-    def release_conn(self) -> None:
-        self.close()
-
-
 class Tunnels:
     """Upgrade handshakes with backends, and the tunnels that follow a ``101``.
 
-    Each call names its timeouts (the request's pool's ``timeouts``);
-    ``ssl_context`` verifies ``https://`` backends (default: the CA bundle the upstream
-    session uses); ``clock`` measures idleness.
+    Each call names its timeouts (the request's pool's ``timeouts``). ``transport`` opens
+    the connections (the proxy's, so a DNS member's certificate is verified for its name);
+    without one, a ``Transport`` of its own verifies ``https://`` backends with
+    ``ssl_context`` (default: the CA bundle requests ships); ``clock`` measures idleness.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, transport: Transport | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self._ssl_context = ssl_context
+        self._transport = transport or Transport(ssl_context=ssl_context)
         self._clock = clock
 
     def send(self, origin: str, method: str, target: str, headers: list, body=None,
              chunked: bool = False, fresh: bool = True,
-             timeouts: TimeoutsConfig = TimeoutsConfig()) -> Handshake:
+             timeouts: TimeoutsConfig = TimeoutsConfig()) -> exchange.Response:
         """Send an upgrade request on a new connection; return the answer, body unread.
 
         The contract of ``Upstream.send``; every connection is a fresh one, never pooled.
@@ -127,29 +104,26 @@ class Tunnels:
         of ``UpstreamError`` (a connect or TLS failure means nothing was sent), or the
         ``ClientError`` reading the client's body raised.
         """
-        lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
-        if chunked:
-            lines.append("Transfer-Encoding: chunked")
-        head = _head(lines)
-        sock = self._connect(origin, timeouts.connect)
-        raw = None
+        conn = self._transport.open(origin, timeouts.connect)
+        head = exchange.build_head(method, target, headers, chunked, body is not None)
+
+        def release(keep: bool) -> None:
+            conn.close()        # an answer but 101 ends its connection: never pooled
+
         try:
-            sock.settimeout(timeouts.read)
-            sock.sendall(head)
-            for piece in _body_pieces(body, chunked):
-                sock.sendall(piece)
-            raw = http.client.HTTPResponse(sock, method=method)
-            raw.begin()
+            conn.sock.settimeout(timeouts.read)
+            exchange.send_request(conn.sock, head, body, chunked)
+            return exchange.Response(conn.sock, method, release)
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
-            if raw is not None:
-                raw.close()
-            sock.close()
+            conn.close()
             if isinstance(error, ClientError):
                 raise       # reading the client's body failed: the client's fault
             raise classify(error) from error
-        return Handshake(sock, raw, method)
+        except BaseException:
+            conn.close()
+            raise
 
-    def relay(self, environ: dict, start_response: Callable, response: Handshake,
+    def relay(self, environ: dict, start_response: Callable, response: exchange.Response,
               backend: str, idle: float = TimeoutsConfig.tunnel_idle):
         """Pass the backend's 101 to the client, then relay bytes until the tunnel ends.
 
@@ -165,8 +139,7 @@ class Tunnels:
         except BaseException:
             response.close()
             raise
-        head = _head([f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value
-                                             in [*response.header_lines, *added])])
+        head = render_head(f"HTTP/1.1 {status}", [*response.header_lines, *added])
         tunnel = _Tunnel(client, response, self._clock)
         started = self._clock()
         closed_by = tunnel.run(head, idle)
@@ -177,38 +150,13 @@ class Tunnels:
                  tunnel.sent["client"])
         return client.handled
 
-    @property
-    def ssl_context(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
-        return self._ssl_context
-
-    def _connect(self, origin: str, timeout: float):
-        parts = urlsplit(origin)
-        https = parts.scheme == "https"
-        host, port = parts.hostname, parts.port or (443 if https else 80)
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except TimeoutError:
-            raise UpstreamConnectTimeout("connect timed out") from None
-        except OSError as error:
-            raise UpstreamConnectError(f"connection failed: {_describe(error)}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if not https:
-            return sock
-        try:
-            return self.ssl_context.wrap_socket(sock, server_hostname=host)
-        except OSError as error:   # ssl.SSLError (certificates), resets, timeouts
-            sock.close()
-            raise UpstreamConnectError(f"TLS handshake failed: {_describe(error)}") from None
-
 
 class _Tunnel:
     """One upgraded connection: two pumps and the watch over them."""
 
-    def __init__(self, client: handoff.ClientConnection, backend: Handshake, clock):
+    def __init__(self, client: handoff.ClientConnection, backend: exchange.Response, clock):
         self.client = client
-        self.backend = backend
+        self.backend, self._early = backend.take_over()   # the socket, and bytes past the 101
         self._clock = clock
         self.last_active = clock()
         self.sent = {"client": 0, "backend": 0}
@@ -217,11 +165,12 @@ class _Tunnel:
         """Relay until the tunnel ends; return who ended it: client, backend, idle, shutdown."""
         pumps = []
         try:
-            self.backend.socket.settimeout(None)     # idleness is watched here, not per read
-            self.client.socket.sendall(head)
+            self.backend.settimeout(None)     # idleness is watched here, not per read
+            self.client.socket.sendall(head + self._early)
+            self.sent["client"] += len(self._early)
             pumps = [gevent.spawn(self._pump, self.client.read, "client",
-                                  self.backend.socket, "backend"),
-                     gevent.spawn(self._pump, self.backend.reader.read1, "backend",
+                                  self.backend, "backend"),
+                     gevent.spawn(self._pump, self.backend.recv, "backend",
                                   self.client.socket, "client")]
             while True:
                 wait = max(0.0, self.last_active + idle - self._clock()) if idle else None
@@ -243,7 +192,7 @@ class _Tunnel:
         """Copy ``source`` to ``destination`` until one fails; return the side that ended it."""
         while True:
             try:
-                data = read(BUFFER_SIZE)
+                data = read(READ_SIZE)
             except (OSError, ValueError):
                 return source
             if not data:
@@ -261,25 +210,11 @@ class _Tunnel:
     def close(self) -> None:
         """End both connections. The server closes the client socket when the app returns."""
         _shutdown(self.client.socket, socket.SHUT_RDWR)
-        _shutdown(self.backend.socket, socket.SHUT_RDWR)
-        self.backend.close()
-
-
-def _head(lines: list[str]) -> bytes:
-    """A message head: the start line and header lines, each ending in CRLF, then CRLF."""
-    return "".join(f"{line}\r\n" for line in lines).encode("latin-1") + b"\r\n"
-
-
-def _body_pieces(body, chunked: bool):
-    """The request body as pieces to write, chunk-framed when ``chunked``."""
-    if body is None:
-        return
-    pieces = iter(lambda: body.read(BUFFER_SIZE), b"") if hasattr(body, "read") else body
-    for piece in pieces:
-        if piece:
-            yield encode_chunk(piece) if chunked else piece
-    if chunked:
-        yield LAST_CHUNK
+        _shutdown(self.backend, socket.SHUT_RDWR)
+        try:
+            self.backend.close()
+        except OSError:
+            pass
 
 
 def _shutdown(sock, how: int) -> None:
@@ -287,9 +222,3 @@ def _shutdown(sock, how: int) -> None:
         sock.shutdown(how)
     except (OSError, ValueError):
         pass
-
-
-def _describe(error: OSError) -> str:
-    if error.strerror:
-        return error.strerror.lower()
-    return (str(error) or type(error).__name__)[:200]

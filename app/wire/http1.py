@@ -1,6 +1,7 @@
-"""HTTP/1.1 (RFC 9112), strictly: the request head and the chunked body, and the rules the
-server side, the upstream codec (``app.proxy.exchange``) and tunnels share: the token
-grammar, the chunk codec, and which responses carry no body.
+"""HTTP/1.1 (RFC 9112), strictly, for both sides: the request head the server reads, the
+response head the upstream codec (``app.proxy.exchange``) and tunnels read, the one writer
+of a message head, the chunk codec, the field-line and Host grammar, and which messages
+carry a body.
 
 pywsgi's own parsing is lax (STACK-FACTS 15-19), and every laxness is a request-smuggling
 shape once the request is forwarded. This module owns the rules instead: small pure
@@ -19,7 +20,7 @@ import re
 from typing import Callable, NamedTuple
 
 from ..errors import (BadRequest, ClientError, HeadersTooLarge, MethodNotAllowed, UriTooLong,
-                     VersionNotSupported)
+                     UpstreamProtocolError, VersionNotSupported)
 
 # RFC 9112 §3: a server should accept request lines of at least 8000 octets; longer: 414.
 MAX_REQUEST_LINE = 8 * 1024
@@ -72,6 +73,10 @@ _FIELD_LINE = rb"(" + _TCHAR + rb"+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
 _VALID_FIELDS = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
 _FIELD = re.compile(_FIELD_LINE)
 _FIELD_TEXT = re.compile(_FIELD_LINE.decode("latin-1"))   # the same, to take checked text apart
+# RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ], the reason
+# HTAB, SP, VCHAR or obs-text. The SP before an empty reason is often left out: taken.
+_STATUS_LINE = re.compile(rb"(HTTP/1\.[01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+READ_SIZE = 64 * 1024           # bytes asked of a socket per read, on either side
 MAX_TRAILER_BYTES = 16 * 1024
 
 
@@ -274,6 +279,41 @@ def origin_form(method: str, target: str) -> tuple[str, str | None]:
     return (path if path.startswith("/") else "/" + path), authority
 
 
+def field_lines(fields) -> str:
+    """The field lines of a head, each ending in CRLF: ``name: value`` (RFC 9112 §5)."""
+    return "".join([": ".join(pair) + "\r\n" for pair in fields])
+
+
+def render_head(start_line: str, fields) -> bytes:
+    """A message head as the bytes that go on the wire: the start line, the field lines,
+    the empty line. Latin-1: a target or value holds the bytes received, decoded so."""
+    return f"{start_line}\r\n{field_lines(fields)}\r\n".encode("latin-1")
+
+
+def parse_response_head(head: bytes) -> tuple[bytes, int, str, list[tuple[str, str]]]:
+    """A response's version, status, reason and field lines (names as sent, values without
+    OWS), from ``head``: the status line and each field line, each with its CRLF, without
+    the empty line. The field lines follow the request side's grammar (``_FIELD_LINE``).
+    Raises ``UpstreamProtocolError`` for a head that is not a response."""
+    first = head.find(b"\r\n")
+    status = _STATUS_LINE.fullmatch(head, 0, first)
+    if status is None:
+        raise UpstreamProtocolError(f"invalid response: bad status line {head[:min(first, 100)]!r}")
+    if first + 2 == len(head):
+        fields = []
+    elif _VALID_FIELDS.fullmatch(head, first + 2) is None:
+        raise UpstreamProtocolError("invalid response: bad header line " + repr(next(
+            line for line in head[first + 2:-2].split(b"\r\n")
+            if not _FIELD.fullmatch(line + b"\r\n"))[:100]))
+    else:
+        fields = [(name, value.strip(" \t")) for name, value
+                  in _FIELD_TEXT.findall(head[first + 2:].decode("latin-1"))]
+        if len(fields) > MAX_FIELD_LINES:
+            raise UpstreamProtocolError("invalid response: too many header lines")
+    reason = status[3]
+    return status[1], int(status[2]), reason.decode("latin-1") if reason else "", fields
+
+
 def read_line(rfile, budget: int, too_long: Callable[[], ClientError]) -> bytes:
     """One CRLF-terminated line of at most ``budget`` bytes (CRLF included), without CRLF.
     ``too_long`` makes the error for a longer line (made only then: a line is read often)."""
@@ -369,14 +409,19 @@ def read_request_line(rfile, max_bytes: int) -> bytes:
 
 
 class ChunkedReader:
-    """Decodes a chunked request body from ``rfile`` (RFC 9112 §7.1), strictly.
+    """Decodes a chunked body from ``rfile`` (RFC 9112 §7.1), strictly: the one chunk
+    decoder, for a client's request body and a backend's response body alike.
 
+    ``rfile`` has ``readline(limit)`` and ``read(size)`` (a short read is taken).
     ``read(size)`` returns up to ``size`` bytes of data, ``b""`` at the end; trailers are
-    checked and dropped. Any syntax error raises ``BadRequest``; EOF raises ``Incomplete``.
+    checked (at most ``MAX_TRAILER_BYTES``, ``MAX_FIELD_LINES`` lines) and dropped. A
+    syntax error raises ``invalid`` (``BadRequest`` for a client's body); EOF raises
+    ``Incomplete``.
     """
 
-    def __init__(self, rfile):
+    def __init__(self, rfile, invalid: type[Exception] = BadRequest):
         self._rfile = rfile
+        self._invalid = invalid
         self._left = 0              # bytes left in the current chunk
         self.done = False
 
@@ -393,22 +438,45 @@ class ChunkedReader:
         if not data:
             raise Incomplete("connection closed in the middle of a chunk")
         self._left -= len(data)
-        if self._left == 0 and self._rfile.read(2) != b"\r\n":
-            raise BadRequest("chunk data not followed by CRLF")
+        if self._left == 0:
+            end = self._rfile.read(2)
+            if len(end) == 1:
+                end += self._rfile.read(1)
+            if end != b"\r\n":
+                raise self._invalid("chunk data not followed by CRLF")
         return data
 
+    def _line(self, budget: int, too_long: Callable[[], Exception]) -> bytes:
+        try:
+            return read_line(self._rfile, budget, too_long)
+        except BadRequest as error:
+            if self._invalid is BadRequest:
+                raise
+            raise self._invalid(error.detail) from None
+
     def _next_size(self) -> int:
-        line = read_line(self._rfile, MAX_CHUNK_SIZE_LINE, lambda: BadRequest("chunk size line too long"))
+        line = self._line(MAX_CHUNK_SIZE_LINE, lambda: self._invalid("chunk size line too long"))
         size = chunk_size(line)
         if size is None:
-            raise BadRequest("invalid chunk size line")
+            raise self._invalid(f"invalid chunk size line {line[:20]!r}")
         return size
 
+    def _trailers_too_large(self) -> Exception:
+        if self._invalid is BadRequest:
+            return HeadersTooLarge("trailer section too large")      # a client's: 431
+        return self._invalid("trailer section too large")
+
     def _read_trailers(self) -> None:
-        budget = MAX_TRAILER_BYTES
+        budget, lines = MAX_TRAILER_BYTES, 0
         while True:
-            line = read_line(self._rfile, budget, lambda: HeadersTooLarge("trailer section too large"))
+            line = self._line(budget, self._trailers_too_large)
             if not line:
                 return
             budget -= len(line) + 2
-            parse_field_line(line)
+            lines += 1
+            if lines > MAX_FIELD_LINES:
+                raise self._invalid("too many trailer lines")
+            try:
+                parse_field_line(line)
+            except BadRequest as error:
+                raise self._invalid(f"invalid trailer: {error.detail}") from None

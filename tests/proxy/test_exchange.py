@@ -1,8 +1,8 @@
 """The upstream codec (app.exchange) through Upstream.send, against raw backends on real
 sockets: response framing, keep-alive reuse, strict heads, and the request as sent."""
 import pytest
-import urllib3
 
+from app.config import TimeoutsConfig
 from app.errors import UpstreamError, UpstreamProtocolError, UpstreamReset
 from tests.rawbackend import CLOSE, OK, RawBackend
 from tests.proxy.test_tunnel_inprocess import certificate, tls_backend  # noqa: F401 - fixtures
@@ -23,8 +23,8 @@ def raw():
 
 
 def upstream_for(url):
-    from app.proxy.upstream import Upstream
-    return Upstream(timeout=urllib3.Timeout(connect=3, read=2))
+    from app.proxy.transport import Upstream
+    return Upstream(timeout=TimeoutsConfig(connect=3, read=2))
 
 
 def fetch(upstream, url, method="GET", target="/", body=None, chunked=False, headers=None):
@@ -132,7 +132,7 @@ def test_the_request_goes_out_byte_for_byte_with_its_framing(raw):
     assert backend.connections == 1
 
 
-def test_https_backends_still_go_through_urllib3_and_verify_certificates(tls_backend):  # noqa: F811
+def test_https_backends_verify_certificates(tls_backend):  # noqa: F811
     with pytest.raises(UpstreamError) as caught:
         upstream_for(tls_backend.url).send(tls_backend.url, "GET", "/", [("Host", "b")])
     assert "certificate" in caught.value.detail.lower() or "TLS" in caught.value.detail

@@ -16,7 +16,7 @@ from app.middleware.access import RequestLog
 from app.proxy.proxy import Proxy
 from app.server.standalone import Server
 from app.proxy.tunnel import Tunnels, upgrade_requested
-from app.proxy.upstream import Upstream
+from app.proxy.transport import Upstream
 from tests.backends import wait_until
 from tests.websocket_backend import WebSocketBackend
 

@@ -7,7 +7,7 @@ import gevent.event
 import pytest
 
 from app.errors import UpstreamError
-from app.proxy.upstream import Upstream
+from app.proxy.transport import Upstream
 from tests.backends import wait_until
 from tests.proxy.test_tunnel_inprocess import certificate  # noqa: F401 - fixture
 
@@ -39,7 +39,7 @@ def test_a_member_found_through_dns_is_verified_for_its_name_not_its_address(cer
     finally:
         listener.close()
     assert asked == ["a.api.test"]
-    assert upstream.pool(origin).assert_hostname == "a.api.test"
+    assert upstream.pool(origin).server_name == "a.api.test"
 
 
 def _listen(host: str = "127.0.0.1") -> socket.socket:
@@ -80,7 +80,7 @@ def test_an_idle_pooled_connection_is_closed_when_the_backend_closes_or_writes(b
     try:
         response = upstream.send(origin, "GET", "/", [("Host", "t")])
         assert response.read1() == b"ok" and response.complete
-        pooled = [conn for conn in upstream.pool(origin).pool.queue if conn is not None]
+        pooled = upstream.pool(origin).idle
         assert len(pooled) == 1 and pooled[0].sock is not None
         assert answered.wait(timeout=5)
         gevent.sleep(0.05)
@@ -112,7 +112,7 @@ def test_a_request_that_says_connection_close_never_leaves_its_connection_in_the
         response = upstream.send(origin, "GET", "/", [("Host", "t"), ("Connection", "close")],
                                  keep_alive=False)
         assert response.read1() == b"ok" and response.complete
-        assert all(conn is None or conn.sock is None for conn in upstream.pool(origin).pool.queue)
+        assert all(conn.sock is None for conn in upstream.pool(origin).idle)
     finally:
         done.set()
         server.join(timeout=5)

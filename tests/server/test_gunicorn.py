@@ -153,7 +153,7 @@ def test_gunicorn_https_upstreams_survive_the_import_order(start_gunicorn, backe
     proxy = start_gunicorn(base_config([https], retries={"attempts": 1}, expose_backends=True,
                                        health_check={"enabled": False}), kind=kind)
     status, _, body = get(proxy.port)
-    assert status == 502 and b"TLS error" in body      # a plain-HTTP port: the handshake fails
+    assert status == 502 and b"TLS handshake failed" in body   # a plain-HTTP port: the handshake fails
     assert b"RecursionError" not in body
     assert "MonkeyPatchWarning" not in proxy.output
 
