@@ -293,7 +293,7 @@ def _header_block(headers) -> bytes:
     native string (``UnicodeError``) or not latin-1, and ``ValueError`` for a CR or LF in
     one (a response split in two)."""
     try:
-        text = "".join([": ".join(pair) + "\r\n" for pair in headers])
+        text = http1.field_lines(headers)
     except TypeError:
         raise UnicodeError("The header must be a native string", headers) from None
     if text.count("\n") != len(headers) or text.count("\r") != len(headers):

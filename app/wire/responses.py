@@ -5,6 +5,8 @@ It knows nothing of proxying; both servers and every middleware may import it.
 """
 from __future__ import annotations
 
+from . import http1
+
 
 def close_body(body) -> None:
     """Close a WSGI response iterable, as PEP 3333 requires of whoever wraps it."""
@@ -29,6 +31,6 @@ def error_response(error, close: bool = False, **context) -> tuple[str, list[tup
 
 
 def render_head(status_line: str, headers) -> bytes:
-    """A response head as the bytes that go on the wire, for a server writing it itself."""
-    lines = [f"HTTP/1.1 {status_line}", *(f"{name}: {value}" for name, value in headers)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    """A response head as the bytes that go on the wire, for a server writing it itself
+    (``http1.render_head`` with an HTTP/1.1 status line)."""
+    return http1.render_head(f"HTTP/1.1 {status_line}", headers)
