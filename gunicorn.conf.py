@@ -125,8 +125,18 @@ logger_class = quiet_logger_class()
 
 
 def on_starting(server):
-    """In the master: SIGHUP reloads the config inside each worker instead of replacing them;
-    metrics count from zero (what an earlier run left in the directory is cleared)."""
+    """In the master: a worker class that cannot serve MyProxy, or an address that cannot
+    be bound, stops it here with one line and exit 1 (``app.server.gunicorn_master``);
+    SIGHUP reloads the config inside each worker instead of replacing them; metrics count
+    from zero (what an earlier run left in the directory is cleared)."""
+    from app.server.gunicorn_master import listen_problem, worker_problem
+    problem = worker_problem(server.worker_class) or listen_problem(server)
+    if problem:
+        print(f"myproxy: {problem}", file=sys.stderr)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        on_exit(server)         # gunicorn will not call it: nothing has started
+        sys.exit(1)
     def reload_in_workers():
         server.log.info("Hang up: each worker reloads the MyProxy config (workers are kept)")
         server.kill_workers(signal.SIGHUP)

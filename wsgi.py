@@ -16,7 +16,7 @@ import sys  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.config import ConfigError, load  # noqa: E402
-from app.errors import StartupError  # noqa: E402
+from app.errors import ListenError, StartupError  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 
 
@@ -78,6 +78,9 @@ def main(argv=None) -> int:
         demo_servers = start_demo_backends(config)
     try:
         return serve(app, config)
+    except ListenError as error:       # one line, as nginx says it
+        print(f"myproxy: {error}", file=sys.stderr)
+        return 1
     except StartupError as error:
         print(f"myproxy: cannot start: {error}", file=sys.stderr)
         return 1
