@@ -1,5 +1,6 @@
-"""Entry point. ``python wsgi.py [--config PATH] [--check [--probe]] [--demo]`` serves standalone;
-``gunicorn -k gevent wsgi:application`` imports ``application`` from here.
+"""Entry point. ``python wsgi.py [--config PATH] [--check [--probe]] [--alive] [--demo]``
+serves standalone (``--alive``: the liveness probe of a running one, ``app.liveness``);
+``gunicorn wsgi:application`` imports ``application`` from here.
 
 gevent's monkey-patching comes first, before anything imports ssl, requests or urllib3
 (STACK-FACTS 12). Importing this module reads the config and builds the app, but connects,
@@ -29,6 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("--probe", action="store_true",
                         help="with --check: also send one health check to each backend; "
                              "exit 1 if any fails")
+    parser.add_argument("--alive", action="store_true",
+                        help="ask the proxy this config describes for {admin.prefix}/live on "
+                             "this machine; exit 0 if it serves, 1 if not (the image's "
+                             "HEALTHCHECK)")
     parser.add_argument("--demo", action="store_true",
                         help="also start demo backends on the configured localhost ports")
     parser.add_argument("--demo-backend", metavar="PORT", type=int,
@@ -44,6 +49,12 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"myproxy: config error: {error}", file=sys.stderr)
         return 1
+    if args.alive:
+        from app.liveness import alive
+        serving, line = alive(config)
+        print(f"myproxy: {'alive' if serving else 'not alive'}: {line}",
+              file=sys.stdout if serving else sys.stderr)
+        return 0 if serving else 1
     if args.check or args.probe:
         from app.check import certificates, describe, probe
         print(describe(config))

@@ -235,7 +235,7 @@ def test_kubernetes_example_probes_drains_and_mounts_a_valid_config(kubernetes):
     container = pod["containers"][0]
     assert container["ports"][0]["containerPort"] == config.port
     assert container["readinessProbe"]["httpGet"] == {"path": "/_myproxy/health", "port": "http"}
-    assert "tcpSocket" in container["livenessProbe"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/_myproxy/live", "port": "http"}
     assert "lifecycle" not in container          # shutdown_delay does what a preStop sleep did
     assert config.shutdown_delay >= 5
     assert pod["terminationGracePeriodSeconds"] >= shutdown_seconds(config)
