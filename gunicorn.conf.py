@@ -1,5 +1,13 @@
 """gunicorn settings for ``gunicorn wsgi:application`` (picked up from the working directory).
 
+gunicorn reads this file from its working directory only. Started anywhere else, name it:
+``gunicorn --config /opt/myproxy/gunicorn.conf.py wsgi:application`` works from any
+directory (this file puts its own directory on ``sys.path`` and makes it gunicorn's
+``chdir``; a relative ``$MYPROXY_CONFIG`` still means the directory gunicorn was started
+in, and without it the checkout's ``config/config.yaml`` is read). Without it, ``wsgi.py``
+refuses to serve (``MARKER`` below is how it knows), rather than serve on gunicorn's sync
+worker.
+
 Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
 ``$WEB_CONCURRENCY`` workers (default 1) of MyProxy's worker class
 (``app.server.gunicorn_worker.Worker``: gunicorn's gevent worker serving with
@@ -46,6 +54,19 @@ import shutil
 import signal
 import sys
 import tempfile
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)      # started elsewhere with --config: ``app`` is found
+chdir = _HERE                      # and the workers import ``wsgi`` from here
+MARKER = "MYPROXY_GUNICORN_CONF"   # read by wsgi.py in each worker: these settings are in force
+os.environ[MARKER] = os.path.abspath(__file__)
+if os.environ.get("MYPROXY_CONFIG"):
+    # The same file for the master (here, in the directory gunicorn was started in) and
+    # the workers (in ``chdir``).
+    os.environ["MYPROXY_CONFIG"] = os.path.abspath(os.environ["MYPROXY_CONFIG"])
+else:
+    os.environ["MYPROXY_CONFIG"] = os.path.join(_HERE, "config", "config.yaml")
 
 _OWNED = "MYPROXY_METRICS_DIR_OWNED"       # the directory below is ours to remove
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

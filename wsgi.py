@@ -13,6 +13,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -100,8 +101,23 @@ def main(argv=None) -> int:
             server.stop(timeout=1)
 
 
+WORKER_BOOT_ERROR = 3    # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops, no respawn
+
+
 def _application():
-    """The app gunicorn serves; a config error stops it with the message, not a traceback."""
+    """The app gunicorn serves; a config error stops it with the message, not a traceback.
+
+    Under gunicorn without MyProxy's ``gunicorn.conf.py`` (started outside the checkout,
+    where gunicorn does not find it), gunicorn would serve on its sync worker: one request at
+    a time, no health checks, long requests killed after 30 s. So it refuses, in one line
+    that says how to run it, and the master stops."""
+    if "gunicorn.arbiter" in sys.modules and not os.environ.get("MYPROXY_GUNICORN_CONF"):
+        here = os.path.dirname(os.path.abspath(__file__))
+        print(f"myproxy: gunicorn was started without MyProxy's settings ({here}/gunicorn.conf.py, "
+              f"which gunicorn reads from its working directory only): start it in {here} "
+              f"(systemd: WorkingDirectory={here}) or name the file: gunicorn --config "
+              f"{here}/gunicorn.conf.py wsgi:application", file=sys.stderr)
+        sys.exit(WORKER_BOOT_ERROR)
     try:
         config = load()
         configure_logging(config.log_level, config.log_format)

@@ -96,6 +96,7 @@ def test_procfile_runs_gunicorn_with_settings_that_finish_inside_a_paas_30_secon
     monkeypatch.setenv("PORT", "5999")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.delenv("MYPROXY_CONFIG", raising=False)
+    monkeypatch.delenv("MYPROXY_GUNICORN_CONF", raising=False)    # the file sets both
     settings = runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))
     assert settings["bind"] == ["0.0.0.0:5999"]
     assert settings["workers"] == 1 and settings["worker_class"] == "app.server.gunicorn_worker.Worker"
@@ -219,6 +220,7 @@ def test_gunicorn_waits_for_shutdown_delay_plus_shutdown_timeout(monkeypatch, tm
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("MYPROXY_CONFIG", str(path))
+    monkeypatch.delenv("MYPROXY_GUNICORN_CONF", raising=False)    # the file sets it
     settings = runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))
     assert settings["graceful_timeout"] == 26
 

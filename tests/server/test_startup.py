@@ -1,15 +1,21 @@
-"""Start-up failures an operator meets first: a port in use, an address that is not this
-machine's, a ``host`` that is no address at all. Each is one line and exit 1, under
-``python wsgi.py`` and under the Procfile's ``gunicorn wsgi:application``."""
+"""Start-up as an operator meets it first: a port in use, an address that is not this
+machine's, a ``host`` that is no address at all (each one line and exit 1, under ``python
+wsgi.py`` and the Procfile's ``gunicorn wsgi:application``); gunicorn started outside the
+checkout or with a worker that cannot serve MyProxy (one line, no degraded serving); the
+systemd unit in deploy/."""
+import os
 import socket
 import sys
 
 import pytest
 import yaml
 
+from app.check import shutdown_seconds
+from app.config import load
 from tests.backends import free_port
-from tests.conftest import ProxyProcess
-from tests.servers import GUNICORN
+from tests.conftest import ROOT, ProxyProcess
+from tests.servers import GUNICORN, READY
+from tests.wire import get
 
 
 def start(kind: str, path: str, port: int) -> ProxyProcess:
@@ -69,3 +75,82 @@ def test_check_accepts_an_ip_address_or_a_name_this_machine_resolves(write_confi
     path = write_config({"host": host, "backends": ["http://127.0.0.1:9"]})
     process = ProxyProcess([sys.executable, "wsgi.py", "--check", "--config", path])
     assert process.wait(timeout=15) == 0, process.output
+
+
+# --- gunicorn started from anywhere ---------------------------------------------------------
+
+def unit_settings() -> dict[str, list[str]]:
+    """deploy/myproxy.service's [Service] settings, each key's values in order."""
+    settings: dict[str, list[str]] = {}
+    section = None
+    with open(os.path.join(ROOT, "deploy", "myproxy.service")) as unit:
+        for line in unit:
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                settings.setdefault(key, []).append(value)
+    return settings
+
+
+@pytest.mark.parametrize("how", [["--chdir", ROOT], ["--pythonpath", ROOT]],
+                         ids=["chdir", "pythonpath"])
+def test_gunicorn_started_outside_the_checkout_refuses_in_one_line_that_says_how(
+        how, write_config, tmp_path):
+    path = write_config({"host": "127.0.0.1", "backends": ["http://127.0.0.1:9"]})
+    process = ProxyProcess([GUNICORN, *how, "wsgi:application"], cwd=str(tmp_path),
+                           env={"MYPROXY_CONFIG": path, "PORT": str(free_port()),
+                                "MYPROXY_GUNICORN_CONF": ""})
+    try:
+        assert process.wait(timeout=20) == 3          # gunicorn's "Worker failed to boot."
+    finally:
+        process.stop()
+    [line] = myproxy_lines(process.output)
+    assert f"gunicorn --config {ROOT}/gunicorn.conf.py wsgi:application" in line
+    assert f"WorkingDirectory={ROOT}" in line
+    assert "Traceback" not in process.output
+
+
+def test_gunicorn_with_its_sync_worker_refuses_in_one_line(write_config):
+    path = write_config({"host": "127.0.0.1", "backends": ["http://127.0.0.1:9"]})
+    process = ProxyProcess([GUNICORN, "-k", "sync", "wsgi:application"],
+                           env={"MYPROXY_CONFIG": path, "PORT": str(free_port())})
+    try:
+        assert process.wait(timeout=20) == 1
+    finally:
+        process.stop()
+    assert myproxy_lines(process.output) == [
+        "myproxy: gunicorn's gunicorn.workers.sync.SyncWorker worker cannot serve MyProxy (one "
+        "request at a time, no health checks): run it as `gunicorn wsgi:application` "
+        "(MyProxy's worker, set in gunicorn.conf.py) or `gunicorn -k gevent wsgi:application`"]
+    assert "Booting worker" not in process.output and "Traceback" not in process.output
+
+
+def test_the_systemd_unit_serves_with_myproxys_worker_from_any_directory(backend, tmp_path):
+    settings = unit_settings()
+    [command] = settings["ExecStart"]
+    [workdir] = settings["WorkingDirectory"]
+    args = command.split()
+    assert args[1:] == ["--config", f"{workdir}/gunicorn.conf.py", "wsgi:application"]
+    assert settings["KillSignal"] == ["SIGTERM"] and settings["KillMode"] == ["mixed"]
+    assert float(settings["TimeoutStopSec"][0]) >= shutdown_seconds(load(
+        os.path.join(ROOT, "config", "config.yaml"), environ={}))
+    env = dict(value.split("=", 1) for value in settings["Environment"])
+    port = free_port()
+    # Run here: the checkout is ROOT, gunicorn this venv's; started in a directory of its
+    # own (no WorkingDirectory), with a config file named relative to it.
+    (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(
+        {"host": "127.0.0.1", "port": port, "backends": [backend.url]}))
+    args = [GUNICORN] + [arg.replace(workdir, ROOT) for arg in args[1:]]
+    process = ProxyProcess(args, cwd=str(tmp_path),
+                           env={**env, "MYPROXY_CONFIG": "proxy.yaml", "MYPROXY_GUNICORN_CONF": ""})
+    try:
+        process.wait_for(READY)
+        assert "Using worker: app.server.gunicorn_worker.Worker" in process.output
+        assert get(port)[2] == b"backend solo"
+        process.signal()
+        assert process.wait() == 0
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output
