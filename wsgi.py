@@ -120,7 +120,7 @@ def _application():
         sys.exit(WORKER_BOOT_ERROR)
     try:
         config = load()
-        configure_logging(config.log_level, config.log_format)
+        configure_logging(config.log_level, config.log_format, pid=True)   # workers share stderr
         return create_app(config)
     except ConfigError as error:
         print(f"myproxy: config error: {error}", file=sys.stderr)
