@@ -116,6 +116,11 @@ limit_request_field_size = max(1, _config.limits.max_header_bytes)        # long
 forwarded_allow_ips = ""
 secure_scheme_headers = {}
 accesslog = None          # the app writes its own access log
+# gunicorn 25.1+ opens a control socket for gunicornc at one fixed path per user
+# ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl): a second master of the same
+# user (another MyProxy, a blue-green deploy, the tests) takes it from the first. MyProxy
+# is driven by signals (HUP, TERM) and its admin API, so there is none.
+control_socket_disable = True
 if _config.tls is not None:
     # gunicorn serves TLS when these are set; the context is MyProxy's (``ssl_context``
     # below), so only their existence is gunicorn's to check. The handshake is done, with

@@ -154,3 +154,18 @@ def test_the_systemd_unit_serves_with_myproxys_worker_from_any_directory(backend
     finally:
         process.stop()
     assert "Traceback" not in process.output
+
+
+def test_gunicorn_opens_no_control_socket_a_second_master_would_share(backend, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(
+        {"host": "127.0.0.1", "backends": [backend.url]}))
+    process = ProxyProcess([GUNICORN, "wsgi:application"],
+                           env={"MYPROXY_CONFIG": str(tmp_path / "proxy.yaml"), "HOME": str(home),
+                                "XDG_RUNTIME_DIR": "", "PORT": str(free_port())})
+    try:
+        process.wait_for(READY)
+        assert not (home / ".gunicorn").exists(), process.output
+    finally:
+        process.stop()
