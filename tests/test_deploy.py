@@ -219,6 +219,10 @@ def test_gunicorn_waits_for_shutdown_delay_plus_shutdown_timeout(monkeypatch, tm
     path.write_text("backends: [http://127.0.0.1:5001]\nshutdown_delay: 5s\nshutdown_timeout: 20.5s\n")
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    # Else the file makes a group directory and leaves it, marked as its own, in this
+    # process's environment: the next gunicorn a test starts would remove it at exit, under
+    # every later proxy that inherited it.
+    monkeypatch.setenv("MYPROXY_GROUP_DIR", str(tmp_path))
     monkeypatch.setenv("MYPROXY_CONFIG", str(path))
     monkeypatch.delenv("MYPROXY_GUNICORN_CONF", raising=False)    # the file sets it
     settings = runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))
