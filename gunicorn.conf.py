@@ -4,9 +4,9 @@ gunicorn reads this file from its working directory only. Started anywhere else,
 ``gunicorn --config /opt/myproxy/gunicorn.conf.py wsgi:application`` works from any
 directory (this file puts its own directory on ``sys.path`` and makes it gunicorn's
 ``chdir``; a relative ``$MYPROXY_CONFIG`` still means the directory gunicorn was started
-in, and without it the checkout's ``config/config.yaml`` is read). Without it, ``wsgi.py``
-refuses to serve (``MARKER`` below is how it knows), rather than serve on gunicorn's sync
-worker.
+in, and without it the checkout's ``config/config.yaml`` is read). When gunicorn runs
+without this file, ``wsgi.py`` refuses to serve (``MARKER`` below is how it knows) rather
+than serve on gunicorn's sync worker.
 
 Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
 ``$WEB_CONCURRENCY`` workers (default 1) of MyProxy's worker class
@@ -163,6 +163,7 @@ def on_starting(server):
             server.pidfile.unlink()
         on_exit(server)         # gunicorn will not call it: nothing has started
         sys.exit(1)
+
     def reload_in_workers():
         server.log.info("Hang up: each worker reloads the MyProxy config (workers are kept)")
         server.kill_workers(signal.SIGHUP)

@@ -101,9 +101,6 @@ def main(argv=None) -> int:
             server.stop(timeout=1)
 
 
-WORKER_BOOT_ERROR = 3    # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops, no respawn
-
-
 def _application():
     """The app gunicorn serves; a config error stops it with the message, not a traceback.
 
@@ -117,6 +114,7 @@ def _application():
               f"which gunicorn reads from its working directory only): start it in {here} "
               f"(systemd: WorkingDirectory={here}) or name the file: gunicorn --config "
               f"{here}/gunicorn.conf.py wsgi:application", file=sys.stderr)
+        from app.server.gunicorn_worker import WORKER_BOOT_ERROR   # the master stops, no respawn
         sys.exit(WORKER_BOOT_ERROR)
     try:
         config = load()

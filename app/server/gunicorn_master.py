@@ -3,8 +3,8 @@ the refusals that must be one line and an exit, not a worker that serves badly o
 seconds of gunicorn's retries.
 
 - ``worker_problem``: a worker class that is neither MyProxy's nor a gevent worker (``-k
-  sync`` on the command line, say) would serve one request at a time, with no health
-  checks and gunicorn's 30 s ``timeout`` killing long requests;
+  sync`` on the command line, say) would serve without health checks (no greenlets), the
+  sync one a request at a time, with gunicorn's 30 s ``timeout`` killing long requests;
 - ``listen_problem``: an address gunicorn could not bind (a port in use, an address not
   on this machine), said as ``python wsgi.py`` says it (``app.errors.ListenError``).
 
@@ -27,7 +27,8 @@ def worker_problem(worker_class: type) -> str | None:
     if issubclass(worker_class, GeventWorker):
         return None
     return (f"gunicorn's {worker_class.__module__}.{worker_class.__name__} worker cannot "
-            f"serve MyProxy (one request at a time, no health checks): {RUN_AS}")
+            f"serve MyProxy, which needs a gevent worker (its health checks, tunnels and "
+            f"drain are greenlets): {RUN_AS}")
 
 
 def listen_problem(server) -> str | None:

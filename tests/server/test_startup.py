@@ -121,8 +121,9 @@ def test_gunicorn_with_its_sync_worker_refuses_in_one_line(write_config):
     finally:
         process.stop()
     assert myproxy_lines(process.output) == [
-        "myproxy: gunicorn's gunicorn.workers.sync.SyncWorker worker cannot serve MyProxy (one "
-        "request at a time, no health checks): run it as `gunicorn wsgi:application` "
+        "myproxy: gunicorn's gunicorn.workers.sync.SyncWorker worker cannot serve MyProxy, "
+        "which needs a gevent worker (its health checks, tunnels and drain are greenlets): "
+        "run it as `gunicorn wsgi:application` "
         "(MyProxy's worker, set in gunicorn.conf.py) or `gunicorn -k gevent wsgi:application`"]
     assert "Booting worker" not in process.output and "Traceback" not in process.output
 
