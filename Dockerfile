@@ -41,6 +41,6 @@ USER 10001
 
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/_myproxy/health' % os.environ.get('PORT', '8080'), timeout=2)"]
+  CMD ["python", "wsgi.py", "--alive"]
 STOPSIGNAL SIGTERM
 CMD ["python", "wsgi.py"]

@@ -1,5 +1,13 @@
 """gunicorn settings for ``gunicorn wsgi:application`` (picked up from the working directory).
 
+gunicorn reads this file from its working directory only. Started anywhere else, name it:
+``gunicorn --config /opt/myproxy/gunicorn.conf.py wsgi:application`` works from any
+directory (this file puts its own directory on ``sys.path`` and makes it gunicorn's
+``chdir``; a relative ``$MYPROXY_CONFIG`` still means the directory gunicorn was started
+in, and without it the checkout's ``config/config.yaml`` is read). When gunicorn runs
+without this file, ``wsgi.py`` refuses to serve (``MARKER`` below is how it knows) rather
+than serve on gunicorn's sync worker.
+
 Binds ``$PORT`` when set (PaaS), otherwise the config's host and port; runs
 ``$WEB_CONCURRENCY`` workers (default 1) of MyProxy's worker class
 (``app.server.gunicorn_worker.Worker``: gunicorn's gevent worker serving with
@@ -46,6 +54,19 @@ import shutil
 import signal
 import sys
 import tempfile
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)      # started elsewhere with --config: ``app`` is found
+chdir = _HERE                      # and the workers import ``wsgi`` from here
+MARKER = "MYPROXY_GUNICORN_CONF"   # read by wsgi.py in each worker: these settings are in force
+os.environ[MARKER] = os.path.abspath(__file__)
+if os.environ.get("MYPROXY_CONFIG"):
+    # The same file for the master (here, in the directory gunicorn was started in) and
+    # the workers (in ``chdir``).
+    os.environ["MYPROXY_CONFIG"] = os.path.abspath(os.environ["MYPROXY_CONFIG"])
+else:
+    os.environ["MYPROXY_CONFIG"] = os.path.join(_HERE, "config", "config.yaml")
 
 _OWNED = "MYPROXY_METRICS_DIR_OWNED"       # the directory below is ours to remove
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -95,6 +116,11 @@ limit_request_field_size = max(1, _config.limits.max_header_bytes)        # long
 forwarded_allow_ips = ""
 secure_scheme_headers = {}
 accesslog = None          # the app writes its own access log
+# gunicorn 25.1+ opens a control socket for gunicornc at one fixed path per user
+# ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl): a second master of the same
+# user (another MyProxy, a blue-green deploy, the tests) takes it from the first. MyProxy
+# is driven by signals (HUP, TERM) and its admin API, so there is none.
+control_socket_disable = True
 if _config.tls is not None:
     # gunicorn serves TLS when these are set; the context is MyProxy's (``ssl_context``
     # below), so only their existence is gunicorn's to check. The handshake is done, with
@@ -125,8 +151,19 @@ logger_class = quiet_logger_class()
 
 
 def on_starting(server):
-    """In the master: SIGHUP reloads the config inside each worker instead of replacing them;
-    metrics count from zero (what an earlier run left in the directory is cleared)."""
+    """In the master: a worker class that cannot serve MyProxy, or an address that cannot
+    be bound, stops it here with one line and exit 1 (``app.server.gunicorn_master``);
+    SIGHUP reloads the config inside each worker instead of replacing them; metrics count
+    from zero (what an earlier run left in the directory is cleared)."""
+    from app.server.gunicorn_master import listen_problem, worker_problem
+    problem = worker_problem(server.worker_class) or listen_problem(server)
+    if problem:
+        print(f"myproxy: {problem}", file=sys.stderr)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        on_exit(server)         # gunicorn will not call it: nothing has started
+        sys.exit(1)
+
     def reload_in_workers():
         server.log.info("Hang up: each worker reloads the MyProxy config (workers are kept)")
         server.kill_workers(signal.SIGHUP)

@@ -1,5 +1,6 @@
-"""Entry point. ``python wsgi.py [--config PATH] [--check [--probe]] [--demo]`` serves standalone;
-``gunicorn -k gevent wsgi:application`` imports ``application`` from here.
+"""Entry point. ``python wsgi.py [--config PATH] [--check [--probe]] [--alive] [--demo]``
+serves standalone (``--alive``: the liveness probe of a running one, ``app.liveness``);
+``gunicorn wsgi:application`` imports ``application`` from here.
 
 gevent's monkey-patching comes first, before anything imports ssl, requests or urllib3
 (STACK-FACTS 12). Importing this module reads the config and builds the app, but connects,
@@ -12,11 +13,12 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.config import ConfigError, load  # noqa: E402
-from app.errors import StartupError  # noqa: E402
+from app.errors import ListenError, StartupError  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 
 
@@ -29,6 +31,10 @@ def main(argv=None) -> int:
     parser.add_argument("--probe", action="store_true",
                         help="with --check: also send one health check to each backend; "
                              "exit 1 if any fails")
+    parser.add_argument("--alive", action="store_true",
+                        help="ask the proxy this config describes for {admin.prefix}/live on "
+                             "this machine; exit 0 if it serves, 1 if not (the image's "
+                             "HEALTHCHECK)")
     parser.add_argument("--demo", action="store_true",
                         help="also start demo backends on the configured localhost ports")
     parser.add_argument("--demo-backend", metavar="PORT", type=int,
@@ -44,6 +50,12 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"myproxy: config error: {error}", file=sys.stderr)
         return 1
+    if args.alive:
+        from app.liveness import alive
+        serving, line = alive(config)
+        print(f"myproxy: {'alive' if serving else 'not alive'}: {line}",
+              file=sys.stdout if serving else sys.stderr)
+        return 0 if serving else 1
     if args.check or args.probe:
         from app.check import certificates, describe, probe, probe_hint
         # A certificate clients refuse (expired, not yet valid) is served, but no "config OK"
@@ -80,6 +92,9 @@ def main(argv=None) -> int:
         demo_servers = start_demo_backends(config)
     try:
         return serve(app, config)
+    except ListenError as error:       # one line, as nginx says it
+        print(f"myproxy: {error}", file=sys.stderr)
+        return 1
     except StartupError as error:
         print(f"myproxy: cannot start: {error}", file=sys.stderr)
         return 1
@@ -89,10 +104,23 @@ def main(argv=None) -> int:
 
 
 def _application():
-    """The app gunicorn serves; a config error stops it with the message, not a traceback."""
+    """The app gunicorn serves; a config error stops it with the message, not a traceback.
+
+    Under gunicorn without MyProxy's ``gunicorn.conf.py`` (started outside the checkout,
+    where gunicorn does not find it), gunicorn would serve on its sync worker: one request at
+    a time, no health checks, long requests killed after 30 s. So it refuses, in one line
+    that says how to run it, and the master stops."""
+    if "gunicorn.arbiter" in sys.modules and not os.environ.get("MYPROXY_GUNICORN_CONF"):
+        here = os.path.dirname(os.path.abspath(__file__))
+        print(f"myproxy: gunicorn was started without MyProxy's settings ({here}/gunicorn.conf.py, "
+              f"which gunicorn reads from its working directory only): start it in {here} "
+              f"(systemd: WorkingDirectory={here}) or name the file: gunicorn --config "
+              f"{here}/gunicorn.conf.py wsgi:application", file=sys.stderr)
+        from app.server.gunicorn_worker import WORKER_BOOT_ERROR   # the master stops, no respawn
+        sys.exit(WORKER_BOOT_ERROR)
     try:
         config = load()
-        configure_logging(config.log_level, config.log_format)
+        configure_logging(config.log_level, config.log_format, pid=True)   # workers share stderr
         return create_app(config)
     except ConfigError as error:
         print(f"myproxy: config error: {error}", file=sys.stderr)

@@ -78,12 +78,21 @@ def shutdown_seconds(config: Config) -> float:
     return config.shutdown_delay + config.shutdown_timeout + EXIT_MARGIN
 
 
+def cut_short(config: Config, grace: float) -> bool:
+    """Whether a platform's SIGKILL ``grace`` seconds after its SIGTERM would cut off
+    requests the settings give time to finish: when it comes before the delay and the drain
+    are over. (The second or so the process takes to exit after the drain cuts nothing: what
+    is still in flight then is cut at the drain's deadline anyway.)"""
+    return config.shutdown_delay + config.shutdown_timeout > grace
+
+
 def shutdown_budget(config: Config) -> str:
-    """One line: how long SIGTERM to exit can take, against each platform's default wait."""
+    """One line: how long SIGTERM to exit can take, against each platform's default wait;
+    a platform is said to need more only when its wait would cut the drain short."""
     total = shutdown_seconds(config)
     verdicts = []
     for platform, grace, where in PLATFORM_GRACE:
-        fits = "fits" if total <= grace else f"needs more (set {where})"
+        fits = f"needs more (set {where})" if cut_short(config, grace) else "fits"
         verdicts.append(f"{platform} {grace:g}s: {fits}")
     return (f"shutdown: SIGTERM to exit takes up to {total:g}s (shutdown_delay "
             f"{format_value('shutdown_delay', config.shutdown_delay)} + shutdown_timeout "
@@ -92,14 +101,15 @@ def shutdown_budget(config: Config) -> str:
 
 
 def shutdown_warning(config: Config) -> str | None:
-    """A warning for the log at start when the shutdown outlasts Kubernetes' and a PaaS's
-    default 30 s (Docker's 10 s is left to ``docker run --stop-timeout``, see README)."""
+    """A warning for the log at start when the delay and the drain outlast Kubernetes' and a
+    PaaS's default 30 s (Docker's 10 s is left to ``docker run --stop-timeout``, see README,
+    and to ``--check``'s budget line)."""
     total = shutdown_seconds(config)
     grace = min(grace for platform, grace, _ in PLATFORM_GRACE if platform != "docker stop")
-    if total <= grace:
+    if not cut_short(config, grace):
         return None
-    return (f"shutdown_delay + shutdown_timeout ({total - EXIT_MARGIN:g}s) leave no time to "
-            f"exit within the {grace:g}s Kubernetes and a PaaS wait by default before SIGKILL: "
+    return (f"shutdown_delay + shutdown_timeout ({total - EXIT_MARGIN:g}s) outlast the "
+            f"{grace:g}s Kubernetes and a PaaS wait by default before SIGKILL: "
             f"in-flight requests may be cut off unless the platform is given {total:g}s or more")
 
 

@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -298,6 +299,29 @@ def _string(value: Any) -> str:
     return value
 
 
+_LISTEN_NAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+").fullmatch
+
+
+def _listen_host(value: Any) -> str:
+    """``host``: an IP address, or a name this machine resolves (looked up here, once, so
+    that a typo is a config error and not a failure to listen)."""
+    host = _string(value).strip()
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if not _LISTEN_NAME(host):
+        raise ValueError(f"{value!r} is not an IP address or a host name to listen on (such as "
+                         "0.0.0.0, ::, 127.0.0.1 or localhost; the port goes in `port`)")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ValueError(f"{value!r} is not an IP address, and this machine cannot resolve "
+                         f"it ({error.strerror or error})") from None
+    return host
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -472,7 +496,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
 }
 
 SCALARS: dict[str, Callable[[Any], Any]] = {
-    "port": _port, "host": _string, "policy": _choice(*POLICIES), "hash_key": _hash_key,
+    "port": _port, "host": _listen_host, "policy": _choice(*POLICIES), "hash_key": _hash_key,
     "slow_start": parse_duration, "shutdown_delay": parse_duration,
     "shutdown_timeout": parse_duration,
     "log_level": _choice(*LOG_LEVELS), "log_format": _choice(*LOG_FORMATS),

@@ -8,6 +8,8 @@ operator's: an error's body says it only when asked (``detail``, the config's
 """
 from __future__ import annotations
 
+import os
+
 
 class ProxyError(Exception):
     """An error the proxy answers with ``status`` and a short plain-text body."""
@@ -169,6 +171,19 @@ class UpstreamProtocolError(UpstreamError):
 class StartupError(Exception):
     """What stops the process before it serves (exit 1), such as a pool whose backends DNS
     could not give within ``resolver.timeout``. Not an HTTP error: nothing answers it."""
+
+
+class ListenError(StartupError):
+    """The listening socket could not be had: ``cannot listen on HOST:PORT: REASON``, the
+    reason as the system words it, lower-cased (``address already in use``), as nginx says
+    it in one line."""
+
+    def __init__(self, host: str, port: int, error: OSError):
+        self.host, self.port, self.error = host, port, error
+        # gevent's own error adds the address to strerror; the system's words are errno's
+        reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error))
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}")
 
 
 class NoRouteMatched(ProxyError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -22,6 +23,9 @@ import time
 from gevent import get_hub, getcurrent
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# With several processes writing to one stream (gunicorn's workers), each line says whose it
+# is, where gunicorn's own lines say it: after the time.
+PID_TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s"
 
 
 class Fields:
@@ -58,10 +62,12 @@ def render_fields(fields: dict) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``TEXT_FORMAT``, with the time text made once a second rather than once a line."""
+    """``TEXT_FORMAT`` (``PID_TEXT_FORMAT`` with ``pid``), with the time text made once a
+    second rather than once a line."""
 
-    def __init__(self, fmt: str = TEXT_FORMAT):
-        super().__init__(fmt)
+    def __init__(self, fmt: str | None = None, pid: bool = False):
+        super().__init__(fmt or (PID_TEXT_FORMAT if pid else TEXT_FORMAT))
+        self.pid = pid
         self._second = None
         self._second_text = ""
 
@@ -84,6 +90,8 @@ class TextFormatter(logging.Formatter):
 
     def text_line(self, created: float, name: str, text: str) -> str:
         """``fields_line`` for ``text``, the fields already rendered (``render_fields``)."""
+        if self.pid:
+            return f"{self.stamp(created)} [{os.getpid()}] INFO {name} {text}"
         return f"{self.stamp(created)} INFO {name} {text}"
 
 
@@ -99,10 +107,15 @@ def plain(text: str) -> bool:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the fields, and any traceback."""
+    """One JSON object per line: time, level, logger (and ``pid`` with ``pid``), message, the
+    fields, and any traceback."""
+
+    def __init__(self, pid: bool = False):
+        super().__init__()
+        self.pid = pid
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = _json_entry(record.created, record.levelname.lower(), record.name)
+        entry = _json_entry(record.created, record.levelname.lower(), record.name, self.pid)
         if isinstance(record.msg, Fields):
             if record.msg.message:
                 entry["message"] = record.msg.message
@@ -118,16 +131,19 @@ class JsonFormatter(logging.Formatter):
 
     def fields_line(self, created: float, name: str, fields: dict) -> str:
         """What ``format`` makes of an INFO record of ``Fields("", fields)`` from ``name``."""
-        entry = _json_entry(created, "info", name)
+        entry = _json_entry(created, "info", name, self.pid)
         entry.update(fields)
         return json.dumps(entry, default=str)
 
 
-def _json_entry(created: float, level: str, name: str) -> dict:
+def _json_entry(created: float, level: str, name: str, pid: bool = False) -> dict:
     second = int(created)
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-                    + f".{int((created - second) * 1000):03d}Z",
-            "level": level, "logger": name}
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+                     + f".{int((created - second) * 1000):03d}Z",
+             "level": level, "logger": name}
+    if pid:
+        entry["pid"] = os.getpid()
+    return entry
 
 
 class LineHandler(logging.StreamHandler):
@@ -216,11 +232,16 @@ def direct_handler(logger: logging.Logger) -> LineHandler | None:
     return None
 
 
-def configure_logging(level: str = "info", fmt: str = "text", stream=None) -> None:
-    """Send the ``myproxy`` loggers to ``stream`` (stderr) at ``level`` in ``fmt``."""
+def configure_logging(level: str = "info", fmt: str = "text", stream=None,
+                      pid: bool | None = None) -> None:
+    """Send the ``myproxy`` loggers to ``stream`` (stderr) at ``level`` in ``fmt``; with
+    ``pid``, each line names its process (under gunicorn, whose workers share the stream).
+    ``pid`` left out keeps what the handler installed before had (a reload's call)."""
     global _installed
+    if pid is None:
+        pid = bool(_installed is not None and getattr(_installed.formatter, "pid", False))
     handler = LineHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(pid) if fmt == "json" else TextFormatter(pid=pid))
     # The logging HOWTO's "Optimization": the caller's file and line, which no format here
     # shows, are not looked up on every line. (Thread and process fields stay: gunicorn's
     # own log lines show the process ID.)

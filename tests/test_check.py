@@ -126,7 +126,9 @@ def test_probe_reports_a_4xx_from_the_health_path_as_a_likely_wrong_path(write_c
     ("5s", "20s", "needs more", "fits"),
     ("2s", "5s", "fits", "fits"),
     ("10s", "25s", "needs more", "needs more"),
-], ids=["defaults", "kubernetes-example", "short", "too-long"])
+    ("0s", "10s", "fits", "fits"),
+    ("5s", "25s", "needs more", "fits"),
+], ids=["defaults", "kubernetes-example", "short", "too-long", "docker-exactly", "paas-exactly"])
 def test_check_weighs_delay_and_timeout_against_each_platforms_wait(write_config, delay, timeout,
                                                                    docker, kubernetes):
     path = write_config({"backends": ["http://127.0.0.1:5001"], "shutdown_delay": delay,

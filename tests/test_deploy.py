@@ -96,6 +96,7 @@ def test_procfile_runs_gunicorn_with_settings_that_finish_inside_a_paas_30_secon
     monkeypatch.setenv("PORT", "5999")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.delenv("MYPROXY_CONFIG", raising=False)
+    monkeypatch.delenv("MYPROXY_GUNICORN_CONF", raising=False)    # the file sets both
     settings = runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))
     assert settings["bind"] == ["0.0.0.0:5999"]
     assert settings["workers"] == 1 and settings["worker_class"] == "app.server.gunicorn_worker.Worker"
@@ -218,7 +219,12 @@ def test_gunicorn_waits_for_shutdown_delay_plus_shutdown_timeout(monkeypatch, tm
     path.write_text("backends: [http://127.0.0.1:5001]\nshutdown_delay: 5s\nshutdown_timeout: 20.5s\n")
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    # Else the file makes a group directory and leaves it, marked as its own, in this
+    # process's environment: the next gunicorn a test starts would remove it at exit, under
+    # every later proxy that inherited it.
+    monkeypatch.setenv("MYPROXY_GROUP_DIR", str(tmp_path))
     monkeypatch.setenv("MYPROXY_CONFIG", str(path))
+    monkeypatch.delenv("MYPROXY_GUNICORN_CONF", raising=False)    # the file sets it
     settings = runpy.run_path(os.path.join(ROOT, "gunicorn.conf.py"))
     assert settings["graceful_timeout"] == 26
 
@@ -235,7 +241,7 @@ def test_kubernetes_example_probes_drains_and_mounts_a_valid_config(kubernetes):
     container = pod["containers"][0]
     assert container["ports"][0]["containerPort"] == config.port
     assert container["readinessProbe"]["httpGet"] == {"path": "/_myproxy/health", "port": "http"}
-    assert "tcpSocket" in container["livenessProbe"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/_myproxy/live", "port": "http"}
     assert "lifecycle" not in container          # shutdown_delay does what a preStop sleep did
     assert config.shutdown_delay >= 5
     assert pod["terminationGracePeriodSeconds"] >= shutdown_seconds(config)

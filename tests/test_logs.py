@@ -2,6 +2,7 @@
 import io
 import json
 import logging
+import os
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from app.logs import (TEXT_FORMAT, Fields, JsonFormatter, TextFormatter, configu
                       info_fields)
 from tests.backends import wait_until
 from tests.conftest import base_config
+from tests.servers import serving
 from tests.rawclient import get, request
 
 
@@ -277,3 +279,33 @@ def test_the_access_line_is_render_fields_of_its_fields(values, configured):
     tried = environ["myproxy.tried"] or []
     assert fields["tried"] == logs.render_value(
         ",".join(url + (f"({why})" if why else "") for url, why in tried) or None)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_under_gunicorn_each_workers_lines_carry_its_pid(fmt, backend, tmp_path_factory):
+    with serving("gunicorn", tmp_path_factory, {**base_config([backend.url]),
+                                                "log_format": fmt}) as proxy:
+        for _ in range(4):
+            assert get(proxy.port)[0] == 200
+        workers = set(re.findall(r"Booting worker with pid: (\d+)", proxy.output))
+        assert wait_until(lambda: proxy.output.count("status=200")
+                          + proxy.output.count('"status": 200') >= 4)
+        ours = [line for line in proxy.output.splitlines()
+                if "myproxy." in line and "Booting" not in line]
+    assert any("listening on" in line for line in ours) and len(workers) == 1
+    for line in ours:
+        if fmt == "json":
+            assert str(json.loads(line)["pid"]) in workers, line
+        else:
+            assert re.match(r"\S+ \S+ \[(\d+)\] [A-Z]+ myproxy\.", line).group(1) in workers, line
+    assert sum("status=200" in line or '"status": 200' in line for line in ours) == 4
+
+
+def test_a_reload_that_changes_the_format_keeps_the_pid(configured):
+    stream = io.StringIO()
+    configure_logging("info", "text", stream, pid=True)     # as wsgi.py does under gunicorn
+    stream = configured("json")                             # as a reload does: pid left out
+    info_fields(logging.getLogger("myproxy.access"), {"status": 200})
+    logging.getLogger("myproxy.test").warning("event")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["pid"] for line in lines] == [os.getpid()] * 2

@@ -8,11 +8,16 @@ it is answered here and never proxied; every other request passes straight on::
 | path        | answer                                                                   |
 |-------------|--------------------------------------------------------------------------|
 | ``/health`` | 200 ``ok``; 503 while draining or with no backend of any pool able to serve. Open. |
+| ``/live``   | 200 ``alive`` whenever the process answers, draining or not, backends or not. Open. |
 | ``/status`` | the JSON of ``status.Status``                                            |
 | ``/metrics``| Prometheus text (OpenMetrics when the scraper asks for it)               |
 | ``/``       | the live status page (``static/status.html``), which polls ``/status``   |
 
-Access: everything but ``/health`` needs the token when ``admin.token`` is set, as
+``/health`` is readiness (send traffic here now?), for a balancer or a readiness probe;
+``/live`` is liveness (is the process serving at all?), for a liveness probe or Docker's
+``HEALTHCHECK``, which must not restart a proxy for its backends' outage or its drain.
+
+Access: everything but ``/health`` and ``/live`` needs the token when ``admin.token`` is set, as
 ``Authorization: Bearer TOKEN`` (or HTTP Basic with the token as password, which is how a
 browser on a phone can send it), compared in constant time; without a token, only
 loopback clients are answered. Others get 401 or 403 and a body that says nothing about
@@ -38,6 +43,7 @@ from .status import Status
 PAGE_PATH = os.path.join(os.path.dirname(__file__), "static", "status.html")
 REALM = "myproxy"
 ALLOWED_METHODS = ("GET", "HEAD")
+OPEN = frozenset({"/health", "/live"})    # answered to anyone: probes carry no token
 # The page is self-contained: it may load nothing from anywhere, and talk only to us.
 CSP = ("default-src 'none'; {inline}; connect-src 'self'; img-src data:; base-uri 'none'; "
        "form-action 'none'; frame-ancestors 'none'")
@@ -55,7 +61,7 @@ class Admin:
         with open(page_path, "rb") as handle:
             self._page = handle.read()
         self._page_csp = CSP.format(inline=_inline_hashes(self._page))
-        self._routes = {"/health": self.health, "/status": self.status_json,
+        self._routes = {"/health": self.health, "/live": self.live, "/status": self.status_json,
                         "/metrics": self.metrics_text, "": self.page, "/": self.page}
 
     def __call__(self, environ: dict, start_response: Callable):
@@ -68,7 +74,7 @@ class Admin:
         if len(route) > 1:
             route = route.rstrip("/")
         handler = self._routes.get(route)
-        if route != "/health":
+        if route not in OPEN:
             refusal = self.refuse(environ)
             if refusal is not None:
                 return _respond(environ, start_response, *refusal)
@@ -105,6 +111,9 @@ class Admin:
                    for backend in pool.backends):
             return "503 Service Unavailable", _TEXT, b"no healthy backend\n"
         return "200 OK", _TEXT, b"ok\n"
+
+    def live(self, environ: dict):
+        return "200 OK", _TEXT, b"alive\n"
 
     def status_json(self, environ: dict):
         body = json.dumps(self.status.document(environ["myproxy.runtime"]),

@@ -47,7 +47,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_dat
 from ..config import LimitsConfig, TimeoutsConfig
 from ..wire import http1
 from .connection import SlowHeads, StrictConnection
-from ..errors import ProxyError, UpstreamError
+from ..errors import ListenError, ProxyError, UpstreamError
 from ..wire.responses import error_response
 from ..wire.sockets import send_all
 from .tls import send_close_notify, socket_tls
@@ -394,7 +394,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     server = Server(listener or (config.host, config.port), app,
                     max_connections=config.limits.max_connections,
                     settings=lambda: app.config, tls=tls)
-    server.init_socket()
+    listen(server, config.host, config.port)
     servers = [server]
     if tls is not None and config.tls.redirect_from:
         # The plain-HTTP listener of tls.redirect_from: the same app, which answers what
@@ -402,7 +402,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         redirect = Server((config.host, config.tls.redirect_from), app,
                           max_connections=config.limits.max_connections,
                           settings=lambda: app.config)
-        redirect.init_socket()
+        listen(redirect, config.host, config.tls.redirect_from)
         servers.append(redirect)
     app.metrics.count_connections(lambda: sum(len(each.connections) for each in servers))
     app.start()    # before the line that says we listen: it may fail (StartupError)
@@ -451,6 +451,15 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         server.slow_heads.flush()
     log.info("stopped")
     return 0
+
+
+def listen(server: Server, host: str, port: int) -> None:
+    """Open ``server``'s listening socket on ``host``:``port``; a port in use, an address
+    not on this machine, a port below 1024 without the privilege: one ``ListenError``."""
+    try:
+        server.init_socket()
+    except OSError as error:
+        raise ListenError(host, port, error) from None
 
 
 def log_listening(address, config, tls: bool = False) -> None:

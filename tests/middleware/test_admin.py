@@ -86,6 +86,19 @@ def test_health_is_always_open(backend, environ, extra):
     assert backend.requests == []
 
 
+@pytest.mark.parametrize("environ", [LOOPBACK, OUTSIDE], ids=["loopback", "outside"])
+@pytest.mark.parametrize("extra", ["", TOKEN], ids=["no-token", "token"])
+def test_live_is_always_open_and_200_while_draining_with_no_healthy_backend(backend, environ,
+                                                                           extra):
+    app = make_app([backend.url], extra + "health_check:\n  fall: 1\n  timeout: 500ms\n")
+    backend.stop()
+    app.health.check_once()
+    app.draining = True
+    client_of(app, environ).get("/_myproxy/health", status=503)
+    response = client_of(app, environ).get("/_myproxy/live")
+    assert (response.status_int, response.text) == (200, "alive\n")
+
+
 def test_health_is_503_while_draining(backend):
     app = make_app([backend.url])
     app.draining = True

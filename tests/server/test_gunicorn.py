@@ -302,7 +302,7 @@ def test_gunicorn_master_imports_no_requests_or_urllib3(tmp_path):
     """What the master imports (gunicorn.conf.py, the worker class, the group's modules)
     must not bring in requests or urllib3 before a worker's monkey-patching (STACK-FACTS 12)."""
     code = ("import runpy, sys; runpy.run_path('gunicorn.conf.py');"
-            "import app.server.gunicorn_worker, app.server.group;"
+            "import app.server.gunicorn_worker, app.server.gunicorn_master, app.server.group;"
             "print(sorted(m for m in ('requests', 'urllib3') if m in sys.modules))")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
            "MYPROXY_GROUP_DIR": str(tmp_path)}
