@@ -17,7 +17,7 @@ from tests.certs import make_certificate
 from tests.conftest import ProxyProcess
 from tests.servers import GUNICORN, READY
 from tests.test_deploy import as_local, final_stage
-from tests.wire import get
+from tests.rawclient import get
 
 
 def healthcheck_command() -> list[str]:

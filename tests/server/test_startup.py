@@ -15,7 +15,7 @@ from app.config import load
 from tests.backends import free_port
 from tests.conftest import ROOT, ProxyProcess
 from tests.servers import GUNICORN, READY
-from tests.wire import get
+from tests.rawclient import get
 
 
 def start(kind: str, path: str, port: int) -> ProxyProcess:
