@@ -9,8 +9,9 @@ refresher) and ``App.stop()`` stops it. Servers call those:
 ``app.server`` under ``python wsgi.py``, ``gunicorn.conf.py`` in each worker.
 
 Config reaches a request one way: ``App`` holds the runtime in force (``app.lb.routes``:
-the config, the route table, each route's pool) and puts it in the request's environ
-(``myproxy.runtime``) once, at its start; every layer reads its settings there.
+the config, the route table, each route's pool) and puts it in the request's ``Request``
+(``app.request``, the one environ key of a request's state) once, at its start; every
+layer reads its settings there.
 ``App.reload(config)`` builds the next runtime and swaps that one reference (SIGHUP calls
 ``reload_file``).
 
@@ -26,6 +27,7 @@ import os
 from gevent.lock import Semaphore
 
 from .config import Config, ConfigError, load
+from .request import KEY as REQUEST, Request
 
 __version__ = "0.1.0"      # myproxy_build_info's version
 
@@ -37,7 +39,8 @@ class App:
 
     ``live`` holds the one reference to the runtime in force (``app.lb.routes.Runtime``:
     the config, the route table, each route's pool). Each request takes it once, at its
-    start, as ``environ["myproxy.runtime"]``, and every layer reads its settings there.
+    start, as ``environ["myproxy.request"].runtime`` (``app.request``), and every layer reads its
+settings there.
     """
 
     def __init__(self, live, upstream, metrics, wsgi=None, tls=None):
@@ -89,7 +92,7 @@ class App:
         return self.pool.discovery
 
     def __call__(self, environ, start_response):
-        environ["myproxy.runtime"] = self.live.runtime
+        environ[REQUEST] = Request(self.live.runtime)
         return self._wsgi(environ, start_response)
 
     def start(self) -> None:

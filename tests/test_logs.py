@@ -233,13 +233,12 @@ def test_a_direct_line_outside_the_hub_is_written_at_once(configured):
 
 @pytest.mark.parametrize("values", [
     {},                                                          # a proxied GET, as usual
-    {"REMOTE_ADDR": "", "myproxy.backend": None, "myproxy.tried": None},   # nothing chosen
+    {"REMOTE_ADDR": "", "backend": None, "tried": []},            # nothing chosen
     {"RAW_URI": '/a b"c'},                                       # quoted, by render_value
     {"RAW_URI": "/caf\u00e9"},                                   # not ASCII: render_value
     {"REQUEST_METHOD": ""},
-    {"myproxy.request_id": "id with=space"},
-    {"myproxy.upstream_duration": None, "myproxy.tried": [("http://a:1", "connect_error"),
-                                                          ("http://b:2", None)]},
+    {"id": "id with=space"},
+    {"upstream_duration": None, "tried": [("http://a:1", "connect_error"), ("http://b:2", None)]},
     {"HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) \"q\""},   # quoted, on its own
     {"HTTP_USER_AGENT": ""},                                     # "": shown as such
     {"HTTP_USER_AGENT": None, "HTTP_HOST": None},                # not sent: -
@@ -249,17 +248,21 @@ def test_the_access_line_is_render_fields_of_its_fields(values, configured):
     """The access line written by one format (the usual case) is the line a record of the
     same fields makes, whichever values need quoting."""
     from app.middleware.access import ACCESS_KEYS, RequestLog
+    from app.request import KEY as REQUEST, Request
+    REQUEST_FIELDS = {"id", "backend", "tried", "upstream_duration"}
 
     class Runtime:
         class config:
             access_log = True
 
-    environ = {"myproxy.runtime": Runtime, "myproxy.request_id": "0123abcd",
-               "REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "GET", "RAW_URI": "/x?y=1",
-               "HTTP_HOST": "shop.test:8080", "HTTP_USER_AGENT": "curl/8.5.0",
-               "myproxy.route": "default", "myproxy.backend": "http://127.0.0.1:9",
-               "myproxy.attempts": 1, "myproxy.tried": [("http://127.0.0.1:9", None)],
-               "myproxy.upstream_duration": 0.00123, **values}
+    request = Request(Runtime, "0123abcd")
+    request.route, request.backend = "default", "http://127.0.0.1:9"
+    request.tried, request.upstream_duration = [("http://127.0.0.1:9", None)], 0.00123
+    for key in REQUEST_FIELDS & values.keys():
+        setattr(request, key, values[key])
+    environ = {REQUEST: request, "REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "GET",
+               "RAW_URI": "/x?y=1", "HTTP_HOST": "shop.test:8080", "HTTP_USER_AGENT": "curl/8.5.0",
+               **{key: value for key, value in values.items() if key not in REQUEST_FIELDS}}
     environ = {key: value for key, value in environ.items() if value is not None or
                not key.startswith("HTTP_")}        # a header not sent is not in environ
     stream = configured("text")
@@ -269,14 +272,14 @@ def test_the_access_line_is_render_fields_of_its_fields(values, configured):
                                                              line.split(" myproxy.access ", 1)[1]))
     assert list(fields) == list(ACCESS_KEYS)
     expected = {key: logs.render_value(value) for key, value in zip(ACCESS_KEYS, (
-        environ["myproxy.request_id"], environ["REMOTE_ADDR"] or None,
+        request.id, environ["REMOTE_ADDR"] or None,
         environ["REQUEST_METHOD"], environ.get("HTTP_HOST"), environ["RAW_URI"], 200, 0, 100,
-        None, None, "default", environ["myproxy.backend"], 1, None,
+        None, None, "default", request.backend, len(request.tried), None,
         environ.get("HTTP_USER_AGENT")))}
     for key in ("duration_ms", "upstream_ms", "tried"):
         expected[key] = fields[key]        # times vary; tried is checked below
     assert fields == expected
-    tried = environ["myproxy.tried"] or []
+    tried = request.tried
     assert fields["tried"] == logs.render_value(
         ",".join(url + (f"({why})" if why else "") for url, why in tried) or None)
 

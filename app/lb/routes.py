@@ -12,7 +12,7 @@
   routes cost a few dict lookups and a prefix comparison or two per request.
 - ``Runtime`` is what a reload builds and swaps whole: the config, the table and the
   pools, frozen. A request takes ``RuntimeHolder.runtime`` once, at its start, and uses
-  that one to its end (``environ["myproxy.runtime"]``); nothing reads the config another way.
+  that one to its end (``app.request.Request.runtime``); nothing reads the config another way.
 - ``build_runtime(config, previous)`` makes the next runtime: a route kept by name keeps
   the ``Backend`` objects (health, counters, in flight) of the URLs it keeps, the members
   DNS gave its entries that stay, its discovery and its retry budget; a removed route's

@@ -5,19 +5,18 @@ trusted proxy, otherwise generated) and returns it to the client with a ``Server
 header (upstream and total time to the response headers; the backend's URL only with
 ``expose_backends``: by default nothing sent to a client names a backend). When
 the server closes the response body, it writes one access line and hands the outcome to
-``Metrics.observe``, reading what the layers below left in ``myproxy.*`` environ keys:
-``myproxy.route``, ``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried``,
-``myproxy.error``, ``myproxy.upstream_duration`` and ``myproxy.client_aborted`` (logged as
-status 499) from the proxy, ``myproxy.admin`` from the admin surface and
-``myproxy.redirect`` from the redirect to https (both logged but not counted as traffic;
-admin requests are logged ``admin=true``). Over TLS, the line also has the
+``Metrics.observe``, reading what the layers below left in the request's ``Request``
+(``app.request``, ``environ["myproxy.request"]``): its route, backend, attempts, error,
+time to the response head and whether the client left (logged as status 499) from the
+proxy; ``admin`` from the admin surface and ``redirect`` from the redirect to https (both
+logged but not counted as traffic; admin requests are logged ``admin=true``). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
 and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
 
     app = RequestLog(proxy, metrics)
 
 Its settings (``access_log``, ``server_timing``, ``expose_backends``, ``forwarded``) are those of the request's
-runtime (``myproxy.runtime``). It knows nothing of backends beyond those keys.
+runtime (``Request.runtime``). It knows nothing of backends beyond those fields.
 """
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ from random import getrandbits
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..config import NO_ROUTE
+from ..request import KEY as REQUEST, Request
 from ..errors import UpstreamError
 from ..logs import TextFormatter, direct_handler, info_fields, plain, render_value
 from ..wire.responses import close_body
@@ -59,12 +59,13 @@ class RequestLog:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.monotonic()
-        config = environ["myproxy.runtime"].config
+        request = environ[REQUEST]
+        config = request.runtime.config
         request_id = environ.get("HTTP_X_REQUEST_ID", "")
         if not (request_id and len(request_id) <= MAX_REQUEST_ID and request_id.isprintable()
                 and config.forwarded.trusts(environ.get("REMOTE_ADDR", ""))):
             request_id = new_request_id()
-        environ["myproxy.request_id"] = request_id
+        request.id = request_id
         received = None
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
             received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
@@ -82,16 +83,16 @@ class RequestLog:
             state["status"] = status.split(" ", 1)[0]
             headers.append((REQUEST_ID_HEADER, request_id))
             if timing:
-                headers.append((SERVER_TIMING_HEADER, server_timing(environ, started, expose)))
+                headers.append((SERVER_TIMING_HEADER, server_timing(request, started, expose)))
             if hsts and not any(name.lower() == "strict-transport-security" for name, _ in headers):
                 headers.append((HSTS_HEADER, hsts_value(hsts)))   # the backend's own wins
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start)
-        if "myproxy.tunnel" in environ:
+        if request.tunnel is not None:
             # An upgraded connection that has ended: log and count it now, and give the server
             # its "already handled" marker unwrapped (app.handoff).
-            self.finish(environ, state["status"], environ["myproxy.tunnel"],
+            self.finish(environ, state["status"], request.tunnel,
                         received.count if received is not None else 0, started, tunnel=True)
             return body
         return _LoggedBody(body, self, environ, state, started, received)
@@ -100,29 +101,29 @@ class RequestLog:
                tunnel: bool = False) -> None:
         """Count and log one finished request (or tunnel: its life is no request latency)."""
         duration = time.monotonic() - started
-        error = environ.get("myproxy.error")
-        aborted = environ.get("myproxy.client_aborted", False)
+        request = environ[REQUEST]
+        error = request.error
+        aborted = request.client_aborted
         if aborted:
             status = CLIENT_CLOSED_REQUEST      # mid-body too: the client did not get it all
-        admin = environ.get("myproxy.admin", False)
-        backend = environ.get("myproxy.backend")
-        route = environ.get("myproxy.route", NO_ROUTE)
-        tried = environ.get("myproxy.tried") or ()
-        if self.metrics is not None and not admin and status.isdigit() and \
-                "myproxy.redirect" not in environ:
+        admin = request.admin
+        backend = request.backend
+        route = request.route or NO_ROUTE
+        tried = request.tried
+        if self.metrics is not None and not admin and status.isdigit() and not request.redirect:
             self.metrics.observe(route, backend, int(status), None if tunnel else duration, tried,
                                  error.kind if isinstance(error, UpstreamError) else None)
             if aborted:
                 self.metrics.client_aborted(route, backend)
-        if not environ["myproxy.runtime"].config.access_log:
+        if not request.runtime.config.access_log:
             return
-        upstream = environ.get("myproxy.upstream_duration")
-        values = (environ["myproxy.request_id"], environ.get("REMOTE_ADDR") or None,
+        upstream = request.upstream_duration
+        values = (request.id, environ.get("REMOTE_ADDR") or None,
                   environ.get("REQUEST_METHOD"), environ.get("HTTP_HOST"), target_of(environ),
                   int(status) if status.isdigit() else None, received, sent,
                   round(duration * 1000, 2),
                   round(upstream * 1000, 2) if upstream is not None else None,
-                  route, backend, environ.get("myproxy.attempts", 0), _tried(tried),
+                  route, backend, len(tried), _tried(tried),
                   environ.get("HTTP_USER_AGENT"))
         session = environ.get("myproxy.tls")
         if session is None and error is None and not admin and _write_plain(values):
@@ -222,12 +223,12 @@ class _CountingInput:
         return getattr(self._stream, name)
 
 
-def server_timing(environ: dict, started: float, name_backend: bool = False) -> str:
+def server_timing(request: Request, started: float, name_backend: bool = False) -> str:
     """``upstream;dur=MS, total;dur=MS``: times to the response headers; with
     ``name_backend``, ``upstream`` has ``desc="BACKEND"`` too."""
     total = f"total;dur={(time.monotonic() - started) * 1000:.1f}"
-    upstream = environ.get("myproxy.upstream_duration")
-    backend = environ.get("myproxy.backend")
+    upstream = request.upstream_duration
+    backend = request.backend
     if upstream is None or backend is None:
         return total
     if not name_backend:

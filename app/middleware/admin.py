@@ -21,9 +21,9 @@ Access: everything but ``/health`` and ``/live`` needs the token when ``admin.to
 ``Authorization: Bearer TOKEN`` (or HTTP Basic with the token as password, which is how a
 browser on a phone can send it), compared in constant time; without a token, only
 loopback clients are answered. Others get 401 or 403 and a body that says nothing about
-the backends. It marks admin requests with ``myproxy.admin`` so they are not counted as
+the backends. It marks admin requests (``Request.admin``) so they are not counted as
 proxied traffic, and knows nothing of how requests are proxied. The prefix and the token
-are the request's runtime's (``myproxy.runtime``), so a reload can change them.
+are the request's runtime's (``app.request.Request.runtime``), so a reload can change them.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import re
 from typing import Callable
 
 from .metrics import Metrics
+from ..request import KEY as REQUEST
 from .status import Status
 
 PAGE_PATH = os.path.join(os.path.dirname(__file__), "static", "status.html")
@@ -66,10 +67,11 @@ class Admin:
 
     def __call__(self, environ: dict, start_response: Callable):
         path = environ.get("PATH_INFO", "")
-        prefix = environ["myproxy.runtime"].config.admin.prefix
+        request = environ[REQUEST]
+        prefix = request.runtime.config.admin.prefix
         if not (path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")):
             return self.app(environ, start_response)
-        environ["myproxy.admin"] = True
+        request.admin = True
         route = path[len(prefix):]
         if len(route) > 1:
             route = route.rstrip("/")
@@ -89,7 +91,7 @@ class Admin:
 
     def refuse(self, environ: dict):
         """None if the client may see admin pages; else the 401 or 403 to answer."""
-        token = environ["myproxy.runtime"].config.admin.token.encode("utf-8")
+        token = environ[REQUEST].runtime.config.admin.token.encode("utf-8")
         if token:
             if _token_matches(environ.get("HTTP_AUTHORIZATION", ""), token):
                 return None
@@ -107,7 +109,7 @@ class Admin:
     def health(self, environ: dict):
         if self.draining():
             return "503 Service Unavailable", _TEXT, b"draining\n"
-        if not any(backend.available for pool in environ["myproxy.runtime"].pools
+        if not any(backend.available for pool in environ[REQUEST].runtime.pools
                    for backend in pool.backends):
             return "503 Service Unavailable", _TEXT, b"no healthy backend\n"
         return "200 OK", _TEXT, b"ok\n"
@@ -116,7 +118,7 @@ class Admin:
         return "200 OK", _TEXT, b"alive\n"
 
     def status_json(self, environ: dict):
-        body = json.dumps(self.status.document(environ["myproxy.runtime"]),
+        body = json.dumps(self.status.document(environ[REQUEST].runtime),
                           separators=(",", ":")).encode()
         return "200 OK", [("Content-Type", "application/json")], body
 

@@ -8,7 +8,7 @@ connections ``app.server.tls.Terminator`` leaves plain) is answered
 to ``https://HOST[:port]TARGET``: the host the client asked for, without its port, then
 ``port`` unless it is 443, then the request target byte for byte. It never reaches a
 backend, and the admin pages are redirected too. Its answers are logged as they are
-(``myproxy.redirect``: not admin requests, not counted as proxied traffic). It knows
+(``Request.redirect``: not admin requests, not counted as proxied traffic). It knows
 nothing of backends.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 from typing import Callable, Iterable
 
 from ..server.tls import connection_tls
+from ..request import KEY as REQUEST
 
 PERMANENT_REDIRECT = "308 Permanent Redirect"    # RFC 9110 §15.4.9
 HTTPS_PORT = 443                                   # RFC 9110 §4.2.2
@@ -36,7 +37,8 @@ class HTTPSRedirect:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if connection_tls(environ) is not None:
             return self.app(environ, start_response)
-        environ["myproxy.redirect"] = True       # logged, not counted as traffic
+        request = environ[REQUEST]
+        request.redirect = True                  # logged, not counted as traffic
         match = _HOST.fullmatch(environ.get("HTTP_HOST", ""))
         if match is None:
             body = b"400 Bad Request: a redirect to https needs the request's Host\n"
@@ -44,7 +46,7 @@ class HTTPSRedirect:
                                                ("Content-Length", str(len(body))),
                                                ("Connection", "close")])
             return [body]
-        port = environ["myproxy.runtime"].config.port
+        port = request.runtime.config.port
         target = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
         if target[:7].lower() == "http://":          # absolute-form: its path and query
             target = target[7:].partition("/")[1] + target[7:].partition("/")[2]

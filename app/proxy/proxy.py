@@ -13,15 +13,15 @@ asks to switch protocols takes the same path with ``Tunnels.send`` in place of
 
 Before anything else, ``admission.admit`` decides whether the request may be forwarded
 at all (origin-form target, framing, limits); the request body streams through
-``body.RequestBody``. Other layers talk to it through namespaced environ keys: the server
-puts the raw request target in ``RAW_URI`` and the header lines as received in
-``myproxy.headers``, and ``App`` the runtime in force in ``myproxy.runtime`` (the config,
-the route table and the pools), read once per request; the proxy
-leaves ``myproxy.route`` (the name of the request's route, found by ``route_of``),
-``myproxy.backend``, ``myproxy.attempts``, ``myproxy.tried`` (a ``(url, failure)`` pair
-per attempt: the error kind, ``"stale"`` for a keep-alive reconnect, None for the answer),
-``myproxy.upstream_duration`` (seconds from sending the last attempt to its response
-headers) and ``myproxy.error`` for the logging middleware and metrics. It knows nothing
+``body.RequestBody``. The server gives it the raw request target in ``RAW_URI`` and the
+header lines as received in ``myproxy.headers``; everything else about the request is
+its ``Request`` (``app.request``, one environ key), which ``App`` made with the runtime in
+force (the config, the route table and the pools). The proxy fills in its route (found by
+``route_of``), backend, ``tried`` (a ``(url, failure)`` pair per attempt: the error kind,
+``"stale"`` for a keep-alive reconnect, None for the answer), ``upstream_duration``
+(seconds from sending the last attempt to its response headers), ``error`` and
+``client_aborted``, for the logging middleware and metrics. The attempts of one request
+share a ``_Trip``. It knows nothing
 about sockets, signals or logging formats.
 """
 from __future__ import annotations
@@ -30,14 +30,14 @@ import errno
 import http
 import logging
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from .admission import admit
 from ..lb.affinity import request_key
 from ..lb.balancer import Backend
 from ..lb.routes import Pool, request_host
 from .body import request_body
-from ..config import Config
+from ..request import KEY as REQUEST, Request
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
                       UpstreamProtocolError, UpstreamReset)
 from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
@@ -84,9 +84,9 @@ VIA_NAME = "myproxy"         # RFC 9110 §7.6.3: Via: <received protocol version
 class Proxy:
     """The WSGI application that forwards each request to a backend of its route's pool.
 
-    The config, the route table and the pools are the request's runtime
-    (``environ["myproxy.runtime"]``, put there once by ``App``); the proxy keeps only the
-    transports, which no config changes.
+    The config, the route table and the pools are the request's runtime (its ``Request``,
+    ``app.request``, put there once by ``App``); the proxy keeps only the transports,
+    which no config changes.
     """
 
     def __init__(self, upstream: Upstream, tunnels: Tunnels | None = None):
@@ -95,12 +95,12 @@ class Proxy:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         method = environ["REQUEST_METHOD"]
-        runtime = environ["myproxy.runtime"]
-        config = runtime.config
+        request = environ[REQUEST]
+        config = request.runtime.config
         watch = None
         try:
             target = admit(environ, config.limits)
-            pool = route_of(runtime.table, environ, target)
+            pool = route_of(request, environ, target)
             upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
             source, framing = request_body(environ, config.limits.max_body_bytes)
             if source is not None:
@@ -108,14 +108,15 @@ class Proxy:
             body = ReplayableBody(source, framing.chunked, length=framing.length)
             # A tunnel's handshake is short, and the tunnel sees the client go on its own.
             watch = None if upgrade else watch_client(environ)
-            backend, response = self._send(environ, pool, config, method, pool.rewrite(target),
-                                           body, upgrade, watch)
+            trip = _Trip(environ, request, pool, method, pool.rewrite(target), body, upgrade,
+                         watch)
+            backend, response = self._send(trip)
         except ProxyError as error:
             if watch is not None:
                 watch.close()
             return self._fail(environ, start_response, error)
         except ClientAborted:
-            return _client_aborted(environ, start_response)
+            return _client_aborted(request, start_response)
 
         status = response.status
         if status == SWITCHING_PROTOCOLS:
@@ -141,22 +142,22 @@ class Proxy:
         if not has_body:
             _finish(response, backend, complete=True, watch=watch)
             return iter(())
-        return ResponseBody(response, backend, environ,
+        return ResponseBody(response, backend, request,
                             report=lambda backend, error: _report(pool, backend, error),
                             watch=watch)
 
-    def _send(self, environ: dict, pool: Pool, config: Config, method: str, target: str,
-              body: ReplayableBody, upgrade: str = "", watch: ClientWatch | None = None):
-        """Choose a backend of ``pool`` and send; after a failure that may be retried, try
-        another of the same pool (never another route's).
+    def _send(self, trip: "_Trip"):
+        """Choose a backend of the trip's pool and send; after a failure that may be
+        retried, try another of the same pool (never another route's).
 
         A pooled keep-alive connection the backend had closed is not a failure: the same
         backend gets the request again at once, on a fresh connection. Returns
         ``(backend, response)`` with the response headers read, or raises the last error.
         """
+        pool, method, body = trip.pool, trip.method, trip.body
         key = None
         if pool.hash_key is not None:
-            key = request_key(environ, pool.hash_key, config.forwarded)
+            key = request_key(trip.environ, pool.hash_key, trip.request.runtime.config.forwarded)
         balancer, retries = pool.balancer, pool.settings.retries
         pool.budget.record_request()
         tried: list[Backend] = []
@@ -166,8 +167,7 @@ class Proxy:
             raise NoBackendAvailable(f"route {pool.name}: {error.detail}") from None
         while True:
             try:
-                return backend, self._attempt(environ, pool, config, backend, method, target,
-                                              body, fresh, upgrade, watch)
+                return backend, self._attempt(trip, backend, fresh)
             except UpstreamError as error:
                 fresh = error.stale and may_retry(error, method, body)
                 if fresh:
@@ -184,19 +184,20 @@ class Proxy:
                                 method, error.kind, tried[-1].url, pool.name)
                     raise
 
-    def _attempt(self, environ: dict, pool: Pool, config: Config, backend: Backend, method: str,
-                 target: str, body: ReplayableBody, fresh: bool, upgrade: str = "",
-                 watch: ClientWatch | None = None):
+    def _attempt(self, trip: "_Trip", backend: Backend, fresh: bool):
         """One try on one backend, counted in flight and fed to its passive health.
 
-        While it waits, ``watch`` may throw ``ClientAborted`` (the client has gone): not an
-        ``UpstreamError``, so it is neither reported nor retried, and the upstream side
-        closes the connection instead of pooling it."""
-        environ["myproxy.backend"] = backend.url
-        attempts = environ.setdefault("myproxy.tried", [])
+        While it waits, the trip's watch may throw ``ClientAborted`` (the client has
+        gone): not an ``UpstreamError``, so it is neither reported nor retried, and the
+        upstream side closes the connection instead of pooling it."""
+        request, pool, body, watch, upgrade = (trip.request, trip.pool, trip.body, trip.watch,
+                                               trip.upgrade)
+        request.backend = backend.url
+        attempts = request.tried
         attempts.append((backend.url, None))
-        environ["myproxy.attempts"] = len(attempts)
-        headers = _outbound_headers(environ, backend, config.forwarded, body.length)
+        headers = _outbound_headers(trip.environ, request, backend,
+                                    request.runtime.config.forwarded, body.length)
+        method, target = trip.method, _upstream_target(backend, trip.target)
         backend.in_flight += 1
         backend.requests += 1
         sent_at = time.monotonic()
@@ -205,13 +206,11 @@ class Proxy:
                 watch.waiting()
             if upgrade:
                 headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
-                response = self.tunnels.send(backend.origin, method,
-                                             _upstream_target(backend, target), headers,
+                response = self.tunnels.send(backend.origin, method, target, headers,
                                              body.attempt(), body.chunked, fresh=fresh,
                                              timeouts=pool.settings.timeouts)
             else:
-                response = self.upstream.send(backend.origin, method,
-                                              _upstream_target(backend, target), headers,
+                response = self.upstream.send(backend.origin, method, target, headers,
                                               body.attempt(), body.chunked,
                                               timeout=pool.upstream_timeout, fresh=fresh)
         except BaseException as error:
@@ -224,7 +223,7 @@ class Proxy:
         finally:
             if watch is not None:
                 watch.done_waiting()
-            environ["myproxy.upstream_duration"] = time.monotonic() - sent_at
+            request.upstream_duration = time.monotonic() - sent_at
         _report(pool, backend, None)
         return response
 
@@ -234,8 +233,9 @@ class Proxy:
         A client's error closes the connection; one the WSGI server's own input raised goes
         back to that server, which answers and closes it its own way (gunicorn).
         """
-        environ["myproxy.error"] = error
-        backend = environ.get("myproxy.backend", "-")
+        request = environ[REQUEST]
+        request.error = error
+        backend = request.backend or "-"
         if isinstance(error, ClientError):
             log.info("bad request from %s: %s %s", environ.get("REMOTE_ADDR", "-"),
                      error.status, error.detail)
@@ -249,12 +249,26 @@ class Proxy:
         # The body names the route and request ID; a backend and its failure only where
         # the operator said clients may see them (the log has them always).
         status_line, headers, body = error_response(
-            error, close=isinstance(error, ClientError), route=environ.get("myproxy.route"),
-            request_id=environ.get("myproxy.request_id"),
-            detail=environ["myproxy.runtime"].config.expose_backends,
-            backend=environ.get("myproxy.backend"))
+            error, close=isinstance(error, ClientError), route=request.route,
+            request_id=request.id, detail=request.runtime.config.expose_backends,
+            backend=request.backend)
         start_response(status_line, headers)
         return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
+
+
+class _Trip(NamedTuple):
+    """What every attempt of one request shares: its environ and ``Request``, the route's
+    pool, the method and target (the route's rewrite done), the body, whether it asks to
+    switch protocols, and the client watch."""
+
+    environ: dict
+    request: Request
+    pool: Pool
+    method: str
+    target: str
+    body: ReplayableBody
+    upgrade: str
+    watch: ClientWatch | None
 
 
 class ResponseBody:
@@ -264,11 +278,11 @@ class ResponseBody:
     client connection without a final chunk: a truncated body must never look complete.
     """
 
-    def __init__(self, response, backend: Backend, environ: dict,
+    def __init__(self, response, backend: Backend, request: Request,
                  report: Callable | None = None, watch: ClientWatch | None = None):
         self._response = response
         self._backend = backend
-        self._environ = environ
+        self._request = request
         self._report = report     # called with (backend, error) when the backend fails
         self._watch = watch       # the client, watched while a read waits on the backend
         self._complete = False
@@ -305,14 +319,14 @@ class ResponseBody:
         except ClientAborted:
             # The client has gone: the backend's connection is closed (close() below),
             # and the server closes the client's, quietly, as for any reset.
-            self._environ["myproxy.client_aborted"] = True
+            self._request.client_aborted = True
             raise ConnectionResetError(errno.ECONNRESET, "the client closed its connection") \
                 from None
         except Exception as error:  # noqa: BLE001 - typed, logged, re-raised
             failure = classify(error)
             if not isinstance(failure, UpstreamError):
                 failure = UpstreamReset(str(error))
-            self._environ["myproxy.error"] = failure
+            self._request.error = failure
             log.warning("upstream error mid-body: backend=%s kind=%s cause=%s",
                         self._backend.url, failure.kind, failure.detail)
             if self._report is not None:
@@ -325,14 +339,16 @@ class ResponseBody:
             self._closed = True
             watch = self._watch
             if not self._complete and self._started and watch is not None and \
-                    "myproxy.error" not in self._environ and watch.client_gone():
+                    self._request.error is None and watch.client_gone():
                 # The server stopped writing part way because the client had left.
-                self._environ["myproxy.client_aborted"] = True
+                self._request.client_aborted = True
             _finish(self._response, self._backend, self._complete, watch)
 
 
-def route_of(table, environ: dict, target: str) -> Pool:
-    """The pool of the request's route (``myproxy.route`` names it); ``NoRouteMatched`` if none."""
+def route_of(request: Request, environ: dict, target: str) -> Pool:
+    """The pool of the request's route (``Request.route`` names it); ``NoRouteMatched`` if
+    none."""
+    table = request.runtime.table
     if table.empty:
         pool = table.default
     else:
@@ -340,7 +356,7 @@ def route_of(table, environ: dict, target: str) -> Pool:
         pool = table.match(request_host(environ.get("HTTP_HOST", "")), path)
         if pool is None:
             raise NoRouteMatched(environ.get("HTTP_HOST", ""), path)
-    environ["myproxy.route"] = pool.name
+    request.route = pool.name
     return pool
 
 
@@ -357,7 +373,7 @@ def _report(pool: Pool, backend: Backend, error: UpstreamError | None) -> None:
                         after="a request succeeded"))
 
 
-def _outbound_headers(environ: dict, backend: Backend, forwarded,
+def _outbound_headers(environ: dict, request: Request, backend: Backend, forwarded,
                       length: int | None = None) -> list[tuple[str, str]]:
     """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID,
     as ``(name, value)`` lines in order (a repeated name stays separate lines).
@@ -371,7 +387,7 @@ def _outbound_headers(environ: dict, backend: Backend, forwarded,
     # Every Connection line, joined; never Content-Length or Host (http1.NEVER_HOP_BY_HOP).
     dropped = hop_by_hop(list_tokens(environ.get("HTTP_CONNECTION", "")))
     client = environ.get("REMOTE_ADDR", "")
-    request_id = environ.get("myproxy.request_id")
+    request_id = request.id
     trusted = forwarded.trusts(client)
     preserve_host = forwarded.preserve_host
     forwarded_for = ""
@@ -440,10 +456,10 @@ class _ClientGone:
         raise ConnectionResetError(errno.ECONNRESET, "the client closed its connection")
 
 
-def _client_aborted(environ: dict, start_response: Callable):
+def _client_aborted(request: Request, start_response: Callable):
     """The client left while its backend was still to answer: the backend request was
     abandoned (its connection closed); the access log and metrics say 499, as nginx does."""
-    environ["myproxy.client_aborted"] = True
+    request.client_aborted = True
     start_response(f"{CLIENT_CLOSED_REQUEST} Client Closed Request",
                    [("Content-Length", "0"), ("Connection", "close")])
     return _ClientGone()

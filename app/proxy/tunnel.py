@@ -28,6 +28,7 @@ import gevent
 from . import exchange
 from ..wire import handoff
 from ..config import TimeoutsConfig
+from ..request import KEY as REQUEST
 from ..errors import BadRequest, ClientError
 from ..wire.http1 import READ_SIZE, TCHAR, list_tokens, render_head
 from .transport import Transport, classify
@@ -129,7 +130,7 @@ class Tunnels:
 
         Blocks for the tunnel's life and returns what the WSGI app must return so the
         server writes nothing more; ``idle`` is the pool's ``timeouts.tunnel_idle``. Leaves the bytes sent to the client in
-        ``environ["myproxy.tunnel"]`` for the access log.
+        the request's ``Request.tunnel`` for the access log.
         """
         status = f"{SWITCHING_PROTOCOLS} {response.reason or 'Switching Protocols'}"
         added: list = []    # middleware adds its headers (X-Request-ID) to the 101 here
@@ -143,9 +144,9 @@ class Tunnels:
         tunnel = _Tunnel(client, response, self._clock)
         started = self._clock()
         closed_by = tunnel.run(head, idle)
-        environ["myproxy.tunnel"] = tunnel.sent["client"]
+        environ[REQUEST].tunnel = tunnel.sent["client"]
         log.info("tunnel closed: request_id=%s backend=%s closed_by=%s duration_s=%.1f "
-                 "bytes_to_backend=%d bytes_to_client=%d", environ.get("myproxy.request_id", "-"),
+                 "bytes_to_backend=%d bytes_to_client=%d", environ[REQUEST].id or "-",
                  backend, closed_by, self._clock() - started, tunnel.sent["backend"],
                  tunnel.sent["client"])
         return client.handled

@@ -50,6 +50,7 @@ from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import StartupError, UpstreamError
+from ..request import KEY as REQUEST
 from .connection import header_deadline
 from ..wire.http1 import list_tokens
 from ..wire.responses import close_body
@@ -307,7 +308,7 @@ class ServerConnection:
     Elsewhere it passes straight through.
 
     Usage: ``app = ServerConnection(app)``; the timeout is the request's runtime's
-    ``timeouts.client_idle`` (``environ["myproxy.runtime"]``), so a reload changes it.
+    ``timeouts.client_idle`` (its ``Request``'s runtime), so a reload changes it.
     """
 
     SOCKET_KEY = "gunicorn.socket"
@@ -326,13 +327,14 @@ class ServerConnection:
                                  for name, value in headers)
             return start_response(status, headers, exc_info)
 
-        send_timeout = environ["myproxy.runtime"].config.timeouts.client_idle
+        request = environ[REQUEST]
+        send_timeout = request.runtime.config.timeouts.client_idle
         if send_timeout:
             # Each read of the body and each write of the response; gunicorn's own timer
             # (keepalive) covers the wait for the next request once this is undone.
             sock.settimeout(send_timeout)
         body = self.app(environ, start)
-        if "myproxy.tunnel" in environ:
+        if request.tunnel is not None:
             return body          # an upgraded connection, ended: gunicorn's marker, as is
         return _ServerBody(body, sock, state)
 

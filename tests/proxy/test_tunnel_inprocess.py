@@ -17,6 +17,7 @@ from app.proxy.proxy import Proxy
 from app.server.standalone import Server
 from app.proxy.tunnel import Tunnels, upgrade_requested
 from app.proxy.transport import Upstream
+from app.request import KEY as REQUEST, Request
 from tests.backends import wait_until
 from tests.websocket_backend import WebSocketBackend
 
@@ -132,7 +133,7 @@ def test_https_backends_are_tunnelled_over_tls(serve, certificate, tls_backend):
     balancer = live.runtime.default.balancer
 
     def app(environ, start_response):
-        environ["myproxy.runtime"] = live.runtime
+        environ[REQUEST] = Request(live.runtime)
         return logged(environ, start_response)
 
     port = serve(app)
