@@ -108,13 +108,16 @@ class Backend:
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
+        self.admin_state = "ready"             # ready | drain | maint (SPEC §9), set at run time
+        self.admin_weight: int | None = None   # a weight set at run time, over the configured one
 
     def __repr__(self) -> str:
         return f"<Backend {self.url} {self.state}>"
 
     @property
     def weight(self) -> int:
-        return self.config.weight
+        """The weight in force: one set at run time, else the configured one."""
+        return self.config.weight if self.admin_weight is None else self.admin_weight
 
     @property
     def state(self) -> str:
@@ -125,8 +128,16 @@ class Backend:
 
     @property
     def available(self) -> bool:
-        """May take new requests: up, not drained (or an unprobed one on trial)."""
-        if not self.healthy or self.config.weight <= 0:
+        """May take new requests: up, ``ready``, weighted (or an unprobed one on trial)."""
+        if self.admin_state != "ready" or self.weight <= 0:
+            return False
+        return self.serving
+
+    @property
+    def serving(self) -> bool:
+        """Up (or an unprobed one on trial), whatever its admin state and weight: what a
+        request bound to it (a sticky cookie) needs, unless it is in ``maint``."""
+        if not self.healthy:
             return False
         return self.ejected_until is None or self._on_trial()
 
@@ -272,7 +283,7 @@ class Balancer:
                 now = self._clock()
                 weights = [self.weight_of(b, now) for b in candidates]
             else:
-                weights = [float(b.config.weight) for b in candidates]
+                weights = [float(b.weight) for b in candidates]
             return self._policy.pick(candidates, weights, key)
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> list[Backend]:

@@ -203,3 +203,26 @@ def test_a_backend_that_rises_while_ejected_waits_out_its_ejection():
     assert a.ejection_left == 8 and not a.available
     clock.now += 8
     assert a.record_check(PASS, RULES) == "up"
+
+
+def test_admin_states_take_a_backend_out_of_balancing_but_drain_keeps_it_serving():
+    first, second = backends = make(1, 1)
+    balancer = Balancer(backends)
+    first.admin_state = "drain"
+    assert set(names(balancer, 4)) == {"2"}
+    assert first.serving and not first.available
+    first.admin_state = "maint"
+    assert not first.available
+    first.admin_state = "ready"
+    assert set(names(balancer, 4)) == {"1", "2"}
+
+
+def test_a_weight_set_at_run_time_replaces_the_configured_one_until_cleared():
+    first, second = backends = make(1, 1)
+    balancer = Balancer(backends)
+    first.admin_weight = 3
+    assert names(balancer, 8).count("1") == 6
+    first.admin_weight = 0
+    assert set(names(balancer, 4)) == {"2"}
+    first.admin_weight = None
+    assert names(balancer, 8).count("1") == 4
