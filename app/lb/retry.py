@@ -1,12 +1,10 @@
-"""Retries: which failed attempts may be sent again, the request body kept for the
-replay, and the budget that caps how many retries the backends get.
+"""Retries: which failed attempts may be sent again, and the budget that caps how many
+retries the backends get.
 
 - ``may_retry`` is the rule (STACK-FACTS 10): nothing sent (refused, connect timeout)
   means any method may go again; a reset or read timeout after sending means only an
-  idempotent method may, and only with its whole body kept. A ``POST`` that reached a
-  backend is never sent twice.
-- ``ReplayableBody`` keeps a copy of a small body as it streams out, so an attempt can
-  be replayed; a body past ``REPLAY_LIMIT`` is streamed and never kept.
+  idempotent method may, and only with its whole body kept (``proxy.body`` keeps it). A
+  ``POST`` that reached a backend is never sent twice.
 - ``RetryBudget`` lets retries be at most a share of recent requests plus a small floor,
   so a total outage costs the backends little more than the requests themselves.
 
@@ -16,22 +14,21 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 from ..errors import UpstreamError, UpstreamReset, UpstreamTimeout
 
 # RFC 9110 §9.2.2: methods whose intended effect is the same however often they are sent.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
-REPLAY_LIMIT = 64 * 1024    # request bodies up to this size are kept for a replay
-READ_SIZE = 64 * 1024       # bytes read from the client at a time
 BUDGET_WINDOW = 10.0        # seconds of recent requests the budget counts
 BUDGET_FLOOR = 10           # retries always allowed per window, however few the requests
 
 
-def may_retry(error: UpstreamError, method: str, body: "ReplayableBody") -> bool:
-    """Whether an attempt that failed with ``error`` may be sent again."""
-    if not body.replayable:
+def may_retry(error: UpstreamError, method: str, replayable: bool) -> bool:
+    """Whether an attempt that failed with ``error`` may be sent again; ``replayable``:
+    whether the request's whole body can be sent again (``proxy.body.RequestBody``)."""
+    if not replayable:
         return False
     if not error.sent:
         return True
@@ -39,71 +36,6 @@ def may_retry(error: UpstreamError, method: str, body: "ReplayableBody") -> bool
     # on a fresh one, whatever its error looked like.
     return method in IDEMPOTENT_METHODS and (
         isinstance(error, (UpstreamReset, UpstreamTimeout)) or error.stale)
-
-
-class ReplayableBody:
-    """The client's request body, kept while small so a failed attempt can be replayed.
-
-    ``source`` is a reader (``read(size)``), an iterable of bytes, or None for no body;
-    ``chunked`` says how it goes upstream. Each ``attempt()`` gives the body to send: the
-    bytes read so far (when kept), then the rest from the client, kept in turn until they
-    pass ``limit``. Bytes are read from the client only as an attempt sends them.
-    """
-
-    def __init__(self, source=None, chunked: bool = False, limit: int = REPLAY_LIMIT,
-                 length: int | None = None):
-        self.chunked = chunked
-        self.length = length                        # the Content-Length to send, if any
-        self.consumed = 0                           # bytes read from the client so far
-        self.client_failed = False                  # reading from the client raised
-        self._limit = limit
-        self._kept: bytearray | None = bytearray()  # None once the body outgrew the limit
-        self._pieces: Iterator[bytes] | None = None
-        if source is not None:
-            self._pieces = iter(_reads(source) if hasattr(source, "read") else source)
-
-    @property
-    def replayable(self) -> bool:
-        """Whether another attempt can send the whole body again."""
-        if self.client_failed:
-            return False
-        return self._pieces is None or self.consumed == 0 or self._kept is not None
-
-    def attempt(self) -> Iterable[bytes] | None:
-        """The body for the next attempt, or None when the request has none."""
-        if self._pieces is None:
-            return None
-        if not self.replayable:
-            raise RuntimeError("the request body was sent and not kept; it cannot be replayed")
-        return self._stream()
-
-    def _stream(self) -> Iterator[bytes]:
-        if self._kept:
-            yield bytes(self._kept)
-        while True:
-            try:
-                piece = next(self._pieces)
-            except StopIteration:
-                return
-            except Exception:
-                # The client's fault (it went away, or sent a bad chunk): never the backend's.
-                self.client_failed = True
-                raise
-            self.consumed += len(piece)
-            if self._kept is not None:
-                if len(self._kept) + len(piece) <= self._limit:
-                    self._kept += piece
-                else:
-                    self._kept = None               # too big to keep: stream it only
-            yield piece
-
-
-def _reads(reader) -> Iterator[bytes]:
-    while True:
-        data = reader.read(READ_SIZE)
-        if not data:
-            return
-        yield data
 
 
 class RetryBudget:

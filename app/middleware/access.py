@@ -66,9 +66,6 @@ class RequestLog:
                 and config.forwarded.trusts(environ.get("REMOTE_ADDR", ""))):
             request_id = new_request_id()
         request.id = request_id
-        received = None
-        if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
-            received = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"])
         state = {"status": "-"}
         timing = config.server_timing
         expose = config.expose_backends
@@ -93,9 +90,9 @@ class RequestLog:
             # An upgraded connection that has ended: log and count it now, and give the server
             # its "already handled" marker unwrapped (app.handoff).
             self.finish(environ, state["status"], request.tunnel,
-                        received.count if received is not None else 0, started, tunnel=True)
+                        request.received, started, tunnel=True)
             return body
-        return _LoggedBody(body, self, environ, state, started, received)
+        return _LoggedBody(body, self, environ, state, started)
 
     def finish(self, environ: dict, status: str, sent: int, received: int, started: float,
                tunnel: bool = False) -> None:
@@ -168,14 +165,12 @@ def _write_plain(values: tuple) -> bool:
 class _LoggedBody:
     """Passes the body through, counting bytes; logs when the server closes it."""
 
-    def __init__(self, body, owner: RequestLog, environ: dict, state: dict, started: float,
-                 received: "_CountingInput | None"):
+    def __init__(self, body, owner: RequestLog, environ: dict, state: dict, started: float):
         self._body = body
         self._owner = owner
         self._environ = environ
         self._state = state
         self._started = started
-        self._received = received
         self._sent = 0
 
     def __iter__(self):
@@ -187,40 +182,8 @@ class _LoggedBody:
         try:
             close_body(self._body)
         finally:
-            received = self._received.count if self._received is not None else 0
-            self._owner.finish(self._environ, self._state["status"], self._sent, received,
-                               self._started)
-
-
-class _CountingInput:
-    """``wsgi.input`` as the app reads it, counting the bytes of the request body."""
-
-    def __init__(self, stream):
-        self._stream = stream
-        self.count = 0
-
-    def read(self, *args) -> bytes:
-        data = self._stream.read(*args)
-        self.count += len(data)
-        return data
-
-    def readline(self, *args) -> bytes:
-        data = self._stream.readline(*args)
-        self.count += len(data)
-        return data
-
-    def readlines(self, *args) -> list[bytes]:
-        lines = self._stream.readlines(*args)
-        self.count += sum(len(line) for line in lines)
-        return lines
-
-    def __iter__(self):
-        for line in self._stream:
-            self.count += len(line)
-            yield line
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
+            self._owner.finish(self._environ, self._state["status"], self._sent,
+                               self._environ[REQUEST].received, self._started)
 
 
 def server_timing(request: Request, started: float, name_backend: bool = False) -> str:

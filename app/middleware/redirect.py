@@ -13,16 +13,14 @@ nothing of backends.
 """
 from __future__ import annotations
 
-import re
 from typing import Callable, Iterable
 
 from ..server.tls import connection_tls
 from ..request import KEY as REQUEST
+from ..wire.http1 import host_name
 
 PERMANENT_REDIRECT = "308 Permanent Redirect"    # RFC 9110 §15.4.9
 HTTPS_PORT = 443                                   # RFC 9110 §4.2.2
-# RFC 3986 §3.2.2 host (IP-literal or reg-name/IPv4) and an optional port (RFC 9110 §7.2).
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
 
 
 class HTTPSRedirect:
@@ -39,8 +37,8 @@ class HTTPSRedirect:
             return self.app(environ, start_response)
         request = environ[REQUEST]
         request.redirect = True                  # logged, not counted as traffic
-        match = _HOST.fullmatch(environ.get("HTTP_HOST", ""))
-        if match is None:
+        host = host_name(environ.get("HTTP_HOST", ""))
+        if not host:
             body = b"400 Bad Request: a redirect to https needs the request's Host\n"
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
                                                ("Content-Length", str(len(body))),
@@ -52,7 +50,7 @@ class HTTPSRedirect:
             target = target[7:].partition("/")[1] + target[7:].partition("/")[2]
         if not target.startswith("/"):
             target = "/"
-        location = f"https://{match.group(1)}{'' if port == HTTPS_PORT else f':{port}'}{target}"
+        location = f"https://{host}{'' if port == HTTPS_PORT else f':{port}'}{target}"
         body = f"308 Permanent Redirect: {location}\n".encode("latin-1", "replace")
         start_response(PERMANENT_REDIRECT, [("Location", location),
                                             ("Content-Type", "text/plain; charset=utf-8"),

@@ -1,18 +1,26 @@
-"""The client's request body on its way to a backend: framing, the size limit, client errors.
+"""The client's request body on its way to a backend: one wrapper for all of it.
 
-``request_body(environ, max_bytes)`` says how the body goes upstream, as the
-``http1.Framing`` the server parsed: with a ``Content-Length`` of the parsed length, which
-the proxy writes itself in place of the client's, re-chunked when the client sent it
-chunked (the upstream writer adds the one ``Transfer-Encoding: chunked``), or not at all.
-Exactly one framing header reaches the backend either way (STACK-FACTS 8), whatever the
-client's ``Connection`` names (``http1.NEVER_HOP_BY_HOP``).
+``request_body(environ, max_bytes)`` gives the request's ``RequestBody``: its framing as the
+server parsed it (``length``: a ``Content-Length`` the proxy writes itself in place of the
+client's; ``chunked``: re-chunked upstream, the upstream writer adding the one
+``Transfer-Encoding: chunked``; neither: no body). Exactly one framing header reaches the
+backend either way (STACK-FACTS 8), whatever the client's ``Connection`` names
+(``http1.NEVER_HOP_BY_HOP``).
 
-``RequestBody`` reads ``wsgi.input`` at most ``CHUNK_SIZE`` bytes at a time, so memory
-stays bounded whatever the size; counts against ``limits.max_body_bytes`` (413, even in
-the middle of a chunked body); and turns whatever the input raises into a
-``ClientError``. Never an ``OSError``: urllib3 takes an ``ECONNRESET`` from the body it is
-sending for the backend's and goes on to wait for a response. It knows nothing of
-backends or of which server runs the app.
+``RequestBody`` is the one place the body is read, counted and kept:
+
+- it reads ``wsgi.input`` at most ``READ_SIZE`` bytes at a time, and only as an attempt
+  sends them, so memory stays bounded whatever the size;
+- it counts what it read (``received``, the access line's) against
+  ``limits.max_body_bytes`` (413, even in the middle of a chunked body);
+- it keeps a copy of a body up to ``REPLAY_LIMIT`` as it streams out, so a failed attempt
+  can be replayed on another backend (``replayable``, ``attempt()``); a bigger one is
+  streamed and never kept;
+- whatever the input raises becomes a ``ClientError`` and marks the body
+  ``client_failed``: the client's fault, never the backend's. Never an ``OSError``: a
+  transport would take an ``ECONNRESET`` from the body for the backend's.
+
+It knows nothing of backends or of which server runs the app.
 """
 from __future__ import annotations
 
@@ -20,68 +28,97 @@ import socket
 from typing import Iterator
 
 from ..errors import BadRequest, BodyTooLarge, ClientError, ClientTimeout, ProxyError
-from ..wire.http1 import Framing, Incomplete
+from ..wire.http1 import READ_SIZE, Incomplete
 
-CHUNK_SIZE = 64 * 1024       # bytes read from the client per read
+REPLAY_LIMIT = 64 * 1024    # request bodies up to this size are kept for a replay
 
 
 class RequestBody:
-    """The request body as an iterable of pieces, read only as the upstream send asks.
+    """The request body, read only as the upstream send asks, kept while small.
 
-    ``prefetch()`` reads the first piece before any backend is contacted, so a body that is
-    bad from its first byte (or an empty chunked one) never reaches one; it is also when a
-    client waiting on ``Expect: 100-continue`` is told to go on. ``started`` says whether
-    iteration began: until then the body can still be sent to another backend.
+    ``stream`` is the WSGI input (None: no body); ``length`` the parsed ``Content-Length``
+    (None: chunked or none). ``prefetch()`` reads the first piece before any backend is
+    contacted, so a body that is bad from its first byte (or an empty chunked one) never
+    reaches one; it is also when a client waiting on ``Expect: 100-continue`` is told to
+    go on. Each ``attempt()`` gives the body to send: the bytes kept so far, then the rest
+    from the client.
     """
 
-    def __init__(self, stream, length: int | None, max_bytes: int = 0):
+    def __init__(self, stream=None, length: int | None = None, chunked: bool = False,
+                 max_bytes: int = 0, limit: int = REPLAY_LIMIT):
+        self.length = length                  # the Content-Length to send, if any
+        self.chunked = chunked
+        self.received = 0                     # bytes read from the client so far
+        self.client_failed = False            # reading from the client raised
         self._stream = stream
-        self._remaining = length      # None: chunked, read until the input says it ended
+        self._remaining = None if chunked else length
         self._max_bytes = max_bytes
-        self._first: bytes | None = None
-        self.received = 0
+        self._limit = limit
+        self._first: bytes | None = None      # the prefetched piece, not yet sent
+        self._sent_any = False                # an attempt has taken a piece
+        self._kept: bytearray | None = bytearray()   # None once the body outgrew the limit
+        self._ended = stream is None
+
+    @property
+    def replayable(self) -> bool:
+        """Whether another attempt can send the whole body again."""
+        if self.client_failed:
+            return False
+        return not self._sent_any or self._kept is not None
 
     def prefetch(self) -> None:
-        if self._first is None:
+        if self._stream is not None and self._first is None and not self._sent_any:
             self._first = self._read()
 
-    def __iter__(self) -> Iterator[bytes]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            if not first:
+    def attempt(self) -> Iterator[bytes] | None:
+        """The body for the next attempt, or None when the request has none."""
+        if self._stream is None:
+            return None
+        if not self.replayable:
+            raise RuntimeError("the request body was sent and not kept; it cannot be replayed")
+        return self._pieces()
+
+    def _pieces(self) -> Iterator[bytes]:
+        if self._kept:
+            yield bytes(self._kept)
+        while not self._ended:
+            if self._first is not None:
+                piece, self._first = self._first, None
+            else:
+                piece = self._read()
+            if not piece:
+                self._ended = True
                 return
-            yield first
-        while True:
-            data = self._read()
-            if not data:
-                return
-            yield data
+            self._sent_any = True
+            if self._kept is not None:
+                if len(self._kept) + len(piece) <= self._limit:
+                    self._kept += piece
+                else:
+                    self._kept = None           # too big to keep: stream it only
+            yield piece
 
     def _read(self) -> bytes:
-        size = CHUNK_SIZE if self._remaining is None else min(CHUNK_SIZE, self._remaining)
+        size = READ_SIZE if self._remaining is None else min(READ_SIZE, self._remaining)
         if size <= 0:
             return b""
         try:
             data = self._stream.read(size)
+            if self._remaining is not None:
+                if not data:
+                    raise BadRequest("the client closed the connection before the whole body")
+                self._remaining -= len(data)
+            self.received += len(data)
+            if self._max_bytes and self.received > self._max_bytes:
+                raise BodyTooLarge(f"the request body is over {self._max_bytes} bytes")
         except Exception as error:  # noqa: BLE001 - every failure becomes a ClientError
+            self.client_failed = True
             raise client_error(error) from error
-        if self._remaining is not None:
-            if not data:
-                raise BadRequest("the client closed the connection before the whole body")
-            self._remaining -= len(data)
-        self.received += len(data)
-        if self._max_bytes and self.received > self._max_bytes:
-            raise BodyTooLarge(f"the request body is over {self._max_bytes} bytes")
         return data
 
 
-NO_FRAMING = Framing()
-CHUNKED = Framing(chunked=True)
-
-
-def request_body(environ: dict, max_bytes: int = 0) -> tuple[RequestBody | None, Framing]:
-    """The body to send upstream (None for none), and its framing: the length the
-    server parsed (``Content-Length: 0`` included, forwarded as sent), chunked, or none.
+def request_body(environ: dict, max_bytes: int = 0) -> RequestBody:
+    """The request's body as the server framed it: the length it parsed
+    (``Content-Length: 0`` included, forwarded as sent), chunked, or none.
 
     A ``Content-Length`` over ``max_bytes`` is refused (413) before a byte is read.
     """
@@ -89,13 +126,13 @@ def request_body(environ: dict, max_bytes: int = 0) -> tuple[RequestBody | None,
     if length:
         size = int(length)
         if not size:
-            return None, Framing(length=0)
+            return RequestBody(length=0)
         if max_bytes and size > max_bytes:
             raise BodyTooLarge(f"the request body is over {max_bytes} bytes")
-        return RequestBody(environ["wsgi.input"], size, max_bytes), Framing(length=size)
+        return RequestBody(environ["wsgi.input"], size, max_bytes=max_bytes)
     if environ.get("HTTP_TRANSFER_ENCODING", "").strip().lower() == "chunked":
-        return RequestBody(environ["wsgi.input"], None, max_bytes), CHUNKED
-    return None, NO_FRAMING
+        return RequestBody(environ["wsgi.input"], chunked=True, max_bytes=max_bytes)
+    return RequestBody()
 
 
 def client_error(error: BaseException) -> ClientError:

@@ -36,7 +36,7 @@ from .admission import admit
 from ..lb.affinity import request_key
 from ..lb.balancer import Backend
 from ..lb.routes import Pool, request_host
-from .body import request_body
+from .body import RequestBody, request_body
 from ..request import KEY as REQUEST, Request
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
                       UpstreamProtocolError, UpstreamReset)
@@ -44,7 +44,7 @@ from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens, response_ha
 from ..wire.responses import error_response
 from ..wire.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
-from ..lb.retry import ReplayableBody, may_retry
+from ..lb.retry import may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
 from .transport import Upstream, classify
 
@@ -102,10 +102,8 @@ class Proxy:
             target = admit(environ, config.limits)
             pool = route_of(request, environ, target)
             upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
-            source, framing = request_body(environ, config.limits.max_body_bytes)
-            if source is not None:
-                source.prefetch()       # a body bad from its first byte reaches no backend
-            body = ReplayableBody(source, framing.chunked, length=framing.length)
+            request.body = body = request_body(environ, config.limits.max_body_bytes)
+            body.prefetch()             # a body bad from its first byte reaches no backend
             # A tunnel's handshake is short, and the tunnel sees the client go on its own.
             watch = None if upgrade else watch_client(environ)
             trip = _Trip(environ, request, pool, method, pool.rewrite(target), body, upgrade,
@@ -169,11 +167,12 @@ class Proxy:
             try:
                 return backend, self._attempt(trip, backend, fresh)
             except UpstreamError as error:
-                fresh = error.stale and may_retry(error, method, body)
+                retry = may_retry(error, method, body.replayable)
+                fresh = error.stale and retry
                 if fresh:
                     continue        # a fresh connection is never stale: at most once each
                 tried.append(backend)
-                if len(tried) >= retries.attempts or not may_retry(error, method, body):
+                if len(tried) >= retries.attempts or not retry:
                     raise
                 try:
                     backend = balancer.choose(key, exclude=tried)
@@ -266,7 +265,7 @@ class _Trip(NamedTuple):
     pool: Pool
     method: str
     target: str
-    body: ReplayableBody
+    body: RequestBody
     upgrade: str
     watch: ClientWatch | None
 

@@ -269,7 +269,7 @@ class RequestInput:
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(65536), b""))
+            return b"".join(iter(lambda: self.read(http1.READ_SIZE), b""))
         if self.finished or size == 0:
             return b""
         try:

@@ -41,7 +41,7 @@ TARGET_INVALID = re.compile(rb"[\x00-\x20\x7f]")
 # brackets (an IPv6 address, checked by ``ipaddress``, or an IPvFuture), then an optional
 # port of digits. No userinfo, no whitespace, no unbalanced bracket.
 HOST = re.compile(r"(?:\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
-                  r"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
+                  r"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::(?P<port>[0-9]*))?")
 VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 SUPPORTED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 # RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF. chunk-size is
@@ -239,17 +239,23 @@ def check_host(fields, version: str) -> None:
 def check_host_value(value: str, what: str = "Host header") -> None:
     """Refuse (400) a Host, or an absolute-form target's authority (``what``), that is not
     ``uri-host [ ":" port ]`` (``HOST``): RFC 9112 §3.2 says a server MUST answer 400."""
+    if host_name(value) is None:
+        raise BadRequest(f"invalid {what}: {value[:100]!r}")
+
+
+def host_name(value: str) -> str | None:
+    """The uri-host of a Host value without its port ("" for an empty one), or None when the
+    value is not ``uri-host [ ":" port ]`` (``HOST``; an IPv6 literal checked by ``ipaddress``)."""
     match = HOST.fullmatch(value)
-    if match is not None:
-        ipv6 = match.group("ipv6")
-        if ipv6 is None:
-            return
+    if match is None:
+        return None
+    ipv6 = match.group("ipv6")
+    if ipv6 is not None:
         try:
             ipaddress.IPv6Address(ipv6)
-            return
         except ValueError:
-            pass
-    raise BadRequest(f"invalid {what}: {value[:100]!r}")
+            return None
+    return value if match.group("port") is None else value[:match.start("port") - 1]
 
 
 def origin_form(method: str, target: str) -> tuple[str, str | None]:

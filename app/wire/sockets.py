@@ -9,6 +9,8 @@ import gevent
 from gevent import getcurrent
 from gevent.exceptions import ConcurrentObjectUseError
 
+from .http1 import READ_SIZE
+
 
 def send_all(sock, data) -> None:
     """``sock.sendall(data)``, but one plain ``send`` when the kernel takes it all (nearly
@@ -83,7 +85,7 @@ def linger(sock, seconds: float, most: int) -> None:
         left = most
         with gevent.Timeout(seconds, False):
             while left > 0:
-                data = sock.recv(65536)
+                data = sock.recv(READ_SIZE)
                 if not data:
                     break
                 left -= len(data)

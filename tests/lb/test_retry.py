@@ -1,16 +1,10 @@
-"""Retry rules, the replay buffer and the retry budget: plain asserts, no I/O."""
-import io
+"""Retry rules and the retry budget: plain asserts, no I/O."""
 
 import pytest
 
 from app.errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamProtocolError,
                         UpstreamReset, UpstreamTimeout)
-from app.lb.retry import REPLAY_LIMIT, ReplayableBody, RetryBudget, may_retry
-
-
-def sent(body):
-    """Send one attempt of ``body`` to the end; return the bytes."""
-    return b"".join(body.attempt() or [])
+from app.lb.retry import RetryBudget, may_retry
 
 
 @pytest.mark.parametrize("error,method,expected", [
@@ -26,41 +20,11 @@ def sent(body):
     (UpstreamProtocolError("garbage"), "GET", False),
 ], ids=lambda value: value if isinstance(value, str) else type(value).__name__)
 def test_which_failures_may_be_retried(error, method, expected):
-    assert may_retry(error, method, ReplayableBody()) is expected
+    assert may_retry(error, method, True) is expected
 
 
-def test_a_small_body_is_kept_and_replayed_whole():
-    body = ReplayableBody(io.BytesIO(b"a" * 100_000), limit=150_000)
-    first = body.attempt()
-    assert next(first) == b"a" * 65536                 # cut off mid-body
-    assert body.replayable
-    assert sent(body) == b"a" * 100_000
-    assert sent(body) == b"a" * 100_000
-
-
-def test_a_body_over_the_limit_streams_and_is_not_kept():
-    body = ReplayableBody(iter([b"x" * 40_000, b"y" * 40_000]))
-    assert sent(body) == b"x" * 40_000 + b"y" * 40_000
-    assert not body.replayable
-    assert not may_retry(UpstreamReset("reset"), "PUT", body)
-    with pytest.raises(RuntimeError):
-        body.attempt()
-
-
-def test_an_unread_body_of_any_size_can_still_go_elsewhere():
-    body = ReplayableBody(io.BytesIO(b"z" * (3 * REPLAY_LIMIT)))
-    body.attempt()                     # a connect failure: the attempt never read it
-    assert body.replayable and may_retry(UpstreamConnectError("refused"), "POST", body)
-    assert sent(body) == b"z" * (3 * REPLAY_LIMIT)
-
-
-def test_no_body_is_none_every_time():
-    body = ReplayableBody(None)
-    assert body.attempt() is None and body.attempt() is None and body.replayable
-
-
-def test_the_chunked_flag_is_kept():
-    assert ReplayableBody(iter([b"a"]), True).chunked
+def test_nothing_is_retried_without_the_whole_body():
+    assert not may_retry(UpstreamConnectError("refused"), "GET", False)
 
 
 class Clock:
@@ -97,13 +61,3 @@ def test_the_budget_forgets_requests_and_retries_older_than_its_window():
     budget.record_request()
     assert budget.try_spend() and not budget.try_spend()
 
-
-def test_a_client_that_fails_mid_body_makes_the_body_unreplayable():
-    def pieces():
-        yield b"a" * 10
-        raise OSError("unexpected end of file while reading request")
-    body = ReplayableBody(pieces())
-    with pytest.raises(OSError):
-        sent(body)
-    assert body.client_failed and not body.replayable
-    assert not may_retry(UpstreamConnectError("refused"), "PUT", body)

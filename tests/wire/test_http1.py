@@ -230,3 +230,13 @@ def test_a_chunk_and_the_last_chunk_on_the_wire():
     ids=["1.1", "1.1-close", "1.0", "1.0-keep-alive", "1.1-other-tokens"])
 def test_whether_a_connection_persists(http10, tokens, persists):
     assert http1.persists(http10, frozenset(tokens)) is persists
+
+
+@pytest.mark.parametrize("value, host", [
+    ("shop.test", "shop.test"), ("shop.test:8443", "shop.test"), ("10.0.0.1:80", "10.0.0.1"),
+    ("[::1]:8443", "[::1]"), ("[::1]", "[::1]"), ("", ""), ("shop.test:", "shop.test"),
+    ("a b", None), ("user@shop.test", None), ("[::1", None), ("[zz::1]", None),
+    ("shop.test:80:80", None), ("shop.test/x", None),
+])
+def test_host_name_is_the_one_host_grammar_without_the_port(value, host):
+    assert http1.host_name(value) == host
