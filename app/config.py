@@ -158,6 +158,7 @@ class RouteConfig:
     slow_start: float = 0.0
     retries: RetriesConfig = RetriesConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    request_buffering: int = 0         # bytes of a chunked body read whole and sent with a length
     line: int | None = None            # where the route is written in the file
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -197,6 +198,10 @@ class Config:
     slow_start: float = 0.0
     retries: RetriesConfig = RetriesConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    # A chunked request body is read whole, up to this many bytes (413 past it), and sent with
+    # Content-Length, for backends that read only a length (nginx's proxy_request_buffering).
+    # 0: it streams upstream chunked, as it arrives.
+    request_buffering: int = 0
     limits: LimitsConfig = LimitsConfig()
     forwarded: ForwardedConfig = ForwardedConfig()
     shutdown_delay: float = 0.0    # after SIGTERM: go on accepting this long, /health 503
@@ -226,7 +231,8 @@ class Config:
         return RouteConfig(DEFAULT_ROUTE, self.backends, policy=self.policy,
                            hash_key=self.hash_key, health_check=self.health_check,
                            passive_health=self.passive_health, slow_start=self.slow_start,
-                           retries=self.retries, timeouts=self.timeouts, origins=origins)
+                           retries=self.retries, timeouts=self.timeouts,
+                           request_buffering=self.request_buffering, origins=origins)
 
     @property
     def pools(self) -> tuple[RouteConfig, ...]:
@@ -498,6 +504,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
 SCALARS: dict[str, Callable[[Any], Any]] = {
     "port": _port, "host": _listen_host, "policy": _choice(*POLICIES), "hash_key": _hash_key,
     "slow_start": parse_duration, "shutdown_delay": parse_duration,
+    "request_buffering": parse_size,
     "shutdown_timeout": parse_duration,
     "log_level": _choice(*LOG_LEVELS), "log_format": _choice(*LOG_FORMATS),
     "access_log": _boolean, "server_timing": _boolean, "expose_backends": _boolean,
@@ -522,7 +529,7 @@ TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS, "tls")
 
 # What a route may set for its own pool, over the top level's value. The client timeouts
 # are the connection's, read before any route is known: not per route.
-POOL_SCALARS = ("policy", "hash_key", "slow_start")
+POOL_SCALARS = ("policy", "hash_key", "slow_start", "request_buffering")
 POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts")
 ROUTE_ONLY_TIMEOUTS = ("connect", "read", "tunnel_idle")
 POOL_KEYS = (*POOL_SCALARS, *(f"{section}.{key}" for section in POOL_SECTIONS

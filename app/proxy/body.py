@@ -16,6 +16,8 @@ backend either way (STACK-FACTS 8), whatever the client's ``Connection`` names
 - it keeps a copy of a body up to ``REPLAY_LIMIT`` as it streams out, so a failed attempt
   can be replayed on another backend (``replayable``, ``attempt()``); a bigger one is
   streamed and never kept;
+- with ``request_buffering``, it reads a chunked body whole (bounded) to send it with a
+  length (``buffer``);
 - whatever the input raises becomes a ``ClientError`` and marks the body
   ``client_failed``: the client's fault, never the backend's. Never an ``OSError``: a
   transport would take an ``ECONNRESET`` from the body for the backend's.
@@ -69,6 +71,31 @@ class RequestBody:
     def prefetch(self) -> None:
         if self._stream is not None and self._first is None and not self._sent_any:
             self._first = self._read()
+
+    def buffer(self, most: int) -> None:
+        """Read a chunked body whole, up to ``most`` bytes (413 past it: memory stays
+        bounded), to send it with ``Content-Length``: for backends that read only a length
+        (``request_buffering``, nginx's ``proxy_request_buffering``). It is then kept, so it
+        can always be replayed."""
+        if not self.chunked or self._sent_any:
+            return
+        pieces, size = [], 0
+        while True:
+            if self._first is not None:
+                piece, self._first = self._first, None
+            else:
+                piece = self._read()
+            if not piece:
+                break
+            size += len(piece)
+            if size > most:
+                raise BodyTooLarge(f"the chunked request body is over {most} bytes "
+                                   "(request_buffering)")
+            pieces.append(piece)
+        self.chunked, self.length, self._ended = False, size, True
+        self._kept = bytearray().join(pieces)
+        if not size:
+            self._stream = None              # Content-Length: 0, nothing to send
 
     def attempt(self) -> Iterator[bytes] | None:
         """The body for the next attempt, or None when the request has none."""

@@ -104,6 +104,8 @@ class Proxy:
             upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
             request.body = body = request_body(environ, config.limits.max_body_bytes)
             body.prefetch()             # a body bad from its first byte reaches no backend
+            if body.chunked and pool.settings.request_buffering:
+                body.buffer(pool.settings.request_buffering)
             # A tunnel's handshake is short, and the tunnel sees the client go on its own.
             watch = None if upgrade else watch_client(environ)
             trip = _Trip(environ, request, pool, method, pool.rewrite(target), body, upgrade,

@@ -105,3 +105,18 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading():
     with pytest.raises(BodyTooLarge):
         request_body({"CONTENT_LENGTH": "100", "wsgi.input": stream}, max_bytes=10)
     assert stream.tell() == 0
+
+
+def test_buffer_reads_a_chunked_body_whole_and_frames_it_with_its_length():
+    body = RequestBody(io.BytesIO(b"q" * (READ_SIZE + 5)), chunked=True)
+    body.prefetch()
+    body.buffer(2 * READ_SIZE)
+    assert (body.chunked, body.length, body.received) == (False, READ_SIZE + 5, READ_SIZE + 5)
+    assert sent(body) == b"q" * (READ_SIZE + 5) and body.replayable
+
+
+def test_buffer_refuses_past_its_size_having_read_at_most_one_read_more():
+    body = RequestBody(io.BytesIO(b"q" * (10 * READ_SIZE)), chunked=True)
+    with pytest.raises(BodyTooLarge, match="request_buffering"):
+        body.buffer(READ_SIZE + 1)
+    assert body.received <= 2 * READ_SIZE
