@@ -28,6 +28,7 @@ from gevent.lock import Semaphore
 
 from .config import Config, ConfigError, load
 from .request import KEY as REQUEST, Request
+from .server.shutdown import Shutdown
 
 __version__ = "0.1.0"      # myproxy_build_info's version
 
@@ -49,7 +50,7 @@ settings there.
         self.upstream = upstream
         self.metrics = metrics
         self._wsgi = wsgi
-        self.draining = False      # set on SIGTERM: /_myproxy/health answers 503
+        self.shutdown = Shutdown()  # SIGTERM's phases, shared with the servers (app.server.shutdown)
         # Settings the server running the app bound at its start, beyond
         # reload.FIXED_AT_START: a reload keeps them and says so (set by the server).
         self.fixed_by_server: tuple[str, ...] = ()
@@ -62,6 +63,11 @@ settings there.
         # DNS members added and removed to the upstream, health checks and metrics.
         self._hooks = dict(on_check=metrics.health_checked, on_added=self._members_added,
                            on_removed=self._members_removed)
+
+    @property
+    def draining(self) -> bool:
+        """From SIGTERM on: ``/_myproxy/health`` answers 503."""
+        return self.shutdown.closing
 
     @property
     def runtime(self):

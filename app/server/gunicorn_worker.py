@@ -15,7 +15,7 @@ behave as ``python wsgi.py`` does:
 
 - the app's background work starts in the worker, after the fork (STACK-FACTS 22);
 - SIGHUP (sent by the master, see ``gunicorn.conf.py``) re-reads the config file in place;
-- SIGTERM sets ``App.draining`` at once (``/_myproxy/health`` answers 503) and from then
+- SIGTERM moves ``App.shutdown`` on at once (``/_myproxy/health`` answers 503) and from then
   on every response closes its connection; for ``shutdown_delay`` the worker goes on
   accepting on its inherited copy of the listener (the master closes its own copies at
   once, STACK-FACTS 27), then gunicorn stops accepting and waits for the requests in
@@ -54,6 +54,7 @@ from ..request import KEY as REQUEST
 from .connection import header_deadline
 from ..wire.http1 import list_tokens
 from ..wire.responses import close_body
+from .shutdown import Shutdown
 from .standalone import Server, log_listening, reload_on, tune_gc
 
 WORKER_BOOT_ERROR = 3    # gunicorn's Arbiter.WORKER_BOOT_ERROR: a worker that exits so halts it
@@ -109,9 +110,7 @@ class Worker(GeventWorker):
                 reason = f"served max_requests ({self.max_requests}), gunicorn starts another"
                 delay = 0.0
                 break
-        app.draining = True
-        for server in servers:
-            server.closing = True   # every response from now on says Connection: close
+        app.shutdown.begin()        # /health 503, every response from now on closes
         self.myproxy[1].kill()
         delay = app.config.shutdown_delay if delay is None else delay
         if delay > 0:
@@ -136,7 +135,8 @@ class Worker(GeventWorker):
         sock.setblocking(1)
         server = Server(sock, app, max_connections=self.worker_connections,
                         settings=lambda: app.config,
-                        tls=ssl_context(self.cfg) if self.cfg.is_ssl else None)
+                        tls=ssl_context(self.cfg) if self.cfg.is_ssl else None,
+                        shutdown=app.shutdown)
         if self.cfg.workers > 1:
             server.max_accept = 1   # as gunicorn's: one accept per wake-up, spread over workers
         return server
@@ -170,10 +170,10 @@ class Worker(GeventWorker):
 class Connections:
     """The client connections of one gunicorn worker, and the request each one is serving."""
 
-    def __init__(self):
+    def __init__(self, shutdown: Shutdown):
         self.open: set = set()          # client sockets
         self.serving: dict = {}         # client socket -> the gunicorn request in progress
-        self.closing = False            # from SIGTERM on: each response closes its connection
+        self.shutdown = shutdown        # the app's: from SIGTERM on, each response closes
 
     def track(self, worker) -> None:
         """Wrap the worker's ``handle`` and ``handle_request`` to keep the sets up to date."""
@@ -188,7 +188,7 @@ class Connections:
 
         def tracked_request(listener_name, req, sock, addr):
             self.serving[sock] = req
-            if self.closing or asks_close(req.headers):
+            if self.shutdown.closing or asks_close(req.headers):
                 req.force_close()
             try:
                 return handle_request(listener_name, req, sock, addr)
@@ -199,7 +199,7 @@ class Connections:
 
     def close_after_response(self) -> None:
         """From now on, every response (those in flight too) closes its connection."""
-        self.closing = True
+        self.shutdown.begin()
         for req in self.serving.values():
             req.force_close()
 
@@ -249,7 +249,7 @@ def start_worker(worker) -> None:
     for sock in worker.sockets:
         log_listening(sock.getsockname(), app.config, tls=bool(worker.cfg.is_ssl))
     tune_gc()
-    connections = Connections()
+    connections = Connections(app.shutdown)
     connections.track(worker)
     app.metrics.count_connections(lambda: len(connections.open))
     _spread_head_timeouts(worker)
@@ -257,8 +257,7 @@ def start_worker(worker) -> None:
     graceful_stop = signal.getsignal(signal.SIGTERM)      # gunicorn's own: stop accepting
 
     def on_term(signum, frame):
-        app.draining = True          # flags and a spawn only: this runs in a signal handler
-        connections.closing = True
+        app.shutdown.begin()         # flags and a spawn only: this runs in a signal handler
         gevent.spawn(_shut_down, app.config.shutdown_delay, connections,
                      lambda: graceful_stop(signum, frame))
 
@@ -288,6 +287,7 @@ def _shut_down(delay: float, connections: Connections, stop_accepting: Callable[
                  "/health answers 503", delay)
         gevent.sleep(delay)
     stop_accepting()
+    connections.shutdown.stop()
     log.info("received SIGTERM: draining, %d connection(s) open, %d idle closed",
              len(connections.open), connections.close_when_done())
     # gunicorn closes the listener at its loop's next look at ``alive``: a connection

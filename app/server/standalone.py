@@ -47,6 +47,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_dat
 from ..config import LimitsConfig, TimeoutsConfig
 from ..wire import http1
 from .connection import SlowHeads, StrictConnection
+from .shutdown import Shutdown
 from ..errors import ListenError, ProxyError, UpstreamError
 from ..wire.responses import error_response
 from ..wire.sockets import send_all
@@ -94,7 +95,7 @@ class Handler(StrictConnection, WSGIHandler):
 
     def read_requestline(self):
         self.idle = True
-        if self.server.draining:
+        if self.server.shutdown.stopped:
             return ""    # stop reading requests on this connection: it is closing
         if not self._wait_for_request():
             return ""
@@ -193,7 +194,7 @@ class Handler(StrictConnection, WSGIHandler):
             headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
             length = None
         block = _header_block(headers)
-        if connection != "close" and (self.server.closing
+        if connection != "close" and (self.server.shutdown.closing
                                       or not getattr(self.wsgi_input, "finished", True)):
             block += b"Connection: close\r\n"
             connection = "close"
@@ -317,7 +318,7 @@ def _date_line() -> bytes:
 
 
 class Server(WSGIServer):
-    """A pywsgi server that knows which connections it holds and whether it is draining."""
+    """A pywsgi server that knows which connections it holds and where its shutdown is."""
 
     handler_class = Handler
     # gevent listens with a backlog of 128: when more clients connect at once (wrk at
@@ -328,11 +329,13 @@ class Server(WSGIServer):
 
     def __init__(self, listener, application, max_connections: int = 10000,
                  limits: LimitsConfig = LimitsConfig(), timeouts: TimeoutsConfig = TimeoutsConfig(),
-                 settings: Callable[[], object] | None = None, tls=None):
+                 settings: Callable[[], object] | None = None, tls=None,
+                 shutdown: Shutdown | None = None):
         """``settings`` returns the config in force (``App.config``), read at each use of
         ``limits`` and ``timeouts``; without it, those two are fixed. ``tls`` (an
         app.server.tls.Terminator) is what gevent calls ``wrap_socket`` on, in each
-        connection's greenlet, before the handler runs."""
+        connection's greenlet, before the handler runs. ``shutdown`` is the process's
+        (``App.shutdown``), which SIGTERM moves on; without it, the server's own."""
         ssl_args = {"ssl_context": tls} if tls is not None else {}
         super().__init__(listener, application, spawn=Pool(max_connections), log=None,
                          error_log=LoggingLogAdapter(log, logging.ERROR), **ssl_args)
@@ -342,8 +345,7 @@ class Server(WSGIServer):
         # over plain HTTP, or with gunicorn's own context (--certfile, no tls in the config).
         self._refusal_headers = getattr(tls, "refusal_headers", None)
         self.connections: set[Handler] = set()
-        self.closing = False     # from SIGTERM on: every response says Connection: close
-        self.draining = False    # no longer accepting: read no further request
+        self.shutdown = shutdown or Shutdown()
         self.slow_heads = SlowHeads()    # slowloris closes, one log line a second
         self.requests = 0           # request heads read (gunicorn's max_requests counts them)
 
@@ -364,7 +366,7 @@ class Server(WSGIServer):
 
         Returns True when every in-flight request finished in time.
         """
-        self.closing = self.draining = True
+        self.shutdown.stop()
         self.close()
         self._close_idle()
         in_flight = len(self.connections)
@@ -393,7 +395,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
     tls = getattr(app, "tls", None)
     server = Server(listener or (config.host, config.port), app,
                     max_connections=config.limits.max_connections,
-                    settings=lambda: app.config, tls=tls)
+                    settings=lambda: app.config, tls=tls, shutdown=app.shutdown)
     listen(server, config.host, config.port)
     servers = [server]
     if tls is not None and config.tls.redirect_from:
@@ -401,7 +403,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         # did not come over TLS with a 308 (app.middleware.redirect).
         redirect = Server((config.host, config.tls.redirect_from), app,
                           max_connections=config.limits.max_connections,
-                          settings=lambda: app.config)
+                          settings=lambda: app.config, shutdown=app.shutdown)
         listen(redirect, config.host, config.tls.redirect_from)
         servers.append(redirect)
     app.metrics.count_connections(lambda: sum(len(each.connections) for each in servers))
@@ -424,9 +426,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         ready.set()
     try:
         stop.wait()
-        app.draining = True
-        for each in servers:
-            each.closing = True
+        app.shutdown.begin()
         reloader.kill()
         delay = app.config.shutdown_delay            # as reloaded, if it was
         if delay > 0:

@@ -93,7 +93,7 @@ def test_live_is_always_open_and_200_while_draining_with_no_healthy_backend(back
     app = make_app([backend.url], extra + "health_check:\n  fall: 1\n  timeout: 500ms\n")
     backend.stop()
     app.health.check_once()
-    app.draining = True
+    app.shutdown.begin()
     client_of(app, environ).get("/_myproxy/health", status=503)
     response = client_of(app, environ).get("/_myproxy/live")
     assert (response.status_int, response.text) == (200, "alive\n")
@@ -101,7 +101,7 @@ def test_live_is_always_open_and_200_while_draining_with_no_healthy_backend(back
 
 def test_health_is_503_while_draining(backend):
     app = make_app([backend.url])
-    app.draining = True
+    app.shutdown.begin()
     response = client_of(app).get("/_myproxy/health", status=503)
     assert response.text == "draining\n"
 
