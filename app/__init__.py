@@ -101,6 +101,12 @@ settings there.
         environ[REQUEST] = Request(self.live.runtime)
         return self._wsgi(environ, start_response)
 
+    def wrap(self, layer) -> None:
+        """Put ``layer`` (a WSGI middleware class) outermost, under the request's start: what
+        a server needs of the app that only it knows (``gunicorn_worker.ServerConnection``
+        under the stock gevent worker)."""
+        self._wsgi = layer(self._wsgi)
+
     def start(self) -> None:
         """Start background work; call once per process, after any fork.
 
@@ -230,7 +236,6 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     from .lb.routes import RuntimeHolder, build_runtime
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
-    from .server.gunicorn_worker import ServerConnection
     from .proxy.proxy import Proxy
     from .middleware.status import Status
     from .proxy.transport import Upstream, make_session
@@ -260,7 +265,7 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     if config.tls is not None and config.tls.redirect_from:
         from .middleware.redirect import HTTPSRedirect
         inner = HTTPSRedirect(admin)     # the plain-HTTP listener's answer
-    app._wsgi = ServerConnection(RequestLog(inner, metrics))
+    app._wsgi = RequestLog(inner, metrics)
     return app
 
 

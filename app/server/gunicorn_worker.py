@@ -27,7 +27,7 @@ behave as ``python wsgi.py`` does:
 
 It relies on two methods every gunicorn async worker has, ``handle`` (one client
 connection) and ``handle_request`` (one request on it), which it wraps to know which
-connections are idle. ``ServerConnection`` (a WSGI wrapper the composition root puts
+connections are idle. ``ServerConnection`` (a WSGI wrapper ``start_worker`` puts
 outermost) gives the app what ``python wsgi.py``'s own handler does itself: a client that
 stops sending its body or reading the response is cut off (``timeouts.client_idle``), and
 a response that says ``Connection: close`` really closes the connection. ``QuietLogger``
@@ -240,6 +240,7 @@ def start_worker(worker) -> None:
         return
     app = worker.wsgi
     app.fixed_by_server = STOCK_FIXED_AT_START
+    app.wrap(ServerConnection)       # what MyProxy's own server does for each connection
     try:
         app.start()
     except StartupError as error:

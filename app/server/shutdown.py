@@ -17,22 +17,17 @@ _ORDER = (SERVING, CLOSING, STOPPED)
 
 
 class Shutdown:
-    """Where the process is in its shutdown: ``serving``, ``closing`` or ``stopped``."""
+    """Where the process is in its shutdown: ``serving``, ``closing`` or ``stopped``.
 
-    __slots__ = ("phase",)
+    ``closing`` and ``stopped`` are plain attributes, read on every request.
+    """
+
+    __slots__ = ("phase", "closing", "stopped")
 
     def __init__(self):
         self.phase = SERVING
-
-    @property
-    def closing(self) -> bool:
-        """From SIGTERM on: /health 503, every response closes its connection."""
-        return self.phase is not SERVING
-
-    @property
-    def stopped(self) -> bool:
-        """No longer accepting: read no further request."""
-        return self.phase is STOPPED
+        self.closing = False      # from SIGTERM on: /health 503, every response closes
+        self.stopped = False      # no longer accepting: read no further request
 
     def begin(self) -> None:
         """SIGTERM: start closing (a no-op once closing)."""
@@ -45,6 +40,8 @@ class Shutdown:
     def _advance(self, phase: str) -> None:
         if _ORDER.index(phase) > _ORDER.index(self.phase):
             self.phase = phase
+            self.closing = True
+            self.stopped = phase == STOPPED
 
     def __repr__(self) -> str:
         return f"<Shutdown {self.phase}>"
