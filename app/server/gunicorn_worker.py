@@ -260,7 +260,7 @@ def start_worker(worker) -> None:
         app.draining = True          # flags and a spawn only: this runs in a signal handler
         connections.closing = True
         gevent.spawn(_shut_down, app.config.shutdown_delay, connections,
-                     lambda: graceful_stop(signum, frame))
+                     lambda: graceful_stop(signum, frame), app.drain_queues)
 
     signal.signal(signal.SIGTERM, on_term)
     # Kept on the worker: a signal watcher that is garbage-collected stops watching.
@@ -280,13 +280,16 @@ def _spread_head_timeouts(worker) -> None:
 GUNICORN_POLL = 1.0   # seconds: the worker's loop looks at ``alive`` this often
 
 
-def _shut_down(delay: float, connections: Connections, stop_accepting: Callable[[], None]) -> None:
-    """SIGTERM's sequence in a worker: serve on for ``delay``, then gunicorn's drain."""
+def _shut_down(delay: float, connections: Connections, stop_accepting: Callable[[], None],
+               drain_queues: Callable[[], None] = lambda: None) -> None:
+    """SIGTERM's sequence in a worker: serve on for ``delay``, then gunicorn's drain (the
+    requests waiting in a queue for a slot answered 503 first)."""
     connections.close_after_response()
     if delay > 0:
         log.info("received SIGTERM: shutdown_delay: accepting for %.1fs more, "
                  "/health answers 503", delay)
         gevent.sleep(delay)
+    drain_queues()
     stop_accepting()
     log.info("received SIGTERM: draining, %d connection(s) open, %d idle closed",
              len(connections.open), connections.close_when_done())
