@@ -497,7 +497,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "client_header": _timeout, "client_idle": _timeout,
         "tunnel_idle": parse_duration,     # 0 = never
     }),
-    "queue": (QueueConfig, {"size": _integer(0), "timeout": _positive_duration}),
+    "queue": (QueueConfig, {"size": _integer(0), "timeout": _timeout}),
     "limits": (LimitsConfig, {
         "max_header_bytes": parse_size, "max_body_bytes": parse_size,
         "max_connections": _integer(1),

@@ -15,7 +15,7 @@ from app.lb.balancer import Balancer
 from app.lb.capacity import Capacity
 from app.server.standalone import Server
 from app.wire.watch import ClientAborted
-from tests.backends import TestBackend, wait_until
+from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import base_config
 from tests.rawclient import connect, read_response, request
 
@@ -328,3 +328,19 @@ def test_health_checks_do_not_take_slots(proxy, counting):
     assert len(backend.requests) == 2 and app.pool.backends[0].in_flight == 1
     backend.release.set()
     held.join(timeout=5)
+
+
+def test_a_retry_takes_a_slot_like_a_first_try(proxy, counting):
+    busy = counting("busy")
+    refused = f"http://127.0.0.1:{free_port()}"
+    app = proxy([{"url": busy.url, "max_conns": 1}, {"url": refused, "max_conns": 1}],
+                queue={"size": 5, "timeout": "5s"}, passive_health={"failures": 0})
+    held = gevent.spawn(get, app.port)          # round-robin: the busy backend, held
+    assert wait_until(lambda: len(busy.requests) == 1, timeout=5)
+    retried = gevent.spawn(get, app.port, "/")  # refused, then waits for the busy one's slot
+    assert wait_until(lambda: app.pool.capacity.depth == 1, timeout=5)
+    assert busy.most == 1
+    busy.release.set()
+    gevent.joinall([held, retried], timeout=5)
+    assert retried.value[0] == 200 and busy.most == 1
+    assert [seen.target for seen in busy.requests] == ["/wait", "/"]
