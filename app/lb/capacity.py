@@ -15,8 +15,10 @@ the queue at once; a slot handed to it in the same turn goes back.
 Under a gunicorn group, ``shared`` (``app.server.slots.SlotTable``) makes the cap the
 group's: a slot is taken in the shared table only while the group's sum is under
 ``max_conns``, and a worker that frees one pokes the workers that have waiters for the pool.
-A waiter also looks again every ``RECHECK`` seconds (a backend that came back up, a cap
-raised by a reload, a poke lost): a safety net, not the way slots are handed over.
+Waiters are served in the order they came across the group (``SlotTable`` says whose first
+waiter came first). A waiter also looks again every ``RECHECK`` seconds (a backend that came
+back up, a cap raised by a reload, a poke lost, a slot left for a waiter that cannot use
+it), then regardless of the order: a safety net, not the way slots are handed over.
 
 Health checks never come here. ``saturated(backend)`` says whether a backend is at its cap
 with the queue full: the reason for a sticky session to be balanced anew. A pool without
@@ -44,13 +46,14 @@ TAKE_TRIES = 3          # choices made when another worker takes the slot first
 class _Waiter:
     """One request in the queue: what it may be given, and what it was given."""
 
-    __slots__ = ("key", "exclude", "event", "backend", "error")
+    __slots__ = ("key", "exclude", "event", "backend", "error", "ticket")
 
     def __init__(self, key: str | None, exclude: tuple):
         self.key, self.exclude = key, exclude
         self.event = Event()
         self.backend: Backend | None = None
         self.error: Exception | None = None
+        self.ticket = 0                  # under a group: when it began to wait (SlotTable)
 
 
 class Capacity:
@@ -89,6 +92,8 @@ class Capacity:
             backend = self.balancer.choose(key, exclude)
             backend.in_flight += 1
             return backend
+        if self.shared is not None and self.shared.waiting(self.name):
+            return self._wait(key, tuple(exclude), watch, request)   # behind the group's waiters
         for _ in range(TAKE_TRIES):
             backend = self.balancer.choose(key, exclude, self.room)
             if backend is None:
@@ -103,8 +108,10 @@ class Capacity:
         backend.in_flight -= 1
         if backend.shared_slots:
             backend.shared_slots -= 1
-            if self.shared.release(self.name, backend.url):
-                self.shared.poke(self.name)
+            elsewhere = self.shared.release(self.name, backend.url)
+            if elsewhere is not None:
+                self.shared.poke(self.name, elsewhere)   # its waiter came first: its slot
+                return
         if self._waiters:
             self.offer()
 
@@ -144,9 +151,13 @@ class Capacity:
         only be refused, so it is balanced anew (SPEC §8)."""
         return not self.room(backend) and self.queue_full
 
-    def offer(self) -> None:
+    def offer(self, ordered: bool = True) -> None:
         """Hand free slots to waiters, first come first served: each waiter in turn gets a
-        backend with room that it may use (not one it already tried)."""
+        backend with room that it may use (not one it already tried). Under a group, only
+        when no other worker's waiter came first (``ordered``; the safety net is not)."""
+        if ordered and self.shared is not None and self._waiters and \
+                not self.shared.first_here(self.name):
+            return
         while self._waiters:
             for waiter in self._waiters:
                 try:
@@ -181,9 +192,15 @@ class Capacity:
         return True
 
     def _hand(self, waiter: _Waiter, backend: Backend | None, error: Exception | None = None):
-        self._waiters.remove(waiter)
+        self._leave(waiter)
         waiter.backend, waiter.error = backend, error
         waiter.event.set()
+
+    def _leave(self, waiter: _Waiter) -> None:
+        first = self._waiters[0] is waiter
+        self._waiters.remove(waiter)
+        if first and self.shared is not None:     # the group's order: when ours began
+            self.shared.since(self.name, self._waiters[0].ticket if self._waiters else 0)
 
     def _wait(self, key, exclude: tuple, watch, request) -> Backend:
         if self.closed:
@@ -193,7 +210,11 @@ class Capacity:
         waiter = _Waiter(key, exclude)
         self._waiters.append(waiter)
         if self.shared is not None:
+            waiter.ticket = self.shared.ticket()
+            if len(self._waiters) == 1:
+                self.shared.since(self.name, waiter.ticket)
             self.shared.wait(self.name, 1)
+            self.offer()         # a slot left free for the group's first waiter may be ours
         started = self._clock()
         deadline = started + self.settings.timeout
         try:
@@ -204,7 +225,7 @@ class Capacity:
                 if left <= 0:
                     break
                 if not waiter.event.wait(min(left, RECHECK)) and waiter in self._waiters:
-                    self.offer()         # the safety net (module docstring)
+                    self.offer(ordered=False)    # the safety net (module docstring)
         except BaseException:
             if waiter.backend is not None:
                 self.release(waiter.backend)     # handed over as it left: not taken
@@ -213,7 +234,7 @@ class Capacity:
             if watch is not None:
                 watch.done_waiting()
             if waiter in self._waiters:
-                self._waiters.remove(waiter)
+                self._leave(waiter)
             if self.shared is not None:
                 self.shared.wait(self.name, -1)
             waited = self._clock() - started

@@ -15,12 +15,14 @@ column lock; the next worker to take that column zeroes it, and every worker's s
 (``SWEEP_EVERY``) zeroes the column of an owner pid that is gone, so a crash strands slots
 for at most that long.
 
-Waking a waiter in another worker: each worker listens on a datagram socket in the group
-directory (``wake-PID.sock``). A worker that frees a slot while another worker has waiters
-for that pool (their column of the pool's queue row says so) sends it the pool's name
-(``poke``); the receiving worker hands the slot to its first waiter
-(``Capacity.offer``). Workers are served in the order their pokes arrive; each worker's own
-waiters are first in, first out.
+The queue is first in, first out for the group: each worker publishes when its first
+waiter of a pool began to wait (``since``, a word of its own that only it writes). A worker
+that frees a slot gives it to its own first waiter only when no other worker's has waited
+longer; otherwise it leaves the slot free and wakes that worker: each worker listens on a
+datagram socket in the group directory (``wake-PID.sock``), and ``poke`` sends it the
+pool's name; the receiving worker hands the slot to its first waiter (``Capacity.offer``).
+While any request waits in the group, a new one queues behind it rather than take a slot
+that is free only until the woken worker takes it.
 
 It knows nothing of HTTP, of backends or of pools beyond their names.
 """
@@ -32,6 +34,7 @@ import logging
 import mmap
 import os
 import socket
+import time
 from typing import Callable
 
 import gevent
@@ -80,10 +83,11 @@ class SlotTable:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def release(self, pool: str, url: str) -> bool:
-        """Take one off this worker's count of ``url``; return whether another worker has
-        requests waiting in ``pool``'s queue (then ``poke`` it)."""
-        words, row, queue = self._open(), self._row(f"{pool}\n{url}"), self._row(pool)
+    def release(self, pool: str, url: str) -> int | None:
+        """Take one off this worker's count of ``url``. Return the pid of the worker whose
+        first waiter in ``pool`` has waited longest, when that is another worker (then
+        ``poke`` it: the slot is its), else None (this worker's own waiter, or none)."""
+        words, row = self._open(), self._row(f"{pool}\n{url}")
         start = _counts(row)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
@@ -91,9 +95,37 @@ class SlotTable:
                 words[start + self.column] -= 1
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-        waiting = _counts(queue)
-        return any(count for column, count in enumerate(words[waiting:waiting + COLUMNS])
-                   if column != self.column)
+        column = self._first(pool)
+        if column is None or column == self.column:
+            return None
+        return words[column] or None
+
+    def first_here(self, pool: str) -> bool:
+        """Whether no other worker's first waiter in ``pool`` has waited longer than ours."""
+        column = self._first(pool)
+        return column is None or column == self.column
+
+    def _first(self, pool: str) -> int | None:
+        """The column whose first waiter in ``pool`` has waited longest, None if none waits."""
+        words = self._open()
+        start = _counts(self._row(f"{pool}\nsince"))
+        best, best_column = 0, None
+        for column, since in enumerate(words[start:start + COLUMNS]):
+            if since and (best_column is None or _older(since, best)):
+                best, best_column = since, column
+        return best_column
+
+    def since(self, pool: str, ticket: int) -> None:
+        """When this worker's first waiter in ``pool`` began to wait (``ticket``, from
+        ``ticket()``); 0 when none waits here."""
+        words, at = self._open(), _counts(self._row(f"{pool}\nsince")) + self.column
+        words[at] = ticket       # one aligned word, this worker's own: no lock needed
+
+    @staticmethod
+    def ticket() -> int:
+        """The time now as a 32-bit word that orders waits across workers (the machine's
+        monotonic clock, in tenths of a millisecond; never 0)."""
+        return int(time.monotonic() * 10_000) % 0xFFFFFFFF + 1
 
     def count(self, pool: str, url: str) -> int:
         """The group's requests in flight to ``url`` (read without the lock)."""
@@ -119,18 +151,12 @@ class SlotTable:
 
     # -- waking the others --
 
-    def poke(self, pool: str) -> None:
-        """Tell every other worker with requests waiting in ``pool`` that a slot is free."""
-        words, row = self._open(), self._row(pool)
-        start = _counts(row)
-        message = pool.encode()
-        for column, count in enumerate(words[start:start + COLUMNS]):
-            pid = words[column]
-            if count and column != self.column and pid:
-                try:
-                    self._sender().sendto(message, self._wake_path(pid))
-                except OSError:
-                    pass         # gone, or its socket is full: its safety net looks again
+    def poke(self, pool: str, pid: int) -> None:
+        """Tell worker ``pid`` that a slot of ``pool`` is free for its first waiter."""
+        try:
+            self._sender().sendto(pool.encode(), self._wake_path(pid))
+        except OSError:
+            pass             # gone, or its socket is full: its safety net looks again
 
     def start(self, on_wake: Callable[[str], None]) -> None:
         """Listen for pokes (``on_wake(pool)``), and sweep dead workers' columns."""
@@ -266,6 +292,11 @@ class SlotTable:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._rows[key] = row
         return row
+
+
+def _older(first: int, second: int) -> bool:
+    """Whether ticket ``first`` is older than ``second``, across the 32-bit wrap."""
+    return 0 < (second - first) % 0x100000000 < 0x80000000
 
 
 def _counts(row: int) -> int:

@@ -22,11 +22,24 @@ def test_the_group_sum_is_capped_across_columns(tmp_path):
     assert not first.take("api", "http://a", 2) and not second.take("api", "http://a", 2)
     assert first.count("api", "http://a") == 2
     assert second.take("api", "http://b", 2)          # another backend, its own count
-    assert not second.release("api", "http://a")      # nobody waits
+    assert second.release("api", "http://a") is None  # nobody waits
     assert first.take("api", "http://a", 2)
     second.wait("api", 1)
     assert first.waiting("api") == 1
-    assert first.release("api", "http://a")           # the other column has a waiter
+
+
+def test_a_freed_slot_goes_to_the_worker_whose_first_waiter_came_first(tmp_path):
+    first, second = SlotTable(str(tmp_path)), SlotTable(str(tmp_path))
+    assert first.take("api", "http://a", 1)
+    early, late = SlotTable.ticket(), SlotTable.ticket() + 5
+    second.since("api", early)
+    first.since("api", late)
+    assert not first.first_here("api") and second.first_here("api")
+    assert first.release("api", "http://a") == second._words[second.column]   # poke it
+    second.since("api", 0)                            # its waiter was served
+    assert first.first_here("api")
+    assert first.take("api", "http://a", 1)
+    assert first.release("api", "http://a") is None   # its own waiter is first now
 
 
 def test_a_dead_workers_slots_are_freed(tmp_path):
