@@ -124,12 +124,6 @@ class Capacity:
             return backend.in_flight < cap
         return self.shared.count(self.name, backend.url) < cap
 
-    def in_flight(self, backend: Backend) -> int:
-        """Requests in flight to ``backend``: the group's under a group, else this process's."""
-        if self.shared is not None and backend.config.max_conns:
-            return self.shared.count(self.name, backend.url)
-        return backend.in_flight
-
     @property
     def depth(self) -> int:
         """Requests waiting in this pool's queue (the group's under a group)."""

@@ -2,7 +2,8 @@
 
 - ``Pool`` is one route's unit: its settings (``RouteConfig``), its ``Balancer`` of
   ``Backend`` objects, its ``HealthChecker``, its ``Discovery`` (the entries found through
-  DNS), its ``RetryBudget`` and its upstream timeout.
+  DNS), its ``RetryBudget``, its ``Capacity`` (max_conns and the queue) and its upstream
+  timeout.
   The same backend URL in two routes is two ``Backend`` objects with separate state, and a
   request of one pool is only ever sent to that pool's backends.
 - ``RouteTable.match(host, path)`` picks the pool: routes in precedence order (an exact
@@ -15,9 +16,9 @@
   that one to its end (``app.request.Request.runtime``); nothing reads the config another way.
 - ``build_runtime(config, previous)`` makes the next runtime: a route kept by name keeps
   the ``Backend`` objects (health, counters, in flight) of the URLs it keeps, the members
-  DNS gave its entries that stay, its discovery, its retry budget and its queue (with the
-  requests waiting in it); a removed route's
-  pool is left to the requests that hold it.
+  DNS gave its entries that stay, its discovery, its retry budget and its ``Capacity``
+  (with the requests waiting in its queue); a removed route's pool is left to the requests
+  that hold it.
 
 Paths are matched raw, byte for byte, never decoded: ``/%61pi`` is not ``/api``. It
 imports only the balancer's package and the config.

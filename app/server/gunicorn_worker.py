@@ -122,6 +122,7 @@ class Worker(GeventWorker):
             while time.monotonic() < deadline:
                 self.notify()
                 gevent.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        app.drain_queues()          # queued requests (max_conns) are answered 503 now
         self._drain(servers, app.config.shutdown_timeout, reason)
 
     def make_server(self, sock, app, config) -> Server:
