@@ -153,11 +153,12 @@ class Capacity:
                 not self.shared.first_here(self.name):
             return
         while self._waiters:
-            for waiter in self._waiters:
+            for waiter in list(self._waiters):
                 try:
                     backend = self.balancer.choose(waiter.key, waiter.exclude, self.room)
-                except NoBackendAvailable as error:
-                    self._hand(waiter, None, error)     # none eligible any more: 503
+                except NoBackendAvailable as error:     # none eligible any more: 503
+                    self._hand(waiter, None, NoBackendAvailable(f"route {self.name}: "
+                                                                f"{error.detail}"))
                     break
                 if backend is not None and self._take(backend):
                     self._hand(waiter, backend)
