@@ -95,6 +95,8 @@ class SlotTable:
                 words[start + self.column] -= 1
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if not self.waiting(pool):
+            return None          # nobody waits: nothing to look up (nearly always)
         column = self._first(pool)
         if column is None or column == self.column:
             return None
