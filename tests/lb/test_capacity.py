@@ -294,6 +294,7 @@ def test_a_drain_answers_the_queued_requests_503(proxy, counting):
     backend = counting()
     app = proxy([{"url": backend.url, "max_conns": 1}], queue={"size": 5, "timeout": "10s"})
     held = gevent.spawn(get, app.port)
+    assert wait_until(lambda: len(backend.requests) == 1, timeout=5)
     queued = gevent.spawn(get, app.port)
     assert wait_until(lambda: app.pool.capacity.depth == 1, timeout=5)
     app.drain_queues()

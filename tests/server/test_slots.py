@@ -32,10 +32,13 @@ def test_a_freed_slot_goes_to_the_worker_whose_first_waiter_came_first(tmp_path)
     first, second = SlotTable(str(tmp_path)), SlotTable(str(tmp_path))
     assert first.take("api", "http://a", 1)
     early, late = SlotTable.ticket(), SlotTable.ticket() + 5
+    second.wait("api", 1)
     second.since("api", early)
+    first.wait("api", 1)
     first.since("api", late)
     assert not first.first_here("api") and second.first_here("api")
     assert first.release("api", "http://a") == second._words[second.column]   # poke it
+    second.wait("api", -1)
     second.since("api", 0)                            # its waiter was served
     assert first.first_here("api")
     assert first.take("api", "http://a", 1)
