@@ -78,3 +78,15 @@ def test_gunicorn_workers_together_never_exceed_max_conns(tmp_path, counting):  
     finally:
         process.stop()
     assert "Traceback" not in process.output, process.output
+
+
+def test_a_poke_wakes_the_worker_it_names(tmp_path):
+    listener, poker = SlotTable(str(tmp_path)), SlotTable(str(tmp_path))
+    woken = []
+    listener.start(woken.append)
+    try:
+        assert wait_until(lambda: os.path.exists(listener._wake_path(os.getpid())), timeout=5)
+        poker.poke("api", os.getpid())
+        assert wait_until(lambda: woken == ["api"], timeout=5)
+    finally:
+        listener.stop()
