@@ -57,6 +57,9 @@ settings there.
         # Under a gunicorn group (app.lb.shared.GroupView): the leader runs every pool's
         # health checks, the others follow it. None: this process checks its own.
         self.group = None
+        # Under a gunicorn group: the group's slot table (app.server.slots), so max_conns
+        # holds for the group. None: each pool counts in this process.
+        self.slots = None
         self.started = False
         self._reloading = Semaphore()
         # What build_runtime is handed at every reload: health results to the metrics, and
@@ -119,6 +122,8 @@ settings there.
         if self.group is not None:
             self.group.start()               # follows the group before it serves
             self.group.want_checks(True)     # the checks run in the leader only
+        if self.slots is not None:
+            self.slots.start(self._slot_freed)
         self.metrics.start()
 
     def stop(self) -> None:
@@ -129,8 +134,18 @@ settings there.
             self.group.want_checks(False)
             self.group.stop()
         stop_pools(self.runtime)
+        if self.slots is not None:
+            self.slots.stop()
         self.metrics.stop()
         self.upstream.close()
+
+    def drain_queues(self) -> None:
+        """A drain has begun (SIGTERM): every request waiting in a pool's queue for a slot
+        (``max_conns``) is answered 503 now, well before ``shutdown_timeout``, and nothing
+        waits from now on (a queued request has reached no backend: its client may retry
+        elsewhere)."""
+        for pool in self.runtime.pools:
+            pool.capacity.close()
 
     def reload(self, new: Config, certificates=None) -> list[str]:
         """Apply ``new`` to the running proxy without dropping a request; return what changed.
@@ -180,6 +195,12 @@ settings there.
         log.info("config reloaded: %s%s", "; ".join(changed) or "no changes",
                  f" (not applied, needs a restart: {', '.join(kept)})" if kept else "")
         return changed
+
+    def _slot_freed(self, route: str) -> None:
+        """Another worker of the group freed a slot of ``route`` while requests wait here."""
+        pool = self.live.runtime.pool(route)
+        if pool is not None:
+            pool.capacity.offer()
 
     def _members_added(self, route: str, added) -> None:
         """Members DNS just gave a pool: their TLS name is the DNS name, and they are
@@ -252,10 +273,13 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     if tls is not None:
         tls.on_refused = metrics.tls_refused
     app = App(live, upstream, metrics, tls=tls)
+    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
+    if group_dir:
+        from .server.slots import SlotTable
+        app.slots = app._hooks["slots"] = SlotTable(group_dir)   # max_conns for the group
     live.runtime = build_runtime(config, upstream, **app._hooks)
     metrics.prepare(live.runtime)
     proxy = Proxy(upstream)
-    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
     if group_dir:
         app.group = _group_view(live, metrics, group_dir)
     status = Status(metrics, draining=lambda: app.draining,

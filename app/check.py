@@ -39,6 +39,8 @@ def describe(config: Config, ok: bool = True) -> str:
                 (" backup" if backend.backup else "")
         if backend.discovered:
             value += f" resolve={format_value('slow_start', backend.resolve)}"
+        if backend.max_conns:
+            value += f" max_conns={backend.max_conns}"
         rows.append((f"backends[{index}]", value,
                      config.origins.get(f"backends[{index}]", config.origins.get("backends", "file"))))
     for section in SECTIONS:
@@ -137,7 +139,8 @@ def describe_routes(config: Config) -> list[str]:
 def _route_settings(route: RouteConfig, config: Config) -> list[str]:
     where = "top-level backends" if route.name == DEFAULT_ROUTE else \
         f"routes[{config.routes.index(route)}], line {route.line}"
-    rows = [(f"backends[{index}]", f"{b.url} weight={b.weight}" + (" backup" if b.backup else ""),
+    rows = [(f"backends[{index}]", f"{b.url} weight={b.weight}" + (" backup" if b.backup else "")
+             + (f" max_conns={b.max_conns}" if b.max_conns else ""),
              "file" if route.name != DEFAULT_ROUTE else
              config.origins.get(f"backends[{index}]", "file"))
             for index, b in enumerate(route.backends)]

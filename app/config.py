@@ -62,6 +62,7 @@ class BackendConfig:
     backup: bool = False   # used only while no other backend is healthy
     resolve: float = 0.0   # > 0: a name looked up this often; each address is a member
     srv: str = ""          # an SRV name: members' targets, ports and weights from its records
+    max_conns: int = 0     # requests (and open tunnels) in flight to it at most; 0 = no cap
 
     @property
     def discovered(self) -> bool:
@@ -93,6 +94,13 @@ class PassiveHealthConfig:
 class RetriesConfig:
     attempts: int = 2
     budget: float = 0.2
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Where a request waits while every eligible backend of its pool is at ``max_conns``."""
+    size: int = 100        # requests waiting in the pool at most; 0 = no queue (503 at once)
+    timeout: float = 10.0  # the longest wait, then 503 with Retry-After
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ class RouteConfig:
     retries: RetriesConfig = RetriesConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     request_buffering: int = 0         # bytes of a chunked body read whole and sent with a length
+    queue: QueueConfig = QueueConfig()
     line: int | None = None            # where the route is written in the file
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -202,6 +211,7 @@ class Config:
     # Content-Length, for backends that read only a length (nginx's proxy_request_buffering).
     # 0: it streams upstream chunked, as it arrives.
     request_buffering: int = 0
+    queue: QueueConfig = QueueConfig()
     limits: LimitsConfig = LimitsConfig()
     forwarded: ForwardedConfig = ForwardedConfig()
     shutdown_delay: float = 0.0    # after SIGTERM: go on accepting this long, /health 503
@@ -231,7 +241,7 @@ class Config:
         return RouteConfig(DEFAULT_ROUTE, self.backends, policy=self.policy,
                            hash_key=self.hash_key, health_check=self.health_check,
                            passive_health=self.passive_health, slow_start=self.slow_start,
-                           retries=self.retries, timeouts=self.timeouts,
+                           retries=self.retries, timeouts=self.timeouts, queue=self.queue,
                            request_buffering=self.request_buffering, origins=origins)
 
     @property
@@ -492,6 +502,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "client_header": _timeout, "client_idle": _timeout,
         "tunnel_idle": parse_duration,     # 0 = never
     }),
+    "queue": (QueueConfig, {"size": _integer(0), "timeout": _timeout}),
     "limits": (LimitsConfig, {
         "max_header_bytes": parse_size, "max_body_bytes": parse_size,
         "max_connections": _integer(1),
@@ -515,7 +526,8 @@ DURATIONS = (parse_duration, _positive_duration, _timeout, _check_timeout, _ejec
              _resolve_interval)
 
 BACKEND_KEYS = {"url": parse_backend_url, "weight": _integer(0), "backup": _boolean,
-                "resolve": _resolve_interval, "srv": _srv_name, "scheme": _choice("http", "https")}
+                "resolve": _resolve_interval, "srv": _srv_name, "scheme": _choice("http", "https"),
+                "max_conns": _integer(0)}
 MIN_RESOLVE = 1.0          # seconds: the shortest re-resolve interval, whatever the TTL says
 DEFAULT_SRV_RESOLVE = 10.0  # an `srv` entry without `resolve`
 
@@ -530,7 +542,7 @@ TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS, "tls")
 # What a route may set for its own pool, over the top level's value. The client timeouts
 # are the connection's, read before any route is known: not per route.
 POOL_SCALARS = ("policy", "hash_key", "slow_start", "request_buffering")
-POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts")
+POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts", "queue")
 ROUTE_ONLY_TIMEOUTS = ("connect", "read", "tunnel_idle")
 POOL_KEYS = (*POOL_SCALARS, *(f"{section}.{key}" for section in POOL_SECTIONS
                               for key in SECTIONS[section][1]))

@@ -106,6 +106,31 @@ class NoBackendAvailable(ProxyError):
         return [("Retry-After", str(self.retry_after))]
 
 
+class QueueRejected(NoBackendAvailable):
+    """Every eligible backend of the route is at its ``max_conns`` and the request could not
+    wait for a slot: the queue is full (``full``), the wait passed ``queue.timeout``
+    (``timeout``), or the proxy is shutting down (``shutdown``). The body names the route and
+    the queue, never a backend: it says nothing the client could not know."""
+
+    kind = "queue"
+    MESSAGES = {"full": "every backend is at its connection limit and the queue is full",
+                "timeout": "every backend is at its connection limit; waited in the queue "
+                           "past queue.timeout",
+                "shutdown": "the proxy is shutting down; the request was waiting in the queue"}
+
+    def __init__(self, reason: str, route: str, retry_after: int = 1):
+        self.reason_code = reason            # full | timeout | shutdown: the metric's reason
+        self.retry_after = retry_after
+        self.kind = f"queue_{reason}"
+        super().__init__(f"route {route}: {self.MESSAGES[reason]}")
+
+    def public_message(self, detail: bool = True) -> str:
+        return self.MESSAGES[self.reason_code]
+
+    def body(self, route=None, request_id=None, detail=False, backend=None) -> bytes:
+        return super().body(route, request_id, detail=False, backend=None)   # never a backend
+
+
 class UpstreamError(ProxyError):
     """The backend failed. ``sent`` says whether any of the request may have reached it;
     ``reused`` whether the failure was on a pooled keep-alive connection."""

@@ -117,6 +117,8 @@ def _backend_changes(old_list, new_list) -> list[str]:
         if before.resolve != backend.resolve:
             items.append(f"{url} resolve {format_value('slow_start', before.resolve)}->"
                          f"{format_value('slow_start', backend.resolve)}")
+        if before.max_conns != backend.max_conns:
+            items.append(f"{url} max_conns {before.max_conns}->{backend.max_conns}")
         if before.backup != backend.backup:
             items.append(f"{url} backup {format_value('backup', before.backup)}->"
                          f"{format_value('backup', backend.backup)}")

@@ -195,6 +195,17 @@ def start_myproxy_routes(sup: Supervisor, workdir: str, backends: list[str]) -> 
                          routes=configs.route_table(backends))
 
 
+def start_myproxy_capped(sup: Supervisor, workdir: str, backends: list[str]) -> Contender:
+    """``python wsgi.py`` with ``max_conns`` on every backend, set far above what the load
+    reaches, so the queue stays empty: the hot-path cost of the cap itself (issue 25)."""
+    return start_myproxy(sup, workdir, [{"url": url, "max_conns": CAPPED_MAX_CONNS}
+                                        for url in backends], name="myproxy-capped",
+                         description=f"MyProxy, python wsgi.py, max_conns {CAPPED_MAX_CONNS} "
+                                     "per backend (never reached: the queue stays empty)")
+
+
+CAPPED_MAX_CONNS = 10000
+
 # Each way of running under gunicorn: contender name -> (extra arguments, description).
 GUNICORN_WAYS = {
     "myproxy-gunicorn": ([], "MyProxy, gunicorn wsgi:application (MyProxy's worker), 1 worker"),

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: 8, or 3)")
     parser.add_argument("--only", help="comma-separated contenders to run "
                         "(direct,nginx,haproxy,caddy,myproxy,myproxy-routes,myproxy-gunicorn,"
-                        "myproxy-gunicorn-gevent,myproxy-https,nginx-https)")
+                        "myproxy-gunicorn-gevent,myproxy-https,nginx-https; myproxy-capped, "
+                        "max_conns set and never reached, runs only when named here)")
     parser.add_argument("--cells", help="comma-separated PATH:CONNECTIONS cells to run "
                         "(default: all; e.g. /100b:50 to compare two contenders closely)")
     parser.add_argument("--baseline", metavar="REF[,REF...]",
@@ -125,6 +126,8 @@ def start_field(sup: Supervisor, workdir: str, tools: dict, only: set | None,
         field.append(contenders.start_myproxy(sup, workdir, backends))
     for ref in (baseline.split(",") if baseline else ()):
         field.append(contenders.start_baseline(sup, workdir, backends, ref))
+    if only is not None and "myproxy-capped" in only:   # asked for by name only
+        field.append(contenders.start_myproxy_capped(sup, workdir, backends))
     if wanted("myproxy-routes"):
         field.append(contenders.start_myproxy_routes(sup, workdir, backends))
     for name in contenders.GUNICORN_WAYS:

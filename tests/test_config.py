@@ -1,7 +1,7 @@
 """Config loading: defaults, units, environment, and errors that name file, key and line."""
 import pytest
 
-from app.config import ConfigError, load, parse, parse_duration, parse_size
+from app.config import ConfigError, QueueConfig, load, parse, parse_duration, parse_size
 
 MINIMAL = "backends:\n  - http://127.0.0.1:5001\n"
 
@@ -357,3 +357,26 @@ def test_a_routes_health_check_timeout_longer_than_its_interval_names_the_interv
     error = _error("routes:\n  - name: a\n    backends: [http://h:1]\n"
                    "    health_check:\n      interval: 1s\n      timeout: 3s\n")
     assert "health_check.interval (1s, line 5)" in str(error)
+
+
+def test_max_conns_and_the_queue_per_pool():
+    config = parse("backends:\n  - url: http://a:1\n    max_conns: 4\n  - http://b:1\n"
+                   "queue: {size: 3, timeout: 500ms}\n"
+                   "routes:\n  - name: api\n    backends: [http://c:1]\n    queue: {size: 0}\n",
+                   environ={})
+    assert [b.max_conns for b in config.backends] == [4, 0]       # 0 = no cap
+    api, default = config.pools
+    assert (default.queue.size, default.queue.timeout) == (3, 0.5)
+    assert (api.queue.size, api.queue.timeout) == (0, 0.5)       # its own size, the top's timeout
+    assert parse(MINIMAL, environ={}).queue == QueueConfig(100, 10.0)
+
+
+@pytest.mark.parametrize("text,key,words", [
+    ("backends:\n  - url: http://a:1\n    max_conns: -1\n", "backends[0].max_conns", "at least 0"),
+    (MINIMAL + "queue: {size: -2}\n", "queue.size", "at least 0"),
+    (MINIMAL + "queue: {timeout: 0}\n", "queue.timeout", "more than 0"),
+    (MINIMAL + "queue: {depth: 3}\n", "queue.depth", "unknown key"),
+], ids=["negative-cap", "negative-size", "zero-timeout", "unknown-queue-key"])
+def test_queue_errors_name_the_key(text, key, words):
+    error = _error(text)
+    assert error.key == key and words in str(error)

@@ -105,7 +105,8 @@ class Backend:
         self.request_failures = 0              # consecutive failed requests (passive health)
         self.checks: collections.deque[CheckResult] = collections.deque(maxlen=HEALTH_HISTORY)
         self.last_error = ""
-        self.in_flight = 0
+        self.in_flight = 0                     # this process's requests and tunnels on it
+        self.shared_slots = 0                  # of those, the ones counted in a group's table
         self.requests = 0
         self.errors = 0
         self.admin_state = "ready"             # ready | drain | maint (SPEC §9), set at run time
@@ -269,16 +270,24 @@ class Balancer:
         successor.reload(configs, policy, slow_start, probed=probed)
         return successor
 
-    def choose(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Backend:
+    def choose(self, key: str | None = None, exclude: Iterable[Backend] = (),
+               room: Callable[[Backend], bool] | None = None) -> Backend | None:
         """The backend for the next request, skipping ``exclude`` (those already tried).
 
         ``key`` is the request's hash key for ``policy: hash``. Raises
-        ``NoBackendAvailable`` when no backend can take it.
+        ``NoBackendAvailable`` when no backend can take it. ``room`` (a pool with
+        ``max_conns``: ``app.lb.capacity``) says whether a backend has a free slot: those
+        without are skipped by every policy, and when that leaves none, the answer is None
+        (the request may wait for a slot).
         """
         with self._lock:
             candidates = self.candidates(exclude)
             if not candidates:
                 raise NoBackendAvailable(self.describe_unavailable(exclude))
+            if room is not None:
+                candidates = [b for b in candidates if room(b)]
+                if not candidates:
+                    return None
             if self.slow_start > 0:
                 now = self._clock()
                 weights = [self.weight_of(b, now) for b in candidates]

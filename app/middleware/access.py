@@ -123,9 +123,13 @@ class RequestLog:
                   route, backend, len(tried), _tried(tried),
                   environ.get("HTTP_USER_AGENT"))
         session = environ.get("myproxy.tls")
-        if session is None and error is None and not admin and _write_plain(values):
+        queued = request.queued
+        if session is None and error is None and not admin and queued is None and \
+                _write_plain(values):
             return
         fields = dict(zip(ACCESS_KEYS, values))
+        if queued is not None:
+            fields["queued_ms"] = round(queued * 1000, 2)   # waited for a slot (max_conns)
         if session is not None:
             fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:

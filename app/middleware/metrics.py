@@ -11,11 +11,13 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
   failure)`` pair per attempt); backend ``"none"`` when no backend was chosen, route
   ``"-"`` when no route matched;
 - ``client_aborted(route, backend)``: a request whose client left while its backend answered;
+- each pool's ``Capacity.waited(seconds)`` and ``Capacity.rejected(reason)``: a request's
+  wait in the queue, and a 503 of the queue (set by ``prepare``);
 - ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
 - ``tls_refused(reason)``: a connection to the TLS port that never got to HTTPS.
 
-Gauges (``up``, ``in_flight``) are read from the ``Backend`` objects of the runtime in
+Gauges (``up``, ``in_flight``, ``max_conns``, each route's queue depth) are read from the ``Backend`` objects of the runtime in
 force (``RuntimeHolder``), which own that state, when scraped, so they cost nothing per
 request; so are each TLS certificate's time left and whether it is valid now
 (``certificate_expiry``, from ``app.server.tls``), by name, and the open client connections (``count_connections``, a
@@ -141,6 +143,21 @@ class Metrics:
                 ["reason"], registry=r)
             for reason in REFUSALS:
                 self.tls_refusals.labels(reason)
+        # max_conns and the queue (SPEC §8): the depth and the caps are read when scraped.
+        self.backend_max_conns = Gauge("myproxy_backend_max_conns",
+                                       "The backend's max_conns: requests in flight to it at "
+                                       "most, for the whole group; 0 = no cap.",
+                                       ["route", "backend"], registry=r, multiprocess_mode="livemax")
+        self.queue_depth = Gauge("myproxy_queue_depth", "Requests waiting in the route's queue "
+                                 "for a backend's slot (max_conns).", ["route"], registry=r,
+                                 multiprocess_mode="livesum")
+        self.queue_wait = Histogram("myproxy_queue_wait_seconds", "Time a request waited in "
+                                    "the route's queue, whether it got a slot or not.", ["route"],
+                                    buckets=DURATION_BUCKETS, registry=r)
+        self.queue_rejected = Counter("myproxy_queue_rejected_total", "Requests answered 503 "
+                                      "because every backend was at max_conns: the queue was "
+                                      "full, the wait passed queue.timeout, or the proxy was "
+                                      "shutting down.", ["route", "reason"], registry=r)
         self.client_connections = Gauge("myproxy_client_connections",
                                          "Client connections open now (the sum over the "
                                          "workers).", registry=r, multiprocess_mode="livesum")
@@ -172,6 +189,10 @@ class Metrics:
     def prepare(self, runtime) -> None:
         """Make the series of every pool's backends, so each is exposed from the start."""
         for pool in runtime.pools:
+            capacity, name = pool.capacity, pool.name
+            capacity.waited = self.queue_wait.labels(name).observe
+            capacity.rejected = lambda reason, name=name: self.queue_rejected.labels(
+                name, reason).inc()
             for backend in pool.backends:
                 self.series(pool.name, backend.url)
                 for result in ("pass", "fail"):
@@ -285,13 +306,15 @@ class Metrics:
         """Copy each backend's health and in-flight count into the gauges; drop removed backends."""
         current = set()
         for pool in self.live.runtime.pools:
+            self.queue_depth.labels(pool.name).set(pool.capacity.local_depth)
             for backend in [*pool.backends, *pool.balancer.leaving]:
                 labels = (pool.name, backend.url)
                 current.add(labels)
                 self.up.labels(*labels).set(1 if backend.state == "up" else 0)
                 self.in_flight.labels(*labels).set(backend.in_flight)
+                self.backend_max_conns.labels(*labels).set(backend.config.max_conns)
         for labels in self._gauged - current:
-            for gauge in (self.up, self.in_flight):
+            for gauge in (self.up, self.in_flight, self.backend_max_conns):
                 if self.multiprocess:
                     # prometheus_client cannot remove a label set from the shared files:
                     # a removed backend reads as down with nothing in flight.

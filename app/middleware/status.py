@@ -148,6 +148,7 @@ class Status:
                 } for check in backend.checks],
             },
             "in_flight": backend.in_flight,
+            "max_conns": backend.config.max_conns,       # 0 = no cap
             **traffic,
         }
 
@@ -166,6 +167,9 @@ def describe_route(pool, members: list[dict]) -> dict:
         "up": sum(1 for member in members if member["state"] == "up"),
         "requests": sum(member["requests"] for member in members),
         "in_flight": sum(member["in_flight"] for member in members),
+        # Requests waiting for a backend's slot (max_conns): the group's under gunicorn.
+        "queue": {"depth": pool.capacity.depth, "size": settings.queue.size,
+                  "timeout_seconds": settings.queue.timeout},
     }
 
 

@@ -38,8 +38,8 @@ from ..lb.balancer import Backend
 from ..lb.routes import Pool, request_host
 from .body import RequestBody, request_body
 from ..request import KEY as REQUEST, Request
-from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, UpstreamError,
-                      UpstreamProtocolError, UpstreamReset)
+from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, QueueRejected,
+                      UpstreamError, UpstreamProtocolError, UpstreamReset)
 from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
 from ..wire.responses import error_response
 from ..wire.watch import ClientAborted, ClientWatch, watch_client
@@ -119,16 +119,17 @@ class Proxy:
             return _client_aborted(request, start_response)
 
         status = response.status
+        release = pool.capacity.release
         if status == SWITCHING_PROTOCOLS:
             if upgrade:
-                try:
+                try:      # an open tunnel holds its slot (max_conns) until it closes
                     return self.tunnels.relay(environ, start_response, response, backend.url,
                                               pool.settings.timeouts.tunnel_idle)
                 finally:
-                    backend.in_flight -= 1
+                    release(backend)
             # RFC 9110 §15.2.2: a 101 answers only a request that asked to switch; relayed,
             # it would switch a client connection the proxy then cannot mediate (h2c).
-            _finish(response, backend, complete=False, watch=watch)
+            _finish(response, backend, release, complete=False, watch=watch)
             return self._fail(environ, start_response, UpstreamProtocolError(
                 "invalid response: 101 to a request that asked for no upgrade"))
         if watch is not None:
@@ -140,11 +141,11 @@ class Proxy:
                                         response.length_remaining if has_body else None,
                                         getattr(response, "connection_tokens", None)))
         if not has_body:
-            _finish(response, backend, complete=True, watch=watch)
+            _finish(response, backend, release, complete=True, watch=watch)
             return iter(())
         return ResponseBody(response, backend, request,
                             report=lambda backend, error: _report(pool, backend, error),
-                            watch=watch)
+                            watch=watch, release=release)
 
     def _send(self, trip: "_Trip"):
         """Choose a backend of the trip's pool and send; after a failure that may be
@@ -158,11 +159,14 @@ class Proxy:
         key = None
         if pool.hash_key is not None:
             key = request_key(trip.environ, pool.hash_key, trip.request.runtime.config.forwarded)
-        balancer, retries = pool.balancer, pool.settings.retries
+        capacity, retries = pool.capacity, pool.settings.retries
         pool.budget.record_request()
         tried: list[Backend] = []
         try:
-            backend, fresh = balancer.choose(key), False
+            # A backend with a free slot (max_conns), after a wait in the queue if need be.
+            backend, fresh = capacity.acquire(key, (), trip.watch, trip.request), False
+        except QueueRejected:
+            raise
         except NoBackendAvailable as error:
             raise NoBackendAvailable(f"route {pool.name}: {error.detail}") from None
         while True:
@@ -173,17 +177,22 @@ class Proxy:
                 fresh = error.stale and retry
                 if fresh:
                     continue        # a fresh connection is never stale: at most once each
+                capacity.release(backend)
                 tried.append(backend)
                 if len(tried) >= retries.attempts or not retry:
                     raise
-                try:
-                    backend = balancer.choose(key, exclude=tried)
+                try:        # a retry takes a slot like a first try
+                    backend = capacity.acquire(key, tried, trip.watch, trip.request)
                 except NoBackendAvailable:
                     raise error from None
                 if not pool.budget.try_spend(retries.budget):
+                    capacity.release(backend)
                     log.warning("retry budget spent: not retrying %s after %s from %s (route %s)",
                                 method, error.kind, tried[-1].url, pool.name)
                     raise
+            except BaseException:
+                capacity.release(backend)   # the client left, or its body failed
+                raise
 
     def _attempt(self, trip: "_Trip", backend: Backend, fresh: bool):
         """One try on one backend, counted in flight and fed to its passive health.
@@ -199,7 +208,6 @@ class Proxy:
         headers = _outbound_headers(trip.environ, request, backend,
                                     request.runtime.config.forwarded, body.length)
         method, target = trip.method, _upstream_target(backend, trip.target)
-        backend.in_flight += 1
         backend.requests += 1
         sent_at = time.monotonic()
         try:
@@ -215,7 +223,6 @@ class Proxy:
                                               body.attempt(), body.chunked,
                                               timeout=pool.upstream_timeout, fresh=fresh)
         except BaseException as error:
-            backend.in_flight -= 1
             if isinstance(error, UpstreamError):
                 attempts[-1] = (backend.url, "stale" if error.stale else error.kind)
                 if not (error.stale or body.client_failed):
@@ -280,8 +287,10 @@ class ResponseBody:
     """
 
     def __init__(self, response, backend: Backend, request: Request,
-                 report: Callable | None = None, watch: ClientWatch | None = None):
+                 report: Callable | None = None, watch: ClientWatch | None = None,
+                 release: Callable[[Backend], None] | None = None):
         self._response = response
+        self._release = release   # frees the backend's slot when the body is done
         self._backend = backend
         self._request = request
         self._report = report     # called with (backend, error) when the backend fails
@@ -343,7 +352,7 @@ class ResponseBody:
                     self._request.error is None and watch.client_gone():
                 # The server stopped writing part way because the client had left.
                 self._request.client_aborted = True
-            _finish(self._response, self._backend, self._complete, watch)
+            _finish(self._response, self._backend, self._release, self._complete, watch)
 
 
 def route_of(request: Request, environ: dict, target: str) -> Pool:
@@ -439,9 +448,14 @@ def _outbound_headers(environ: dict, request: Request, backend: Backend, forward
     return headers
 
 
-def _finish(response, backend: Backend, complete: bool, watch: ClientWatch | None = None) -> None:
-    """Return the connection to its pool if the body was read to the end, else drop it."""
-    backend.in_flight -= 1
+def _finish(response, backend: Backend, release: Callable[[Backend], None] | None,
+            complete: bool, watch: ClientWatch | None = None) -> None:
+    """Return the connection to its pool if the body was read to the end, else drop it;
+    free the backend's slot (``release``: the pool's ``Capacity.release``)."""
+    if release is not None:
+        release(backend)
+    else:
+        backend.in_flight -= 1
     if watch is not None:
         watch.close()
     if not complete:

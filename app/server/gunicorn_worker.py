@@ -121,6 +121,7 @@ class Worker(GeventWorker):
             while time.monotonic() < deadline:
                 self.notify()
                 gevent.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        app.drain_queues()          # queued requests (max_conns) are answered 503 now
         self._drain(servers, app.config.shutdown_timeout, reason)
 
     def make_server(self, sock, app, config) -> Server:
@@ -260,7 +261,7 @@ def start_worker(worker) -> None:
     def on_term(signum, frame):
         app.shutdown.begin()         # flags and a spawn only: this runs in a signal handler
         gevent.spawn(_shut_down, app.config.shutdown_delay, connections,
-                     lambda: graceful_stop(signum, frame))
+                     lambda: graceful_stop(signum, frame), app.drain_queues)
 
     signal.signal(signal.SIGTERM, on_term)
     # Kept on the worker: a signal watcher that is garbage-collected stops watching.
@@ -280,13 +281,16 @@ def _spread_head_timeouts(worker) -> None:
 GUNICORN_POLL = 1.0   # seconds: the worker's loop looks at ``alive`` this often
 
 
-def _shut_down(delay: float, connections: Connections, stop_accepting: Callable[[], None]) -> None:
-    """SIGTERM's sequence in a worker: serve on for ``delay``, then gunicorn's drain."""
+def _shut_down(delay: float, connections: Connections, stop_accepting: Callable[[], None],
+               drain_queues: Callable[[], None] = lambda: None) -> None:
+    """SIGTERM's sequence in a worker: serve on for ``delay``, then gunicorn's drain (the
+    requests waiting in a queue for a slot answered 503 first)."""
     connections.close_after_response()
     if delay > 0:
         log.info("received SIGTERM: shutdown_delay: accepting for %.1fs more, "
                  "/health answers 503", delay)
         gevent.sleep(delay)
+    drain_queues()
     stop_accepting()
     connections.shutdown.stop()
     log.info("received SIGTERM: draining, %d connection(s) open, %d idle closed",

@@ -437,6 +437,7 @@ def serve(app, config, listener=None, ready: Event | None = None) -> int:
         timeout = app.config.shutdown_timeout
         for each in servers[1:]:
             each.close()                 # the redirect listener stops accepting too
+        app.drain_queues()               # queued requests are answered 503 now
         finished = server.drain(timeout)
         for each in servers[1:]:
             each.drain(1.0)              # its answers take no time

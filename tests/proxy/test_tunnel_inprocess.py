@@ -171,3 +171,20 @@ def test_a_websocket_goes_to_its_routes_backend_with_the_prefix_stripped(serve):
     finally:
         chat.stop()
         site.stop()
+
+
+def test_an_open_tunnel_holds_its_backends_slot_until_it_closes(serve):
+    ws_backend = WebSocketBackend("capped").start()
+    try:
+        app = create_app(parse(f"backends:\n  - url: {ws_backend.url}\n    max_conns: 1\n"
+                               "queue: {size: 0}\nhealth_check: {enabled: false}\n", environ={}))
+        port = serve(app)
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=10)
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=10)
+        assert refused.value.status_code == 503       # the cap is taken by the open tunnel
+        ws.close()
+        assert wait_until(lambda: app.balancer.backends[0].in_flight == 0, timeout=5)
+        websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=10).close()
+    finally:
+        ws_backend.stop()

@@ -87,3 +87,29 @@ def test_a_second_signal_ends_the_delay_at_once(start, backend):
     proxy.signal(signal.SIGINT)
     assert proxy.wait(timeout=5) == 0
     assert "ending shutdown_delay now" in proxy.output
+
+
+@pytest.mark.parametrize("kind", ["wsgi.py", "gunicorn"])
+def test_a_drain_answers_queued_requests_503_at_once_and_lets_the_admitted_one_finish(
+        start, backend, kind):
+    proxy = start(kind, base_config([{"url": backend.url, "max_conns": 1}],
+                                    queue={"size": 5, "timeout": "20s"}, shutdown_timeout="10s",
+                                    health_check={"enabled": False}))
+    admitted = connect(proxy.port)
+    admitted.sendall(b"GET /slow?seconds=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert wait_until(lambda: any(r.target.startswith("/slow") for r in backend.requests),
+                      timeout=5)
+    queued = connect(proxy.port)
+    queued.sendall(PLAIN_GET)
+    time.sleep(0.3)                      # in the queue by now (nothing to wait on from here)
+    proxy.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    status, headers, body = read_response(queued)
+    assert status == 503 and b"shutting down" in body and headers["retry-after"] == "5"
+    assert time.monotonic() - signalled < 2          # not at shutdown_timeout
+    status, _, body = read_response(admitted)
+    assert (status, body) == (200, b"slow solo")
+    assert proxy.wait(timeout=15) == 0
+    assert [r.target for r in backend.requests] == ["/slow?seconds=2"]
+    admitted.close()
+    queued.close()
