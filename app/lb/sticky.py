@@ -122,7 +122,8 @@ def without_cookie(line: str, name: str) -> str:
                 changed = True
                 if not others:
                     continue
-                piece = ",".join(others)
+                lead = piece[:len(piece) - len(piece.lstrip(" \t"))]
+                piece = lead + ",".join(others).lstrip(" \t")
         kept.append(piece)
     if not changed:
         return line
