@@ -97,27 +97,35 @@ def cookie_values(header: str, name: str) -> list[str]:
     at ";" (RFC 6265 §4.2.1) and at "," (how WSGI servers join repeated lines; no cookie
     value of RFC 6265 §4.1.1 holds one)."""
     values = []
+    prefix = name + "="
     for piece in header.split(";"):
-        if name not in piece:
+        if prefix not in piece:
             continue
-        for pair in piece.split(","):
-            key, sep, value = pair.strip().partition("=")
-            if sep and key == name:
-                values.append(value.strip('"'))
+        # Nearly always one pair: split at "," only when there is one (a hot path).
+        for pair in piece.split(",") if "," in piece else (piece,):
+            pair = pair.strip(" \t")
+            if pair.startswith(prefix):
+                values.append(pair[len(prefix):].strip('"'))
     return values
 
 
 def without_cookie(line: str, name: str) -> str:
     """A ``Cookie`` line without cookie ``name``: every other pair kept byte for byte, in
     order, with its separators; "" when nothing is left (then the line goes)."""
-    if name not in line:
+    prefix = name + "="
+    if prefix not in line:
         return line
     kept, changed = [], False
     for piece in line.split(";"):
-        if name in piece:
+        if prefix in piece:
+            if "," not in piece:            # one pair, nearly always: no list to build
+                if piece.lstrip(" \t").startswith(prefix):
+                    changed = True
+                    continue
+                kept.append(piece)
+                continue
             pairs = piece.split(",")
-            others = [pair for pair in pairs if pair.strip().partition("=")[0] != name
-                      or "=" not in pair]
+            others = [pair for pair in pairs if not pair.lstrip(" \t").startswith(prefix)]
             if len(others) != len(pairs):
                 changed = True
                 if not others:
