@@ -121,6 +121,9 @@ def test_who_may_take_a_request_its_cookie_binds_to_it():
     assert pool.takes_sticky(backend)
     backend.admin_state = "drain"            # no new requests, but its sticky users stay
     assert pool.takes_sticky(backend) and backend not in pool.candidates()
+    backend.admin_state, backend.admin_weight = "ready", 0     # weight 0: drained too
+    assert pool.takes_sticky(backend) and backend not in pool.candidates()
+    backend.admin_weight = None
     backend.admin_state = "maint"
     assert not pool.takes_sticky(backend)
     backend.admin_state = "ready"
