@@ -15,8 +15,8 @@ import time
 
 import gevent
 
-from .config import (DEFAULT_ROUTE, POOL_KEYS, SCALARS, SECTIONS, TLS_KEYS, Config, ConfigError,
-                     RouteConfig, format_value)
+from .config import (DEFAULT_ROUTE, POOL_KEYS, SCALARS, SECRETS, SECTIONS, TLS_KEYS, Config,
+                     ConfigError, RouteConfig, format_value)
 
 # How long each platform waits, by default, between its SIGTERM and its SIGKILL.
 PLATFORM_GRACE = (
@@ -146,10 +146,6 @@ def _route_settings(route: RouteConfig, config: Config) -> list[str]:
     value_width = max(len(value) for _, value, _ in rows)
     return [f"route {route.name} ({where}):"] + [
         f"  {key:<{key_width}}  {value:<{value_width}}  ({origin})" for key, value, origin in rows]
-
-
-# Settings whose value is a secret: shown as set or not, never as written.
-SECRETS = ("admin.token", "sticky.secret")
 
 
 def _shown(key: str, value) -> str:

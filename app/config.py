@@ -577,6 +577,9 @@ TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS, "tls")
 POOL_SCALARS = ("policy", "hash_key", "slow_start")
 POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts", "sticky")
 ROUTE_ONLY_TIMEOUTS = ("connect", "read", "tunnel_idle")
+# Settings whose value is a secret: `--check` and the reload log say only whether it is set
+# or changed, never the value.
+SECRETS = ("admin.token", "sticky.secret")
 POOL_KEYS = (*POOL_SCALARS, *(f"{section}.{key}" for section in POOL_SECTIONS
                               for key in SECTIONS[section][1]))
 ROUTE_KEYS = ("name", "host", "path", "strip_prefix", "backends", *POOL_SCALARS, *POOL_SECTIONS)

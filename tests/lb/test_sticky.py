@@ -150,3 +150,17 @@ def test_sticky_settings_per_route_and_their_errors():
     with pytest.raises(ConfigError, match=r"routes\[0\].sticky.secure: must not be false"):
         parse("routes:\n  - name: a\n    backends: [http://127.0.0.1:2]\n"
               "    sticky: {cookie: lb, same_site: none, secure: false}\n", environ={})
+
+
+def test_the_secret_is_never_shown_by_check_nor_by_a_reload():
+    from app.check import describe
+    from app.reload import changes
+    text = ("backends: [http://127.0.0.1:1]\nsticky: {cookie: lb, secret: %s}\n"
+            "routes:\n  - name: api\n    path: /api\n    backends: [http://127.0.0.1:2]\n"
+            "    sticky: {secret: %s}\n")
+    before = parse(text % ("hunter2", "swordfish"), environ={})
+    shown = describe(before)
+    assert "hunter2" not in shown and "swordfish" not in shown
+    assert re.search(r"sticky\.secret\s+\(set\)", shown) and re.search(r"sticky\.cookie\s+lb", shown)
+    changed = changes(before, parse(text % ("hunter3", "swordfish2"), environ={}))
+    assert changed == ["sticky.secret (changed)", "route api: sticky.secret (changed)"]

@@ -181,3 +181,17 @@ def test_each_client_stays_on_one_backend_across_workers(kind, workers, backends
     finally:
         proxy.stop()
     assert "Traceback" not in proxy.output
+
+
+def test_a_reload_keeps_every_client_where_it_was(serve, backends):
+    from app.config import parse
+    urls = [b.url for b in backends]
+    app = serve(urls, sticky=STICKY)
+    clients = {}
+    for _ in range(3):
+        _, body, cookies = call(app.port)
+        clients[sticky_value(cookies)] = body
+    reordered = base_config(urls[::-1], sticky=STICKY, retries={"attempts": 3})
+    app.reload(parse(yaml.safe_dump(reordered), environ={}))
+    for value, body in clients.items():
+        assert call(app.port, cookies=[f"lb={value}"])[1:] == (body, [])
