@@ -44,6 +44,20 @@ def test_a_dns_member_is_named_by_its_address():
     assert sticky.backend_id(members[0]) != sticky.backend_id(members[1])
 
 
+def test_a_member_dns_takes_away_is_no_longer_found_and_one_that_returns_is():
+    template = BackendConfig("http://web.internal:8000", resolve=5.0)
+    pool = Balancer.from_configs([template])
+    endpoints = [Endpoint(address, 8000, "web.internal") for address in ("10.0.0.1", "10.0.0.2")]
+    pool.update_members(template, endpoints)
+    sticky = Sticky(StickyConfig(cookie="lb"))
+    value = sticky.backend_id(pool.backends[1])
+    assert sticky.bound(f"lb={value}", pool.backends) is pool.backends[1]
+    pool.update_members(template, endpoints[:1])
+    assert sticky.bound(f"lb={value}", pool.backends) is None
+    pool.update_members(template, endpoints)
+    assert sticky.bound(f"lb={value}", pool.backends).endpoint == endpoints[1]
+
+
 def test_the_cookie_finds_its_backend_and_a_forged_or_stale_one_finds_none():
     pool = balancer()
     sticky = Sticky(StickyConfig(cookie="lb"))
