@@ -9,9 +9,9 @@ import pytest
 import websocket
 import yaml
 
+from app.config import StickyConfig, parse
 from app.lb.sticky import Sticky
-from app.config import StickyConfig
-from tests.backends import TestBackend, free_port, wait_until
+from tests.backends import TestBackend, wait_until
 from tests.conftest import base_config
 from tests.lb.test_failover import serve  # noqa: F401 - the in-process proxy fixture
 from tests.middleware.test_metrics import client_of, scrape, value as sample
@@ -191,7 +191,6 @@ def test_each_client_stays_on_one_backend_across_workers(kind, workers, backends
 
 
 def test_a_reload_keeps_every_client_where_it_was(serve, backends):
-    from app.config import parse
     urls = [b.url for b in backends]
     app = serve(urls, sticky=STICKY)
     clients = {}
