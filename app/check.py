@@ -15,8 +15,8 @@ import time
 
 import gevent
 
-from .config import (DEFAULT_ROUTE, POOL_KEYS, SCALARS, SECTIONS, TLS_KEYS, Config, ConfigError,
-                     RouteConfig, format_value)
+from .config import (DEFAULT_ROUTE, POOL_KEYS, SCALARS, SECRETS, SECTIONS, TLS_KEYS, Config,
+                     ConfigError, RouteConfig, format_value)
 
 # How long each platform waits, by default, between its SIGTERM and its SIGKILL.
 PLATFORM_GRACE = (
@@ -48,11 +48,7 @@ def describe(config: Config, ok: bool = True) -> str:
         for field in dataclasses.fields(values):
             key = f"{section}.{field.name}"
             value = getattr(values, field.name)
-            if key == "admin.token":
-                shown = "(set)" if value else "(none)"
-            else:
-                shown = format_value(key, value)
-            rows.append((key, shown, config.origins.get(key, "default")))
+            rows.append((key, _shown(key, value), config.origins.get(key, "default")))
     if config.tls is not None:
         for key in TLS_KEYS:
             value = getattr(config.tls, key)
@@ -148,12 +144,17 @@ def _route_settings(route: RouteConfig, config: Config) -> list[str]:
         section, _, name = key.partition(".")
         if section == "timeouts" and name in ("client_header", "client_idle"):
             continue        # the connection's, not a pool's
-        value = _value(route, key)
-        rows.append((key, format_value(key, value), route.origins.get(key, "default")))
+        rows.append((key, _shown(key, _value(route, key)), route.origins.get(key, "default")))
     key_width = max(len(key) for key, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)
     return [f"route {route.name} ({where}):"] + [
         f"  {key:<{key_width}}  {value:<{value_width}}  ({origin})" for key, value, origin in rows]
+
+
+def _shown(key: str, value) -> str:
+    if key in SECRETS:
+        return "(set)" if value else "(none)"
+    return format_value(key, value) if value != "" else '""'    # an empty string, as written
 
 
 def _value(route: RouteConfig, key: str):

@@ -147,6 +147,22 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class StickyConfig:
+    """Sticky sessions (SPEC §8): a cookie naming the backend that answered a client."""
+    cookie: str = ""          # the cookie's name; "" = off
+    max_age: float = 0.0      # seconds; 0 = a session cookie
+    secure: str = "auto"      # auto (Secure when the client came over TLS) | true | false
+    http_only: bool = True
+    same_site: str = "lax"    # lax | strict | none
+    path: str = "/"           # the cookie's Path, whatever the route's path or strip_prefix
+    secret: str = ""          # keys the backend ids; "" = a built-in key (ids still opaque)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cookie)
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """One pool's settings: a route of ``routes:``, or the default pool (``backends:``).
 
@@ -168,6 +184,7 @@ class RouteConfig:
     timeouts: TimeoutsConfig = TimeoutsConfig()
     request_buffering: int = 0         # bytes of a chunked body read whole and sent with a length
     queue: QueueConfig = QueueConfig()
+    sticky: StickyConfig = StickyConfig()
     line: int | None = None            # where the route is written in the file
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -213,6 +230,7 @@ class Config:
     request_buffering: int = 0
     queue: QueueConfig = QueueConfig()
     limits: LimitsConfig = LimitsConfig()
+    sticky: StickyConfig = StickyConfig()
     forwarded: ForwardedConfig = ForwardedConfig()
     shutdown_delay: float = 0.0    # after SIGTERM: go on accepting this long, /health 503
     shutdown_timeout: float = 25.0
@@ -242,7 +260,8 @@ class Config:
                            hash_key=self.hash_key, health_check=self.health_check,
                            passive_health=self.passive_health, slow_start=self.slow_start,
                            retries=self.retries, timeouts=self.timeouts, queue=self.queue,
-                           request_buffering=self.request_buffering, origins=origins)
+                           sticky=self.sticky, request_buffering=self.request_buffering,
+                           origins=origins)
 
     @property
     def pools(self) -> tuple[RouteConfig, ...]:
@@ -364,6 +383,34 @@ def _path(value: Any) -> str:
     if not value.startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")
     return value
+
+
+# RFC 6265 §4.1.1: a cookie-name is an RFC 2616 token.
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _cookie_name(value: Any) -> str:
+    """``sticky.cookie``: a cookie name (an RFC 6265 token), or "" for off."""
+    name = _string(value)
+    if name and not _COOKIE_NAME.match(name):
+        raise ValueError(f"{name!r} is not a cookie name (letters, digits and !#$%&'*+.^_`|~-)")
+    return name
+
+
+def _secure(value: Any) -> str:
+    """``sticky.secure``: auto, true or false, kept as written."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value not in ("auto", "true", "false"):
+        raise ValueError(f"expected auto, true or false; got {value!r}")
+    return value
+
+
+def _cookie_path(value: Any) -> str:
+    path = _path(value)
+    if ";" in path or not path.isprintable() or " " in path:
+        raise ValueError(f"{value!r}: a cookie path has no ';', space or control character")
+    return path
 
 
 def _admin_prefix(value: Any) -> str:
@@ -510,6 +557,11 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "forwarded": (ForwardedConfig, {"trusted_proxies": _cidrs, "preserve_host": _boolean}),
     "admin": (AdminConfig, {"prefix": _admin_prefix, "token": _string}),
     "resolver": (ResolverConfig, {"servers": _dns_servers, "timeout": _positive_duration}),
+    "sticky": (StickyConfig, {
+        "cookie": _cookie_name, "max_age": parse_duration, "secure": _secure,
+        "http_only": _boolean, "same_site": _choice("lax", "strict", "none"), "path": _cookie_path,
+        "secret": _string,
+    }),
 }
 
 SCALARS: dict[str, Callable[[Any], Any]] = {
@@ -542,8 +594,11 @@ TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS, "tls")
 # What a route may set for its own pool, over the top level's value. The client timeouts
 # are the connection's, read before any route is known: not per route.
 POOL_SCALARS = ("policy", "hash_key", "slow_start", "request_buffering")
-POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts", "queue")
+POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts", "queue", "sticky")
 ROUTE_ONLY_TIMEOUTS = ("connect", "read", "tunnel_idle")
+# Settings whose value is a secret: `--check` and the reload log say only whether it is set
+# or changed, never the value.
+SECRETS = ("admin.token", "sticky.secret")
 POOL_KEYS = (*POOL_SCALARS, *(f"{section}.{key}" for section in POOL_SECTIONS
                               for key in SECTIONS[section][1]))
 ROUTE_KEYS = ("name", "host", "path", "strip_prefix", "backends", *POOL_SCALARS, *POOL_SECTIONS)
@@ -919,11 +974,21 @@ def _default_health_timeout(health: HealthCheckConfig, origins: dict) -> HealthC
 
 def _check_consistency(document: _Document, config: Config) -> None:
     _check_health(document, config.health_check, (), config.origins)
+    _check_sticky(document, config.sticky, (), config.origins)
     if config.backends and not any(b.weight > 0 for b in config.backends):
         raise document.error(("backends",), "at least one backend needs a weight above 0")
     if config.tls is not None and config.tls.redirect_from and \
             config.tls.redirect_from == config.port:
         raise document.error(("tls", "redirect_from"), "must not be the TLS `port` itself")
+
+
+def _check_sticky(document: _Document, sticky: StickyConfig, at: tuple,
+                  origins: Mapping[str, str]) -> None:
+    """Browsers drop a ``SameSite=None`` cookie that is not ``Secure`` (RFC 6265bis §5.4)."""
+    if sticky.enabled and sticky.same_site == "none" and sticky.secure == "false":
+        source = at if origins.get("sticky.secure", "").startswith("routes[") else ()
+        raise document.error(source + ("sticky", "secure"), "must not be false with "
+                             "same_site: none (browsers drop such a cookie); use auto or true")
 
 
 def _check_health(document: _Document, health: HealthCheckConfig, at: tuple,
@@ -1011,6 +1076,7 @@ def _routes(document: _Document, raw: Any, top: dict, top_origins: dict) -> tupl
                             hosts, path, strip, line=document.locate(at)[0], origins=origins,
                             **fields)
         _check_health(document, route.health_check, at, origins)
+        _check_sticky(document, route.sticky, at, origins)
         routes.append(route)
     return tuple(routes)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import POOL_KEYS, Config, format_value
+from .config import POOL_KEYS, SECRETS, Config, format_value
 
 # Settings bound when the server starts: a reload keeps the running value and says so.
 # Whether the port speaks TLS at all, and the redirect listener's port, are bound too;
@@ -71,9 +71,7 @@ def changes(old: Config, new: Config) -> list[str]:
     for key in _setting_keys(old):
         before, after = _get(old, key), _get(new, key)
         if before != after:
-            shown = "(changed)" if key == "admin.token" else \
-                f"{format_value(key, before)}->{format_value(key, after)}"
-            items.append(f"{key} {shown}")
+            items.append(f"{key} {_change(key, before, after)}")
     old_routes = {route.name: route for route in old.routes}
     new_routes = {route.name: route for route in new.routes}
     items += [f"+route {name}" for name in new_routes if name not in old_routes]
@@ -85,10 +83,17 @@ def changes(old: Config, new: Config) -> list[str]:
         inside = _backend_changes(before.backends, route.backends)
         inside += [f"{key} {_route_value(before, key)}->{_route_value(route, key)}"
                    for key in ROUTE_RULE if getattr(before, key) != getattr(route, key)]
-        inside += [f"{key} {format_value(key, _get(before, key))}->{format_value(key, _get(route, key))}"
+        inside += [f"{key} {_change(key, _get(before, key), _get(route, key))}"
                    for key in POOL_KEYS if _get(before, key) != _get(route, key)]
         items += [f"route {name}: {item}" for item in inside]
     return items
+
+
+def _change(key: str, before, after) -> str:
+    """``before->after`` as written; a secret only ``(changed)``."""
+    if key in SECRETS:
+        return "(changed)"
+    return f"{format_value(key, before)}->{format_value(key, after)}"
 
 
 def _route_value(route, key: str) -> str:

@@ -4,8 +4,8 @@
 force, which the request then uses to its end (a reload changes the next request's).
 ``RequestLog`` gives it its id; the admin surface and the redirect mark what they
 answered; the proxy fills in the route, the backend and each attempt, the body, the error,
-the time in the queue, the time to the response head, a client that left, a tunnel's bytes.
-The access line and the metrics read it when the response ends.
+the time in the queue, the time to the response head, a client that left, a tunnel's bytes,
+what a sticky cookie did. The access line and the metrics read it when the response ends.
 
 What a server hands the app stays in the server's own environ keys (the header lines as
 received, the client socket and its watcher, TLS facts, the hand-over of the connection):
@@ -22,7 +22,7 @@ class Request:
     """What is known of one request so far. Every field has its "not yet" value."""
 
     __slots__ = ("runtime", "id", "route", "backend", "tried", "error", "upstream_duration",
-                 "client_aborted", "admin", "redirect", "tunnel", "body", "queued")
+                 "client_aborted", "admin", "redirect", "tunnel", "body", "queued", "sticky")
 
     def __init__(self, runtime, request_id: str = ""):
         self.runtime = runtime              # the config, route table and pools in force
@@ -37,6 +37,7 @@ class Request:
         self.redirect = False               # answered by tls.redirect_from's 308
         self.tunnel: int | None = None      # an upgraded connection's bytes to the client
         self.queued: float | None = None    # seconds waited in its pool's queue (max_conns)
+        self.sticky: str | None = None      # hit | new | rebalanced (app.lb.sticky); None: off
         self.body = None                    # the proxy's RequestBody: what it read, and kept
 
     @property

@@ -243,13 +243,15 @@ def test_a_direct_line_outside_the_hub_is_written_at_once(configured):
     {"HTTP_USER_AGENT": ""},                                     # "": shown as such
     {"HTTP_USER_AGENT": None, "HTTP_HOST": None},                # not sent: -
     {"HTTP_HOST": "a b"},                                        # quoted, by render_value
+    {"sticky": "hit"},                                           # a pool with a sticky cookie
+    {"sticky": "rebalanced", "RAW_URI": '/a b'},
 ])
 def test_the_access_line_is_render_fields_of_its_fields(values, configured):
     """The access line written by one format (the usual case) is the line a record of the
     same fields makes, whichever values need quoting."""
     from app.middleware.access import ACCESS_KEYS, RequestLog
     from app.request import KEY as REQUEST, Request
-    REQUEST_FIELDS = {"id", "backend", "tried", "upstream_duration"}
+    REQUEST_FIELDS = {"id", "backend", "tried", "upstream_duration", "sticky"}
 
     class Runtime:
         class config:
@@ -270,6 +272,8 @@ def test_the_access_line_is_render_fields_of_its_fields(values, configured):
     line = stream.getvalue().rstrip("\n")
     fields = dict(pair.split("=", 1) for pair in re.findall(r'(\w+=(?:"(?:[^"\\]|\\.)*"|\S+))',
                                                              line.split(" myproxy.access ", 1)[1]))
+    sticky = fields.pop("sticky", None)
+    assert sticky == request.sticky      # last, when the pool has a sticky cookie
     assert list(fields) == list(ACCESS_KEYS)
     expected = {key: logs.render_value(value) for key, value in zip(ACCESS_KEYS, (
         request.id, environ["REMOTE_ADDR"] or None,

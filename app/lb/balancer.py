@@ -304,6 +304,13 @@ class Balancer:
             usable = [b for b in self.backends if b.available]
         return [b for b in usable if not b.config.backup] or usable
 
+    def takes_sticky(self, backend: Backend) -> bool:
+        """Whether a request bound to ``backend`` by a sticky cookie may go to it: it is up
+        (or on trial) and not in ``maint``; ``drain`` and weight 0 keep their sticky users.
+        The one place this is decided; a slot on it (``max_conns``) is the pool's
+        ``Capacity.acquire_bound``'s, which balances anew one at its cap with the queue full."""
+        return backend.admin_state != "maint" and backend.serving
+
     def weight_of(self, backend: Backend, now: float) -> float:
         """The configured weight, ramped up linearly for ``slow_start`` after a recovery."""
         if self.slow_start > 0 and backend.recovered_at is not None:

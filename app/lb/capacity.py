@@ -20,8 +20,9 @@ waiter came first). A waiter also looks again every ``RECHECK`` seconds (a backe
 back up, a cap raised by a reload, a poke lost, a slot left for a waiter that cannot use
 it), then regardless of the order: a safety net, not the way slots are handed over.
 
-Health checks never come here. ``saturated(backend)`` says whether a backend is at its cap
-with the queue full: the reason for a sticky session to be balanced anew. A pool without
+Health checks never come here. ``acquire_bound(backend)`` is a sticky session's: a slot on
+the backend its cookie names, or a wait for that one alone; None when it is at its cap with
+the queue full (or drained), the reason for a sticky session to be balanced anew. A pool without
 ``max_conns`` anywhere costs one increment and one decrement per request. Imports only the
 balancer's types, the config and the errors; the clock is passed in.
 """
@@ -102,6 +103,23 @@ class Capacity:
                 return backend
         return self._wait(key, tuple(exclude), watch, request)
 
+    def acquire_bound(self, backend: Backend, key: str | None = None, watch=None,
+                      request=None) -> Backend | None:
+        """A slot on ``backend``, the one a sticky cookie names: at once, or after a wait in
+        the queue for it alone. None when it cannot be had that way, and the request is
+        balanced anew (SPEC §8): at its cap with the queue full, or at its
+        cap and out of the balancer's choice (``drain``: no waiter would be handed it).
+        Raises as ``acquire`` does for a wait that fails."""
+        if not self.capped:
+            backend.in_flight += 1
+            return backend
+        if self._take(backend):
+            return backend
+        if self.closed or self.queue_full or not backend.available:
+            return None
+        others = tuple(b for b in self.balancer.backends if b is not backend)
+        return self._wait(key, others, watch, request)
+
     def release(self, backend: Backend) -> None:
         """A request (or tunnel) on ``backend`` is over: its slot goes to the first waiter
         that may use it, here or, under a group, in another worker."""
@@ -139,11 +157,6 @@ class Capacity:
     @property
     def queue_full(self) -> bool:
         return self.depth >= self.settings.size
-
-    def saturated(self, backend: Backend) -> bool:
-        """At its cap with the queue full: a request bound to it (a sticky cookie) would
-        only be refused, so it is balanced anew (SPEC §8)."""
-        return not self.room(backend) and self.queue_full
 
     def offer(self, ordered: bool = True) -> None:
         """Hand free slots to waiters, first come first served: each waiter in turn gets a

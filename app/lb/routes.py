@@ -2,8 +2,8 @@
 
 - ``Pool`` is one route's unit: its settings (``RouteConfig``), its ``Balancer`` of
   ``Backend`` objects, its ``HealthChecker``, its ``Discovery`` (the entries found through
-  DNS), its ``RetryBudget``, its ``Capacity`` (max_conns and the queue) and its upstream
-  timeout.
+  DNS), its ``RetryBudget``, its ``Capacity`` (max_conns and the queue), its upstream
+  timeout and its sticky cookie (``Sticky``).
   The same backend URL in two routes is two ``Backend`` objects with separate state, and a
   request of one pool is only ever sent to that pool's backends.
 - ``RouteTable.match(host, path)`` picks the pool: routes in precedence order (an exact
@@ -38,6 +38,7 @@ from .capacity import Capacity
 from .discovery import Discovery
 from .health import HealthChecker
 from .retry import RetryBudget
+from .sticky import Sticky
 
 
 class Pool:
@@ -58,6 +59,7 @@ class Pool:
         self.upstream_timeout = timeouts   # its connect and read, for the transport
         # The request's hash key is computed only for the hash policy (nothing per request else).
         self.hash_key = settings.hash_key if settings.policy == "hash" else None
+        self.sticky = Sticky(settings.sticky) if settings.sticky.enabled else None   # None: off
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {len(self.balancer.backends)} backend(s)>"

@@ -8,7 +8,8 @@ the server closes the response body, it writes one access line and hands the out
 ``Metrics.observe``, reading what the layers below left in the request's ``Request``
 (``app.request``, ``environ["myproxy.request"]``): its route, backend, attempts, error,
 time to the response head and whether the client left (logged as status 499) from the
-proxy; ``admin`` from the admin surface and ``redirect`` from the redirect to https (both
+proxy, with ``sticky=hit|new|rebalanced`` in a pool with a sticky cookie; ``admin``
+from the admin surface and ``redirect`` from the redirect to https (both
 logged but not counted as traffic; admin requests are logged ``admin=true``). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
 and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
@@ -107,11 +108,14 @@ class RequestLog:
         backend = request.backend
         route = request.route or NO_ROUTE
         tried = request.tried
+        sticky = request.sticky
         if self.metrics is not None and not admin and status.isdigit() and not request.redirect:
             self.metrics.observe(route, backend, int(status), None if tunnel else duration, tried,
                                  error.kind if isinstance(error, UpstreamError) else None)
             if aborted:
                 self.metrics.client_aborted(route, backend)
+            if sticky is not None:
+                self.metrics.sticky(route, sticky)
         if not request.runtime.config.access_log:
             return
         upstream = request.upstream_duration
@@ -125,11 +129,13 @@ class RequestLog:
         session = environ.get("myproxy.tls")
         queued = request.queued
         if session is None and error is None and not admin and queued is None and \
-                _write_plain(values):
+                _write_plain(values, sticky):
             return
         fields = dict(zip(ACCESS_KEYS, values))
         if queued is not None:
             fields["queued_ms"] = round(queued * 1000, 2)   # waited for a slot (max_conns)
+        if sticky is not None:
+            fields["sticky"] = sticky
         if session is not None:
             fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:
@@ -150,9 +156,10 @@ _ACCESS_FORMAT = " ".join(f"{key}=%s" for key in ACCESS_KEYS)
 _TEXT_VALUES = (0, 1, 2, 3, 4, 10, 11, 13)   # where ACCESS_KEYS' values are text or None
 
 
-def _write_plain(values: tuple) -> bool:
-    """Write the access line of ``values`` straight to the text log, if it goes there and
-    no value needs ``render_value``'s quoting; False if it was left to ``info_fields``."""
+def _write_plain(values: tuple, sticky: str | None = None) -> bool:
+    """Write the access line of ``values`` (and ``sticky=``, when the pool has a sticky
+    cookie) straight to the text log, if it goes there and no value needs
+    ``render_value``'s quoting; False if it was left to ``info_fields``."""
     if not log.isEnabledFor(logging.INFO):
         return True
     handler = direct_handler(log)
@@ -162,7 +169,8 @@ def _write_plain(values: tuple) -> bool:
     if "" in shown or not plain("".join([shown[i] for i in _TEXT_VALUES])):
         return False                    # render_value quotes an empty text: ""
     shown.append(render_value(values[-1]))
-    handler.write_text(log.name, _ACCESS_FORMAT % tuple(shown))
+    line = _ACCESS_FORMAT % tuple(shown)
+    handler.write_text(log.name, line if sticky is None else f"{line} sticky={sticky}")
     return True
 
 

@@ -13,6 +13,7 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
 - ``client_aborted(route, backend)``: a request whose client left while its backend answered;
 - each pool's ``Capacity.waited(seconds)`` and ``Capacity.rejected(reason)``: a request's
   wait in the queue, and a 503 of the queue (set by ``prepare``);
+- ``sticky(route, result)``: what a pool's sticky cookie did (``hit``, ``new``, ``rebalanced``);
 - ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
 - ``tls_refused(reason)``: a connection to the TLS port that never got to HTTPS.
@@ -113,6 +114,13 @@ class Metrics:
                                      "Requests whose client closed its connection while the "
                                      "backend was still answering, by backend.",
                                      ["route", "backend"], registry=r)
+        self.sticky_results = Counter("myproxy_sticky_total",
+                                      "Requests of a pool with a sticky cookie, by what the "
+                                      "cookie did: hit (its backend took the request), new (no "
+                                      "valid cookie: balanced, cookie set), rebalanced (its "
+                                      "backend could not take it or failed: cookie replaced).",
+                                      ["route", "result"], registry=r)
+        self._sticky: dict[tuple[str, str], object] = {}
         self.upstream_errors = Counter("myproxy_upstream_errors_total",
                                        "Failed upstream requests, by backend and kind of failure.",
                                        ["route", "backend", "kind"], registry=r)
@@ -207,6 +215,13 @@ class Metrics:
     def client_aborted(self, route: str | None, backend: str | None) -> None:
         """Count a request abandoned because its client left (also observed, as 499)."""
         self.client_aborts.labels(route or NO_ROUTE, backend or NO_BACKEND).inc()
+
+    def sticky(self, route: str, result: str) -> None:
+        """Count what a pool's sticky cookie did for one request (``app.lb.sticky``)."""
+        counter = self._sticky.get((route, result))
+        if counter is None:
+            counter = self._sticky[(route, result)] = self.sticky_results.labels(route, result)
+        counter.inc()
 
     def observe(self, route: str | None, backend: str | None, status: int,
                 seconds: float | None, tried=(), error_kind: str | None = None) -> None:

@@ -21,7 +21,10 @@ force (the config, the route table and the pools). The proxy fills in its route 
 ``"stale"`` for a keep-alive reconnect, None for the answer), ``upstream_duration``
 (seconds from sending the last attempt to its response headers), ``error`` and
 ``client_aborted``, for the logging middleware and metrics. The attempts of one request
-share a ``_Trip``. It knows nothing
+share a ``_Trip``. With a pool's sticky cookie (``app.lb.sticky``), ``_choose`` sends the
+first attempt to the backend the cookie names when it may take it; otherwise, or after a
+retry, the response gets a ``Set-Cookie`` for the backend that answered, and the cookie
+never reaches a backend (``_outbound_headers``). It knows nothing
 about sockets, signals or logging formats.
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..lb.affinity import request_key
 from ..lb.balancer import Backend
 from ..lb.routes import Pool, request_host
 from .body import RequestBody, request_body
+from ..lb.sticky import HIT, NEW, REBALANCED, without_cookie
 from ..request import KEY as REQUEST, Request
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, QueueRejected,
                       UpstreamError, UpstreamProtocolError, UpstreamReset)
@@ -120,8 +124,11 @@ class Proxy:
 
         status = response.status
         release = pool.capacity.release
+        cookie = _sticky_cookie(environ, request, pool, backend)
         if status == SWITCHING_PROTOCOLS:
             if upgrade:
+                if cookie is not None:
+                    start_response = _adding(start_response, cookie)
                 try:      # an open tunnel holds its slot (max_conns) until it closes
                     return self.tunnels.relay(environ, start_response, response, backend.url,
                                               pool.settings.timeouts.tunnel_idle)
@@ -136,10 +143,12 @@ class Proxy:
             watch.response_started()
         has_body = response_has_body(method, status)
         # The body's length as the response head framed it (None: chunked, or to the end).
-        start_response(f"{status} {response.reason or _reason(status)}",
-                       response_headers(response.header_lines, has_body,
-                                        response.length_remaining if has_body else None,
-                                        getattr(response, "connection_tokens", None)))
+        headers = response_headers(response.header_lines, has_body,
+                                   response.length_remaining if has_body else None,
+                                   getattr(response, "connection_tokens", None))
+        if cookie is not None:
+            headers.append(cookie)
+        start_response(f"{status} {response.reason or _reason(status)}", headers)
         if not has_body:
             _finish(response, backend, release, complete=True, watch=watch)
             return iter(())
@@ -163,8 +172,9 @@ class Proxy:
         pool.budget.record_request()
         tried: list[Backend] = []
         try:
-            # A backend with a free slot (max_conns), after a wait in the queue if need be.
-            backend, fresh = capacity.acquire(key, (), trip.watch, trip.request), False
+            # A backend with a free slot (max_conns), after a wait in the queue if need be:
+            # the one a sticky cookie names, when it may take the request, else the policy's.
+            backend, fresh = _choose(trip, key), False
         except QueueRejected:
             raise
         except NoBackendAvailable as error:
@@ -190,6 +200,8 @@ class Proxy:
                     log.warning("retry budget spent: not retrying %s after %s from %s (route %s)",
                                 method, error.kind, tried[-1].url, pool.name)
                     raise
+                if trip.request.sticky == HIT:
+                    trip.request.sticky = REBALANCED    # the cookie's backend failed it
             except BaseException:
                 capacity.release(backend)   # the client left, or its body failed
                 raise
@@ -206,7 +218,8 @@ class Proxy:
         attempts = request.tried
         attempts.append((backend.url, None))
         headers = _outbound_headers(trip.environ, request, backend,
-                                    request.runtime.config.forwarded, body.length)
+                                    request.runtime.config.forwarded, body.length,
+                                    pool.sticky.name if pool.sticky is not None else None)
         method, target = trip.method, _upstream_target(backend, trip.target)
         backend.requests += 1
         sent_at = time.monotonic()
@@ -384,9 +397,12 @@ def _report(pool: Pool, backend: Backend, error: UpstreamError | None) -> None:
 
 
 def _outbound_headers(environ: dict, request: Request, backend: Backend, forwarded,
-                      length: int | None = None) -> list[tuple[str, str]]:
+                      length: int | None = None, sticky: str | None = None
+                      ) -> list[tuple[str, str]]:
     """The client's headers less hop-by-hop ones, plus X-Forwarded-*, Via, X-Request-ID,
-    as ``(name, value)`` lines in order (a repeated name stays separate lines).
+    as ``(name, value)`` lines in order (a repeated name stays separate lines). ``sticky``
+    is the pool's sticky cookie name: that cookie is the proxy's, removed from ``Cookie``
+    (HAProxy's ``indirect``), every other cookie kept byte for byte.
 
     The framing is the proxy's own: ``Content-Length`` is ``length``, the one the server
     parsed, in the place of the client's line (or last, if it had none), whatever
@@ -429,6 +445,10 @@ def _outbound_headers(environ: dict, request: Request, backend: Backend, forward
             if not preserve_host:
                 continue
             has_host = True
+        elif sticky is not None and lower == "cookie":
+            value = without_cookie(value, sticky)
+            if not value:
+                continue                # it held the sticky cookie only
         headers.append((name, value))
     if length is not None:
         headers.append(("Content-Length", str(length)))
@@ -446,6 +466,43 @@ def _outbound_headers(environ: dict, request: Request, backend: Backend, forward
     protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
     headers.append(("Via", f"{protocol} {VIA_NAME}"))
     return headers
+
+
+def _choose(trip: _Trip, key: str | None) -> Backend:
+    """The first backend for a request, its slot taken (``Capacity``): the one its sticky
+    cookie names when that one may take it (``Balancer.takes_sticky``, and a slot on it now
+    or after a wait in the queue: ``Capacity.acquire_bound``), else the policy's choice;
+    the request's ``sticky`` says which (``app.lb.sticky``)."""
+    pool, request = trip.pool, trip.request
+    capacity, sticky = pool.capacity, pool.sticky
+    if sticky is not None:
+        bound = sticky.bound(trip.environ.get("HTTP_COOKIE"), pool.balancer.backends)
+        if bound is not None and pool.balancer.takes_sticky(bound):
+            taken = capacity.acquire_bound(bound, key, trip.watch, request)
+            if taken is not None:
+                request.sticky = HIT
+                return taken
+        request.sticky = NEW if bound is None else REBALANCED
+    return capacity.acquire(key, (), trip.watch, request)
+
+
+def _sticky_cookie(environ: dict, request: Request, pool: Pool,
+                   backend: Backend) -> tuple[str, str] | None:
+    """The ``Set-Cookie`` line that binds the client to the backend that answered, unless
+    its cookie already did (a hit) or the pool has no sticky cookie."""
+    if request.sticky is None or request.sticky == HIT:
+        return None
+    return ("Set-Cookie", pool.sticky.set_cookie(backend, environ,
+                                                 request.runtime.config.forwarded))
+
+
+def _adding(start_response: Callable, header: tuple[str, str]) -> Callable:
+    """``start_response`` with ``header`` added to the response's own list: a tunnel's
+    ``101`` head is written from that list (``Tunnels.relay``)."""
+    def start(status: str, headers: list, exc_info=None):
+        headers.append(header)
+        return start_response(status, headers, exc_info)
+    return start
 
 
 def _finish(response, backend: Backend, release: Callable[[Backend], None] | None,

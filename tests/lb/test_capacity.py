@@ -130,16 +130,44 @@ def test_closing_answers_every_waiter_and_nothing_waits_after():
         pool.acquire()
 
 
-def test_saturated_is_at_the_cap_with_the_queue_full():
-    pool = capacity([1, 0], size=1)
-    capped, free = pool.balancer.backends
-    assert not pool.saturated(capped)
-    pool.acquire(exclude=[free])
-    assert not pool.saturated(capped)     # at its cap, but a request could still wait
-    waiter = gevent.spawn(pool.acquire, None, [free])
+def test_a_sticky_request_takes_a_slot_on_its_own_backend_or_waits_for_that_one_alone():
+    pool = capacity([1, 1])
+    bound, other = pool.balancer.backends
+    assert pool.acquire_bound(bound) is bound and bound.in_flight == 1
+    taken_other = pool.acquire(exclude=[bound])
+    waiter = gevent.spawn(pool.acquire_bound, bound)
     gevent.sleep(0)
-    assert pool.saturated(capped) and not pool.saturated(free)
+    assert pool.depth == 1
+    pool.release(taken_other)             # a slot on another backend: not the one it waits for
+    gevent.sleep(0)
+    assert not waiter.ready() and other.in_flight == 0
+    pool.release(bound)
+    waiter.join(timeout=1)
+    assert waiter.value is bound and bound.in_flight == 1
+
+
+def test_a_sticky_request_is_balanced_anew_when_its_backend_is_full_with_the_queue_full():
+    pool = capacity([1, 0], size=1)
+    bound, free = pool.balancer.backends
+    pool.acquire_bound(bound)
+    waiter = gevent.spawn(pool.acquire, None, [free])      # the queue's one place
+    gevent.sleep(0)
+    assert pool.acquire_bound(bound) is None
     waiter.kill()
+
+
+def test_a_sticky_request_to_a_full_drained_backend_is_balanced_anew():
+    pool = capacity([1, 0])
+    bound, _ = pool.balancer.backends
+    pool.acquire_bound(bound)
+    bound.admin_state = "drain"
+    assert pool.acquire_bound(bound) is None and pool.depth == 0
+
+
+def test_without_caps_a_sticky_request_is_counted_in_flight():
+    pool = capacity([0, 0])
+    bound, _ = pool.balancer.backends
+    assert pool.acquire_bound(bound) is bound and bound.in_flight == 1
 
 
 def test_a_waiter_whose_backends_all_went_down_gets_no_backend():
