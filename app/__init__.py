@@ -43,8 +43,13 @@ class App:
 settings there.
     """
 
-    def __init__(self, live, upstream, metrics, wsgi=None, tls=None):
+    def __init__(self, live, upstream, metrics, wsgi=None, tls=None, admin_states=None):
         self.live = live
+        # Drain, maint and run-time weights set through the admin API (app.lb.overrides).
+        if admin_states is None:
+            from .lb.overrides import AdminStates, MemoryStore
+            admin_states = AdminStates(MemoryStore())
+        self.admin_states = admin_states
         self.tls = tls             # app.server.tls.Terminator with `tls:` in the config, else None
         self.upstream = upstream
         self.metrics = metrics
@@ -121,7 +126,8 @@ settings there.
         self.upstream.close()
 
     def reload(self, new: Config, certificates=None) -> list[str]:
-        """Apply ``new`` to the running proxy without dropping a request; return what changed.
+        """Apply ``new`` to the running proxy without dropping a request; return what changed
+        (``apply_config`` also says what it kept for a restart).
 
         Everything but ``host``, ``port``, ``limits.max_connections`` and whether the port
         speaks TLS (bound when the server started) takes effect from the next request: a new
@@ -129,8 +135,13 @@ settings there.
         loaded by ``reload_file``, else loaded here) from the next handshake. A route kept
         by name (the default pool is ``default``) keeps the health state and counters of the
         backends whose URLs stay; requests in flight, to a removed backend or route too,
-        finish on the runtime they started with.
+        finish on the runtime they started with. Admin states (drain, maint, run-time
+        weights) stay for the backends still configured.
         """
+        return self.apply_config(new, certificates)[0]
+
+    def apply_config(self, new: Config, certificates=None) -> tuple[list[str], list[str]]:
+        """``reload``: what changed, and the settings kept for a restart."""
         from .lb.routes import apply_fresh, build_runtime, lookup_fresh, start_pools
         from .reload import changes, fixed_at_start
 
@@ -145,6 +156,8 @@ settings there.
         prepared = lookup_fresh(old, new)
         runtime = build_runtime(new, self.upstream, previous=old, **self._hooks)
         apply_fresh(runtime, prepared)
+        self.admin_states.retain(runtime.balancers)
+        self.admin_states.apply(runtime.balancers)
         self.metrics.prepare(runtime)
         self.live.runtime = runtime          # the one swap: from the next request on
         if self.tls is not None and new.tls is not None:
@@ -167,7 +180,7 @@ settings there.
         self.metrics.config_reloaded("success")
         log.info("config reloaded: %s%s", "; ".join(changed) or "no changes",
                  f" (not applied, needs a restart: {', '.join(kept)})" if kept else "")
-        return changed
+        return changed, kept
 
     def _members_added(self, route: str, added) -> None:
         """Members DNS just gave a pool: their TLS name is the DNS name, and they are
@@ -176,8 +189,10 @@ settings there.
             if backend.server_name:
                 self.upstream.name_origin(backend.origin, backend.server_name)
         pool = self.live.runtime.pool(route) if self.live.runtime is not None else None
-        if pool is not None and pool.health.running:
-            pool.health.wake()
+        if pool is not None:
+            self.admin_states.apply({route: pool.balancer})    # a member drained before it left
+            if pool.health.running:
+                pool.health.wake()
 
     def _members_removed(self, route: str, gone) -> None:
         """Members gone from DNS whose last request is done: their idle connections are
@@ -189,13 +204,24 @@ settings there.
             self.metrics.forget(route, backend.url)
 
     def reload_file(self) -> bool:
-        """Re-read the config file and apply it (SIGHUP). Returns whether it was applied.
+        """Re-read the config file and apply it (SIGHUP). Returns whether it was applied;
+        ``reload_from_file`` says why not."""
+        try:
+            self.reload_from_file()
+        except ConfigError:
+            return False
+        return True
+
+    def reload_from_file(self) -> tuple[list[str], list[str]]:
+        """Re-read the config file and apply it (SIGHUP, the admin API's reload); return
+        what changed and what needs a restart (``apply_config``).
 
         A file with errors is refused with the same message as at start-up, logged and
-        counted, and the running config stays; so is a TLS certificate that cannot be
-        served (missing, unreadable, not matching its key): the certificate files are read
-        again on every reload, as certbot renews them in place. An expired or not yet
-        valid certificate does not refuse the reload: it is logged as an ERROR.
+        counted, and the running config stays: the ``ConfigError`` is raised. So is a TLS
+        certificate that cannot be served (missing, unreadable, not matching its key): the
+        certificate files are read again on every reload, as certbot renews them in place.
+        An expired or not yet valid certificate does not refuse the reload: it is logged as
+        an ERROR.
         """
         with self._reloading:
             try:
@@ -206,9 +232,8 @@ settings there.
             except ConfigError as error:
                 self.metrics.config_reloaded("failure")
                 log.error("config reload refused, the running config stays: %s", error)
-                return False
-            self.reload(new, certificates)
-            return True
+                raise
+            return self.apply_config(new, certificates)
 
 
 def create_app(config: Config, session=None, metrics_dir: str | None = None,
@@ -220,7 +245,9 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     (default ``$MYPROXY_GROUP_DIR``, set by ``gunicorn.conf.py``) makes the workers of a
     gunicorn group share one view of the backends (``app.lb.shared``).
     """
+    from .lb.overrides import AdminStates, FileStore, MemoryStore
     from .middleware.admin import Admin
+    from .middleware.api import AdminApi
     from .lb.routes import RuntimeHolder, build_runtime
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
@@ -240,16 +267,19 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
                       certificate_expiry=tls.expiry if tls is not None else None)
     if tls is not None:
         tls.on_refused = metrics.tls_refused
-    app = App(live, upstream, metrics, tls=tls)
+    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
+    app = App(live, upstream, metrics, tls=tls,
+              admin_states=AdminStates(FileStore(group_dir) if group_dir else MemoryStore()))
     live.runtime = build_runtime(config, upstream, **app._hooks)
+    app.admin_states.apply(live.runtime.balancers)    # a replaced worker: the group's states
     metrics.prepare(live.runtime)
     proxy = Proxy(upstream)
-    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
     if group_dir:
-        app.group = _group_view(live, metrics, group_dir)
+        app.group = _group_view(live, metrics, group_dir, app.admin_states)
     status = Status(metrics, draining=lambda: app.draining,
                     certificates=tls.describe if tls is not None else None, group=app.group)
-    admin = Admin(proxy, status, metrics, draining=lambda: app.draining)
+    api = AdminApi(app, metrics)
+    admin = Admin(proxy, status, metrics, draining=lambda: app.draining, api=api)
     inner = admin
     if config.tls is not None and config.tls.redirect_from:
         from .middleware.redirect import HTTPSRedirect
@@ -267,7 +297,7 @@ class _Bare:
         self.config = config
 
 
-def _group_view(live, metrics, group_dir: str):
+def _group_view(live, metrics, group_dir: str, admin_states):
     """The shared view of a gunicorn group over the pools of the runtime in force."""
     from .lb.shared import GroupView
     from .middleware.metrics import NO_BACKEND
@@ -282,10 +312,11 @@ def _group_view(live, metrics, group_dir: str):
                    (metrics.seen(pool.name, NO_BACKEND) for pool in live.runtime.pools)
                    if traffic is not None)
 
-    return GroupView(lambda: {pool.name: pool.balancer for pool in live.runtime.pools},
+    return GroupView(lambda: live.runtime.balancers,
                      ProcessGroup(group_dir), _AllChecks(live), counts=counts,
                      unrouted=unrouted,
-                     budgets=lambda: {pool.name: pool.budget for pool in live.runtime.pools})
+                     budgets=lambda: {pool.name: pool.budget for pool in live.runtime.pools},
+                     admin=admin_states)
 
 
 class _AllChecks:
