@@ -170,8 +170,10 @@ def on_starting(server):
 
     server.handle_hup = reload_in_workers
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    group_dir = os.environ["MYPROXY_GROUP_DIR"]
+    # A restart forgets admin states (drain, maint: SPEC §9), as it forgets the records.
     for stale in glob.glob(os.path.join(metrics_dir, "*.db")) + glob.glob(
-            os.path.join(os.environ["MYPROXY_GROUP_DIR"], "worker-*.json")):
+            os.path.join(group_dir, "worker-*.json")) + glob.glob(os.path.join(group_dir, "admin.json")):
         os.remove(stale)
     server.log.info("metrics of all workers add up in %s", metrics_dir)
     from app.check import shutdown_warning
