@@ -118,15 +118,17 @@ def cross_site(environ: dict) -> str:
     must be the admin's own. A change must say ``Content-Type: application/json``, which a
     form or a "simple" cross-origin request cannot (it would need a CORS preflight, which
     is never granted). Without a token, where the admin trusts loopback clients, the Host
-    must also be an address or ``localhost``: a page on a name that DNS rebinds to
-    127.0.0.1 would otherwise be "same origin"."""
+    must also be an address or ``localhost`` for a change: a page on a name that DNS
+    rebinds to 127.0.0.1 would otherwise be "same origin" (reading is no more than
+    ``/status`` shows)."""
     origin = environ.get("HTTP_ORIGIN")
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST", "")
     if origin is not None and _origin(origin) != _origin(f"{scheme}://{host}"):
         return f"cross-site request refused: Origin {origin} is not this admin's own"
-    if environ["REQUEST_METHOD"] not in SAFE_METHODS and \
-            environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != JSON:
+    if environ["REQUEST_METHOD"] in SAFE_METHODS:
+        return ""
+    if environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != JSON:
         return f"a change needs Content-Type: {JSON} (cross-site requests are refused)"
     if not environ[REQUEST].runtime.config.admin.token and not _local_name(host):
         return ("without an admin token the API answers requests to an address or to "
