@@ -30,7 +30,7 @@ def test_drain_weight_list_and_reload_from_the_shell(start_proxy, write_config, 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"api {b.url} drain up weight 1 in_flight 0"
     assert {get(proxy.port, "/v1/x")[2] for _ in range(4)} == {b"backend c"}
-    proxy.wait_for(rf"admin: drain backend={b.url} route=api state ready->drain client=127.0.0.1")
+    proxy.wait_for(rf"admin change: action=drain route=api backend={b.url} state=ready->drain client=127.0.0.1")
 
     assert admin(path, "weight", "api", c.url, "3").stdout.strip() == \
         f"api {c.url} ready up weight 3 (set here) in_flight 0"

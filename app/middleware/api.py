@@ -25,6 +25,7 @@ import logging
 
 from ..config import DEFAULT_ROUTE, ConfigError
 from ..lb.overrides import KEEP, BadField, UnknownTarget
+from ..logs import Fields
 from ..request import KEY as REQUEST
 
 log = logging.getLogger("myproxy.admin")
@@ -78,17 +79,17 @@ class AdminApi:
         client = environ.get("REMOTE_ADDR", "-")
         if after.state != before.state:
             self.metrics.admin_changed(after.state)
-            log.info("admin: %s backend=%s route=%s state %s->%s client=%s", after.state,
-                     url, pool, before.state, after.state, client)
+            log.info(Fields("admin change", action=after.state, route=pool, backend=url,
+                            state=f"{before.state}->{after.state}", client=client))
         if after.weight != before.weight:
             self.metrics.admin_changed("weight")
-            log.info("admin: weight backend=%s route=%s weight %s->%s client=%s", url, pool,
-                     _weight(before.weight), _weight(after.weight), client)
+            log.info(Fields("admin change", action="weight", route=pool, backend=url,
+                            weight=f"{_weight(before.weight)}->{_weight(after.weight)}",
+                            client=client))
         return _answer("200 OK", entry(environ[REQUEST].runtime.pool(pool), backend))
 
     def reload(self, environ: dict):
-        client = environ.get("REMOTE_ADDR", "-")
-        log.info("admin: reload client=%s", client)
+        log.info(Fields("admin reload", client=environ.get("REMOTE_ADDR", "-")))
         try:
             changed, kept = self.app.reload_from_file()
         except ConfigError as error:
@@ -106,7 +107,7 @@ def entry(pool, backend) -> dict:
             "admin_state": backend.admin_state, "weight": backend.weight,
             "configured_weight": backend.config.weight, "admin_weight": backend.admin_weight,
             "in_flight": backend.in_flight,
-            # Issue 27's caps and queue, when the config has them.
+            # SPEC §8's cap and queue, once the config has them (0 until then).
             "max_conns": getattr(backend.config, "max_conns", 0),
             "queued": getattr(backend, "queued", 0)}
 

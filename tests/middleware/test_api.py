@@ -50,7 +50,7 @@ def test_patch_drains_a_backend_answers_its_entry_and_traffic_avoids_it(backends
         entry = patch(client, {"backend": b.url, "state": "drain"}).json
     assert entry == {**entry, "route": "default", "backend": b.url, "admin_state": "drain",
                      "state": "up"}
-    assert f"state ready->drain client=127.0.0.1" in caplog.text and b.url in caplog.text
+    assert "state=ready->drain client=127.0.0.1" in caplog.text and b.url in caplog.text
     for _ in range(6):
         client.get("/")
     assert b.requests == [] and len(a.requests) == len(c.requests) == 3
@@ -201,7 +201,7 @@ def test_a_sighup_reload_keeps_a_drain_over_real_sockets(start_proxy, backends, 
                                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                                 % (len(body), body))
     assert status == 200 and json.loads(answer)["admin_state"] == "drain"
-    proxy.wait_for(rf"admin: drain backend={b.url} route=default state ready->drain client=127.0.0.1")
+    proxy.wait_for(rf"admin change: action=drain route=default backend={b.url} state=ready->drain client=127.0.0.1")
     write_config({**config, "log_format": "text"})
     proxy.signal(signal.SIGHUP)
     proxy.wait_for("config reloaded")

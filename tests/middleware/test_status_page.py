@@ -125,7 +125,7 @@ def test_the_page_drains_a_backend_puts_it_in_maint_and_makes_it_ready(start_pro
         assert admin_states(proxy.port) == ["ready"] * 3
         assert page.evaluate("document.getElementById('error').style.display") != "block"
         page.close()
-    proxy.wait_for(rf"admin: ready backend={b.url} route=default state maint->ready client=127.0.0.1")
+    proxy.wait_for(rf"admin change: action=ready route=default backend={b.url} state=maint->ready client=127.0.0.1")
 
 
 def test_a_page_on_another_origin_cannot_drive_a_loopback_only_admin(start_proxy, backends, tmp_path):

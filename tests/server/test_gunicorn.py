@@ -356,7 +356,7 @@ def test_gunicorn_an_admin_change_holds_in_every_worker_within_a_second(start_gu
     status, entry = _patch(proxy.port, {"backend": b.url, "state": "drain"})
     assert (status, entry["admin_state"]) == (200, "drain")
     assert len(_views(proxy, 3, b.url, "drain", timeout=1.0, key="admin_state")) == 3
-    proxy.wait_for(rf"admin: drain backend={b.url} route=default state ready->drain client=127")
+    proxy.wait_for(rf"admin change: action=drain route=default backend={b.url} state=ready->drain client=127")
     logged = len(proxy.output)
     for _ in range(30):
         assert get(proxy.port, "/x")[0] == 200
