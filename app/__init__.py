@@ -13,7 +13,9 @@ the config, the route table, each route's pool) and puts it in the request's ``R
 (``app.request``, the one environ key of a request's state) once, at its start; every
 layer reads its settings there.
 ``App.reload(config)`` builds the next runtime and swaps that one reference (SIGHUP calls
-``reload_file``).
+``reload_file``; the admin API ``reload_from_file``). Admin states (drain, maint, run-time
+weights: ``app.lb.overrides``) live in a store apart from the config, applied to each
+runtime's backends.
 
 The parts are imported inside ``create_app``, not here: ``gunicorn.conf.py`` imports
 ``app.config`` in gunicorn's master, before the worker monkey-patches gevent, and requests
@@ -43,12 +45,10 @@ class App:
 settings there.
     """
 
-    def __init__(self, live, upstream, metrics, wsgi=None, tls=None, admin_states=None):
+    def __init__(self, live, upstream, metrics, admin_states, wsgi=None, tls=None):
         self.live = live
-        # Drain, maint and run-time weights set through the admin API (app.lb.overrides).
-        if admin_states is None:
-            from .lb.overrides import AdminStates, MemoryStore
-            admin_states = AdminStates(MemoryStore())
+        # Drain, maint and run-time weights set through the admin API: app.lb.overrides'
+        # AdminStates, over the group's file under gunicorn, else this process's memory.
         self.admin_states = admin_states
         self.tls = tls             # app.server.tls.Terminator with `tls:` in the config, else None
         self.upstream = upstream
@@ -268,8 +268,8 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     if tls is not None:
         tls.on_refused = metrics.tls_refused
     group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
-    app = App(live, upstream, metrics, tls=tls,
-              admin_states=AdminStates(FileStore(group_dir) if group_dir else MemoryStore()))
+    app = App(live, upstream, metrics,
+              AdminStates(FileStore(group_dir) if group_dir else MemoryStore()), tls=tls)
     live.runtime = build_runtime(config, upstream, **app._hooks)
     app.admin_states.apply(live.runtime.balancers)    # a replaced worker: the group's states
     metrics.prepare(live.runtime)
