@@ -63,7 +63,7 @@ class AdminApi:
         if method == "PATCH":
             return self.patch(environ)
         return _answer("200 OK", {"backends": [
-            entry(pool, backend) for pool in environ[REQUEST].runtime.pools
+            self.entry(pool, backend) for pool in environ[REQUEST].runtime.pools
             for backend in pool.backends]})
 
     def patch(self, environ: dict):
@@ -86,7 +86,7 @@ class AdminApi:
             log.info(Fields("admin change", action="weight", route=pool, backend=url,
                             weight=f"{_weight(before.weight)}->{_weight(after.weight)}",
                             client=client))
-        return _answer("200 OK", entry(environ[REQUEST].runtime.pool(pool), backend))
+        return _answer("200 OK", self.entry(environ[REQUEST].runtime.pool(pool), backend))
 
     def reload(self, environ: dict):
         log.info(Fields("admin reload", client=environ.get("REMOTE_ADDR", "-")))
@@ -100,16 +100,19 @@ class AdminApi:
             self.app.group.reload_others()
         return _answer("200 OK", {"changed": changed, "needs_restart": kept})
 
-
-def entry(pool, backend) -> dict:
-    """One backend as the API shows it."""
-    return {"route": pool.name, "backend": backend.url, "state": backend.state,
-            "admin_state": backend.admin_state, "weight": backend.weight,
-            "configured_weight": backend.config.weight, "admin_weight": backend.admin_weight,
-            "in_flight": backend.in_flight,
-            # SPEC §8's cap and queue, once the config has them (0 until then).
-            "max_conns": getattr(backend.config, "max_conns", 0),
-            "queued": getattr(backend, "queued", 0)}
+    def entry(self, pool, backend) -> dict:
+        """One backend as the API shows it; under a gunicorn group its requests in flight
+        are the whole group's (what a deploy waits on before it restarts the backend)."""
+        in_flight = backend.in_flight
+        if self.app.group is not None:
+            in_flight += self.app.group.totals(pool.name, backend.url, others=True)["in_flight"]
+        return {"route": pool.name, "backend": backend.url, "state": backend.state,
+                "admin_state": backend.admin_state, "weight": backend.weight,
+                "configured_weight": backend.config.weight, "admin_weight": backend.admin_weight,
+                "in_flight": in_flight,
+                # SPEC §8's cap and queue, once the config has them (0 until then).
+                "max_conns": getattr(backend.config, "max_conns", 0),
+                "queued": getattr(backend, "queued", 0)}
 
 
 def cross_site(environ: dict) -> str:

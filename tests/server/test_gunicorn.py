@@ -353,6 +353,19 @@ def test_gunicorn_an_admin_change_holds_in_every_worker_within_a_second(start_gu
     a, b, c = backends
     proxy = start_gunicorn(base_config([a.url, b.url]), workers=3)
     assert len(_views(proxy, 3, b.url, "up", timeout=10)) == 3
+    # What a deploy waits on: the API's in-flight count is the group's, whichever worker answers.
+    slow = connect(proxy.port)
+    slow.sendall(b"GET /slow?seconds=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert wait_until(lambda: any(r.target.startswith("/slow") for r in a.requests + b.requests))
+    busy = a.url if any(r.target.startswith("/slow") for r in a.requests) else b.url
+
+    def in_flight() -> int:
+        rows = json.loads(get(proxy.port, "/_myproxy/api/backends")[2])["backends"]
+        return next(row["in_flight"] for row in rows if row["backend"] == busy)
+    assert wait_until(lambda: all(in_flight() == 1 for _ in range(6)), timeout=1.5)
+    assert read_response(slow)[0] == 200
+    slow.close()
+
     status, entry = _patch(proxy.port, {"backend": b.url, "state": "drain"})
     assert (status, entry["admin_state"]) == (200, "drain")
     assert len(_views(proxy, 3, b.url, "drain", timeout=1.0, key="admin_state")) == 3
