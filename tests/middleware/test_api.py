@@ -226,3 +226,22 @@ def test_drain_lets_in_flight_requests_finish_and_sends_no_new_ones(start_proxy,
     assert read_response(slow)[2] == b"slow b"    # in flight: finished
     slow.close()
     gevent.sleep(0)
+
+
+def test_over_https_the_admin_s_own_https_origin_may_change_and_plain_http_may_not(start_proxy, backend,
+                                                                                   tmp_path):
+    import ssl
+    from tests.certs import make_certificate
+    cert, key = make_certificate(tmp_path, "site", ["127.0.0.1"])
+    proxy = start_proxy(base_config([backend.url], tls={"certificates": [{"cert": cert, "key": key}]}))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    body = json.dumps({"backend": backend.url, "state": "drain"}).encode()
+    answers = []
+    for origin in (f"http://127.0.0.1:{proxy.port}", f"https://127.0.0.1:{proxy.port}"):
+        with context.wrap_socket(connect(proxy.port), server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"PATCH /_myproxy/api/backends HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                         b"Origin: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (proxy.port, origin.encode(), len(body), body))
+            answers.append(read_response(sock)[0])
+    assert answers == [403, 200]
