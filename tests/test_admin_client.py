@@ -1,6 +1,5 @@
 """``python wsgi.py --admin ...``: the admin API from a shell, reading the port, the prefix
 and the token from the config, against a running proxy."""
-import json
 import os
 import subprocess
 import sys

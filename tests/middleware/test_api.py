@@ -95,7 +95,8 @@ def test_maint_with_every_backend_out_answers_503_and_health_says_so(backend):
         "unknown-field", "not-an-object"])
 def test_a_bad_field_is_400_naming_it(backend, body, field):
     client = client_of(make_app([backend.url]))
-    body = [body] if isinstance(body, list) else {k: (backend.url if v == "X" else v) for k, v in body.items()}
+    if isinstance(body, dict):             # "X" stands for the real backend's URL
+        body = {key: backend.url if value == "X" else value for key, value in body.items()}
     answer = patch(client, body, status=400).json
     assert answer["field"] == field and field in answer["error"]
     assert client.get(API).json["backends"][0]["admin_state"] == "ready"
