@@ -39,7 +39,8 @@ With ``tls:`` in the config, the port speaks HTTPS: ``certfile``/``keyfile`` tel
 so, and the ``ssl_context`` hook hands it MyProxy's own TLS side (``app.server.tls``).
 
 The workers keep one view of the backends (one health checker, shared ejections, one
-retry budget, /status for the group: ``app.lb.shared``) through files in
+retry budget, the admin API's drains and weights, /status for the group: ``app.lb.shared``,
+``app.lb.overrides``) through files in
 ``$MYPROXY_GROUP_DIR``, a fresh temporary directory removed at exit unless you set one.
 
 Metrics add up across workers: every worker writes its counters to files in
