@@ -39,7 +39,8 @@ With ``tls:`` in the config, the port speaks HTTPS: ``certfile``/``keyfile`` tel
 so, and the ``ssl_context`` hook hands it MyProxy's own TLS side (``app.server.tls``).
 
 The workers keep one view of the backends (one health checker, shared ejections, one
-retry budget, /status for the group: ``app.lb.shared``) through files in
+retry budget, the admin API's drains and weights, /status for the group: ``app.lb.shared``,
+``app.lb.overrides``) through files in
 ``$MYPROXY_GROUP_DIR``, a fresh temporary directory removed at exit unless you set one.
 
 Metrics add up across workers: every worker writes its counters to files in
@@ -170,8 +171,10 @@ def on_starting(server):
 
     server.handle_hup = reload_in_workers
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    group_dir = os.environ["MYPROXY_GROUP_DIR"]
+    # A restart forgets admin states (drain, maint: SPEC §9), as it forgets the records.
     for stale in glob.glob(os.path.join(metrics_dir, "*.db")) + glob.glob(
-            os.path.join(os.environ["MYPROXY_GROUP_DIR"], "worker-*.json")):
+            os.path.join(group_dir, "worker-*.json")) + glob.glob(os.path.join(group_dir, "admin.json")):
         os.remove(stale)
     server.log.info("metrics of all workers add up in %s", metrics_dir)
     from app.check import shutdown_warning

@@ -1,5 +1,6 @@
 """Entry point. ``python wsgi.py [--config PATH] [--check [--probe]] [--alive] [--demo]``
-serves standalone (``--alive``: the liveness probe of a running one, ``app.liveness``);
+serves standalone (``--alive``: the liveness probe of a running one, ``app.liveness``;
+``--admin ...``: the admin API of a running one, ``app.admin_client``);
 ``gunicorn wsgi:application`` imports ``application`` from here.
 
 gevent's monkey-patching comes first, before anything imports ssl, requests or urllib3
@@ -35,6 +36,10 @@ def main(argv=None) -> int:
                         help="ask the proxy this config describes for {admin.prefix}/live on "
                              "this machine; exit 0 if it serves, 1 if not (the image's "
                              "HEALTHCHECK)")
+    parser.add_argument("--admin", nargs="+", metavar="WORD",
+                        help="drive the running proxy this config describes through its admin "
+                             "API: list | drain|maint|ready [ROUTE] BACKEND | weight [ROUTE] "
+                             "BACKEND N|configured | reload; exit 0 if it did, 1 if not")
     parser.add_argument("--demo", action="store_true",
                         help="also start demo backends on the configured localhost ports")
     parser.add_argument("--demo-backend", metavar="PORT", type=int,
@@ -56,6 +61,11 @@ def main(argv=None) -> int:
         print(f"myproxy: {'alive' if serving else 'not alive'}: {line}",
               file=sys.stdout if serving else sys.stderr)
         return 0 if serving else 1
+    if args.admin:
+        from app.admin_client import run
+        done, text = run(config, args.admin)
+        print(text if done else f"myproxy: {text}", file=sys.stdout if done else sys.stderr)
+        return 0 if done else 1
     if args.check or args.probe:
         from app.check import certificates, describe, probe, probe_hint
         # A certificate clients refuse (expired, not yet valid) is served, but no "config OK"

@@ -13,7 +13,9 @@ the config, the route table, each route's pool) and puts it in the request's ``R
 (``app.request``, the one environ key of a request's state) once, at its start; every
 layer reads its settings there.
 ``App.reload(config)`` builds the next runtime and swaps that one reference (SIGHUP calls
-``reload_file``).
+``reload_file``; the admin API ``reload_from_file``). Admin states (drain, maint, run-time
+weights: ``app.lb.overrides``) live in a store apart from the config, applied to each
+runtime's backends.
 
 The parts are imported inside ``create_app``, not here: ``gunicorn.conf.py`` imports
 ``app.config`` in gunicorn's master, before the worker monkey-patches gevent, and requests
@@ -44,8 +46,11 @@ class App:
 settings there.
     """
 
-    def __init__(self, live, upstream, metrics, wsgi=None, tls=None):
+    def __init__(self, live, upstream, metrics, admin_states, wsgi=None, tls=None):
         self.live = live
+        # Drain, maint and run-time weights set through the admin API: app.lb.overrides'
+        # AdminStates, over the group's file under gunicorn, else this process's memory.
+        self.admin_states = admin_states
         self.tls = tls             # app.server.tls.Terminator with `tls:` in the config, else None
         self.upstream = upstream
         self.metrics = metrics
@@ -148,7 +153,8 @@ settings there.
             pool.capacity.close()
 
     def reload(self, new: Config, certificates=None) -> list[str]:
-        """Apply ``new`` to the running proxy without dropping a request; return what changed.
+        """Apply ``new`` to the running proxy without dropping a request; return what changed
+        (``apply_config`` also says what it kept for a restart).
 
         Everything but ``host``, ``port``, ``limits.max_connections`` and whether the port
         speaks TLS (bound when the server started) takes effect from the next request: a new
@@ -156,8 +162,13 @@ settings there.
         loaded by ``reload_file``, else loaded here) from the next handshake. A route kept
         by name (the default pool is ``default``) keeps the health state and counters of the
         backends whose URLs stay; requests in flight, to a removed backend or route too,
-        finish on the runtime they started with.
+        finish on the runtime they started with. Admin states (drain, maint, run-time
+        weights) stay for the backends still configured.
         """
+        return self.apply_config(new, certificates)[0]
+
+    def apply_config(self, new: Config, certificates=None) -> tuple[list[str], list[str]]:
+        """``reload``: what changed, and the settings kept for a restart."""
         from .lb.routes import apply_fresh, build_runtime, lookup_fresh, start_pools
         from .reload import changes, fixed_at_start
 
@@ -172,6 +183,8 @@ settings there.
         prepared = lookup_fresh(old, new)
         runtime = build_runtime(new, self.upstream, previous=old, **self._hooks)
         apply_fresh(runtime, prepared)
+        self.admin_states.retain(runtime.balancers)
+        self.admin_states.apply(runtime.balancers)
         self.metrics.prepare(runtime)
         self.live.runtime = runtime          # the one swap: from the next request on
         if self.tls is not None and new.tls is not None:
@@ -194,7 +207,7 @@ settings there.
         self.metrics.config_reloaded("success")
         log.info("config reloaded: %s%s", "; ".join(changed) or "no changes",
                  f" (not applied, needs a restart: {', '.join(kept)})" if kept else "")
-        return changed
+        return changed, kept
 
     def _slot_freed(self, route: str) -> None:
         """Another worker of the group freed a slot of ``route`` while requests wait here."""
@@ -209,8 +222,10 @@ settings there.
             if backend.server_name:
                 self.upstream.name_origin(backend.origin, backend.server_name)
         pool = self.live.runtime.pool(route) if self.live.runtime is not None else None
-        if pool is not None and pool.health.running:
-            pool.health.wake()
+        if pool is not None:
+            self.admin_states.apply({route: pool.balancer})    # a member drained before it left
+            if pool.health.running:
+                pool.health.wake()
 
     def _members_removed(self, route: str, gone) -> None:
         """Members gone from DNS whose last request is done: their idle connections are
@@ -222,13 +237,24 @@ settings there.
             self.metrics.forget(route, backend.url)
 
     def reload_file(self) -> bool:
-        """Re-read the config file and apply it (SIGHUP). Returns whether it was applied.
+        """Re-read the config file and apply it (SIGHUP). Returns whether it was applied;
+        ``reload_from_file`` says why not."""
+        try:
+            self.reload_from_file()
+        except ConfigError:
+            return False
+        return True
+
+    def reload_from_file(self) -> tuple[list[str], list[str]]:
+        """Re-read the config file and apply it (SIGHUP, the admin API's reload); return
+        what changed and what needs a restart (``apply_config``).
 
         A file with errors is refused with the same message as at start-up, logged and
-        counted, and the running config stays; so is a TLS certificate that cannot be
-        served (missing, unreadable, not matching its key): the certificate files are read
-        again on every reload, as certbot renews them in place. An expired or not yet
-        valid certificate does not refuse the reload: it is logged as an ERROR.
+        counted, and the running config stays: the ``ConfigError`` is raised. So is a TLS
+        certificate that cannot be served (missing, unreadable, not matching its key): the
+        certificate files are read again on every reload, as certbot renews them in place.
+        An expired or not yet valid certificate does not refuse the reload: it is logged as
+        an ERROR.
         """
         with self._reloading:
             try:
@@ -239,9 +265,8 @@ settings there.
             except ConfigError as error:
                 self.metrics.config_reloaded("failure")
                 log.error("config reload refused, the running config stays: %s", error)
-                return False
-            self.reload(new, certificates)
-            return True
+                raise
+            return self.apply_config(new, certificates)
 
 
 def create_app(config: Config, session=None, metrics_dir: str | None = None,
@@ -253,7 +278,9 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     (default ``$MYPROXY_GROUP_DIR``, set by ``gunicorn.conf.py``) makes the workers of a
     gunicorn group share one view of the backends (``app.lb.shared``).
     """
+    from .lb.overrides import AdminStates, FileStore, MemoryStore
     from .middleware.admin import Admin
+    from .middleware.api import AdminApi
     from .lb.routes import RuntimeHolder, build_runtime
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
@@ -272,19 +299,22 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
                       certificate_expiry=tls.expiry if tls is not None else None)
     if tls is not None:
         tls.on_refused = metrics.tls_refused
-    app = App(live, upstream, metrics, tls=tls)
     group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
+    app = App(live, upstream, metrics,
+              AdminStates(FileStore(group_dir) if group_dir else MemoryStore()), tls=tls)
     if group_dir:
         from .server.slots import SlotTable
         app.slots = app._hooks["slots"] = SlotTable(group_dir)   # max_conns for the group
     live.runtime = build_runtime(config, upstream, **app._hooks)
+    app.admin_states.apply(live.runtime.balancers)    # a replaced worker: the group's states
     metrics.prepare(live.runtime)
     proxy = Proxy(upstream)
     if group_dir:
-        app.group = _group_view(live, metrics, group_dir)
+        app.group = _group_view(live, metrics, group_dir, app.admin_states)
     status = Status(metrics, draining=lambda: app.draining,
                     certificates=tls.describe if tls is not None else None, group=app.group)
-    admin = Admin(proxy, status, metrics, draining=lambda: app.draining)
+    api = AdminApi(app, metrics)
+    admin = Admin(proxy, status, metrics, draining=lambda: app.draining, api=api)
     inner = admin
     if config.tls is not None and config.tls.redirect_from:
         from .middleware.redirect import HTTPSRedirect
@@ -302,7 +332,7 @@ class _Bare:
         self.config = config
 
 
-def _group_view(live, metrics, group_dir: str):
+def _group_view(live, metrics, group_dir: str, admin_states):
     """The shared view of a gunicorn group over the pools of the runtime in force."""
     from .lb.shared import GroupView
     from .middleware.metrics import NO_BACKEND
@@ -317,10 +347,11 @@ def _group_view(live, metrics, group_dir: str):
                    (metrics.seen(pool.name, NO_BACKEND) for pool in live.runtime.pools)
                    if traffic is not None)
 
-    return GroupView(lambda: {pool.name: pool.balancer for pool in live.runtime.pools},
+    return GroupView(lambda: live.runtime.balancers,
                      ProcessGroup(group_dir), _AllChecks(live), counts=counts,
                      unrouted=unrouted,
-                     budgets=lambda: {pool.name: pool.budget for pool in live.runtime.pools})
+                     budgets=lambda: {pool.name: pool.budget for pool in live.runtime.pools},
+                     admin=admin_states)
 
 
 class _AllChecks:

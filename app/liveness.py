@@ -30,22 +30,28 @@ def address(config: Config) -> tuple[str, int]:
     return host, config.port
 
 
-def alive(config: Config, timeout: float = TIMEOUT) -> tuple[bool, str]:
-    """One ``GET {prefix}/live``: whether it answered 200, and one line that says what
-    was asked and what came back."""
+def connect(config: Config, timeout: float = TIMEOUT) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to the proxy of ``config`` on this machine, and its origin as shown in
+    messages (``scheme://host:port``). Over TLS the certificate is not checked: it is the
+    TLS checks' business (--check), and its names need not include the loopback address
+    asked here."""
     host, port = address(config)
     scheme = "https" if config.tls is not None else "http"
-    path = config.admin.prefix + LIVE_PATH
-    shown = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    shown = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
     if config.tls is not None:
-        # Liveness only: the certificate is the TLS checks' business (--check), and its
-        # names need not include the loopback address asked here.
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
-    else:
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=context), shown
+    return http.client.HTTPConnection(host, port, timeout=timeout), shown
+
+
+def alive(config: Config, timeout: float = TIMEOUT) -> tuple[bool, str]:
+    """One ``GET {prefix}/live``: whether it answered 200, and one line that says what
+    was asked and what came back."""
+    path = config.admin.prefix + LIVE_PATH
+    connection, origin = connect(config, timeout)
+    shown = origin + path
     try:
         connection.request("GET", path, headers={"Connection": "close"})
         status = connection.getresponse().status

@@ -286,3 +286,18 @@ def test_a_baseline_is_the_tree_of_its_commit(tmp_path):
                             check=True, capture_output=True, text=True, timeout=30).stdout.split()
     assert listed and all((tmp_path / "tree" / name).is_file() for name in listed)
     assert root == str(tmp_path / "tree")
+
+
+def test_the_admin_drill_drains_under_load_with_no_failed_request():
+    """bench/admin_drill.py, short: gunicorn with 3 workers, 3 backends, both kinds of client."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "bench/admin_drill.py", "--seconds", "5",
+                             "--keepalive", "3", "--oneshot", "2"], cwd=root, capture_output=True,
+                            text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failed GETs: 0" in result.stdout
+    assert "sent from the drain's answer + 1s until ready: 0" in result.stdout
+    assert "all answered 200 by it: True" in result.stdout

@@ -34,6 +34,9 @@ from .policies import make_policy
 
 HEALTH_HISTORY = 20     # health-check results kept per backend, newest last
 SLOW_START_FLOOR = 0.05  # a recovering backend gets at least this share of its weight
+# Admin states (SPEC §9, HAProxy's words): ready takes new requests; drain takes only the
+# requests bound to it (a sticky cookie); maint takes none. In-flight requests finish.
+ADMIN_STATES = ("ready", "drain", "maint")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class Backend:
         self.errors = 0
         self.admin_state = "ready"             # ready | drain | maint (SPEC §9), set at run time
         self.admin_weight: int | None = None   # a weight set at run time, over the configured one
+        self.readied_at: float | None = None   # when it last went back to ready (slow start)
 
     def __repr__(self) -> str:
         return f"<Backend {self.url} {self.state}>"
@@ -199,6 +203,16 @@ class Backend:
         transition = self._set_state(healthy, ejected_until)
         self.since, self.recovered_at = since, recovered_at
         return transition
+
+    def set_admin(self, state: str, weight: int | None, since: float) -> bool:
+        """The one place the admin state and run-time weight change (``app.lb.overrides``
+        calls it). ``since``: when the state took its value; back in ``ready`` after a
+        change, the backend ramps up from then under slow start, as after a recovery.
+        Returns whether anything changed."""
+        readied_at = since if state == "ready" and since else None
+        changed = (state, weight) != (self.admin_state, self.admin_weight)
+        self.admin_state, self.admin_weight, self.readied_at = state, weight, readied_at
+        return changed
 
     def _on_trial(self) -> bool:
         return (not self.probed and self.ejected_until is not None
@@ -312,9 +326,11 @@ class Balancer:
         return backend.admin_state != "maint" and backend.serving
 
     def weight_of(self, backend: Backend, now: float) -> float:
-        """The configured weight, ramped up linearly for ``slow_start`` after a recovery."""
-        if self.slow_start > 0 and backend.recovered_at is not None:
-            ramp = (now - backend.recovered_at) / self.slow_start
+        """The weight in force, ramped up linearly for ``slow_start`` after a recovery or a
+        return to ``ready`` (whichever was last)."""
+        start = max(backend.recovered_at or 0.0, backend.readied_at or 0.0)
+        if self.slow_start > 0 and start:
+            ramp = (now - start) / self.slow_start
             if ramp < 1:
                 return backend.weight * max(ramp, SLOW_START_FLOOR)
         return float(backend.weight)
@@ -341,6 +357,8 @@ class Balancer:
                 reasons.append(f"{backend.url} down: {backend.last_error or 'failed checks'}")
             elif not backend.available and backend.ejected_until is not None:
                 reasons.append(f"{backend.url} ejected after failed requests: {backend.last_error}")
+            elif backend.admin_state != "ready":
+                reasons.append(f"{backend.url} in {backend.admin_state} (admin)")
             elif backend.weight == 0:
                 reasons.append(f"{backend.url} drained")
         for url in self.templates:

@@ -184,6 +184,11 @@ class Runtime:
         return next((pool for pool in self.pools if pool.name == name), None)
 
     @property
+    def balancers(self) -> dict[str, Balancer]:
+        """Each pool's balancer by the pool's name."""
+        return {pool.name: pool.balancer for pool in self.pools}
+
+    @property
     def default(self) -> Pool | None:
         return self.table.default
 

@@ -16,6 +16,9 @@ every ``SYNC_INTERVAL``; the files, the leader's lock and who is alive are the
   taken out by one worker is out in all within two sync intervals; the leader takes it
   in, and when its checks bring the backend back, it comes back in all of them together.
 - **The retry budget counts the group's requests and retries** (``RetryBudget.elsewhere``).
+- **Admin states** (drain, maint, a run-time weight: ``app.lb.overrides``) are read from
+  the group's file at every round, the first included, so a change made through any
+  worker holds in all within a round, and a new worker starts with it.
 - ``workers()`` and ``totals()`` give ``/status`` the whole group: each live worker's pid,
   requests and requests in flight, and per backend the sum over all workers, dead ones
   included for the counters (what a replaced worker counted is not lost).
@@ -49,16 +52,18 @@ class GroupView:
     the default pool's); ``group`` a ``ProcessGroup``; ``counts(pool, backend)`` returns a
     backend's ``(requests, errors)`` as this worker counts them (the status document's
     counters; default: the backend's own); ``unrouted`` this worker's requests that found
-    no backend.
+    no backend; ``admin`` the group's ``AdminStates`` (over a ``FileStore``), if any.
     """
 
     def __init__(self, pools: Callable[[], dict[str, Balancer]], group, health=None,
                  budget=None, counts: Callable[[str, Backend], tuple[int, int]] | None = None,
                  unrouted: Callable[[], int] = lambda: 0,
-                 clock: Callable[[], float] = time.time, budgets: Callable[[], dict] | None = None):
+                 clock: Callable[[], float] = time.time, budgets: Callable[[], dict] | None = None,
+                 admin=None):
         self.pools = pools
         self.group = group
         self.health = health
+        self.admin = admin
         if budgets is None:
             budgets = (lambda: {DEFAULT_POOL: budget}) if budget is not None else dict
         self.budgets = budgets
@@ -119,9 +124,12 @@ class GroupView:
         leaders = [r for r in self._records.values()
                    if r.get("leader") and r["alive"] and r["pid"] != self.group.pid]
         self._leader = max(leaders, key=lambda r: r["time"]) if leaders else None
-        for pool, balancer in self.pools().items():
+        pools = self.pools()
+        for pool, balancer in pools.items():
             for backend in list(balancer.backends):
                 self._apply(pool, backend)
+        if self.admin is not None:
+            self.admin.apply(pools)
         self._hook_budgets()             # a reload's new routes have budgets of their own
         self.group.publish(self.record())
 
@@ -155,6 +163,12 @@ class GroupView:
         """What each worker's record says of one backend (those that have it)."""
         entries = (record["pools"].get(pool, {}).get(url) for record in self._records.values())
         return [entry for entry in entries if entry is not None]
+
+    def reload_others(self) -> None:
+        """Have every other live worker reload the config (this one did: the admin API)."""
+        others = [pid for pid, record in self._records.items()
+                  if record["alive"] and pid != self.group.pid]
+        self.group.signal_reload(others)
 
     # -- what this worker publishes --
 

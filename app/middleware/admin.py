@@ -12,6 +12,7 @@ it is answered here and never proxied; every other request passes straight on::
 | ``/status`` | the JSON of ``status.Status``                                            |
 | ``/metrics``| Prometheus text (OpenMetrics when the scraper asks for it)               |
 | ``/``       | the live status page (``static/status.html``), which polls ``/status``   |
+| ``/api/...``| the runtime admin API (``api.AdminApi``): backends' admin states, reload |
 
 ``/health`` is readiness (send traffic here now?), for a balancer or a readiness probe;
 ``/live`` is liveness (is the process serving at all?), for a liveness probe or Docker's
@@ -54,8 +55,10 @@ class Admin:
     """Answers the admin paths; passes everything else to ``app``."""
 
     def __init__(self, app: Callable, status: Status, metrics: Metrics,
-                 draining: Callable[[], bool] = lambda: False, page_path: str = PAGE_PATH):
+                 draining: Callable[[], bool] = lambda: False, page_path: str = PAGE_PATH,
+                 api: Callable | None = None):
         self.app = app
+        self.api = api            # api.AdminApi: (environ, route) -> status, headers, body
         self.status = status
         self.metrics = metrics
         self.draining = draining
@@ -80,6 +83,8 @@ class Admin:
             refusal = self.refuse(environ)
             if refusal is not None:
                 return _respond(environ, start_response, *refusal)
+        if self.api is not None and (route == "/api" or route.startswith("/api/")):
+            return _respond(environ, start_response, *self.api(environ, route))
         if handler is None:
             return _respond(environ, start_response, "404 Not Found", _TEXT, b"no such admin page\n")
         if environ["REQUEST_METHOD"] not in ALLOWED_METHODS:

@@ -16,6 +16,7 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
 - ``sticky(route, result)``: what a pool's sticky cookie did (``hit``, ``new``, ``rebalanced``);
 - ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
+- ``admin_changed(action)``: one change through the admin API (``ADMIN_ACTIONS``);
 - ``tls_refused(reason)``: a connection to the TLS port that never got to HTTPS.
 
 Gauges (``up``, ``in_flight``, ``max_conns``, each route's queue depth) are read from the ``Backend`` objects of the runtime in
@@ -65,6 +66,9 @@ NO_BACKEND = "none"          # the backend label of requests no backend was chos
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0)
 GAUGE_REFRESH = 1.0          # seconds between gauge copies in multiprocess mode
+# What the admin API changes (app.middleware.api): a backend's admin state, its run-time
+# weight, or the config (a reload).
+ADMIN_ACTIONS = ("ready", "drain", "maint", "weight", "reload")
 
 
 class _Series:
@@ -132,6 +136,12 @@ class Metrics:
                                       ["result"], registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        self.admin_changes = Counter("myproxy_admin_changes_total",
+                                     "Changes made through the admin API, by action: ready, "
+                                     "drain, maint (a backend's admin state), weight, reload.",
+                                     ["action"], registry=r)
+        for action in ADMIN_ACTIONS:
+            self.admin_changes.labels(action)
         self.tls_expiry = Gauge("myproxy_tls_certificate_expiry_seconds",
                                 "Seconds until the TLS certificate serving this name expires.",
                                 ["name"], registry=r, multiprocess_mode="livemin")
@@ -281,6 +291,9 @@ class Metrics:
 
     def config_reloaded(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
+
+    def admin_changed(self, action: str) -> None:
+        self.admin_changes.labels(action).inc()
 
     def tls_refused(self, reason: str) -> None:
         """A connection to the TLS port that never got to HTTPS (``Terminator.on_refused``)."""

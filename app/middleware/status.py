@@ -130,6 +130,8 @@ class Status:
             "since": round(backend.since, 3),
             "since_seconds": round(now - backend.since, 1),
             "weight": backend.weight,
+            "configured_weight": backend.config.weight,
+            "admin_state": backend.admin_state,     # ready | drain | maint (the admin API)
             "backup": backend.config.backup,
             "last_error": backend.last_error,
             "ejection_left_seconds": round(backend.ejection_left, 1),
@@ -175,6 +177,7 @@ def describe_route(pool, members: list[dict]) -> dict:
 
 def state_of(backend: Backend) -> str:
     """``up``, ``down`` (failed its checks), ``ejected`` (failed requests), or ``drained``
-    (weight 0: no new requests); ``leaving`` (gone from DNS, finishing) is the document's."""
+    (weight 0: no new requests); ``leaving`` (gone from DNS, finishing) is the document's.
+    An admin state (drain, maint) is the row's ``admin_state``, apart from this."""
     state = backend.state
     return "drained" if state == "up" and backend.weight == 0 else state

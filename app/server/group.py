@@ -18,6 +18,7 @@ import fcntl
 import glob
 import json
 import os
+import signal
 
 LOCK_NAME = "leader.lock"
 RECORD_PATTERN = "worker-*.json"
@@ -75,6 +76,14 @@ class ProcessGroup:
             record["alive"] = pid == self.pid or _alive(pid)
             found[pid] = record
         return found
+
+    def signal_reload(self, pids) -> None:
+        """Send SIGHUP to these workers of the group: each reloads the config in place."""
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass             # gone since its last record
 
     def close(self) -> None:
         """Let go of the leader's lock (the kernel does it too when the process ends)."""

@@ -95,3 +95,64 @@ def test_over_https_the_page_shows_each_certificate_s_days_left_and_an_expired_o
         assert page.evaluate("document.querySelectorAll('#certs span.warn').length") == 1
         assert page.evaluate("document.querySelectorAll('#certs span.bad').length") == 1
         page.close()
+
+
+def admin_states(port: int) -> list[str]:
+    document = json.loads(get(port, "/_myproxy/api/backends")[2])
+    return [row["admin_state"] for row in document["backends"]]
+
+
+def test_the_page_drains_a_backend_puts_it_in_maint_and_makes_it_ready(start_proxy, backends, tmp_path):
+    a, b, c = backends
+    proxy = start_proxy(base_config(x.url for x in backends))
+    button = lambda state: f"{row(b.url)}.querySelector('.admin button[data-state={state}]')"  # noqa: E731
+    with Browser(tmp_path) as browser:
+        page = browser.open(proxy.url + "/_myproxy/")
+        page.wait_for(f"{button('drain')} !== null")
+        assert page.evaluate(f"{button('ready')}.getAttribute('aria-pressed')") == "true"
+        page.evaluate(f"{button('drain')}.click()")
+        page.wait_for(f"{row(b.url)}.dataset.admin === 'drain'", timeout=5)
+        assert admin_states(proxy.port) == ["ready", "drain", "ready"]
+        assert "sticky requests only" in page.evaluate(f"{row(b.url)}.querySelector('.why').textContent")
+        assert page.evaluate(f"{button('drain')}.getAttribute('aria-pressed')") == "true"
+        assert {get(proxy.port, "/x")[2] for _ in range(6)} == {b"backend a", b"backend c"}
+
+        page.evaluate(f"{button('maint')}.click()")
+        page.wait_for(f"{row(b.url)}.dataset.admin === 'maint'", timeout=5)
+        assert admin_states(proxy.port) == ["ready", "maint", "ready"]
+        page.evaluate(f"{button('ready')}.click()")
+        page.wait_for(f"{row(b.url)}.dataset.admin === 'ready'", timeout=5)
+        assert admin_states(proxy.port) == ["ready"] * 3
+        assert page.evaluate("document.getElementById('error').style.display") != "block"
+        page.close()
+    proxy.wait_for(rf"admin change: action=ready route=default backend={b.url} state=maint->ready client=127.0.0.1")
+
+
+def test_a_page_on_another_origin_cannot_drive_a_loopback_only_admin(start_proxy, backends, tmp_path):
+    a, b, _ = backends
+    proxy = start_proxy(base_config([a.url, b.url]))
+    api = json.dumps(proxy.url + "/_myproxy/api")
+    change = json.dumps(json.dumps({"backend": b.url, "state": "drain"}))
+    with Browser(tmp_path) as browser:
+        page = browser.open(a.url + "/")            # another origin: the backend's own page
+        page.wait_for(f"location.origin === {json.dumps(a.url)}")
+        # A JSON PATCH needs a CORS preflight, which is refused; a "simple" POST (a form's,
+        # text/plain) is sent without one, and refused by the admin itself.
+        page.evaluate(f"""window.results = [];
+            const settle = p => p.then(r => 'answered ' + r.type + ' ' + r.status, e => 'failed ' + e.name);
+            Promise.all([
+              settle(fetch({api} + '/backends', {{method: 'PATCH', body: {change},
+                    headers: {{'Content-Type': 'application/json'}}}})),
+              settle(fetch({api} + '/reload', {{method: 'POST', mode: 'no-cors', body: {change},
+                    headers: {{'Content-Type': 'text/plain'}}}})),
+              settle(fetch({api} + '/backends', {{method: 'POST', mode: 'no-cors', body: {change}}})),
+            ]).then(r => {{ window.results = r; }});""")
+        results = page.wait_for("window.results.length === 3 && window.results")
+        page.close()
+    assert results[0] == "failed TypeError"              # the preflight found no CORS grant
+    assert admin_states(proxy.port) == ["ready", "ready"]
+    metrics = get(proxy.port, "/_myproxy/metrics")[2].decode()
+    assert 'myproxy_admin_changes_total{action="reload"} 0.0' in metrics
+    assert 'myproxy_config_reloads_total{result="success"} 0.0' in metrics
+    # The simple POSTs reached the admin, which answered 403.
+    assert proxy.output.count("target=/_myproxy/api/reload status=403") == 1, proxy.output

@@ -216,16 +216,17 @@ def test_gunicorn_reload_applies_client_idle_or_says_it_needs_a_restart(start_gu
                 sock.recv(1)
 
 
-def _views(proxy, workers: int, backend_url: str, state: str, timeout: float) -> dict:
+def _views(proxy, workers: int, backend_url: str, state: str, timeout: float,
+           key: str = "state") -> dict:
     """Ask /status on new connections until each of ``workers`` worker pids has answered
-    that ``backend_url`` is in ``state`` (and that the group has ``workers`` workers);
-    return each pid's last document."""
+    that ``backend_url`` is in ``state`` (its row's ``key``: ``admin_state`` for drain and
+    maint), and that the group has ``workers`` workers; return each pid's last document."""
     seen: dict = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         document = json.loads(get(proxy.port, "/_myproxy/status")[2])
         row = next(r for r in document["backends"] if r["url"] == backend_url)
-        if row["state"] == state and len(document["workers"]) == workers:
+        if row[key] == state and len(document["workers"]) == workers:
             seen[document["pid"]] = document
         else:
             seen.pop(document["pid"], None)
@@ -335,3 +336,63 @@ def test_gunicorn_worker_is_replaced_after_max_requests(start_gunicorn, backend)
     proxy.wait_for(r"served max_requests \(5\), gunicorn starts another: draining")
     assert wait_until(lambda: proxy.output.count("Booting worker") == 2, timeout=10)
     assert wait_until(lambda: get(proxy.port)[0] == 200, timeout=10)
+
+
+def _patch(port: int, change: dict) -> tuple[int, dict]:
+    body = json.dumps(change).encode()
+    sock = connect(port)
+    sock.sendall(b"PATCH /_myproxy/api/backends HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    status, _, answer = read_response(sock)
+    sock.close()
+    return status, json.loads(answer)
+
+
+def test_gunicorn_an_admin_change_holds_in_every_worker_within_a_second(start_gunicorn, write_config,
+                                                                        backends):
+    a, b, c = backends
+    proxy = start_gunicorn(base_config([a.url, b.url]), workers=3)
+    assert len(_views(proxy, 3, b.url, "up", timeout=10)) == 3
+    # What a deploy waits on: the API's in-flight count is the group's, whichever worker answers.
+    slow = connect(proxy.port)
+    slow.sendall(b"GET /slow?seconds=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert wait_until(lambda: any(r.target.startswith("/slow") for r in a.requests + b.requests))
+    busy = a.url if any(r.target.startswith("/slow") for r in a.requests) else b.url
+
+    def in_flight() -> int:
+        rows = json.loads(get(proxy.port, "/_myproxy/api/backends")[2])["backends"]
+        return next(row["in_flight"] for row in rows if row["backend"] == busy)
+    assert wait_until(lambda: all(in_flight() == 1 for _ in range(6)), timeout=1.5)
+    assert read_response(slow)[0] == 200
+    slow.close()
+
+    status, entry = _patch(proxy.port, {"backend": b.url, "state": "drain"})
+    assert (status, entry["admin_state"]) == (200, "drain")
+    assert len(_views(proxy, 3, b.url, "drain", timeout=1.0, key="admin_state")) == 3
+    proxy.wait_for(rf"admin change: action=drain route=default backend={b.url} state=ready->drain client=127")
+    logged = len(proxy.output)
+    for _ in range(30):
+        assert get(proxy.port, "/x")[0] == 200
+    assert f"backend={b.url}" not in proxy.output[logged:]      # no worker sent it one
+
+    # A replaced worker starts with it.
+    pids = set(_views(proxy, 3, b.url, "drain", timeout=5, key="admin_state"))
+    victim = sorted(pids)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: proxy.output.count("Booting worker") == 4, timeout=10)
+    after = _views(proxy, 3, b.url, "drain", timeout=10, key="admin_state")
+    assert len(after) == 3 and victim not in after
+
+    # A reload through the API reaches every worker, and keeps the drain.
+    write_config(base_config([a.url, b.url, c.url]))
+    sock = connect(proxy.port)
+    sock.sendall(b"POST /_myproxy/api/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    status, _, answer = read_response(sock)
+    sock.close()
+    assert (status, json.loads(answer)["changed"]) == (200, [f"+backend {c.url}"])
+    assert wait_until(lambda: proxy.output.count(f"config reloaded: +backend {c.url}") == 3,
+                      timeout=5), proxy.output
+    assert len(_views(proxy, 3, b.url, "drain", timeout=2, key="admin_state")) == 3
+    _patch(proxy.port, {"backend": b.url, "state": "ready"})
+    assert len(_views(proxy, 3, b.url, "ready", timeout=1.0, key="admin_state")) == 3
