@@ -43,7 +43,7 @@ class App:
 settings there.
     """
 
-    def __init__(self, live, upstream, metrics, wsgi=None, tls=None):
+    def __init__(self, live, upstream, metrics, wsgi=None, tls=None, rates=None):
         self.live = live
         self.tls = tls             # app.server.tls.Terminator with `tls:` in the config, else None
         self.upstream = upstream
@@ -58,10 +58,11 @@ settings there.
         self.group = None
         self.started = False
         self._reloading = Semaphore()
-        # What build_runtime is handed at every reload: health results to the metrics, and
-        # DNS members added and removed to the upstream, health checks and metrics.
+        # What build_runtime is handed at every reload: health results to the metrics,
+        # DNS members added and removed to the upstream, health checks and metrics, and
+        # the one table of rate-limit keys (app.lb.ratelimit), so that a reload keeps them.
         self._hooks = dict(on_check=metrics.health_checked, on_added=self._members_added,
-                           on_removed=self._members_removed)
+                           on_removed=self._members_removed, rates=rates)
 
     @property
     def runtime(self):
@@ -221,6 +222,7 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     gunicorn group share one view of the backends (``app.lb.shared``).
     """
     from .middleware.admin import Admin
+    from .lb.ratelimit import open_table
     from .lb.routes import RuntimeHolder, build_runtime
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
@@ -240,11 +242,12 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
                       certificate_expiry=tls.expiry if tls is not None else None)
     if tls is not None:
         tls.on_refused = metrics.tls_refused
-    app = App(live, upstream, metrics, tls=tls)
+    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
+    # The group's rate-limit keys are one file its workers share; alone, this process's.
+    app = App(live, upstream, metrics, tls=tls, rates=open_table(group_dir))
     live.runtime = build_runtime(config, upstream, **app._hooks)
     metrics.prepare(live.runtime)
     proxy = Proxy(upstream)
-    group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
     if group_dir:
         app.group = _group_view(live, metrics, group_dir)
     status = Status(metrics, draining=lambda: app.draining,

@@ -106,6 +106,21 @@ class NoBackendAvailable(ProxyError):
         return [("Retry-After", str(self.retry_after))]
 
 
+class RateLimited(ProxyError):
+    """The request's key is over its pool's ``rate_limit``: answered here, never sent on.
+    The connection stays open (the client did nothing wrong but ask too often)."""
+
+    status, reason, kind = 429, "Too Many Requests", "rate_limited"
+    private = False
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after      # whole seconds, at least 1
+        super().__init__(f"over the rate limit; try again in {retry_after} s")
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+
 class UpstreamError(ProxyError):
     """The backend failed. ``sent`` says whether any of the request may have reached it;
     ``reused`` whether the failure was on a pooled keep-alive connection."""

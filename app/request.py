@@ -4,7 +4,7 @@
 force, which the request then uses to its end (a reload changes the next request's).
 ``RequestLog`` gives it its id; the admin surface and the redirect mark what they
 answered; the proxy fills in the route, the backend and each attempt, the error, the time
-to the response head, a client that left, a tunnel's bytes. The access line and the
+to the response head, a client that left, a tunnel's bytes, a refusal by a rate limit. The access line and the
 metrics read it when the response ends.
 
 What a server hands the app stays in the server's own environ keys (the header lines as
@@ -22,7 +22,7 @@ class Request:
     """What is known of one request so far. Every field has its "not yet" value."""
 
     __slots__ = ("runtime", "id", "route", "backend", "tried", "error", "upstream_duration",
-                 "client_aborted", "admin", "redirect", "tunnel")
+                 "client_aborted", "admin", "redirect", "tunnel", "limited")
 
     def __init__(self, runtime, request_id: str = ""):
         self.runtime = runtime              # the config, route table and pools in force
@@ -36,6 +36,7 @@ class Request:
         self.admin = False                  # answered by the admin surface
         self.redirect = False               # answered by tls.redirect_from's 308
         self.tunnel: int | None = None      # an upgraded connection's bytes to the client
+        self.limited: str | None = None     # "rate": refused by the pool's rate limit
 
     @property
     def attempts(self) -> int:

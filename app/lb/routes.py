@@ -2,7 +2,7 @@
 
 - ``Pool`` is one route's unit: its settings (``RouteConfig``), its ``Balancer`` of
   ``Backend`` objects, its ``HealthChecker``, its ``Discovery`` (the entries found through
-  DNS), its ``RetryBudget`` and its upstream timeout.
+  DNS), its ``RetryBudget``, its upstream timeout and its ``RateLimit`` (or None).
   The same backend URL in two routes is two ``Backend`` objects with separate state, and a
   request of one pool is only ever sent to that pool's backends.
 - ``RouteTable.match(host, path)`` picks the pool: routes in precedence order (an exact
@@ -15,8 +15,9 @@
   that one to its end (``app.request.Request.runtime``); nothing reads the config another way.
 - ``build_runtime(config, previous)`` makes the next runtime: a route kept by name keeps
   the ``Backend`` objects (health, counters, in flight) of the URLs it keeps, the members
-  DNS gave its entries that stay, its discovery and its retry budget; a removed route's
-  pool is left to the requests that hold it.
+  DNS gave its entries that stay, its discovery and its retry budget (and, through the
+  one ``RateTable`` every runtime shares, its rate-limit keys); a removed route's pool is
+  left to the requests that hold it.
 
 Paths are matched raw, byte for byte, never decoded: ``/%61pi`` is not ``/api``. It
 imports only the balancer's package and the config.
@@ -34,6 +35,7 @@ from ..errors import StartupError
 from .balancer import Backend, Balancer
 from .discovery import Discovery
 from .health import HealthChecker
+from .ratelimit import RateLimit, RateTable
 from .retry import RetryBudget
 
 
@@ -41,7 +43,8 @@ class Pool:
     """One route's backends and what chooses among them, checks them and caps retries."""
 
     def __init__(self, settings: RouteConfig, balancer: Balancer, health: HealthChecker,
-                 budget: RetryBudget, discovery: Discovery | None = None):
+                 budget: RetryBudget, discovery: Discovery | None = None,
+                 rates: RateTable | None = None):
         self.settings = settings
         self.name = settings.name
         self.balancer = balancer
@@ -52,6 +55,10 @@ class Pool:
         self.upstream_timeout = timeouts   # its connect and read, for the transport
         # The request's hash key is computed only for the hash policy (nothing per request else).
         self.hash_key = settings.hash_key if settings.policy == "hash" else None
+        # None when off: a request then pays one attribute test.
+        limit = settings.rate_limit
+        self.limit = RateLimit(f"{self.name}\0{limit.key}", limit.rate, limit.burst,
+                               rates or RateTable()) if limit.rate else None
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {len(self.balancer.backends)} backend(s)>"
@@ -195,26 +202,28 @@ class RuntimeHolder:
 def build_runtime(config: Config, upstream, previous: Runtime | None = None,
                   clock: Callable[[], float] = time.time,
                   on_check: Callable | None = None, on_added: Callable | None = None,
-                  on_removed: Callable | None = None) -> Runtime:
+                  on_removed: Callable | None = None, rates: RateTable | None = None) -> Runtime:
     """The runtime of ``config``. Starts nothing (``start_pools`` does) and does no I/O.
 
     ``upstream`` sends the health checks; ``on_check(pool, backend, result)`` sees each
     one (metrics); ``on_added(pool, members)`` and ``on_removed(pool, members)`` see the
     members DNS adds and the ones whose last request ended after DNS took them away. With
     ``previous``, a route kept by name keeps its backends' state, its discovery and its
-    retry budget (see the module docstring).
+    retry budget (see the module docstring). ``rates`` holds every pool's rate-limit
+    keys, this runtime's and the next (default: a table of each pool's own).
     """
     pools = []
     for settings in config.pools:
         old = previous.pool(settings.name) if previous is not None else None
-        pools.append(_pool(settings, config, upstream, old, clock, on_check, on_added, on_removed))
+        pools.append(_pool(settings, config, upstream, old, clock, on_check, on_added, on_removed,
+                           rates))
     routes = [pool for pool in pools if pool.name != DEFAULT_ROUTE]
     default = next((pool for pool in pools if pool.name == DEFAULT_ROUTE), None)
     return Runtime(config, RouteTable(routes, default), tuple(pools))
 
 
 def _pool(settings: RouteConfig, config: Config, upstream, old: Pool | None, clock, on_check,
-          on_added, on_removed) -> Pool:
+          on_added, on_removed, rates) -> Pool:
     probed = settings.health_check.enabled
     name = settings.name
     if old is None:
@@ -236,7 +245,7 @@ def _pool(settings: RouteConfig, config: Config, upstream, old: Pool | None, clo
     health = HealthChecker(balancer, settings.health_check, upstream, clock=clock, on_result=hook,
                            route=name)
     budget = old.budget if old is not None else RetryBudget(settings.retries.budget)
-    return Pool(settings, balancer, health, budget, discovery)
+    return Pool(settings, balancer, health, budget, discovery, rates)
 
 
 def lookup_fresh(runtime: Runtime, config: Config) -> dict:

@@ -7,8 +7,8 @@ header (upstream and total time to the response headers; the backend's URL only 
 the server closes the response body, it writes one access line and hands the outcome to
 ``Metrics.observe``, reading what the layers below left in the request's ``Request``
 (``app.request``, ``environ["myproxy.request"]``): its route, backend, attempts, error,
-time to the response head and whether the client left (logged as status 499) from the
-proxy; ``admin`` from the admin surface and ``redirect`` from the redirect to https (both
+time to the response head, whether the client left (logged as status 499) and whether
+a rate limit refused it (``limited=rate``) from the proxy; ``admin`` from the admin surface and ``redirect`` from the redirect to https (both
 logged but not counted as traffic; admin requests are logged ``admin=true``). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
 and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::
@@ -115,6 +115,8 @@ class RequestLog:
                                  error.kind if isinstance(error, UpstreamError) else None)
             if aborted:
                 self.metrics.client_aborted(route, backend)
+            if request.limited:
+                self.metrics.rate_limited(route)
         if not request.runtime.config.access_log:
             return
         upstream = request.upstream_duration
@@ -133,6 +135,8 @@ class RequestLog:
             fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:
             fields["error"] = error.kind
+        if request.limited:
+            fields["limited"] = request.limited
         if admin:
             fields["admin"] = True
         info_fields(log, fields)

@@ -11,6 +11,7 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
   failure)`` pair per attempt); backend ``"none"`` when no backend was chosen, route
   ``"-"`` when no route matched;
 - ``client_aborted(route, backend)``: a request whose client left while its backend answered;
+- ``rate_limited(route)``: a request refused by its route's rate limit (429);
 - ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
 - ``tls_refused(reason)``: a connection to the TLS port that never got to HTTPS.
@@ -111,6 +112,9 @@ class Metrics:
                                      "Requests whose client closed its connection while the "
                                      "backend was still answering, by backend.",
                                      ["route", "backend"], registry=r)
+        self.rate_limits = Counter("myproxy_rate_limited_total",
+                                   "Requests refused with 429 by the route's rate limit.",
+                                   ["route"], registry=r)
         self.upstream_errors = Counter("myproxy_upstream_errors_total",
                                        "Failed upstream requests, by backend and kind of failure.",
                                        ["route", "backend", "kind"], registry=r)
@@ -186,6 +190,9 @@ class Metrics:
     def client_aborted(self, route: str | None, backend: str | None) -> None:
         """Count a request abandoned because its client left (also observed, as 499)."""
         self.client_aborts.labels(route or NO_ROUTE, backend or NO_BACKEND).inc()
+
+    def rate_limited(self, route: str) -> None:
+        self.rate_limits.labels(route).inc()
 
     def observe(self, route: str | None, backend: str | None, status: int,
                 seconds: float | None, tried=(), error_kind: str | None = None) -> None:

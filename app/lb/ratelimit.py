@@ -1,0 +1,174 @@
+"""Rate limits: GCRA over one fixed-size table of keys, shared by a gunicorn group.
+
+The algorithm is GCRA (the generic cell rate algorithm, ITU-T I.371; what a token bucket
+computes, in one number). A key's whole state is its theoretical arrival time, ``tat``:
+when its next request would be right on the steady rate. With ``interval = 1 / rate``
+and ``tolerance = burst × interval``, a request at ``now`` is admitted when
+``max(tat, now) − now ≤ tolerance``, and then ``tat = max(tat, now) + interval``.
+So a key that has been quiet may send ``burst + 1`` requests at once (the one the rate
+allows now, and ``burst`` above it), and over any span ``t`` at most
+``1 + burst + rate × t``: ``rate: 50/s, burst: 10`` admits 511 in 10 s of flooding.
+A refused request is told how long until it would be admitted (``Retry-After``).
+
+The states live in a ``RateTable``: open addressing on a keyed 64-bit hash of the key,
+``SLOTS`` slots of (key hash, tat, last use), each key looked for in a window of
+``PROBE`` slots from its home. A key not found takes a free slot of its window: an empty
+one, or one whose ``tat`` is past (its state is the same as no state at all), else the
+one used longest ago, whose state is lost (it starts afresh). The memory is fixed by
+construction, whatever the number of clients: ``SLOTS × 24`` bytes.
+
+Under a gunicorn group the table is a file in ``$MYPROXY_GROUP_DIR`` mapped by every
+worker (``MAP_SHARED``), so the group has one limit, not one per worker. A window is
+updated under a POSIX record lock (``fcntl.lockf``) on its own bytes, held for a few
+reads and one write and never across a yield, so windows far apart do not contend. The
+state is in the file, not in a worker: a worker that dies (the kernel releases its
+locks) or is replaced changes nothing. Without a group directory the same table is an
+anonymous mapping in the process, without locks: one code path.
+
+``RateLimit`` is one pool's limit over the table, behind the one call a request makes,
+``check(key, now) -> seconds to wait`` (0: admitted), so that a limit kept elsewhere
+(Redis, with this one as its fallback) can stand in front of it. It knows nothing of
+HTTP; the key's value is the caller's (``app.lb.affinity.request_key``).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import math
+import mmap
+import os
+import struct
+import time
+
+SLOTS = 1 << 17              # keys held at most: 131,072 (3 MiB of table)
+PROBE = 8                    # slots looked at for one key
+TABLE_NAME = "ratelimit.table"
+MAGIC = b"MPRL0001"
+
+_HEADER = struct.Struct("<8s16s")        # magic, the hash key
+_HEADER_SIZE = 64                         # the first slot's offset
+_SLOT = struct.Struct("<Qdd")            # key hash (0 = empty), tat, last use
+_WINDOW = struct.Struct("<" + "Qdd" * PROBE)
+_SLOT_SIZE = _SLOT.size
+_TABLE_SIZE = _HEADER_SIZE + (SLOTS + PROBE) * _SLOT_SIZE   # a window never wraps
+# Float arithmetic must not refuse a request that lands exactly on the rate.
+_SLACK = 1e-9
+
+
+class RateTable:
+    """The GCRA states of every key, in a fixed mapping; see the module docstring.
+
+    ``path``: a file shared by the processes that map it (made if absent); None: an
+    anonymous mapping of this process, without locks."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self._fd = None
+        if path is None:
+            self._map = mmap.mmap(-1, _TABLE_SIZE)
+        else:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            if os.fstat(self._fd).st_size < _TABLE_SIZE:
+                os.ftruncate(self._fd, _TABLE_SIZE)      # sparse: pages cost when touched
+            self._map = mmap.mmap(self._fd, _TABLE_SIZE)
+        self._secret = self._header()
+
+    def _header(self) -> bytes:
+        """The table's hash key, written by the first process to map the table."""
+        self._lock(0, _HEADER_SIZE)
+        try:
+            magic, secret = _HEADER.unpack_from(self._map, 0)
+            if magic != MAGIC:
+                secret = os.urandom(16)
+                _HEADER.pack_into(self._map, 0, MAGIC, secret)
+            return secret
+        finally:
+            self._unlock(0, _HEADER_SIZE)
+
+    def key_hash(self, key: str) -> int:
+        """A 64-bit hash of ``key`` (never 0, the empty slot), keyed by the table's secret:
+        a client cannot choose keys that crowd one window."""
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8,
+                                 key=self._secret).digest()
+        return int.from_bytes(digest, "little") or 1
+
+    def admit(self, key: str, interval: float, tolerance: float, now: float) -> float:
+        """GCRA for ``key`` at ``now``: 0.0 if admitted (and counted), else the seconds
+        until it would be."""
+        hashed = self.key_hash(key)
+        home = hashed & (SLOTS - 1)
+        offset = _HEADER_SIZE + home * _SLOT_SIZE
+        self._lock(offset, _WINDOW.size)
+        try:
+            window = _WINDOW.unpack_from(self._map, offset)
+            found = free = oldest = -1
+            for slot in range(PROBE):
+                held = window[3 * slot]
+                if held == hashed:
+                    found = slot
+                    break
+                if free < 0:
+                    if held == 0 or window[3 * slot + 1] <= now:
+                        free = slot
+                    elif oldest < 0 or window[3 * slot + 2] < window[3 * oldest + 2]:
+                        oldest = slot
+            if found >= 0:
+                # A tat beyond what this limit can leave (a lowered limit, a clock that
+                # went back) is taken as the most it can be.
+                tat = min(max(window[3 * found + 1], now), now + tolerance + interval)
+                slot = found
+            else:
+                tat, slot = now, free if free >= 0 else oldest
+            wait = tat - now - tolerance
+            if wait > _SLACK:
+                return wait
+            _SLOT.pack_into(self._map, offset + slot * _SLOT_SIZE, hashed, tat + interval, now)
+            return 0.0
+        finally:
+            self._unlock(offset, _WINDOW.size)
+
+    def _lock(self, start: int, length: int) -> None:
+        if self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, length, start)
+
+    def _unlock(self, start: int, length: int) -> None:
+        if self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, length, start)
+
+    def close(self) -> None:
+        """Unmap the table (the file stays for the rest of the group)."""
+        self._map.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class RateLimit:
+    """One pool's limit: ``rate`` requests a second, ``burst`` above it at once, its keys
+    kept in ``table`` under the pool's ``name`` (a route kept by a reload keeps them)."""
+
+    def __init__(self, name: str, rate: float, burst: int, table: RateTable,
+                 clock=time.monotonic):
+        self.name = name
+        self.rate = rate
+        self.burst = burst
+        self.interval = 1.0 / rate
+        self.tolerance = burst * self.interval
+        self.table = table
+        self.clock = clock          # CLOCK_MONOTONIC: one clock for every process of a host
+
+    def check(self, key: str, now: float | None = None) -> float:
+        """0.0 if a request of ``key`` is admitted now (and counted), else the seconds
+        until one would be."""
+        return self.table.admit(f"{self.name}\0{key}", self.interval, self.tolerance,
+                                self.clock() if now is None else now)
+
+
+def retry_after(wait: float) -> int:
+    """``Retry-After`` for a wait: whole seconds, at least 1 (RFC 9110 §10.2.3)."""
+    return max(1, math.ceil(wait))
+
+
+def open_table(group_dir: str | None) -> RateTable:
+    """The group's table (a file in ``group_dir``), or this process's own."""
+    return RateTable(os.path.join(group_dir, TABLE_NAME) if group_dir else None)
