@@ -6,8 +6,9 @@ when its next request would be right on the steady rate. With ``interval = 1 / r
 and ``tolerance = burst × interval``, a request at ``now`` is admitted when
 ``max(tat, now) − now ≤ tolerance``, and then ``tat = max(tat, now) + interval``.
 So a key that has been quiet may send ``burst + 1`` requests at once (the one the rate
-allows now, and ``burst`` above it), and over any span ``t`` at most
-``1 + burst + rate × t``: ``rate: 50/s, burst: 10`` admits 511 in 10 s of flooding.
+allows now, and ``burst`` above it), then one every ``interval``: in the ``t`` seconds
+from its first request, ``burst + rate × t`` (``rate: 50/s, burst: 10``: 510 in 10 s of
+flooding), and never more than ``1 + burst + rate × t`` in any span of ``t``.
 A refused request is told how long until it would be admitted (``Retry-After``).
 
 The states live in a ``RateTable``: open addressing on a keyed 64-bit hash of the key,
@@ -50,7 +51,6 @@ _HEADER_SIZE = 64                         # the first slot's offset
 _SLOT = struct.Struct("<Qdd")            # key hash (0 = empty), tat, last use
 _WINDOW = struct.Struct("<" + "Qdd" * PROBE)
 _SLOT_SIZE = _SLOT.size
-_TABLE_SIZE = _HEADER_SIZE + (SLOTS + PROBE) * _SLOT_SIZE   # a window never wraps
 # Float arithmetic must not refuse a request that lands exactly on the rate.
 _SLACK = 1e-9
 
@@ -59,18 +59,21 @@ class RateTable:
     """The GCRA states of every key, in a fixed mapping; see the module docstring.
 
     ``path``: a file shared by the processes that map it (made if absent); None: an
-    anonymous mapping of this process, without locks."""
+    anonymous mapping of this process, without locks. ``slots``: a power of two."""
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, slots: int = SLOTS):
+        assert slots > 0 and slots & (slots - 1) == 0, "slots must be a power of two"
         self.path = path
+        self.slots = slots
+        self.size = _HEADER_SIZE + (slots + PROBE) * _SLOT_SIZE     # a window never wraps
         self._fd = None
         if path is None:
-            self._map = mmap.mmap(-1, _TABLE_SIZE)
+            self._map = mmap.mmap(-1, self.size)
         else:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            if os.fstat(self._fd).st_size < _TABLE_SIZE:
-                os.ftruncate(self._fd, _TABLE_SIZE)      # sparse: pages cost when touched
-            self._map = mmap.mmap(self._fd, _TABLE_SIZE)
+            if os.fstat(self._fd).st_size < self.size:
+                os.ftruncate(self._fd, self.size)      # sparse: pages cost when touched
+            self._map = mmap.mmap(self._fd, self.size)
         self._secret = self._header()
 
     def _header(self) -> bytes:
@@ -96,7 +99,7 @@ class RateTable:
         """GCRA for ``key`` at ``now``: 0.0 if admitted (and counted), else the seconds
         until it would be."""
         hashed = self.key_hash(key)
-        home = hashed & (SLOTS - 1)
+        home = hashed & (self.slots - 1)
         offset = _HEADER_SIZE + home * _SLOT_SIZE
         self._lock(offset, _WINDOW.size)
         try:
