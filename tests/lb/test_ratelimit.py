@@ -123,3 +123,41 @@ def test_processes_mapping_the_group_table_share_one_limit_after_one_is_gone(tmp
     assert child(3) == 0               # the same second: the first process's count holds
     rated = RateLimit("p", 1, 0, open_table(str(tmp_path)))
     assert rated.check("k", 51.0) == 0.0
+
+
+# -- the config's rate_limit ----------------------------------------------------------------
+
+from app.config import ConfigError, parse  # noqa: E402
+
+TOP = "backends: [http://127.0.0.1:9]\n"
+
+
+@pytest.mark.parametrize("text, rate", [("100/s", 100.0), ("6000/m", 100.0), ("1000/h", 1000 / 3600),
+                                        ("2.5/s", 2.5), ("0", 0.0)],
+                         ids=["per-second", "per-minute", "per-hour", "fraction", "off"])
+def test_a_rate_is_requests_per_unit(text, rate):
+    assert parse(TOP + f"rate_limit: {{rate: '{text}'}}\n").rate_limit.rate == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("rate: 50/x", "'50/x' is not a rate"),
+    ("rate: 50", "50 is not a rate"),
+    ("burst: -1", "rate_limit.burst: must be at least 0"),
+    ("key: cookie:session", "expected client_ip, header:NAME or route"),
+    ("keys: route", "rate_limit.keys: unknown key (did you mean `key`?)"),
+], ids=["unit", "no-unit", "negative-burst", "key-kind", "unknown-key"])
+def test_a_bad_rate_limit_is_refused_with_its_file_and_line(line, message):
+    with pytest.raises(ConfigError) as refused:
+        parse(TOP + "port: 8080\nrate_limit:\n  " + line + "\n", "conf.yaml")
+    assert str(refused.value).startswith("conf.yaml:4:") and message in str(refused.value)
+
+
+def test_a_routes_rate_limit_replaces_the_top_levels_key_by_key():
+    config = parse(TOP + "rate_limit: {rate: 10/s, burst: 3, key: route}\nroutes:\n"
+                   "  - {name: api, path: /api, backends: [http://127.0.0.1:9], "
+                   "rate_limit: {rate: 1/s}}\n"
+                   "  - {name: open, path: /open, backends: [http://127.0.0.1:9], "
+                   "rate_limit: {rate: 0}}\n")
+    limits = {pool.name: pool.rate_limit for pool in config.pools}
+    assert (limits["api"].rate, limits["api"].burst, limits["api"].key) == (1.0, 3, "route")
+    assert limits["open"].rate == 0 and limits["default"].rate == 10.0
