@@ -146,7 +146,7 @@ def _table_bytes():
     return RateTable().size         # the default table, as the proxy makes it
 
 
-def cost(sup, workdir, backends, requests, rounds=3):
+def cost(sup, workdir, backends, requests, rounds=4):
     print(f"\n## cost: proxy CPU per request, {requests:,} requests a round on 10 keep-alive "
           f"connections, {rounds} rounds interleaved\n")
     print("| server | no limit (µs) | limit, client under it (µs) | difference |")
@@ -157,8 +157,9 @@ def cost(sup, workdir, backends, requests, rounds=3):
                    "on": start_proxy(sup, workdir, backends, f"cost-on-{workers}", UNDER,
                                      workers)}
         per = {"off": [], "on": []}
-        for _ in range(rounds):
-            for name, (process, port) in started.items():
+        for round_ in range(rounds):
+            order = list(started.items())
+            for name, (process, port) in order[::-1] if round_ % 2 else order:  # drift cancels
                 before = procfs.cpu_seconds(process.pid)
                 counts, _ = hammer(port, requests=requests, connections=10)
                 assert counts.get(200) == requests, counts
@@ -192,6 +193,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=10_000, help="a cost round's requests")
+    parser.add_argument("--rounds", type=int, default=4, help="cost rounds")
     parser.add_argument("--only", default="drill,keys,cost")
     args = parser.parse_args()
     seconds = min(args.seconds, MAX_SECONDS)
@@ -210,7 +212,7 @@ def main() -> int:
         if "keys" in only:
             good &= keys(sup, workdir, backends, min(args.keys, 200_000))
         if "cost" in only:
-            cost(sup, workdir, backends, min(args.requests, 50_000))
+            cost(sup, workdir, backends, min(args.requests, 50_000), min(args.rounds, 10))
     return 0 if good else 1
 
 

@@ -33,13 +33,13 @@ HTTP; the key's value is the caller's (``app.lb.affinity.request_key``).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import math
 import mmap
 import os
 import struct
 import time
+from fcntl import LOCK_EX, LOCK_UN, lockf
 
 SLOTS = 1 << 17              # keys held at most: 131,072 (3 MiB of table)
 PROBE = 8                    # slots looked at for one key
@@ -51,6 +51,8 @@ _HEADER_SIZE = 64                         # the first slot's offset
 _SLOT = struct.Struct("<Qdd")            # key hash (0 = empty), tat, last use
 _WINDOW = struct.Struct("<" + "Qdd" * PROBE)
 _SLOT_SIZE = _SLOT.size
+_WINDOW_SIZE = _WINDOW.size
+_LAST, _LAST_OFFSET = struct.Struct("<d"), 16             # a slot's last use
 # Float arithmetic must not refuse a request that lands exactly on the rate.
 _SLACK = 1e-9
 
@@ -65,6 +67,7 @@ class RateTable:
         assert slots > 0 and slots & (slots - 1) == 0, "slots must be a power of two"
         self.path = path
         self.slots = slots
+        self._mask = slots - 1
         self.size = _HEADER_SIZE + (slots + PROBE) * _SLOT_SIZE     # a window never wraps
         self._fd = None
         if path is None:
@@ -99,44 +102,36 @@ class RateTable:
         """GCRA for ``key`` at ``now``: 0.0 if admitted (and counted), else the seconds
         until it would be."""
         hashed = self.key_hash(key)
-        home = hashed & (self.slots - 1)
-        offset = _HEADER_SIZE + home * _SLOT_SIZE
-        self._lock(offset, _WINDOW.size)
+        offset = _HEADER_SIZE + (hashed & self._mask) * _SLOT_SIZE
+        table, fd = self._map, self._fd
+        if fd is not None:
+            lockf(fd, LOCK_EX, _WINDOW_SIZE, offset)
         try:
-            window = _WINDOW.unpack_from(self._map, offset)
-            found = free = oldest = -1
-            for slot in range(PROBE):
-                held = window[3 * slot]
-                if held == hashed:
-                    found = slot
-                    break
-                if free < 0:
-                    if held == 0 or window[3 * slot + 1] <= now:
-                        free = slot
-                    elif oldest < 0 or window[3 * slot + 2] < window[3 * oldest + 2]:
-                        oldest = slot
-            if found >= 0:
-                # A tat beyond what this limit can leave (a lowered limit, a clock that
-                # went back) is taken as the most it can be.
-                tat = min(max(window[3 * found + 1], now), now + tolerance + interval)
-                slot = found
-            else:
-                tat, slot = now, free if free >= 0 else oldest
+            held, tat, _ = _SLOT.unpack_from(table, offset)
+            slot = 0
+            if held != hashed:               # at home: nearly always; else the window
+                slot, tat = _place(_WINDOW.unpack_from(table, offset), hashed, now)
+            # A tat beyond what this limit can leave (a lowered limit, a clock that went
+            # back) is taken as the most it can be.
+            tat = min(max(tat, now), now + tolerance + interval)
             wait = tat - now - tolerance
             if wait > _SLACK:
+                # Refused, yet in use: the key is not the idle one to give up first.
+                _LAST.pack_into(table, offset + slot * _SLOT_SIZE + _LAST_OFFSET, now)
                 return wait
-            _SLOT.pack_into(self._map, offset + slot * _SLOT_SIZE, hashed, tat + interval, now)
+            _SLOT.pack_into(table, offset + slot * _SLOT_SIZE, hashed, tat + interval, now)
             return 0.0
         finally:
-            self._unlock(offset, _WINDOW.size)
+            if fd is not None:
+                lockf(fd, LOCK_UN, _WINDOW_SIZE, offset)
 
     def _lock(self, start: int, length: int) -> None:
         if self._fd is not None:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, length, start)
+            lockf(self._fd, LOCK_EX, length, start)
 
     def _unlock(self, start: int, length: int) -> None:
         if self._fd is not None:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, length, start)
+            lockf(self._fd, LOCK_UN, length, start)
 
     def close(self) -> None:
         """Unmap the table (the file stays for the rest of the group)."""
@@ -144,6 +139,23 @@ class RateTable:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _place(window: tuple, hashed: int, now: float) -> tuple[int, float]:
+    """The slot of a window for a key and its stored tat: its own slot; else a free one
+    (empty, or its state run out: the same as none) with ``now``; else the one used
+    longest ago, whose key starts afresh."""
+    free = oldest = -1
+    for slot in range(PROBE):
+        held = window[3 * slot]
+        if held == hashed:
+            return slot, window[3 * slot + 1]
+        if free < 0:
+            if held == 0 or window[3 * slot + 1] <= now:
+                free = slot
+            elif oldest < 0 or window[3 * slot + 2] < window[3 * oldest + 2]:
+                oldest = slot
+    return (free if free >= 0 else oldest), now
 
 
 class RateLimit:

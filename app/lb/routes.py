@@ -59,6 +59,7 @@ class Pool:
         limit = settings.rate_limit
         self.limit = RateLimit(f"{self.name}\0{limit.key}", limit.rate, limit.burst,
                                rates or RateTable()) if limit.rate else None
+        self.limit_key = limit.key          # client_ip | header:NAME | route
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {len(self.balancer.backends)} backend(s)>"

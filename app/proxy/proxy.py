@@ -373,7 +373,7 @@ def limit_rate(pool: Pool, request: Request, environ: dict) -> None:
     The key: ``route``, the pool as a whole; ``client_ip``, the client's address after
     ``forwarded.trusted_proxies`` (``affinity.client_address``, as the hash policy takes
     it); ``header:NAME``, its value (requests without one share one key)."""
-    spec = pool.settings.rate_limit.key
+    spec = pool.limit_key
     key = "" if spec == "route" else \
         request_key(environ, spec, request.runtime.config.forwarded) or ""
     wait = pool.limit.check(key)

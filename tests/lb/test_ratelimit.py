@@ -161,3 +161,15 @@ def test_a_routes_rate_limit_replaces_the_top_levels_key_by_key():
     limits = {pool.name: pool.rate_limit for pool in config.pools}
     assert (limits["api"].rate, limits["api"].burst, limits["api"].key) == (1.0, 3, "route")
     assert limits["open"].rate == 0 and limits["default"].rate == 10.0
+
+
+def test_a_key_refused_again_and_again_is_in_use_and_not_the_one_given_up():
+    table = RateTable(slots=1)
+    hourly = limit(1 / 3600, 0, table)
+    assert hourly.check("busy", 0.0) == 0.0
+    for at in range(1, PROBE):
+        assert hourly.check(f"k{at}", float(at)) == 0.0
+    assert hourly.check("busy", 100.0) > 0                 # refused, but asking
+    assert hourly.check("new", 101.0) == 0.0               # takes k1's slot, not busy's
+    assert hourly.check("busy", 102.0) > 0
+    assert hourly.check("k1", 103.0) == 0.0
