@@ -9,7 +9,7 @@ by PID at the end:
   seconds`` (510 in 10 s), within 2 %.
 - ``keys``: ``--keys`` distinct client addresses (``key: client_ip`` behind a trusted
   proxy, one ``X-Forwarded-For`` address per request) through ``python wsgi.py``, and a
-  quarter as many more: the proxy's RSS every tenth of the way. The table of keys is
+  quarter as many more: the proxy's RSS every tenth of ``--keys``. The table of keys is
   fixed (``app.lb.ratelimit.SLOTS``), so RSS grows by at most its size, then stays.
 - ``cost``: the proxy's CPU per request with no limit and with a limit the client stays
   under, rounds interleaved, under ``python wsgi.py`` (the table in process memory) and
@@ -114,7 +114,9 @@ def drill(sup, workdir, backends, seconds):
 
 
 def keys(sup, workdir, backends, count):
-    print(f"\n## keys: {count:,} distinct client addresses, then {count // 4:,} more "
+    step = max(1, count // 10)
+    total = count + -(-(count // 4) // step) * step      # on past the count, a step at a time
+    print(f"\n## keys: {total:,} distinct client addresses, RSS every {step:,} "
           "(key client_ip behind a trusted proxy)\n")
     process, port = start_proxy(sup, workdir, backends, "keys",
                                 {"rate": "50/s", "burst": 10, "key": "client_ip"},
@@ -124,9 +126,9 @@ def keys(sup, workdir, backends, count):
     print("| distinct keys sent | RSS (MiB) | growth (MiB) |")
     print("|---|---|---|")
     print(f"| 0 | {base / 2**20:.1f} | 0.0 |")
-    step, done, rows = count // 10, 0, []
+    done, rows = 0, []
     started = time.monotonic()
-    while done < count + count // 4:
+    while done < total:
         offset = done
         hammer(port, requests=step, connections=8,
                headers=lambda i: "X-Forwarded-For: 10.{}.{}.{}\r\n".format(
@@ -181,10 +183,13 @@ def _check_alone(calls=100_000):
                              ("group file, with its locks (gunicorn)",
                               RateTable(os.path.join(folder, "t")))):
             limit = RateLimit("default\0client_ip", 1e6, 0, table)
-            started = time.perf_counter()
-            for i in range(calls):
-                limit.check("203.0.113.%d" % (i & 255))
-            print(f"| {label} | {(time.perf_counter() - started) / calls * 1e6:.2f} |")
+            best = float("inf")
+            for _ in range(5):           # the best of five: the least disturbed by others
+                started = time.process_time()
+                for i in range(calls // 5):
+                    limit.check("203.0.113.%d" % (i & 255))
+                best = min(best, (time.process_time() - started) / (calls // 5))
+            print(f"| {label} | {best * 1e6:.2f} |")
 
 
 def main() -> int:
