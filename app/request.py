@@ -4,8 +4,8 @@
 force, which the request then uses to its end (a reload changes the next request's).
 ``RequestLog`` gives it its id; the admin surface and the redirect mark what they
 answered; the proxy fills in the route, the backend and each attempt, the error, the time
-to the response head, a client that left, a tunnel's bytes, a refusal by a rate limit. The access line and the
-metrics read it when the response ends.
+to the response head, a client that left, a tunnel's bytes, a refusal by a rate limit.
+The access line and the metrics read it when the response ends.
 
 What a server hands the app stays in the server's own environ keys (the header lines as
 received, the client socket and its watcher, TLS facts, the hand-over of the connection):

@@ -8,7 +8,8 @@ the server closes the response body, it writes one access line and hands the out
 ``Metrics.observe``, reading what the layers below left in the request's ``Request``
 (``app.request``, ``environ["myproxy.request"]``): its route, backend, attempts, error,
 time to the response head, whether the client left (logged as status 499) and whether
-a rate limit refused it (``limited=rate``) from the proxy; ``admin`` from the admin surface and ``redirect`` from the redirect to https (both
+a rate limit refused it (``limited=rate``, counted by route) from the proxy; ``admin``
+from the admin surface and ``redirect`` from the redirect to https (both
 logged but not counted as traffic; admin requests are logged ``admin=true``). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
 and ``tls.hsts`` adds ``Strict-Transport-Security`` to the response. Usage::

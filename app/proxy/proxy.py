@@ -251,8 +251,8 @@ class Proxy:
                         backend, error.kind, error.status, error.detail)
         elif error.status == 503:
             log.warning("no backend available: %s", error.detail)
-        # A refusal by a rate limit is on the access line (limited=rate): no more here,
-        # where a flood would write one line per refused request twice.
+        # A rate limit's 429 has its access line (limited=rate) and no other: a flood of
+        # refusals must not write two lines each.
         # The body names the route and request ID; a backend and its failure only where
         # the operator said clients may see them (the log has them always).
         status_line, headers, body = error_response(
