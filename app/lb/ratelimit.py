@@ -55,6 +55,9 @@ _WINDOW_SIZE = _WINDOW.size
 _LAST, _LAST_OFFSET = struct.Struct("<d"), 16             # a slot's last use
 # Float arithmetic must not refuse a request that lands exactly on the rate.
 _SLACK = 1e-9
+# A slot last used this far after "now" was left by another boot's clock: another process
+# of this boot may be a little ahead (it read its clock after ours, and locked first).
+_FUTURE = 1.0
 
 
 class RateTable:
@@ -143,7 +146,8 @@ class RateTable:
 
 def _place(window: tuple, hashed: int, now: float) -> tuple[int, float]:
     """The slot of a window for a key and its stored tat: its own slot; else a free one
-    (empty, or its state run out: the same as none) with ``now``; else the one used
+    (empty, or its state run out: the same as none, or used after ``now``: left by a
+    clock before a reboot, in a group directory kept) with ``now``; else the one used
     longest ago, whose key starts afresh."""
     free = oldest = -1
     for slot in range(PROBE):
@@ -151,7 +155,7 @@ def _place(window: tuple, hashed: int, now: float) -> tuple[int, float]:
         if held == hashed:
             return slot, window[3 * slot + 1]
         if free < 0:
-            if held == 0 or window[3 * slot + 1] <= now:
+            if held == 0 or window[3 * slot + 1] <= now or window[3 * slot + 2] > now + _FUTURE:
                 free = slot
             elif oldest < 0 or window[3 * slot + 2] < window[3 * oldest + 2]:
                 oldest = slot

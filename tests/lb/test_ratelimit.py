@@ -173,3 +173,14 @@ def test_a_key_refused_again_and_again_is_in_use_and_not_the_one_given_up():
     assert hourly.check("new", 101.0) == 0.0               # takes k1's slot, not busy's
     assert hourly.check("busy", 102.0) > 0
     assert hourly.check("k1", 103.0) == 0.0
+
+
+def test_slots_left_by_a_clock_before_a_reboot_are_free(tmp_path):
+    """A group directory kept across a reboot: CLOCK_MONOTONIC started again near 0."""
+    path = str(tmp_path / "t")
+    before = limit(1 / 3600, 0, RateTable(path, slots=1))
+    for i in range(PROBE):
+        assert before.check(f"old{i}", 1e6 + i) == 0.0
+    after = limit(1 / 3600, 0, RateTable(path, slots=1))
+    assert [after.check(f"new{i}", 10.0 + i) for i in range(PROBE)] == [0.0] * PROBE
+    assert all(after.check(f"new{i}", 20.0) > 0 for i in range(PROBE))    # each one held
