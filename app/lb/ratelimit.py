@@ -33,13 +33,13 @@ HTTP; the key's value is the caller's (``app.lb.affinity.request_key``).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import mmap
 import os
 import struct
 import time
 from fcntl import LOCK_EX, LOCK_UN, lockf
+from hashlib import blake2b
 
 SLOTS = 1 << 17              # keys held at most: 131,072 (3 MiB of table)
 PROBE = 8                    # slots looked at for one key
@@ -94,17 +94,14 @@ class RateTable:
         finally:
             self._unlock(0, _HEADER_SIZE)
 
-    def key_hash(self, key: str) -> int:
-        """A 64-bit hash of ``key`` (never 0, the empty slot), keyed by the table's secret:
-        a client cannot choose keys that crowd one window."""
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8,
-                                 key=self._secret).digest()
-        return int.from_bytes(digest, "little") or 1
-
     def admit(self, key: str, interval: float, tolerance: float, now: float) -> float:
         """GCRA for ``key`` at ``now``: 0.0 if admitted (and counted), else the seconds
-        until it would be."""
-        hashed = self.key_hash(key)
+        until it would be.
+
+        The key's slot is found by a 64-bit hash of it (never 0, the empty slot), keyed
+        by the table's secret: a client cannot choose keys that crowd one window."""
+        hashed = int.from_bytes(blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8,
+                                        key=self._secret).digest(), "little") or 1
         offset = _HEADER_SIZE + (hashed & self._mask) * _SLOT_SIZE
         table, fd = self._map, self._fd
         if fd is not None:
@@ -114,9 +111,12 @@ class RateTable:
             slot = 0
             if held != hashed:               # at home: nearly always; else the window
                 slot, tat = _place(_WINDOW.unpack_from(table, offset), hashed, now)
-            # A tat beyond what this limit can leave (a lowered limit, a clock that went
-            # back) is taken as the most it can be.
-            tat = min(max(tat, now), now + tolerance + interval)
+            if tat < now:
+                tat = now
+            elif tat > now + tolerance + interval:
+                # Beyond what this limit can leave (a lowered limit, a clock that went
+                # back): taken as the most it can be.
+                tat = now + tolerance + interval
             wait = tat - now - tolerance
             if wait > _SLACK:
                 # Refused, yet in use: the key is not the idle one to give up first.
