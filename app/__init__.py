@@ -46,7 +46,7 @@ class App:
 settings there.
     """
 
-    def __init__(self, live, upstream, metrics, admin_states, wsgi=None, tls=None):
+    def __init__(self, live, upstream, metrics, admin_states, wsgi=None, tls=None, rates=None):
         self.live = live
         # Drain, maint and run-time weights set through the admin API: app.lb.overrides'
         # AdminStates, over the group's file under gunicorn, else this process's memory.
@@ -67,10 +67,11 @@ settings there.
         self.slots = None
         self.started = False
         self._reloading = Semaphore()
-        # What build_runtime is handed at every reload: health results to the metrics, and
-        # DNS members added and removed to the upstream, health checks and metrics.
+        # What build_runtime is handed at every reload: health results to the metrics,
+        # DNS members added and removed to the upstream, health checks and metrics, and
+        # the one table of rate-limit keys (app.lb.ratelimit), so that a reload keeps them.
         self._hooks = dict(on_check=metrics.health_checked, on_added=self._members_added,
-                           on_removed=self._members_removed)
+                           on_removed=self._members_removed, rates=rates)
 
     @property
     def draining(self) -> bool:
@@ -281,6 +282,7 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     from .lb.overrides import AdminStates, FileStore, MemoryStore
     from .middleware.admin import Admin
     from .middleware.api import AdminApi
+    from .lb.ratelimit import open_table
     from .lb.routes import RuntimeHolder, build_runtime
     from .middleware.metrics import Metrics
     from .middleware.access import RequestLog
@@ -300,8 +302,10 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     if tls is not None:
         tls.on_refused = metrics.tls_refused
     group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
+    # The group's rate-limit keys are one file its workers share; alone, this process's.
     app = App(live, upstream, metrics,
-              AdminStates(FileStore(group_dir) if group_dir else MemoryStore()), tls=tls)
+              AdminStates(FileStore(group_dir) if group_dir else MemoryStore()), tls=tls,
+              rates=open_table(group_dir))
     if group_dir:
         from .server.slots import SlotTable
         app.slots = app._hooks["slots"] = SlotTable(group_dir)   # max_conns for the group

@@ -120,6 +120,15 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RateLimitConfig:
+    """A pool's request rate limit (GCRA, ``app.lb.ratelimit``): ``rate`` requests a second
+    (0 = off), ``burst`` more at once above it, counted per ``key``."""
+    rate: float = 0.0              # requests per second, from "100/s", "6000/m", "1000/h"
+    burst: int = 0
+    key: str = "client_ip"         # client_ip | header:NAME | route
+
+
+@dataclass(frozen=True)
 class ForwardedConfig:
     trusted_proxies: tuple = ()
     preserve_host: bool = True
@@ -185,6 +194,7 @@ class RouteConfig:
     request_buffering: int = 0         # bytes of a chunked body read whole and sent with a length
     queue: QueueConfig = QueueConfig()
     sticky: StickyConfig = StickyConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
     line: int | None = None            # where the route is written in the file
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -229,6 +239,7 @@ class Config:
     # 0: it streams upstream chunked, as it arrives.
     request_buffering: int = 0
     queue: QueueConfig = QueueConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
     limits: LimitsConfig = LimitsConfig()
     sticky: StickyConfig = StickyConfig()
     forwarded: ForwardedConfig = ForwardedConfig()
@@ -260,8 +271,8 @@ class Config:
                            hash_key=self.hash_key, health_check=self.health_check,
                            passive_health=self.passive_health, slow_start=self.slow_start,
                            retries=self.retries, timeouts=self.timeouts, queue=self.queue,
-                           sticky=self.sticky, request_buffering=self.request_buffering,
-                           origins=origins)
+                           sticky=self.sticky, rate_limit=self.rate_limit,
+                           request_buffering=self.request_buffering, origins=origins)
 
     @property
     def pools(self) -> tuple[RouteConfig, ...]:
@@ -428,6 +439,28 @@ def _hash_key(value: Any) -> str:
     raise ValueError(f"expected client_ip, path, header:NAME or cookie:NAME; got {value!r}")
 
 
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
+
+
+def _rate(value: Any) -> float:
+    """Requests per second from ``"100/s"``, ``"6000/m"``, ``"1000/h"``; 0 = off."""
+    if not isinstance(value, bool) and str(value).strip() in ("0", "0.0"):
+        return 0.0
+    match = _RATE.match(str(value)) if isinstance(value, str) else None
+    if not match or match.group(2) not in _RATE_UNITS:
+        raise ValueError(f"{value!r} is not a rate: write requests per unit, such as \"100/s\", "
+                         "\"6000/m\" or \"1000/h\" (0 = off)")
+    return float(match.group(1)) / _RATE_UNITS[match.group(2)]
+
+
+def _rate_key(value: Any) -> str:
+    value = _string(value)
+    if value in ("client_ip", "route") or re.match(r"^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$", value):
+        return value
+    raise ValueError(f"expected client_ip, header:NAME or route; got {value!r}")
+
+
 def _expect(value: Any) -> tuple[tuple[int, int], ...]:
     """``200``, ``"200-399"``, ``"200,204,300-399"`` or a list of those."""
     items = value if isinstance(value, list) else str(value).split(",")
@@ -554,6 +587,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "max_header_bytes": parse_size, "max_body_bytes": parse_size,
         "max_connections": _integer(1),
     }),
+    "rate_limit": (RateLimitConfig, {"rate": _rate, "burst": _integer(0), "key": _rate_key}),
     "forwarded": (ForwardedConfig, {"trusted_proxies": _cidrs, "preserve_host": _boolean}),
     "admin": (AdminConfig, {"prefix": _admin_prefix, "token": _string}),
     "resolver": (ResolverConfig, {"servers": _dns_servers, "timeout": _positive_duration}),
@@ -594,7 +628,8 @@ TOP_LEVEL_KEYS = ("backends", "routes", *SCALARS, *SECTIONS, "tls")
 # What a route may set for its own pool, over the top level's value. The client timeouts
 # are the connection's, read before any route is known: not per route.
 POOL_SCALARS = ("policy", "hash_key", "slow_start", "request_buffering")
-POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts", "queue", "sticky")
+POOL_SECTIONS = ("health_check", "passive_health", "retries", "timeouts", "queue", "sticky",
+                 "rate_limit")
 ROUTE_ONLY_TIMEOUTS = ("connect", "read", "tunnel_idle")
 # Settings whose value is a secret: `--check` and the reload log say only whether it is set
 # or changed, never the value.
@@ -835,6 +870,12 @@ def format_value(key: str, value: Any) -> str:
             if value and value % factor == 0:
                 return f"{value // factor}{unit}"
         return str(value)
+    if parser is _rate:
+        for unit, factor in _RATE_UNITS.items():      # the largest unit-free count: 6000/m
+            count = value * factor
+            if value and abs(count - round(count)) < 1e-6:
+                return f"{round(count)}/{unit}"
+        return f"{value:g}/s" if value else "0"
     if parser is _expect:
         return ",".join(f"{low}-{high}" if low != high else str(low) for low, high in value)
     if isinstance(value, tuple):

@@ -129,6 +129,19 @@ class QueueRejected(NoBackendAvailable):
 
     def body(self, route=None, request_id=None, detail=False, backend=None) -> bytes:
         return super().body(route, request_id, detail=False, backend=None)   # never a backend
+class RateLimited(ProxyError):
+    """The request's key is over its pool's ``rate_limit``: answered here, never sent on.
+    The connection stays open (the client did nothing wrong but ask too often)."""
+
+    status, reason, kind = 429, "Too Many Requests", "rate_limited"
+    private = False
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after      # whole seconds, at least 1
+        super().__init__(f"over the rate limit; try again in {retry_after} s")
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
 
 
 class UpstreamError(ProxyError):

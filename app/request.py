@@ -5,7 +5,8 @@ force, which the request then uses to its end (a reload changes the next request
 ``RequestLog`` gives it its id; the admin surface and the redirect mark what they
 answered; the proxy fills in the route, the backend and each attempt, the body, the error,
 the time in the queue, the time to the response head, a client that left, a tunnel's bytes,
-what a sticky cookie did. The access line and the metrics read it when the response ends.
+what a sticky cookie did, a refusal by a rate limit. The access line and the metrics read it
+when the response ends.
 
 What a server hands the app stays in the server's own environ keys (the header lines as
 received, the client socket and its watcher, TLS facts, the hand-over of the connection):
@@ -22,7 +23,8 @@ class Request:
     """What is known of one request so far. Every field has its "not yet" value."""
 
     __slots__ = ("runtime", "id", "route", "backend", "tried", "error", "upstream_duration",
-                 "client_aborted", "admin", "redirect", "tunnel", "body", "queued", "sticky")
+                 "client_aborted", "admin", "redirect", "tunnel", "body", "queued", "sticky",
+                 "limited")
 
     def __init__(self, runtime, request_id: str = ""):
         self.runtime = runtime              # the config, route table and pools in force
@@ -38,6 +40,7 @@ class Request:
         self.tunnel: int | None = None      # an upgraded connection's bytes to the client
         self.queued: float | None = None    # seconds waited in its pool's queue (max_conns)
         self.sticky: str | None = None      # hit | new | rebalanced (app.lb.sticky); None: off
+        self.limited: str | None = None     # "rate": refused by the pool's rate limit
         self.body = None                    # the proxy's RequestBody: what it read, and kept
 
     @property

@@ -3,7 +3,7 @@
 - ``Pool`` is one route's unit: its settings (``RouteConfig``), its ``Balancer`` of
   ``Backend`` objects, its ``HealthChecker``, its ``Discovery`` (the entries found through
   DNS), its ``RetryBudget``, its ``Capacity`` (max_conns and the queue), its upstream
-  timeout and its sticky cookie (``Sticky``).
+  timeout, its sticky cookie (``Sticky``) and its ``RateLimit`` (or None).
   The same backend URL in two routes is two ``Backend`` objects with separate state, and a
   request of one pool is only ever sent to that pool's backends.
 - ``RouteTable.match(host, path)`` picks the pool: routes in precedence order (an exact
@@ -17,7 +17,8 @@
 - ``build_runtime(config, previous)`` makes the next runtime: a route kept by name keeps
   the ``Backend`` objects (health, counters, in flight) of the URLs it keeps, the members
   DNS gave its entries that stay, its discovery, its retry budget and its ``Capacity``
-  (with the requests waiting in its queue); a removed route's pool is left to the requests
+  (with the requests waiting in its queue), and, through the one ``RateTable`` every
+  runtime shares, its rate-limit keys; a removed route's pool is left to the requests
   that hold it.
 
 Paths are matched raw, byte for byte, never decoded: ``/%61pi`` is not ``/api``. It
@@ -37,6 +38,7 @@ from .balancer import Backend, Balancer
 from .capacity import Capacity
 from .discovery import Discovery
 from .health import HealthChecker
+from .ratelimit import RateLimit, RateTable
 from .retry import RetryBudget
 from .sticky import Sticky
 
@@ -46,7 +48,7 @@ class Pool:
 
     def __init__(self, settings: RouteConfig, balancer: Balancer, health: HealthChecker,
                  budget: RetryBudget, discovery: Discovery | None = None,
-                 capacity: Capacity | None = None):
+                 capacity: Capacity | None = None, rates: RateTable | None = None):
         self.settings = settings
         # Each backend's max_conns slots and the pool's queue: how a request gets a backend.
         self.capacity = capacity or Capacity(settings.name, balancer, settings.queue)
@@ -60,6 +62,11 @@ class Pool:
         # The request's hash key is computed only for the hash policy (nothing per request else).
         self.hash_key = settings.hash_key if settings.policy == "hash" else None
         self.sticky = Sticky(settings.sticky) if settings.sticky.enabled else None   # None: off
+        # None when off: a request then pays one attribute test.
+        limit = settings.rate_limit
+        self.limit = RateLimit(f"{self.name}\0{limit.key}", limit.rate, limit.burst,
+                               rates or RateTable()) if limit.rate else None
+        self.limit_key = limit.key          # client_ip | header:NAME | route
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {len(self.balancer.backends)} backend(s)>"
@@ -208,7 +215,8 @@ class RuntimeHolder:
 def build_runtime(config: Config, upstream, previous: Runtime | None = None,
                   clock: Callable[[], float] = time.time,
                   on_check: Callable | None = None, on_added: Callable | None = None,
-                  on_removed: Callable | None = None, slots=None) -> Runtime:
+                  on_removed: Callable | None = None, slots=None,
+                  rates: RateTable | None = None) -> Runtime:
     """The runtime of ``config``. Starts nothing (``start_pools`` does) and does no I/O.
 
     ``upstream`` sends the health checks; ``on_check(pool, backend, result)`` sees each
@@ -216,20 +224,22 @@ def build_runtime(config: Config, upstream, previous: Runtime | None = None,
     members DNS adds and the ones whose last request ended after DNS took them away. With
     ``previous``, a route kept by name keeps its backends' state, its discovery and its
     retry budget (see the module docstring), and its ``Capacity`` with its queue. ``slots``
-    is a gunicorn group's shared slot table (``app.server.slots``), else None.
+    is a gunicorn group's shared slot table (``app.server.slots``), else None. ``rates``
+    holds every pool's rate-limit keys, this runtime's and the next (default: a table of
+    each pool's own).
     """
     pools = []
     for settings in config.pools:
         old = previous.pool(settings.name) if previous is not None else None
         pools.append(_pool(settings, config, upstream, old, clock, on_check, on_added, on_removed,
-                           slots))
+                           slots, rates))
     routes = [pool for pool in pools if pool.name != DEFAULT_ROUTE]
     default = next((pool for pool in pools if pool.name == DEFAULT_ROUTE), None)
     return Runtime(config, RouteTable(routes, default), tuple(pools))
 
 
 def _pool(settings: RouteConfig, config: Config, upstream, old: Pool | None, clock, on_check,
-          on_added, on_removed, slots=None) -> Pool:
+          on_added, on_removed, slots=None, rates=None) -> Pool:
     probed = settings.health_check.enabled
     name = settings.name
     if old is None:
@@ -256,7 +266,7 @@ def _pool(settings: RouteConfig, config: Config, upstream, old: Pool | None, clo
         capacity.follow(balancer, settings.queue)
     else:
         capacity = Capacity(name, balancer, settings.queue, shared=slots)
-    return Pool(settings, balancer, health, budget, discovery, capacity)
+    return Pool(settings, balancer, health, budget, discovery, capacity, rates)
 
 
 def lookup_fresh(runtime: Runtime, config: Config) -> dict:

@@ -7,8 +7,9 @@ header (upstream and total time to the response headers; the backend's URL only 
 the server closes the response body, it writes one access line and hands the outcome to
 ``Metrics.observe``, reading what the layers below left in the request's ``Request``
 (``app.request``, ``environ["myproxy.request"]``): its route, backend, attempts, error,
-time to the response head and whether the client left (logged as status 499) from the
-proxy, with ``sticky=hit|new|rebalanced`` in a pool with a sticky cookie; ``admin``
+time to the response head, whether the client left (logged as status 499) and whether
+a rate limit refused it (``limited=rate``, counted by route) from the proxy, with
+``sticky=hit|new|rebalanced`` in a pool with a sticky cookie; ``admin``
 from the admin surface and ``redirect`` from the redirect to https (both
 logged but not counted as traffic; admin requests are logged ``admin=true``). Over TLS, the line also has the
 protocol version and whether the session was resumed (``app.server.tls.connection_tls``),
@@ -116,6 +117,8 @@ class RequestLog:
                 self.metrics.client_aborted(route, backend)
             if sticky is not None:
                 self.metrics.sticky(route, sticky)
+            if request.limited:
+                self.metrics.rate_limited(route)
         if not request.runtime.config.access_log:
             return
         upstream = request.upstream_duration
@@ -134,14 +137,16 @@ class RequestLog:
         fields = dict(zip(ACCESS_KEYS, values))
         if queued is not None:
             fields["queued_ms"] = round(queued * 1000, 2)   # waited for a slot (max_conns)
-        if sticky is not None:
-            fields["sticky"] = sticky
         if session is not None:
             fields["tls"], fields["resumed"] = session[0], int(session[1])
         if error is not None:
             fields["error"] = error.kind
+        if request.limited:
+            fields["limited"] = request.limited
         if admin:
             fields["admin"] = True
+        if sticky is not None:
+            fields["sticky"] = sticky           # last, as _write_plain writes it
         info_fields(log, fields)
 
 

@@ -14,6 +14,7 @@ reads (``recent.Traffic``, one per route and backend). The hooks:
 - each pool's ``Capacity.waited(seconds)`` and ``Capacity.rejected(reason)``: a request's
   wait in the queue, and a 503 of the queue (set by ``prepare``);
 - ``sticky(route, result)``: what a pool's sticky cookie did (``hit``, ``new``, ``rebalanced``);
+- ``rate_limited(route)``: a request refused by its route's rate limit (429);
 - ``health_checked(route, backend, result)``: one health check, the pools' ``on_check``;
 - ``config_reloaded(result)``: one reload, ``success`` or ``failure``;
 - ``admin_changed(action)``: one change through the admin API (``ADMIN_ACTIONS``);
@@ -125,6 +126,9 @@ class Metrics:
                                       "backend could not take it or failed: cookie replaced).",
                                       ["route", "result"], registry=r)
         self._sticky: dict[tuple[str, str], object] = {}
+        self.rate_limits = Counter("myproxy_rate_limited_total",
+                                   "Requests refused with 429 by the route's rate limit.",
+                                   ["route"], registry=r)
         self.upstream_errors = Counter("myproxy_upstream_errors_total",
                                        "Failed upstream requests, by backend and kind of failure.",
                                        ["route", "backend", "kind"], registry=r)
@@ -232,6 +236,8 @@ class Metrics:
         if counter is None:
             counter = self._sticky[(route, result)] = self.sticky_results.labels(route, result)
         counter.inc()
+    def rate_limited(self, route: str) -> None:
+        self.rate_limits.labels(route).inc()
 
     def observe(self, route: str | None, backend: str | None, status: int,
                 seconds: float | None, tried=(), error_kind: str | None = None) -> None:

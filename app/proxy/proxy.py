@@ -12,7 +12,9 @@ asks to switch protocols takes the same path with ``Tunnels.send`` in place of
 ``Upstream.send``; after a ``101``, ``Tunnels.relay`` carries the connection.
 
 Before anything else, ``admission.admit`` decides whether the request may be forwarded
-at all (origin-form target, framing, limits); the request body streams through
+at all (origin-form target, framing, limits), and, once its route is known, the pool's
+``rate_limit`` whether it may go now (``limit_rate``: 429 otherwise, before any body is
+read or backend chosen); the request body streams through
 ``body.RequestBody``. The server gives it the raw request target in ``RAW_URI`` and the
 header lines as received in ``myproxy.headers``; everything else about the request is
 its ``Request`` (``app.request``, one environ key), which ``App`` made with the runtime in
@@ -43,11 +45,12 @@ from .body import RequestBody, request_body
 from ..lb.sticky import HIT, NEW, REBALANCED, without_cookie
 from ..request import KEY as REQUEST, Request
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, QueueRejected,
-                      UpstreamError, UpstreamProtocolError, UpstreamReset)
+                      RateLimited, UpstreamError, UpstreamProtocolError, UpstreamReset)
 from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
 from ..wire.responses import error_response
 from ..wire.watch import ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
+from ..lb.ratelimit import retry_after
 from ..lb.retry import may_retry
 from .tunnel import SWITCHING_PROTOCOLS, Tunnels, upgrade_requested
 from .transport import Upstream, classify
@@ -105,6 +108,8 @@ class Proxy:
         try:
             target = admit(environ, config.limits)
             pool = route_of(request, environ, target)
+            if pool.limit is not None:
+                limit_rate(pool, request, environ)
             upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
             request.body = body = request_body(environ, config.limits.max_body_bytes)
             body.prefetch()             # a body bad from its first byte reaches no backend
@@ -267,6 +272,8 @@ class Proxy:
                         backend, error.kind, error.status, error.detail)
         elif error.status == 503:
             log.warning("no backend available: %s", error.detail)
+        # A rate limit's 429 has its access line (limited=rate) and no other: a flood of
+        # refusals must not write two lines each.
         # The body names the route and request ID; a backend and its failure only where
         # the operator said clients may see them (the log has them always).
         status_line, headers, body = error_response(
@@ -381,6 +388,21 @@ def route_of(request: Request, environ: dict, target: str) -> Pool:
             raise NoRouteMatched(environ.get("HTTP_HOST", ""), path)
     request.route = pool.name
     return pool
+
+
+def limit_rate(pool: Pool, request: Request, environ: dict) -> None:
+    """Count the request against its pool's rate limit; ``RateLimited`` when over it.
+
+    The key: ``route``, the pool as a whole; ``client_ip``, the client's address after
+    ``forwarded.trusted_proxies`` (``affinity.client_address``, as the hash policy takes
+    it); ``header:NAME``, its value (requests without one share one key)."""
+    spec = pool.limit_key
+    key = "" if spec == "route" else \
+        request_key(environ, spec, request.runtime.config.forwarded) or ""
+    wait = pool.limit.check(key)
+    if wait:
+        request.limited = "rate"
+        raise RateLimited(retry_after(wait))
 
 
 def _report(pool: Pool, backend: Backend, error: UpstreamError | None) -> None:
