@@ -49,6 +49,7 @@ from ..wire import http1
 from .connection import SlowHeads, StrictConnection
 from .pywsgi_adapter import BaseHandler
 from ..errors import ListenError, ProxyError, UpstreamError
+from ..wire.handoff import ClientConnection
 from ..wire.responses import error_response
 from ..wire.sockets import send_all
 from .tls import send_close_notify, socket_tls
@@ -151,15 +152,16 @@ class Handler(StrictConnection, BaseHandler):
         environ[CLIENT_WATCHER] = self._watcher
         return environ
 
-    def take_connection(self):
-        """Hand the connection to an upgrade tunnel: return the socket and its reader.
+    def take_connection(self) -> ClientConnection:
+        """Hand the connection to an upgrade tunnel: its socket, and its reader's read-ahead
+        first (``app.wire.handoff``).
 
         The app then writes the response itself; this handler writes nothing more and
         closes the connection once the app returns.
         """
         self.taken_over = True
         self.close_connection = True
-        return self.socket, self.rfile
+        return ClientConnection(self.socket, self.rfile.read1, [])
 
     def process_result(self):
         if not self.taken_over:
