@@ -34,13 +34,13 @@ def read_event(sock):
     return getattr(sock, "_read_event", None)
 
 
-def wait(sock, watcher) -> None:
+def wait_with_timeout(sock, watcher) -> None:
     """Wait until ``watcher`` (``read_event(sock)``) fires, within ``sock``'s timeout:
     ``socket.timeout`` when it passes."""
     sock._wait(watcher)
 
 
-def wait_untimed(sock, watcher) -> None:
+def wait_without_timeout(sock, watcher) -> None:
     """Wait until ``watcher`` fires, with no timer of gevent's: the caller arms its own."""
     sock.hub.wait(watcher)
 

@@ -9,7 +9,7 @@ import gevent
 from gevent import getcurrent
 from gevent.exceptions import ConcurrentObjectUseError
 
-from .gevent_adapter import read_event, wait, wait_untimed
+from .gevent_adapter import read_event, wait_with_timeout, wait_without_timeout
 from .http1 import READ_SIZE
 
 
@@ -44,7 +44,7 @@ def wait_readable(sock, deadline: "ReadDeadline | None" = None) -> None:
     if watcher is None:
         return
     if deadline is None or sock.timeout != deadline.seconds:
-        wait(sock, watcher)
+        wait_with_timeout(sock, watcher)
         return
     if watcher.callback is not None:        # as gevent's own wait: one reader at a time
         raise ConcurrentObjectUseError(f"This socket is already used by another greenlet: "
@@ -52,7 +52,7 @@ def wait_readable(sock, deadline: "ReadDeadline | None" = None) -> None:
     timer = deadline.timer
     timer.again(_time_out, getcurrent())
     try:
-        wait_untimed(sock, watcher)
+        wait_without_timeout(sock, watcher)
     finally:
         timer.stop()
 

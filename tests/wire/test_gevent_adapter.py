@@ -11,7 +11,8 @@ from gevent.event import Event
 from gevent.exceptions import ConcurrentObjectUseError
 from gevent.monkey import get_original
 
-from app.wire.gevent_adapter import read_event, std_socket, tls_object, wait, wait_untimed
+from app.wire.gevent_adapter import (read_event, std_socket, tls_object, wait_with_timeout,
+                                     wait_without_timeout)
 from tests.certs import make_certificate
 
 
@@ -57,44 +58,44 @@ def test_read_event_is_none_for_a_socket_that_is_not_gevents():
         plain.close()
 
 
-def test_wait_returns_when_bytes_arrive(pair):
+def test_wait_with_timeout_returns_when_bytes_arrive(pair):
     a, b = pair
     a.settimeout(5.0)
     gevent.spawn_later(0.01, b.sendall, b"x")
-    wait(a, read_event(a))
+    wait_with_timeout(a, read_event(a))
     assert a.recv(1) == b"x"
 
 
-def test_wait_raises_socket_timeout_after_the_sockets_timeout(pair):
+def test_wait_with_timeout_raises_socket_timeout_after_the_sockets_timeout(pair):
     a, _ = pair
     a.settimeout(0.05)
     started = time.monotonic()
     with pytest.raises(socket.timeout):
-        wait(a, read_event(a))
+        wait_with_timeout(a, read_event(a))
     assert 0.04 <= time.monotonic() - started < 2.0
 
 
-def test_wait_refuses_a_second_waiting_greenlet_and_marks_the_watcher_while_waiting(pair):
+def test_wait_with_timeout_refuses_a_second_waiter_and_marks_the_watcher_meanwhile(pair):
     a, b = pair
     a.settimeout(5.0)
     watcher = read_event(a)
     assert watcher.callback is None          # what sockets.wait_readable checks
-    first = gevent.spawn(wait, a, watcher)
+    first = gevent.spawn(wait_with_timeout, a, watcher)
     gevent.sleep(0.01)
     assert watcher.callback is not None
     with pytest.raises(ConcurrentObjectUseError):
-        wait(a, watcher)
+        wait_with_timeout(a, watcher)
     b.sendall(b"x")
     first.get(timeout=5)
     assert watcher.callback is None
 
 
-def test_wait_untimed_returns_when_bytes_arrive_and_ignores_the_sockets_timeout(pair):
+def test_wait_without_timeout_returns_when_bytes_arrive_whatever_the_sockets_timeout(pair):
     a, b = pair
     a.settimeout(0.01)                       # gevent's timer would fire: this wait has none
     gevent.spawn_later(0.1, b.sendall, b"x")
     with gevent.Timeout(5):
-        wait_untimed(a, read_event(a))
+        wait_without_timeout(a, read_event(a))
     assert a.recv(1) == b"x"
 
 
