@@ -22,6 +22,8 @@ import time
 
 from gevent import get_hub, getcurrent
 
+from .logging_adapter import skip_caller_lookup
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # With several processes writing to one stream (gunicorn's workers), each line says whose it
 # is, where gunicorn's own lines say it: after the time.
@@ -245,7 +247,7 @@ def configure_logging(level: str = "info", fmt: str = "text", stream=None,
     # The logging HOWTO's "Optimization": the caller's file and line, which no format here
     # shows, are not looked up on every line. (Thread and process fields stay: gunicorn's
     # own log lines show the process ID.)
-    logging._srcfile = None
+    skip_caller_lookup()
     logger = logging.getLogger("myproxy")
     for old in list(logger.handlers):
         logger.removeHandler(old)

@@ -33,6 +33,7 @@ from ..wire.responses import error_response, render_head
 from ..wire.sockets import linger, set_timeout
 from ..errors import ClientError, ClientTimeout
 from ..logs import Fields
+from .pywsgi_adapter import Input
 
 log = logging.getLogger("myproxy.server")
 
@@ -247,7 +248,7 @@ class StrictConnection:
         return RequestInput(self.rfile, self.head.framing, self.socket if expects else None)
 
 
-class RequestInput:
+class RequestInput(Input):
     """``wsgi.input`` for one request: exactly the framed body, read strictly.
 
     A chunked body goes through ``http1.ChunkedReader``. ``100 Continue`` is sent on the
@@ -297,7 +298,3 @@ class RequestInput:
 
     def __iter__(self):
         return iter(self.readline, b"")
-
-    def _discard(self) -> None:
-        """pywsgi calls this after each response; an unread body closes the connection
-        instead of being read (see ``Handler.start_response``)."""

@@ -9,7 +9,8 @@ seconds of gunicorn's retries.
   on this machine), said as ``python wsgi.py`` says it (``app.errors.ListenError``).
 
 Runs in the master, which must not import requests or urllib3 (STACK-FACTS 12): this
-imports only the standard library, gunicorn and ``app.errors``.
+imports only the standard library, gunicorn (through ``gunicorn_adapter``, on call) and
+``app.errors``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ RUN_AS = ("run it as `gunicorn wsgi:application` (MyProxy's worker, set in gunic
 
 def worker_problem(worker_class: type) -> str | None:
     """Why ``worker_class`` cannot serve MyProxy, or None when it can (a gevent worker)."""
-    from gunicorn.workers.ggevent import GeventWorker
+    from .gunicorn_adapter import GeventWorker
     if issubclass(worker_class, GeventWorker):
         return None
     return (f"gunicorn's {worker_class.__module__}.{worker_class.__name__} worker cannot "
@@ -36,8 +37,8 @@ def listen_problem(server) -> str | None:
     ``ListenError`` message; None when all can, or when the sockets are not the master's
     to make (inherited from systemd or an old master on USR2, or bound by each worker
     with ``reuse_port``)."""
-    from gunicorn import systemd
-    if server.master_pid or systemd.listen_fds(unset_environment=False) or server.cfg.reuse_port:
+    from .gunicorn_adapter import inherits_sockets
+    if inherits_sockets(server) or server.cfg.reuse_port:
         return None
     for address in server.cfg.address:
         if not isinstance(address, tuple):

@@ -25,9 +25,9 @@ behave as ``python wsgi.py`` does:
   to close their connection when their response ends (with ``Connection: close`` when
   their headers are still to be sent).
 
-It relies on two methods every gunicorn async worker has, ``handle`` (one client
-connection) and ``handle_request`` (one request on it), which it wraps to know which
-connections are idle. ``ServerConnection`` (a WSGI wrapper ``start_worker`` puts
+It watches each connection and request the worker serves to know which connections
+are idle (``gunicorn_adapter.watch_serving``: what of gunicorn's internals this module
+relies on is there). ``ServerConnection`` (a WSGI wrapper ``start_worker`` puts
 outermost) gives the app what ``python wsgi.py``'s own handler does itself: a client that
 stops sending its body or reading the response is cut off (``timeouts.client_idle``), and
 a response that says ``Connection: close`` really closes the connection. ``QuietLogger``
@@ -42,22 +42,23 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from typing import Callable, Iterable
 
 import gevent
 from gevent.event import Event
-from gunicorn.sock import ssl_context
-from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import StartupError, UpstreamError
 from ..request import KEY as REQUEST
 from .connection import header_deadline
+from .gunicorn_adapter import (WORKER_BOOT_ERROR, GeventWorker, force_close, header_values,
+                               ssl_context, take_connection, time_request_waits,
+                               watch_serving)
+from ..wire.handoff import TAKE_CONNECTION
 from ..wire.http1 import list_tokens
 from ..wire.responses import close_body
 from .shutdown import Shutdown
 from .standalone import Server, log_listening, reload_on, tune_gc
-
-WORKER_BOOT_ERROR = 3    # gunicorn's Arbiter.WORKER_BOOT_ERROR: a worker that exits so halts it
 
 log = logging.getLogger("myproxy.server")
 
@@ -177,32 +178,28 @@ class Connections:
         self.shutdown = shutdown        # the app's: from SIGTERM on, each response closes
 
     def track(self, worker) -> None:
-        """Wrap the worker's ``handle`` and ``handle_request`` to keep the sets up to date."""
-        handle, handle_request = worker.handle, worker.handle_request
+        """Keep the sets up to date as ``worker`` serves (``gunicorn_adapter.watch_serving``)."""
+        watch_serving(worker, self)
 
-        def tracked_handle(listener, client, addr):
-            self.open.add(client)
-            try:
-                return handle(listener, client, addr)
-            finally:
-                self.open.discard(client)
+    def opened(self, client) -> None:
+        self.open.add(client)
 
-        def tracked_request(listener_name, req, sock, addr):
-            self.serving[sock] = req
-            if self.shutdown.closing or asks_close(req.headers):
-                req.force_close()
-            try:
-                return handle_request(listener_name, req, sock, addr)
-            finally:
-                self.serving.pop(sock, None)
+    def closed(self, client) -> None:
+        self.open.discard(client)
 
-        worker.handle, worker.handle_request = tracked_handle, tracked_request
+    def request_started(self, req, sock) -> None:
+        self.serving[sock] = req
+        if self.shutdown.closing or asks_close(req):
+            force_close(req)
+
+    def request_done(self, sock) -> None:
+        self.serving.pop(sock, None)
 
     def close_after_response(self) -> None:
         """From now on, every response (those in flight too) closes its connection."""
         self.shutdown.begin()
         for req in self.serving.values():
-            req.force_close()
+            force_close(req)
 
     def close_when_done(self) -> int:
         """Close idle connections now and the others after their response; return the idle count."""
@@ -213,12 +210,11 @@ class Connections:
         return len(idle)
 
 
-def asks_close(headers) -> bool:
+def asks_close(req) -> bool:
     """Whether a gunicorn request's ``Connection`` lines list ``close``. gunicorn hears it
     only as the first line's whole value ("close, TE" or "close, close" keep the connection,
     and it serves the request pipelined behind); RFC 9112 §9.6 says none is."""
-    return "close" in list_tokens(",".join(value for name, value in headers
-                                           if name == "CONNECTION"))
+    return "close" in list_tokens(",".join(header_values(req, "connection")))
 
 
 def _end_reading(sock) -> None:
@@ -275,7 +271,7 @@ def _spread_head_timeouts(worker) -> None:
     up to ``connection.HEADER_JITTER`` less, so a slowloris burst is closed over a spread,
     not in one turn of the event loop (gunicorn logs none of these closes)."""
     keepalive = worker.cfg.keepalive
-    worker.timeout_ctx = lambda: gevent.Timeout(header_deadline(keepalive), False)
+    time_request_waits(worker, lambda: gevent.Timeout(header_deadline(keepalive), False))
 
 
 GUNICORN_POLL = 1.0   # seconds: the worker's loop looks at ``alive`` this often
@@ -309,7 +305,8 @@ class CloseConnection(Exception):
 class ServerConnection:
     """What the app needs from a server that hands it the client socket but keeps the
     connection (gunicorn's gevent worker, ``gunicorn.socket``): a timeout on each read of
-    the body and write of the response, and a ``Connection: close`` from the app honoured.
+    the body and write of the response, a ``Connection: close`` from the app honoured, and
+    for an upgrade request the hand-over of the connection (``app.wire.handoff``).
     Elsewhere it passes straight through.
 
     Usage: ``app = ServerConnection(app)``; the timeout is the request's runtime's
@@ -338,6 +335,8 @@ class ServerConnection:
             # Each read of the body and each write of the response; gunicorn's own timer
             # (keepalive) covers the wait for the next request once this is undone.
             sock.settimeout(send_timeout)
+        if "HTTP_UPGRADE" in environ:     # a tunnel may take the connection (app.wire.handoff)
+            environ[TAKE_CONNECTION] = partial(take_connection, sock, environ.get("wsgi.input"))
         body = self.app(environ, start)
         if request.tunnel is not None:
             return body          # an upgraded connection, ended: gunicorn's marker, as is

@@ -42,13 +42,15 @@ from urllib.parse import unquote
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer, format_date_time
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer, format_date_time
 
 from ..config import LimitsConfig, TimeoutsConfig
 from ..wire import http1
 from .connection import SlowHeads, StrictConnection
 from .shutdown import Shutdown
+from .pywsgi_adapter import BaseHandler
 from ..errors import ListenError, ProxyError, UpstreamError
+from ..wire.handoff import ClientConnection
 from ..wire.responses import error_response
 from ..wire.sockets import send_all
 from .tls import send_close_notify, socket_tls
@@ -62,9 +64,10 @@ GC_THRESHOLDS = (10_000, 10, 10)   # see tune_gc
 _CGI_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})   # environ keys without HTTP_
 
 
-class Handler(StrictConnection, WSGIHandler):
+class Handler(StrictConnection, BaseHandler):
     """pywsgi's handler with the fixes a proxy needs (see the module docstring); the
-    strict reading of each request is ``StrictConnection``'s."""
+    strict reading of each request is ``StrictConnection``'s, and pywsgi's private methods
+    are reached through ``pywsgi_adapter.BaseHandler``'s hooks."""
 
     idle = True          # waiting for a request line: safe to close when draining
     taken_over = False   # the connection was handed to an upgrade tunnel (app.wire.handoff)
@@ -150,15 +153,16 @@ class Handler(StrictConnection, WSGIHandler):
         environ[CLIENT_WATCHER] = self._watcher
         return environ
 
-    def take_connection(self):
-        """Hand the connection to an upgrade tunnel: return the socket and its reader.
+    def take_connection(self) -> ClientConnection:
+        """Hand the connection to an upgrade tunnel: its socket, and its reader's read-ahead
+        first (``app.wire.handoff``).
 
         The app then writes the response itself; this handler writes nothing more and
         closes the connection once the app returns.
         """
         self.taken_over = True
         self.close_connection = True
-        return self.socket, self.rfile
+        return ClientConnection(self.socket, self.rfile.read1, [])
 
     def process_result(self):
         if not self.taken_over:
@@ -169,7 +173,7 @@ class Handler(StrictConnection, WSGIHandler):
         204 or 304 (pywsgi rejects a legal one, STACK-FACTS 17), and ``Connection: close``
         is added from SIGTERM on or when the request body was not read to its end (the
         connection cannot carry another). The header lines are checked and encoded as one
-        block (``_header_block``), which ``_write_with_headers`` sends."""
+        block (``_header_block``), which ``send_head`` sends."""
         if exc_info:
             try:
                 if self.headers_sent:
@@ -207,8 +211,7 @@ class Handler(StrictConnection, WSGIHandler):
             block += b"Connection: close\r\n"
         if connection == "close":
             self.close_connection = True
-        self.status = status.encode("latin-1")
-        self._orig_status = status
+        self.set_status(status)
         self.response_headers = block
         self.code = code
         self.provided_date = date
@@ -233,7 +236,7 @@ class Handler(StrictConnection, WSGIHandler):
             self.response_use_chunked = True
             self.response_headers += b"Transfer-Encoding: chunked\r\n"
 
-    def _sendall(self, data):
+    def send(self, data):
         # pywsgi's, with sockets.send_all: one send() for what the kernel takes at once.
         try:
             send_all(self.socket, data)
@@ -244,19 +247,19 @@ class Handler(StrictConnection, WSGIHandler):
             raise
         self.response_length += len(data)
 
-    def _write_with_headers(self, data):
+    def send_head(self, data):
         # pywsgi's, but the head and a first body piece that is not large go out in one
         # send, not two.
         self.headers_sent = True
         self.finalize_headers()
         head = b"HTTP/1.1 %b\r\n%b\r\n" % (self.status, self.response_headers)
         if not data or len(data) > COALESCE_BYTES:
-            self._sendall(head)
-            self._write(data)
+            self.send(head)
+            self.send_body(data)
         elif self.response_use_chunked:
-            self._sendall(head + http1.encode_chunk(data))
+            self.send(head + http1.encode_chunk(data))
         else:
-            self._sendall(head + data)
+            self.send(head + data)
 
     def log_request(self):
         pass             # the access log is RequestLog's
@@ -281,11 +284,11 @@ class Handler(StrictConnection, WSGIHandler):
             except OSError:
                 pass
             return
-        self._send_error_response_if_possible(500)
+        self.send_error_page(500)
 
-    def _handle_client_error(self, ex):
+    def client_input_error(self, ex):
         log.info("bad request from %s: %s", self._client(), ex)
-        return super()._handle_client_error(ValueError(str(ex)))
+        return super().client_input_error(ValueError(str(ex)))
 
 
 def _header_block(headers) -> bytes:

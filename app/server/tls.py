@@ -37,6 +37,7 @@ from ..config import TLSConfig
 from .certificates import (ALPN_PROTOCOLS, MIN_VERSIONS, CertificateSet, load_certificates,
                            make_context)
 from .client_hello import MAX_RECORD, NO_APPLICATION_PROTOCOL_ALERT, offered_alpn
+from ..wire.gevent_adapter import tls_object
 from ..wire.sockets import linger
 
 log = logging.getLogger("myproxy.tls")
@@ -236,7 +237,7 @@ def send_close_notify(sock) -> None:
     it as a truncation attack (wrk counts a read error for each), and nginx sends one too.
     Never blocks: the descriptor under a gevent socket is non-blocking, and OpenSSL's wait
     for the peer's close_notify ends in a "want read" that is ignored here."""
-    sslobj = getattr(sock, "_sslobj", None)
+    sslobj = tls_object(sock)
     if sslobj is None:
         return
     try:

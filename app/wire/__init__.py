@@ -6,7 +6,8 @@ proxy writes to backends and reads back follow the same rules from here.
 - ``responses``: the one rendering of an answer the proxy gives itself, and the head writer;
 - ``sockets``: sending, waiting with a deadline, the lingering close;
 - ``watch``: whether the client is still there while a backend is waited on;
-- ``handoff``: how an upgrade tunnel takes the client connection from whichever server.
+- ``handoff``: how an upgrade tunnel takes the client connection from whichever server;
+- ``gevent_adapter``: the gevent socket internals the others rely on, and nowhere else.
 
 A leaf below ``server`` and ``proxy``: it imports only ``app.errors``, and neither of them
 imports the other. It knows nothing of configuration, backends or WSGI servers.

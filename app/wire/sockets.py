@@ -9,6 +9,7 @@ import gevent
 from gevent import getcurrent
 from gevent.exceptions import ConcurrentObjectUseError
 
+from .gevent_adapter import read_event, wait_with_timeout, wait_without_timeout
 from .http1 import READ_SIZE
 
 
@@ -39,20 +40,19 @@ def wait_readable(sock, deadline: "ReadDeadline | None" = None) -> None:
     connection), the wait arms that timer instead of making a ``gevent.Timeout``, its timer
     and its exception each time; it raises the same ``socket.timeout``.
     """
-    wait = getattr(sock, "_wait", None)
-    if wait is None:
+    watcher = read_event(sock)
+    if watcher is None:
         return
     if deadline is None or sock.timeout != deadline.seconds:
-        wait(sock._read_event)
+        wait_with_timeout(sock, watcher)
         return
-    watcher = sock._read_event
     if watcher.callback is not None:        # as gevent's own wait: one reader at a time
         raise ConcurrentObjectUseError(f"This socket is already used by another greenlet: "
                                        f"{watcher.callback!r}")
     timer = deadline.timer
     timer.again(_time_out, getcurrent())
     try:
-        sock.hub.wait(watcher)
+        wait_without_timeout(sock, watcher)
     finally:
         timer.stop()
 

@@ -38,6 +38,8 @@ import ssl
 import gevent.ssl
 from gevent import get_hub, getcurrent
 
+from .gevent_adapter import std_socket
+
 CLIENT_SOCKET = "myproxy.client_socket"     # set by app.server.standalone.Handler
 CLIENT_WATCHER = "myproxy.client_watcher"   # its connection's read_watcher, made once
 GUNICORN_SOCKET = "gunicorn.socket"         # set by gunicorn's workers
@@ -92,7 +94,7 @@ class ClientWatch:
     def __init__(self, sock, probe: bool = True, io=None):
         """``io``: the connection's ``read_watcher``, lent for this request (left stopped,
         not closed); without it the watch makes one of its own."""
-        self._raw = getattr(sock, "_sock", sock)      # gevent's socket wraps the real one
+        self._raw = std_socket(sock)      # callable from the hub
         self._fd = sock.fileno()
         self._io = io
         self._own = io is None
