@@ -134,9 +134,12 @@ class Backend:
     @property
     def available(self) -> bool:
         """May take new requests: up, ``ready``, weighted (or an unprobed one on trial)."""
-        if self.admin_state != "ready" or self.weight <= 0:
+        if self.admin_state != "ready" or not self.healthy:
             return False
-        return self.serving
+        # ``weight`` and ``serving`` inlined: this runs for every backend of every request.
+        if (self.config.weight if self.admin_weight is None else self.admin_weight) <= 0:
+            return False
+        return self.ejected_until is None or self._on_trial()
 
     @property
     def serving(self) -> bool:

@@ -157,9 +157,9 @@ class Proxy:
         if not has_body:
             _finish(response, backend, release, complete=True, watch=watch)
             return iter(())
-        return ResponseBody(response, backend, request,
+        return ResponseBody(response, backend, request, release,
                             report=lambda backend, error: _report(pool, backend, error),
-                            watch=watch, release=release)
+                            watch=watch)
 
     def _send(self, trip: "_Trip"):
         """Choose a backend of the trip's pool and send; after a failure that may be
@@ -307,8 +307,8 @@ class ResponseBody:
     """
 
     def __init__(self, response, backend: Backend, request: Request,
-                 report: Callable | None = None, watch: ClientWatch | None = None,
-                 release: Callable[[Backend], None] | None = None):
+                 release: Callable[[Backend], None], report: Callable | None = None,
+                 watch: ClientWatch | None = None):
         self._response = response
         self._release = release   # frees the backend's slot when the body is done
         self._backend = backend
@@ -527,14 +527,12 @@ def _adding(start_response: Callable, header: tuple[str, str]) -> Callable:
     return start
 
 
-def _finish(response, backend: Backend, release: Callable[[Backend], None] | None,
+def _finish(response, backend: Backend, release: Callable[[Backend], None],
             complete: bool, watch: ClientWatch | None = None) -> None:
     """Return the connection to its pool if the body was read to the end, else drop it;
-    free the backend's slot (``release``: the pool's ``Capacity.release``)."""
-    if release is not None:
-        release(backend)
-    else:
-        backend.in_flight -= 1
+    free the backend's slot (``release``: the pool's ``Capacity.release``, the one place a
+    backend's in-flight count goes down)."""
+    release(backend)
     if watch is not None:
         watch.close()
     if not complete:
