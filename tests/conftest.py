@@ -146,3 +146,27 @@ def start_proxy(write_config):
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def serve():
+    """Serve a proxy app built from ``base_config(urls, **overrides)`` in this process, on a
+    real pywsgi server on port 0 (its health checks not started); ``app.port`` is its port."""
+    from app import create_app
+    from app.config import parse
+    from app.server.standalone import Server
+    started = []
+
+    def start(urls, **overrides):
+        config = parse(yaml.safe_dump(base_config(urls, **overrides)), environ={})
+        app = create_app(config)
+        server = Server(("127.0.0.1", 0), app)
+        server.start()
+        started.append((server, app))
+        app.port = server.server_port
+        return app
+
+    yield start
+    for server, app in started:
+        server.stop(timeout=1)
+        app.stop()

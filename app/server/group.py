@@ -73,7 +73,7 @@ class ProcessGroup:
                     record = json.load(file)
             except (ValueError, OSError):
                 continue         # being replaced right now, or not one of ours
-            record["alive"] = pid == self.pid or _alive(pid)
+            record["alive"] = pid == self.pid or process_alive(pid)
             found[pid] = record
         return found
 
@@ -93,7 +93,8 @@ class ProcessGroup:
             lock.close()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (a worker of the group, by its pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -39,6 +39,8 @@ from typing import Callable
 
 import gevent
 
+from .group import process_alive
+
 log = logging.getLogger("myproxy.slots")
 
 TABLE_NAME = "slots.table"
@@ -186,7 +188,7 @@ class SlotTable:
         words = self._open()
         for column in range(COLUMNS):
             pid = words[column]
-            if pid and column != self.column and not _alive(pid):
+            if pid and column != self.column and not process_alive(pid):
                 self._clear(column)
 
     # -- inside --
@@ -304,13 +306,3 @@ def _older(first: int, second: int) -> bool:
 def _counts(row: int) -> int:
     """Where a row's counts start, in words: after the owners' pids and the row's key."""
     return COLUMNS + row * ROW_WORDS + 2
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -8,16 +8,14 @@ import gevent
 import pytest
 import yaml
 
-from app import create_app
 from app.config import BackendConfig, QueueConfig, parse
 from app.errors import NoBackendAvailable, QueueRejected
 from app.lb.balancer import Balancer
 from app.lb.capacity import Capacity
-from app.server.standalone import Server
 from app.wire.watch import ClientAborted
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import base_config
-from tests.rawclient import connect, read_response, request
+from tests.rawclient import connect, request
 
 
 def capacity(caps, size=10, timeout=5.0, policy="round_robin"):
@@ -216,23 +214,12 @@ def counting():
 
 
 @pytest.fixture
-def proxy():
-    started = []
-
+def proxy(serve):
+    """The in-process proxy (``serve``), its health checks off unless a test says."""
     def start(backends, **overrides):
         overrides.setdefault("health_check", {"enabled": False})
-        config = parse(yaml.safe_dump(base_config(backends, **overrides)), environ={})
-        app = create_app(config)
-        server = Server(("127.0.0.1", 0), app)
-        server.start()
-        started.append((server, app))
-        app.port = server.server_port
-        return app
-
-    yield start
-    for server, app in started:
-        server.stop(timeout=1)
-        app.stop()
+        return serve(backends, **overrides)
+    return start
 
 
 def get(port, target="/wait"):

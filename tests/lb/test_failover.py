@@ -6,12 +6,8 @@ import socket
 
 import gevent
 import pytest
-import yaml
 
-from app import create_app
-from app.config import parse
 from app.lb.retry import BUDGET_FLOOR
-from app.server.standalone import Server
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import base_config
 from tests.scripted import FullBacklog, ScriptedBackend
@@ -19,26 +15,6 @@ from tests.rawclient import connect, get, read_response, request
 
 SMALL = b"k=v" * 100                 # kept for a replay
 BIG = b"x" * (200 * 1024)            # over the 64 KiB replay limit
-
-
-@pytest.fixture
-def serve():
-    """Serve a proxy app built from ``base_config(urls, **overrides)`` on a real socket."""
-    started = []
-
-    def start(urls, **overrides):
-        config = parse(yaml.safe_dump(base_config(urls, **overrides)), environ={})
-        app = create_app(config)
-        server = Server(("127.0.0.1", 0), app)
-        server.start()
-        started.append((server, app))
-        app.port = server.server_port
-        return app
-
-    yield start
-    for server, app in started:
-        server.stop(timeout=1)
-        app.stop()
 
 
 @pytest.fixture

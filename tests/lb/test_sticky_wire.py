@@ -13,7 +13,6 @@ from app.config import StickyConfig, parse
 from app.lb.sticky import Sticky
 from tests.backends import TestBackend, wait_until
 from tests.conftest import base_config
-from tests.lb.test_failover import serve  # noqa: F401 - the in-process proxy fixture
 from tests.middleware.test_metrics import client_of, scrape, value as sample
 from tests.servers import launch
 from tests.websocket_backend import WebSocketBackend
