@@ -38,26 +38,11 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 import yaml  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.drill import ROOT, free_port, percentile, wait_port  # noqa: E402
+
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 CLIENT_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def serve_backend(port: int, service: float) -> None:
@@ -135,13 +120,6 @@ def sample_depth(port: int, until: float, deepest: list) -> None:
         gevent.sleep(0.05)
 
 
-def percentile(values: list[float], share: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=("wsgi", "gunicorn"), default="wsgi")
@@ -184,8 +162,8 @@ def main() -> int:
     log = open(os.path.join(folder, "proxy.log"), "w")
     proxy = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_port(backend_port)
-        wait_port(proxy_port)
+        wait_port(backend_port, timeout=20)
+        wait_port(proxy_port, timeout=20)
         if args.server == "gunicorn":
             time.sleep(2)            # every worker booted and ready
         results: list = []
