@@ -44,10 +44,5 @@ class Request:
         self.body = None                    # the proxy's RequestBody: what it read, and kept
 
     @property
-    def received(self) -> int:
-        """Bytes of the request body read from the client."""
-        return self.body.received if self.body is not None else 0
-
-    @property
     def attempts(self) -> int:
         return len(self.tried)

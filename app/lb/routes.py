@@ -50,6 +50,7 @@ class Pool:
                  budget: RetryBudget, discovery: Discovery | None = None,
                  capacity: Capacity | None = None, rates: RateTable | None = None):
         self.settings = settings
+        self.rewrites = bool(settings.strip_prefix and settings.path)   # see rewrite
         # Each backend's max_conns slots and the pool's queue: how a request gets a backend.
         self.capacity = capacity or Capacity(settings.name, balancer, settings.queue)
         self.name = settings.name

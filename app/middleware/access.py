@@ -92,7 +92,8 @@ class RequestLog:
             # An upgraded connection that has ended: log and count it now, and give the server
             # its "already handled" marker unwrapped (app.handoff).
             self.finish(environ, state["status"], request.tunnel,
-                        request.received, started, tunnel=True)
+                        request.body.received if request.body is not None else 0, started,
+                        tunnel=True)
             return body
         return _LoggedBody(body, self, environ, state, started)
 
@@ -199,8 +200,9 @@ class _LoggedBody:
         try:
             close_body(self._body)
         finally:
+            body = self._environ[REQUEST].body        # what the proxy read of the request's
             self._owner.finish(self._environ, self._state["status"], self._sent,
-                               self._environ[REQUEST].received, self._started)
+                               body.received if body is not None else 0, self._started)
 
 
 def server_timing(request: Request, started: float, name_backend: bool = False) -> str:

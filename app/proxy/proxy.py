@@ -110,15 +110,17 @@ class Proxy:
             pool = route_of(request, environ, target)
             if pool.limit is not None:
                 limit_rate(pool, request, environ)
-            upgrade = upgrade_requested(environ)     # "" unless it asks to switch protocols
+            # "" unless it asks to switch protocols (nearly every request has no Upgrade at all)
+            upgrade = upgrade_requested(environ) if "HTTP_UPGRADE" in environ else ""
             request.body = body = request_body(environ, config.limits.max_body_bytes)
             body.prefetch()             # a body bad from its first byte reaches no backend
             if body.chunked and pool.settings.request_buffering:
                 body.buffer(pool.settings.request_buffering)
             # A tunnel's handshake is short, and the tunnel sees the client go on its own.
             watch = None if upgrade else watch_client(environ)
-            trip = _Trip(environ, request, pool, method, pool.rewrite(target), body, upgrade,
-                         watch)
+            if pool.rewrites:           # strip_prefix
+                target = pool.rewrite(target)
+            trip = _Trip(environ, request, pool, method, target, body, upgrade, watch)
             backend, response = self._send(trip)
         except ProxyError as error:
             if watch is not None:
