@@ -309,7 +309,8 @@ class Balancer:
                 now = self._clock()
                 weights = [self.weight_of(b, now) for b in candidates]
             else:
-                weights = [float(b.weight) for b in candidates]
+                weights = [float(b.config.weight if b.admin_weight is None else b.admin_weight)
+                           for b in candidates]       # ``weight``, inlined (every request)
             return self._policy.pick(candidates, weights, key)
 
     def candidates(self, exclude: Iterable[Backend] = ()) -> list[Backend]:

@@ -131,7 +131,7 @@ class Proxy:
 
         status = response.status
         release = pool.capacity.release
-        cookie = _sticky_cookie(environ, request, pool, backend)
+        cookie = None if request.sticky is None else _sticky_cookie(environ, request, pool, backend)
         if status == SWITCHING_PROTOCOLS:
             if upgrade:
                 if cookie is not None:
