@@ -15,7 +15,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -256,6 +256,8 @@ class Config:
     tls: TLSConfig | None = None   # None: plain HTTP
     resolver: ResolverConfig = ResolverConfig()
     routes: tuple[RouteConfig, ...] = ()
+    # Several instances sharing state through Redis (SPEC §10); its block is below SECTIONS.
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())
     # Where the config came from, and where each effective value came from
     # ("file", "env NAME", "default"), for `--check` and the status page.
     source: str = ""
@@ -570,6 +572,58 @@ def parse_backend_url(value: Any) -> str:
 # --- schema ---------------------------------------------------------------------------------
 
 # Each section maps a key to its parser; the defaults come from the dataclasses above.
+
+# --- cluster: several instances sharing state through Redis (SPEC §10) ------------------------
+# One block (dataclass, parsers, section), so that it moves as one.
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``redis``: a ``redis://`` or ``rediss://`` URL ("" = no cluster: each instance stands
+    alone); ``prefix``: the keys' prefix; ``timeout``: the most a request waits on Redis."""
+
+    redis: str = field(default="", repr=False)      # its password must never be shown
+    prefix: str = "myproxy"
+    timeout: float = 0.05
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis)
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://")
+_CLUSTER_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _redis_url(value: Any) -> str:
+    value = _string(value).strip()
+    if value and not value.startswith(_REDIS_SCHEMES):
+        raise ValueError("must be a redis:// or rediss:// URL, or \"\" for no cluster")
+    if value and not urlsplit(value).hostname:
+        raise ValueError("the URL names no host")
+    return value
+
+
+def _cluster_prefix(value: Any) -> str:
+    value = _string(value)
+    if not _CLUSTER_PREFIX.match(value):
+        raise ValueError("must be 1 to 64 letters, digits, or _ . : -")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``: what a log, ``--check`` or
+    ``/status`` may show of a Redis URL."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_CLUSTER_SECTION = (ClusterConfig, {"redis": _redis_url, "prefix": _cluster_prefix,
+                                    "timeout": _positive_duration})
+
 SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "health_check": (HealthCheckConfig, {
         "enabled": _boolean, "path": _path, "interval": parse_duration,
@@ -596,6 +650,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "http_only": _boolean, "same_site": _choice("lax", "strict", "none"), "path": _cookie_path,
         "secret": _string,
     }),
+    "cluster": _CLUSTER_SECTION,
 }
 
 SCALARS: dict[str, Callable[[Any], Any]] = {
@@ -863,6 +918,8 @@ def format_value(key: str, value: Any) -> str:
         TLS_SCALARS.get(name) if section == "tls" else SCALARS.get(key)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if parser is _redis_url:
+        return redact_url(value)          # never a password
     if parser in DURATIONS:
         return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
     if parser is parse_size:
