@@ -108,11 +108,14 @@ class Cluster:
     # -- the link --
 
     def call(self, action: Callable, *args, **kwargs):
-        """``action(*args, **kwargs)`` (a call on ``self.client``), within ``timeout``. Raises
-        ``StoreUnavailable`` when the link is down or the call fails or is late (which
-        takes the link down)."""
+        """``action(*args, **kwargs)`` (a call on ``self.client``), within ``timeout``.
+        Raises ``StoreUnavailable`` when the link is down or the call fails or is late
+        (which takes the link down)."""
         if not self.up:
             raise StoreUnavailable("Redis unreachable")
+        return self._bounded(action, *args, **kwargs)
+
+    def _bounded(self, action: Callable, *args, **kwargs):
         timer = gevent.Timeout(self.timeout)
         timer.start()
         try:
@@ -128,7 +131,7 @@ class Cluster:
         raise StoreUnavailable("Redis unreachable")
 
     def _down(self, reason: str) -> None:
-        if self.up or not self._said_down:
+        if not self._said_down:              # once an outage, however many calls fail
             log.warning("cluster: Redis at %s failed (%s): each instance applies its own rate "
                         "limits, admin states keep their last values, until it answers",
                         self.where, reason)
@@ -143,11 +146,11 @@ class Cluster:
             return True
         if time.monotonic() < self._next_ping:
             return False
-        self.up = True                       # call() needs it; put back if it fails
         try:
-            self.call(self.client.ping)
+            self._bounded(self.client.ping)
         except StoreUnavailable:
             return False
+        self.up = True
         if self._said_down:
             log.warning("cluster: Redis at %s answers again: rate limits, admin states and "
                         "ejections are shared again", self.where)

@@ -86,7 +86,7 @@ def test_an_admin_change_holds_in_the_other_instance_at_its_next_round(server):
     assert (two.admin_state, two.admin_weight) == ("maint", 3)
 
 
-def test_with_redis_down_calls_fail_fast_states_stay_and_a_change_is_refused(server):
+def test_with_redis_down_calls_fail_fast_states_stay_and_a_change_is_refused(server, caplog):
     clock, prefix = Clock(), uuid.uuid4().hex
     backend, link, admin, pools = instance(server, clock, prefix)
     link.sync_once()
@@ -103,6 +103,15 @@ def test_with_redis_down_calls_fail_fast_states_stay_and_a_change_is_refused(ser
     with pytest.raises(StoreUnavailable):
         admin.change({"default": pools}, "default", URL, state="ready")
     assert backend.admin_state == "drain"
+    for _ in range(3):
+        link._next_ping = 0.0                  # the loop's next PINGs, now: each fails
+        link.sync_once()
+    assert caplog.text.count("failed (") == 1            # the outage, logged once
+    server.start()
+    for _ in range(2):
+        link._next_ping = 0.0
+        link.sync_once()
+    assert link.up and caplog.text.count("answers again") == 1
 
 
 def test_a_slow_redis_costs_a_request_no_more_than_the_timeout(server):
