@@ -3,7 +3,8 @@
 ``Cluster`` is one instance's link to the deployment's Redis, and the circuit around it.
 Every call goes through ``call``: bounded by ``cluster.timeout`` (socket timeouts, and a
 ``gevent.Timeout`` over the whole call), and made only while the link is up. A call that
-fails or is late takes the link down: requests stop calling Redis at once (a dead Redis
+fails, or the ``LATE_IN_A_ROW``-th late one in a row, takes the link down (a late call
+alone falls back for its own request): requests stop calling Redis at once (a dead Redis
 then costs them one attribute test), the outage is logged once, ``myproxy_cluster_up``
 says 0, and the link's loop tries a ``PING`` every ``RETRY`` seconds until one answers:
 the recovery is logged once and the gauge says 1 again. Nothing a request does ever
@@ -51,6 +52,10 @@ log = logging.getLogger("myproxy.cluster")
 SYNC_INTERVAL = 0.25     # seconds between two rounds of the loop (admin states, ejections)
 RETRY = 1.0              # seconds between two PINGs while Redis is down
 FORGET = 60.0            # seconds an ended ejection or a return is kept, then removed
+# Late answers in a row that take the link down. One late answer is weak news: a busy
+# process resumes a greenlet late (measured: a saturated instance, Redis well). An error
+# (refused, reset, a wrong password) takes it down at once.
+LATE_IN_A_ROW = 3
 
 # GCRA in microseconds on Redis's clock: KEYS[1] the key's tat; ARGV interval, tolerance.
 # Returns 0 when admitted (and counted), else the microseconds to wait.
@@ -98,6 +103,7 @@ class Cluster:
         self._clock = clock
         self.up = False              # until the first round answers
         self._said_down = False      # the outage has been logged
+        self._late = 0               # late answers in a row
         self._next_ping = 0.0
         self.admin: dict[tuple[str, str], Override] = {}   # the last values read
         self._greenlet: gevent.Greenlet | None = None
@@ -119,11 +125,15 @@ class Cluster:
         timer = gevent.Timeout(self.timeout)
         timer.start()
         try:
-            return action(*args, **kwargs)
+            answer = action(*args, **kwargs)
+            self._late = 0
+            return answer
         except gevent.Timeout as late:
             if late is not timer:
                 raise
-            self._down(f"no answer within {self.timeout * 1000:g}ms")
+            self._late += 1
+            if self._late >= LATE_IN_A_ROW or not self.up:
+                self._down(f"{self._late} answer(s) in a row later than {self.timeout * 1000:g}ms")
         except self._errors as error:
             self._down(str(error) or type(error).__name__)
         finally:

@@ -120,13 +120,21 @@ def test_a_slow_redis_costs_a_request_no_more_than_the_timeout(server):
     link.sync_once()
     assert link.up
     client = server.client()
-    limit = SharedLimit(RateLimit("p", 10.0, 0, RateTable(slots=64)), "p", link)
-    # CLIENT PAUSE holds every command for 1 s: a limited request waits 50 ms, then goes local.
-    client.execute_command("CLIENT", "PAUSE", "1000", "ALL")
-    started = time.monotonic()
-    assert limit.check("k") == 0.0
-    assert time.monotonic() - started < 0.05 + 0.1
+    limit = SharedLimit(RateLimit("p", 1 / 3600, 0, RateTable(slots=64)), "p", link)
+    # CLIENT PAUSE holds every command for 2 s: a limited request waits 50 ms, then goes
+    # local; the third late one in a row takes the link down.
+    client.execute_command("CLIENT", "PAUSE", "2000", "ALL")
+    waits = []
+    for _ in range(3):
+        assert link.up
+        started = time.monotonic()
+        waits.append(limit.check("k"))
+        assert time.monotonic() - started < 0.05 + 0.1
+    assert waits[0] == 0.0 and waits[1] > 0 and waits[2] > 0      # the local limit: 1/h
     assert link.up is False
+    started = time.monotonic()
+    limit.check("k")
+    assert time.monotonic() - started < 0.01          # down: Redis is not called at all
     client.execute_command("CLIENT", "UNPAUSE")
     link._next_ping = 0.0                      # the loop's next PING, now
     link.sync_once()
