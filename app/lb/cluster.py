@@ -35,6 +35,7 @@ the ``redis`` package lazily (only with ``cluster.redis``) and knows nothing of 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -95,7 +96,8 @@ class Cluster:
             settings.redis, socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout, retry_on_timeout=False)
         self._errors = (redis.RedisError, OSError)
-        self._gcra = self.client.register_script(_GCRA)
+        self._no_script = redis.exceptions.NoScriptError
+        self._gcra_sha = hashlib.sha1(_GCRA.encode()).hexdigest()
         self.pools = pools
         self.on_up = on_up
         self.leading = leading
@@ -106,10 +108,19 @@ class Cluster:
         self._late = 0               # late answers in a row
         self._next_ping = 0.0
         self.admin: dict[tuple[str, str], Override] = {}   # the last values read
+        self.changes = 0             # changes made here: a read that began before one is stale
         self._greenlet: gevent.Greenlet | None = None
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    def gcra(self, key: str, interval: int, tolerance: int) -> int:
+        """The GCRA script on ``key`` (µs): by its SHA1, sent whole only when Redis does not
+        have it (its first use, a restarted Redis). Call it through ``call``."""
+        try:
+            return self.client.evalsha(self._gcra_sha, 1, key, interval, tolerance)
+        except self._no_script:
+            return self.client.eval(_GCRA, 1, key, interval, tolerance)
 
     # -- the link --
 
@@ -200,6 +211,7 @@ class Cluster:
         this instance's ejections and returns."""
         if not self._ping():
             return
+        changes = self.changes
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.key("admin"))
@@ -207,9 +219,10 @@ class Cluster:
             admin, ejected = self.call(pipe.execute)
         except StoreUnavailable:
             return
-        self.admin = {tuple(json.loads(field)): Override(**json.loads(value))
-                      for field, value in admin.items()}
-        self.apply()
+        if changes == self.changes:
+            self.admin = {tuple(json.loads(field)): Override(**json.loads(value))
+                          for field, value in admin.items()}
+            self.apply()
         if self.leading():
             self._exchange({tuple(json.loads(field)): json.loads(value)
                             for field, value in ejected.items()})
@@ -282,8 +295,8 @@ class SharedLimit:
         cluster = self.cluster
         if cluster.up:
             try:
-                return cluster.call(cluster._gcra, (self.prefix + key,),
-                                    (self.interval, self.tolerance)) / 1e6
+                return cluster.call(cluster.gcra, self.prefix + key, self.interval,
+                                    self.tolerance) / 1e6
             except StoreUnavailable:
                 pass
         return self.local.check(key, now)
@@ -311,7 +324,8 @@ class RedisStore:
             pipe.hset(name, field, json.dumps(dataclasses.asdict(new)))
             return new
         new = cluster.call(cluster.client.transaction, transact, name, value_from_callable=True)
-        cluster.admin[key] = new
+        cluster.changes += 1
+        cluster.admin = {**cluster.admin, key: new}
         return new
 
     def retain(self, keep: Callable[[tuple[str, str]], bool]) -> None:

@@ -121,6 +121,8 @@ def test_redis_killed_mid_load_fails_nothing_and_limits_stay_local(start_proxy, 
     assert statuses.count(200) <= 1 and set(statuses) <= {200, 429}, statuses
     assert slowest < 0.5, slowest
     assert metric(proxy.port, "myproxy_cluster_up") == 0.0
+    answer = patch(proxy.port, {"backend": backend.url, "state": "drain"})
+    assert answer[0] == 503 and b"Redis" in answer[2]        # not made here only
     assert proxy.output.count("cluster: Redis at") == 2      # answers, then failed: once
     assert "failed" in proxy.output
     own_redis.start()
