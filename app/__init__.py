@@ -15,7 +15,9 @@ layer reads its settings there.
 ``App.reload(config)`` builds the next runtime and swaps that one reference (SIGHUP calls
 ``reload_file``; the admin API ``reload_from_file``). Admin states (drain, maint, run-time
 weights: ``app.lb.overrides``) live in a store apart from the config, applied to each
-runtime's backends.
+runtime's backends. With ``cluster.redis``, ``app.lb.cluster.Cluster`` links the instance to
+the deployment's Redis: the admin states' store, each limited pool's ``SharedLimit`` and the
+ejections go through it (``App.start`` starts its loop, after any fork).
 
 The parts are imported inside ``create_app``, not here: ``gunicorn.conf.py`` imports
 ``app.config`` in gunicorn's master, before the worker monkey-patches gevent, and requests

@@ -186,3 +186,26 @@ def test_rediss_speaks_tls_to_a_tls_redis(start_proxy, backend, tmp_path):
         assert server.client().keys("*:rl:*")
     finally:
         server.stop()
+
+
+def test_a_gunicorn_group_takes_an_ejection_in_every_worker_and_shares_a_drain(
+        start_proxy, backends, redis_server, write_config):
+    from tests.servers import launch
+    a, b, _ = backends
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = clustered([a.url, b.url, dead], redis_server.url, health_check={"enabled": False},
+                       passive_health={"failures": 1, "eject_for": "30s"})
+    alone = start_proxy(config)
+    group = launch("gunicorn", write_config(config, "group.yaml"), workers=2)
+    try:
+        assert patch(group.port, {"backend": b.url, "state": "drain"})[0] == 200
+        assert wait_until(lambda: backend_state(alone.port, b.url)["admin_state"] == "drain",
+                          timeout=1.0, interval=0.05)
+        assert wait_until(lambda: get(alone.port, "/x") and
+                          backend_state(alone.port, dead)["state"] == "ejected", timeout=5)
+        # Every worker (each /status is the worker that answers it) has it out.
+        assert wait_until(lambda: all(backend_state(group.port, dead)["state"] == "ejected"
+                                      for _ in range(6)), timeout=2.0, interval=0.05)
+    finally:
+        group.stop()
+    assert "Traceback" not in group.output, group.output
