@@ -126,8 +126,8 @@ class Cluster:
 
     def call(self, action: Callable, *args, **kwargs):
         """``action(*args, **kwargs)`` (a call on ``self.client``), within ``timeout``.
-        Raises ``StoreUnavailable`` when the link is down or the call fails or is late
-        (which takes the link down)."""
+        Raises ``StoreUnavailable`` when the link is down, or the call fails (which takes
+        the link down) or is late (the ``LATE_IN_A_ROW``-th in a row takes it down)."""
         if not self.up:
             raise StoreUnavailable("Redis unreachable")
         return self._bounded(action, *args, **kwargs)
