@@ -15,7 +15,9 @@ layer reads its settings there.
 ``App.reload(config)`` builds the next runtime and swaps that one reference (SIGHUP calls
 ``reload_file``; the admin API ``reload_from_file``). Admin states (drain, maint, run-time
 weights: ``app.lb.overrides``) live in a store apart from the config, applied to each
-runtime's backends.
+runtime's backends. With ``cluster.redis``, ``app.lb.cluster.Cluster`` links the instance to
+the deployment's Redis: the admin states' store, each limited pool's ``SharedLimit`` and the
+ejections go through it (``App.start`` starts its loop, after any fork).
 
 The parts are imported inside ``create_app``, not here: ``gunicorn.conf.py`` imports
 ``app.config`` in gunicorn's master, before the worker monkey-patches gevent, and requests
@@ -46,8 +48,12 @@ class App:
 settings there.
     """
 
-    def __init__(self, live, upstream, metrics, admin_states, wsgi=None, tls=None, rates=None):
+    def __init__(self, live, upstream, metrics, admin_states, wsgi=None, tls=None, rates=None,
+                 cluster=None):
         self.live = live
+        # With `cluster.redis`: app.lb.cluster.Cluster, what this instance shares with the
+        # others through Redis (rate limits, admin states, ejections); else None.
+        self.cluster = cluster
         # Drain, maint and run-time weights set through the admin API: app.lb.overrides'
         # AdminStates, over the group's file under gunicorn, else this process's memory.
         self.admin_states = admin_states
@@ -71,7 +77,7 @@ settings there.
         # DNS members added and removed to the upstream, health checks and metrics, and
         # the one table of rate-limit keys (app.lb.ratelimit), so that a reload keeps them.
         self._hooks = dict(on_check=metrics.health_checked, on_added=self._members_added,
-                           on_removed=self._members_removed, rates=rates)
+                           on_removed=self._members_removed, rates=rates, cluster=cluster)
 
     @property
     def draining(self) -> bool:
@@ -123,6 +129,8 @@ settings there.
         found one within ``resolver.timeout``."""
         from .lb.routes import resolve_at_start, start_pools
         resolve_at_start(self.runtime)
+        if self.cluster is not None:
+            self.cluster.start()             # the shared admin states, before serving
         self.started = True
         start_pools(self.runtime, checks=self.group is None)
         if self.group is not None:
@@ -143,6 +151,8 @@ settings there.
         if self.slots is not None:
             self.slots.stop()
         self.metrics.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.upstream.close()
 
     def drain_queues(self) -> None:
@@ -302,10 +312,20 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     if tls is not None:
         tls.on_refused = metrics.tls_refused
     group_dir = group_dir or os.environ.get("MYPROXY_GROUP_DIR")
-    # The group's rate-limit keys are one file its workers share; alone, this process's.
-    app = App(live, upstream, metrics,
-              AdminStates(FileStore(group_dir) if group_dir else MemoryStore()), tls=tls,
-              rates=open_table(group_dir))
+    cluster = None
+    if config.cluster.enabled:
+        # Several instances: rate limits, admin states and ejections shared through Redis.
+        from .lb.cluster import Cluster, RedisStore
+        cluster = Cluster(config.cluster, lambda: live.runtime.balancers, on_up=metrics.cluster_up,
+                          apply=lambda: app.admin_states.apply(live.runtime.balancers))
+        metrics.cluster_up(False)        # until Redis first answers
+        store = RedisStore(cluster)
+    else:
+        store = FileStore(group_dir) if group_dir else MemoryStore()
+    # The group's rate-limit keys are one file its workers share; alone, this process's
+    # (with a cluster: the fallback of the limits kept in Redis).
+    app = App(live, upstream, metrics, AdminStates(store), tls=tls,
+              rates=open_table(group_dir), cluster=cluster)
     if group_dir:
         from .server.slots import SlotTable
         app.slots = app._hooks["slots"] = SlotTable(group_dir)   # max_conns for the group
@@ -315,8 +335,11 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
     proxy = Proxy(upstream)
     if group_dir:
         app.group = _group_view(live, metrics, group_dir, app.admin_states)
+        if cluster is not None:
+            cluster.leading = lambda: app.group.leading    # the others follow the leader
     status = Status(metrics, draining=lambda: app.draining,
-                    certificates=tls.describe if tls is not None else None, group=app.group)
+                    certificates=tls.describe if tls is not None else None, group=app.group,
+                    cluster=cluster)
     api = AdminApi(app, metrics)
     admin = Admin(proxy, status, metrics, draining=lambda: app.draining, api=api)
     inner = admin

@@ -14,7 +14,7 @@ from .config import POOL_KEYS, SECRETS, Config, format_value
 # Settings bound when the server starts: a reload keeps the running value and says so.
 # Whether the port speaks TLS at all, and the redirect listener's port, are bound too;
 # the certificates, min_version and hsts of a TLS listener are not.
-FIXED_AT_START = ("host", "port", "limits.max_connections", "tls", "tls.redirect_from")
+FIXED_AT_START = ("host", "port", "limits.max_connections", "tls", "tls.redirect_from", "cluster")
 
 # Settings that are not behaviour: where the file is and where each value came from.
 NOT_SETTINGS = ("source", "origins", "backends", "routes", "tls")

@@ -380,3 +380,30 @@ def test_max_conns_and_the_queue_per_pool():
 def test_queue_errors_name_the_key(text, key, words):
     error = _error(text)
     assert error.key == key and words in str(error)
+
+
+@pytest.mark.parametrize("value,words", [
+    ("http://h:6379", "must be a redis:// or rediss:// URL"),
+    ("redis://", "the URL names no host"),
+])
+def test_cluster_redis_must_be_a_redis_url_and_the_error_names_its_line(value, words):
+    error = _error(MINIMAL + f"cluster:\n  redis: {value}\n")
+    assert "conf.yaml:4" in str(error) and "cluster.redis" in str(error) and words in str(error)
+
+
+def test_cluster_is_off_by_default_and_reads_redis_url_from_the_environment():
+    assert not parse(MINIMAL, environ={}).cluster.enabled
+    config = parse(MINIMAL + "cluster:\n  redis: ${REDIS_URL:-}\n  timeout: 20ms\n",
+                   environ={"REDIS_URL": "rediss://u:pw@r.example:6380/1"})
+    assert config.cluster.enabled and config.cluster.timeout == 0.02
+    assert config.cluster.prefix == "myproxy"
+    assert "pw" not in repr(config.cluster)
+
+
+def test_a_redis_password_is_shown_as_stars():
+    from app.config import format_value, redact_url
+    assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("rediss://user:s3cret@h/0?ssl_cert_reqs=none") == \
+        "rediss://user:***@h/0?ssl_cert_reqs=none"
+    assert redact_url("redis://h:6379") == "redis://h:6379"
+    assert format_value("cluster.redis", "redis://u:s3cret@h:1") == "redis://u:***@h:1"

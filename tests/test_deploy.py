@@ -252,3 +252,42 @@ def test_kubernetes_example_probes_drains_and_mounts_a_valid_config(kubernetes):
     assert env["MYPROXY_CONFIG"] == mount + "/config.yaml"
     assert str(pod["securityContext"]["runAsUser"]) == final_stage("USER")[-1]
     assert kubernetes["Service"]["spec"]["selector"] == kubernetes["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+def test_kubernetes_cluster_example_runs_three_replicas_sharing_one_redis():
+    with open(os.path.join(ROOT, "deploy", "kubernetes-cluster.yaml")) as file:
+        docs = list(yaml.safe_load_all(file))
+    named = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    proxy = named[("Deployment", "myproxy")]
+    assert proxy["spec"]["replicas"] == 3
+    container = proxy["spec"]["template"]["spec"]["containers"][0]
+    secret = named[("Secret", "myproxy-redis")]["stringData"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "myproxy-redis", "key": "url"}
+    config = parse(named[("ConfigMap", "myproxy-cluster-config")]["data"]["config.yaml"],
+                   "configmap", environ={"REDIS_URL": secret["url"]})
+    assert config.cluster.redis == secret["url"] and config.rate_limit.rate == 20
+    assert "--requirepass" in named[("Deployment", "myproxy-redis")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    host = secret["url"].rsplit("@", 1)[1].split(":")[0]
+    assert ("Service", host) in named
+    assert proxy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= shutdown_seconds(config)
+
+
+def test_compose_cluster_example_runs_two_instances_and_one_redis():
+    with open(os.path.join(ROOT, "deploy", "docker-compose.cluster.yml")) as file:
+        services = yaml.safe_load(file)["services"]
+    instances = [services["myproxy1"], services["myproxy2"]]
+    assert [s["command"][0] for s in instances] == ["python", "gunicorn"]
+    assert services["myproxy2"]["environment"]["WEB_CONCURRENCY"] == "2"
+    env = services["myproxy1"]["environment"]
+    with open(os.path.join(ROOT, "deploy", "cluster.yaml")) as file:
+        config = parse(file.read(), "cluster.yaml", environ=env)
+    assert config.cluster.redis == env["REDIS_URL"]
+    assert "@redis:" in env["REDIS_URL"] and "redis" in services
+    assert "--requirepass" in services["redis"]["command"]
+    assert len(config.backends) == 2
+    if shutil.which("docker-compose"):
+        result = subprocess.run(["docker-compose", "-f", os.path.join(ROOT, "deploy",
+                                 "docker-compose.cluster.yml"), "config", "--quiet"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr

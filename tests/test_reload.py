@@ -209,3 +209,11 @@ def test_settings_the_server_bound_at_start_are_kept_and_named():
     assert kept_config.timeouts.client_idle == running.timeouts.client_idle
     assert kept_config.shutdown_timeout == 3.0
     assert fixed_at_start(running, new)[0].timeouts.client_idle == 1.0
+
+
+def test_the_cluster_settings_stay_until_a_restart(backend, caplog):
+    app = make_app([backend.url])
+    with caplog.at_level(logging.INFO, logger="myproxy"):
+        reload(app, [backend.url], "cluster:\n  redis: redis://:s3cret@127.0.0.1:1/0\n")
+    assert not app.config.cluster.enabled and app.cluster is None
+    assert "needs a restart: cluster" in caplog.text and "s3cret" not in caplog.text

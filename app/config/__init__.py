@@ -15,13 +15,13 @@ computed at run time never come back here. One module each job:
 
 Everything the rest of the app uses is importable from ``app.config`` itself.
 """
-from .schema import (AdminConfig, BackendConfig, CertificateFiles, Config, ConfigError,
-                     DEFAULT_PATH, DEFAULT_ROUTE, ForwardedConfig, HealthCheckConfig, LOG_FORMATS,
+from .schema import (AdminConfig, BackendConfig, CertificateFiles, ClusterConfig, Config,
+                     ConfigError, DEFAULT_PATH, DEFAULT_ROUTE, ForwardedConfig, HealthCheckConfig, LOG_FORMATS,
                      LOG_LEVELS, LimitsConfig, NO_ROUTE, POLICIES, PassiveHealthConfig,
                      QueueConfig, RateLimitConfig, ResolverConfig, RetriesConfig, RouteConfig,
                      StickyConfig, TLSConfig, TLS_VERSIONS, TimeoutsConfig)  # noqa: F401
 from .values import (DEFAULT_SRV_RESOLVE, MIN_RESOLVE, parse_backend_url, parse_duration,
-                     parse_size)  # noqa: F401
+                     parse_size, redact_url)  # noqa: F401
 from .keys import (BACKEND_KEYS, CERTIFICATE_KEYS, DURATIONS, POOL_KEYS, POOL_SCALARS,
                    POOL_SECTIONS, ROUTE_KEYS, ROUTE_ONLY_TIMEOUTS, SCALARS, SECRETS, SECTIONS,
                    TLS_KEYS, TLS_SCALARS, TOP_LEVEL_KEYS)  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .values import _RATE_UNITS, _expect, _rate, parse_size
+from .values import _RATE_UNITS, _expect, _rate, _redis_url, parse_size, redact_url
 from .keys import DURATIONS, SCALARS, SECTIONS, TLS_SCALARS
 
 
@@ -15,6 +15,8 @@ def format_value(key: str, value: Any) -> str:
         TLS_SCALARS.get(name) if section == "tls" else SCALARS.get(key)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if parser is _redis_url:
+        return redact_url(value)          # never a password
     if parser in DURATIONS:
         return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
     if parser is parse_size:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from .schema import (AdminConfig, ForwardedConfig, HealthCheckConfig, LOG_FORMATS, LOG_LEVELS,
-                     LimitsConfig, POLICIES, PassiveHealthConfig, QueueConfig, RateLimitConfig,
-                     ResolverConfig, RetriesConfig, StickyConfig, TimeoutsConfig)
-from .values import (_admin_prefix, _boolean, _check_timeout, _choice, _cidrs, _cookie_name,
-                     _cookie_path, _dns_servers, _eject_for, _expect, _hash_key, _integer,
-                     _listen_host, _path, _port, _positive_duration, _rate, _rate_key,
-                     _resolve_interval, _secure, _share, _srv_name, _string, _timeout, _tls_version,
-                     parse_backend_url, parse_duration, parse_size)
+from .schema import (AdminConfig, ClusterConfig, ForwardedConfig, HealthCheckConfig, LOG_FORMATS,
+                     LOG_LEVELS, LimitsConfig, POLICIES, PassiveHealthConfig, QueueConfig,
+                     RateLimitConfig, ResolverConfig, RetriesConfig, StickyConfig, TimeoutsConfig)
+from .values import (_admin_prefix, _boolean, _check_timeout, _choice, _cidrs, _cluster_prefix,
+                     _cookie_name, _cookie_path, _dns_servers, _eject_for, _expect, _hash_key,
+                     _integer, _listen_host, _path, _port, _positive_duration, _rate, _rate_key,
+                     _redis_url, _resolve_interval, _secure, _share, _srv_name, _string, _timeout,
+                     _tls_version, parse_backend_url, parse_duration, parse_size)
 
 
 # Each section maps a key to its parser; the defaults come from the dataclasses (schema).
@@ -43,6 +43,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "http_only": _boolean, "same_site": _choice("lax", "strict", "none"), "path": _cookie_path,
         "secret": _string,
     }),
+    "cluster": (ClusterConfig, {"redis": _redis_url, "prefix": _cluster_prefix,
+                                "timeout": _positive_duration}),
 }
 SCALARS: dict[str, Callable[[Any], Any]] = {
     "port": _port, "host": _listen_host, "policy": _choice(*POLICIES), "hash_key": _hash_key,

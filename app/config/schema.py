@@ -207,6 +207,21 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several instances sharing state through Redis (SPEC §10). ``redis``: a ``redis://`` or
+    ``rediss://`` URL ("" = no cluster: each instance stands alone); ``prefix``: the keys'
+    prefix; ``timeout``: the most a request waits on Redis."""
+
+    redis: str = field(default="", repr=False)      # its password must never be shown
+    prefix: str = "myproxy"
+    timeout: float = 0.05
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis)
+
+
+@dataclass(frozen=True)
 class Config:
     backends: tuple[BackendConfig, ...]     # the default pool; may be empty when routes exist
     port: int = 8080
@@ -240,6 +255,7 @@ class Config:
     tls: TLSConfig | None = None   # None: plain HTTP
     resolver: ResolverConfig = ResolverConfig()
     routes: tuple[RouteConfig, ...] = ()
+    cluster: ClusterConfig = ClusterConfig()   # several instances sharing state (SPEC §10)
     # Where the config came from, and where each effective value came from
     # ("file", "env NAME", "default"), for `--check` and the status page.
     source: str = ""

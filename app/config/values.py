@@ -9,7 +9,7 @@ import ipaddress
 import re
 import socket
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .schema import TLS_VERSIONS
 
@@ -295,3 +295,34 @@ def parse_backend_url(value: Any) -> str:
 
 MIN_RESOLVE = 1.0          # seconds: the shortest re-resolve interval, whatever the TTL says
 DEFAULT_SRV_RESOLVE = 10.0  # an `srv` entry without `resolve`
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://")
+_CLUSTER_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _redis_url(value: Any) -> str:
+    value = _string(value).strip()
+    if value and not value.startswith(_REDIS_SCHEMES):
+        raise ValueError("must be a redis:// or rediss:// URL, or \"\" for no cluster")
+    if value and not urlsplit(value).hostname:
+        raise ValueError("the URL names no host")
+    return value
+
+
+def _cluster_prefix(value: Any) -> str:
+    value = _string(value)
+    if not _CLUSTER_PREFIX.match(value):
+        raise ValueError("must be 1 to 64 letters, digits, or _ . : -")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``: what a log, ``--check`` or
+    ``/status`` may show of a Redis URL."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -9,7 +9,7 @@ place a backend's admin state changes; ``retain`` forgets the overrides of backe
 reload removed.
 
 The store is where overrides live, behind three methods (``load``, ``change``,
-``retain``), so that another one can stand in (issue 29: Redis, shared by instances):
+``retain``), so that another one can stand in:
 
 - ``MemoryStore``: one process (``python wsgi.py``); a restart forgets it.
 - ``FileStore``: a gunicorn group. One JSON file in ``$MYPROXY_GROUP_DIR``, replaced whole
@@ -17,6 +17,7 @@ The store is where overrides live, behind three methods (``load``, ``change``,
   calls at once both count. Every worker reads it at each group round and at its start
   (``app.lb.shared.GroupView``): a change made in one worker holds in all within a round,
   and a replaced worker starts with it. The file lives as long as the master's directory.
+- ``app.lb.cluster.RedisStore``: several instances (``cluster``), in their Redis.
 
 It knows nothing of HTTP (``app.middleware.api`` answers the calls) or of the group's
 other records. Imports only ``balancer``'s types.
@@ -48,6 +49,11 @@ class Override:
     weight: int | None = None
     since: float = 0.0
     changed: float = 0.0
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot take a change now (the cluster's Redis is down, ``app.lb.cluster``):
+    a change made here only would be undone when it answers again."""
 
 
 class UnknownTarget(LookupError):

@@ -3,7 +3,8 @@
 - ``Pool`` is one route's unit: its settings (``RouteConfig``), its ``Balancer`` of
   ``Backend`` objects, its ``HealthChecker``, its ``Discovery`` (the entries found through
   DNS), its ``RetryBudget``, its ``Capacity`` (max_conns and the queue), its upstream
-  timeout, its sticky cookie (``Sticky``) and its ``RateLimit`` (or None).
+  timeout, its sticky cookie (``Sticky``) and its ``RateLimit`` (or None; with
+  ``cluster``, a ``SharedLimit`` in front of it).
   The same backend URL in two routes is two ``Backend`` objects with separate state, and a
   request of one pool is only ever sent to that pool's backends.
 - ``RouteTable.match(host, path)`` picks the pool: routes in precedence order (an exact
@@ -38,6 +39,7 @@ from .balancer import Backend, Balancer
 from .capacity import Capacity
 from .discovery import Discovery
 from .health import HealthChecker
+from .cluster import SharedLimit
 from .ratelimit import RateLimit, RateTable
 from .retry import RetryBudget
 from .sticky import Sticky
@@ -48,7 +50,8 @@ class Pool:
 
     def __init__(self, settings: RouteConfig, balancer: Balancer, health: HealthChecker,
                  budget: RetryBudget, discovery: Discovery | None = None,
-                 capacity: Capacity | None = None, rates: RateTable | None = None):
+                 capacity: Capacity | None = None, rates: RateTable | None = None,
+                 cluster=None):
         self.settings = settings
         self.rewrites = bool(settings.strip_prefix and settings.path)   # see rewrite
         # Each backend's max_conns slots and the pool's queue: how a request gets a backend.
@@ -67,6 +70,9 @@ class Pool:
         limit = settings.rate_limit
         self.limit = RateLimit(f"{self.name}\0{limit.key}", limit.rate, limit.burst,
                                rates or RateTable()) if limit.rate else None
+        if self.limit is not None and cluster is not None:
+            # One limit for every instance, in Redis; this one when Redis does not answer.
+            self.limit = SharedLimit(self.limit, self.name, cluster)
         self.limit_key = limit.key          # client_ip | header:NAME | route
 
     def __repr__(self) -> str:
@@ -217,7 +223,7 @@ def build_runtime(config: Config, upstream, previous: Runtime | None = None,
                   clock: Callable[[], float] = time.time,
                   on_check: Callable | None = None, on_added: Callable | None = None,
                   on_removed: Callable | None = None, slots=None,
-                  rates: RateTable | None = None) -> Runtime:
+                  rates: RateTable | None = None, cluster=None) -> Runtime:
     """The runtime of ``config``. Starts nothing (``start_pools`` does) and does no I/O.
 
     ``upstream`` sends the health checks; ``on_check(pool, backend, result)`` sees each
@@ -227,20 +233,21 @@ def build_runtime(config: Config, upstream, previous: Runtime | None = None,
     retry budget (see the module docstring), and its ``Capacity`` with its queue. ``slots``
     is a gunicorn group's shared slot table (``app.server.slots``), else None. ``rates``
     holds every pool's rate-limit keys, this runtime's and the next (default: a table of
-    each pool's own).
+    each pool's own). ``cluster`` (``app.lb.cluster.Cluster``, or None) shares each pool's
+    rate limit with the other instances.
     """
     pools = []
     for settings in config.pools:
         old = previous.pool(settings.name) if previous is not None else None
         pools.append(_pool(settings, config, upstream, old, clock, on_check, on_added, on_removed,
-                           slots, rates))
+                           slots, rates, cluster))
     routes = [pool for pool in pools if pool.name != DEFAULT_ROUTE]
     default = next((pool for pool in pools if pool.name == DEFAULT_ROUTE), None)
     return Runtime(config, RouteTable(routes, default), tuple(pools))
 
 
 def _pool(settings: RouteConfig, config: Config, upstream, old: Pool | None, clock, on_check,
-          on_added, on_removed, slots=None, rates=None) -> Pool:
+          on_added, on_removed, slots=None, rates=None, cluster=None) -> Pool:
     probed = settings.health_check.enabled
     name = settings.name
     if old is None:
@@ -267,7 +274,7 @@ def _pool(settings: RouteConfig, config: Config, upstream, old: Pool | None, clo
         capacity.follow(balancer, settings.queue)
     else:
         capacity = Capacity(name, balancer, settings.queue, shared=slots)
-    return Pool(settings, balancer, health, budget, discovery, capacity, rates)
+    return Pool(settings, balancer, health, budget, discovery, capacity, rates, cluster)
 
 
 def lookup_fresh(runtime: Runtime, config: Config) -> dict:

@@ -24,7 +24,7 @@ import json
 import logging
 
 from ..config import DEFAULT_ROUTE, ConfigError
-from ..lb.overrides import KEEP, BadField, UnknownTarget
+from ..lb.overrides import KEEP, BadField, StoreUnavailable, UnknownTarget
 from ..logs import Fields
 from ..request import KEY as REQUEST
 
@@ -76,6 +76,10 @@ class AdminApi:
             return _error("400 Bad Request", str(error), field=error.field)
         except UnknownTarget as error:
             return _error("404 Not Found", str(error))
+        except StoreUnavailable:
+            return _error("503 Service Unavailable", "the cluster's Redis is unreachable: a "
+                          "change made here only would not hold in the other instances; "
+                          "try again when myproxy_cluster_up is 1")
         client = environ.get("REMOTE_ADDR", "-")
         if after.state != before.state:
             self.metrics.admin_changed(after.state)

@@ -191,6 +191,7 @@ class Metrics:
         self._gauged: set[tuple[str, str]] = set()
         self._exposed = self.registry
         self._process_gauges: dict[str, Gauge] | None = None
+        self._cluster_up: Gauge | None = None      # made by the first cluster_up: absent without
         if self.multiprocess:
             from prometheus_client import multiprocess, values
             if values.ValueClass is values.MutexValue:
@@ -300,6 +301,15 @@ class Metrics:
 
     def admin_changed(self, action: str) -> None:
         self.admin_changes.labels(action).inc()
+
+    def cluster_up(self, up: bool) -> None:
+        """The cluster's Redis answers (1) or not (0): ``app.lb.cluster.Cluster.on_up``."""
+        if self._cluster_up is None:
+            self._cluster_up = Gauge("myproxy_cluster_up", "1 while the cluster's Redis answers "
+                                     "(rate limits, admin states, ejections shared); 0: each "
+                                     "instance on its own.", registry=self.registry,
+                                     multiprocess_mode="livemin")
+        self._cluster_up.set(1 if up else 0)
 
     def tls_refused(self, reason: str) -> None:
         """A connection to the TLS port that never got to HTTPS (``Terminator.on_refused``)."""

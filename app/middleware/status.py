@@ -27,7 +27,9 @@ class Status:
 
     def __init__(self, metrics: Metrics, draining: Callable[[], bool] = lambda: False,
                  clock: Callable[[], float] = time.time,
-                 certificates: Callable[[], list[dict]] | None = None, group=None):
+                 certificates: Callable[[], list[dict]] | None = None, group=None,
+                 cluster=None):
+        self.cluster = cluster    # app.lb.cluster.Cluster with `cluster.redis`, or None
         self.certificates = certificates    # the TLS certificates in force, described
         self.group = group        # app.lb.shared.GroupView under a gunicorn group, or None
         self.metrics = metrics
@@ -94,6 +96,11 @@ class Status:
                 "min_version": config.tls.min_version,
                 "hsts_seconds": config.tls.hsts,
                 "certificates": self.certificates(),
+            },
+            # The URL without its password (config.redact_url), and whether Redis answers.
+            "cluster": None if self.cluster is None else {
+                "redis": self.cluster.where, "prefix": self.cluster.prefix,
+                "timeout_seconds": self.cluster.timeout, "up": self.cluster.up,
             },
         }
         if self.group is not None:
