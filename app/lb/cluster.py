@@ -24,7 +24,8 @@ What is shared, all under ``{prefix}:``:
 - **Passive ejections**: the hash ``ejected``, one field per (pool, backend):
   ``[since, until]`` (wall clock), or ``[since, null]`` once the backend came back after
   its ejection ran out (a passing health check: the return). Each round, the loop
-  publishes this instance's ejections newer than the entry, and applies the others': an
+  publishes this instance's news newer than the entry (written in Redis only over an older
+  entry, so a return seen late never undoes a newer ejection), and applies the others': an
   ejection still running holds here as if made here (until its time is up and a check
   passes here); a return newer than this instance's last change ends it at once. Under a
   gunicorn group only the leader exchanges them (the others follow it, ``app.lb.shared``).
@@ -60,6 +61,22 @@ LATE_IN_A_ROW = 3
 
 # GCRA in microseconds on Redis's clock: KEYS[1] the key's tat; ARGV interval, tolerance.
 # Returns 0 when admitted (and counted), else the microseconds to wait.
+# Ejection news, (field, entry) pairs, each written only over an older entry (its ``since``
+# first): an instance that read the hash before another instance's newer news (a return it
+# saw against an ejection made since) must not write over it. Rare: only with news.
+_PUBLISH_NEWER = """
+local written = 0
+for i = 1, #ARGV, 2 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  local since = cjson.decode(ARGV[i + 1])[1]
+  if not current or cjson.decode(current)[1] < since then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    written = written + 1
+  end
+end
+return written
+"""
+
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -242,8 +259,9 @@ class Cluster:
                  if (until if until is not None else since) < now - FORGET]
         if publish or stale:
             pipe = self.client.pipeline(transaction=False)
-            if publish:
-                pipe.hset(self.key("ejected"), mapping=publish)
+            if publish:             # each over an older entry only (_PUBLISH_NEWER)
+                flat = [part for field, entry in publish.items() for part in (field, entry)]
+                pipe.eval(_PUBLISH_NEWER, 1, self.key("ejected"), *flat)
             if stale:
                 pipe.hdel(self.key("ejected"), *stale)
             try:

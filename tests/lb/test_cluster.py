@@ -139,3 +139,25 @@ def test_a_slow_redis_costs_a_request_no_more_than_the_timeout(server):
     link._next_ping = 0.0                      # the loop's next PING, now
     link.sync_once()
     assert link.up
+
+
+def test_a_stale_return_never_writes_over_a_newer_ejection(server):
+    clock, prefix = Clock(), uuid.uuid4().hex
+    (one, link_one, _, _), (two, link_two, _, _) = (instance(server, clock, prefix),
+                                                    instance(server, clock, prefix))
+    link_one.sync_once(), link_two.sync_once()
+    clock.now += 1
+    assert one.record_request("connect", PASSIVE) == "ejected"
+    link_one.sync_once()
+    link_two.sync_once()                       # both know the first ejection
+    clock.now += 6                             # it ran out; a check passes in two
+    two.record_check(CheckResult(clock.now, True, 0.001, 200, None), RULES)
+    assert two.state == "up"
+    clock.now += 1
+    one.record_check(CheckResult(clock.now, True, 0.001, 200, None), RULES)
+    assert one.record_request("connect", PASSIVE) == "ejected"   # a second, newer ejection
+    link_one.sync_once()                       # published first ...
+    link_two._exchange({("default", URL): [clock.now - 8, clock.now - 2]})   # ... two's stale view
+    third = instance(server, clock, prefix)[0:2]
+    third[1].sync_once()
+    assert third[0].state == "ejected"         # the newer ejection is what Redis holds
