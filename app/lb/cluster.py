@@ -48,6 +48,7 @@ from ..config import ClusterConfig, redact_url
 from .balancer import Backend, Balancer
 from .overrides import Override, StoreUnavailable
 from .ratelimit import RateLimit
+from .rounds import Rounds
 
 log = logging.getLogger("myproxy.cluster")
 
@@ -126,7 +127,7 @@ class Cluster:
         self._next_ping = 0.0
         self.admin: dict[tuple[str, str], Override] = {}   # the last values read
         self.changes = 0             # changes made here: a read that began before one is stale
-        self._greenlet: gevent.Greenlet | None = None
+        self._rounds = Rounds(self.sync_once, SYNC_INTERVAL, "cluster round", log)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -204,24 +205,12 @@ class Cluster:
     def start(self) -> None:
         """One round at once (an instance starts with the shared admin states), then a
         round every ``SYNC_INTERVAL`` in a greenlet. Call after any fork."""
-        if self._greenlet is None:
-            self.sync_once()
-            self._greenlet = gevent.spawn(self._run)
+        self._rounds.start()
 
     def stop(self) -> None:
         """Stop the loop and close the connections; safe to call twice."""
-        greenlet, self._greenlet = self._greenlet, None
-        if greenlet is not None:
-            greenlet.kill(block=True, timeout=1)
+        if self._rounds.stop():
             self.client.close()
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(SYNC_INTERVAL)
-            try:
-                self.sync_once()
-            except Exception:  # noqa: BLE001 - a background loop never dies silently
-                log.exception("cluster round failed; trying again")
 
     def sync_once(self) -> None:
         """Read the admin states and the ejections in one round trip; apply them; publish

@@ -34,9 +34,8 @@ import logging
 import time
 from typing import Callable
 
-import gevent
-
 from .balancer import Backend, Balancer, CheckResult
+from .rounds import Rounds
 
 log = logging.getLogger("myproxy.group")
 
@@ -72,7 +71,7 @@ class GroupView:
         self._clock = clock
         self._records: dict[int, dict] = {}
         self._leader: dict | None = None
-        self._greenlet: gevent.Greenlet | None = None
+        self._rounds = Rounds(self.sync_once, SYNC_INTERVAL, "group sync", log)
         self.checks_wanted = False   # the app asked for health checks (start, reload)
         self._hook_budgets()
 
@@ -96,23 +95,11 @@ class GroupView:
     def start(self) -> None:
         """One round at once (a new worker follows the group before it serves), then a
         round every ``SYNC_INTERVAL`` in a greenlet."""
-        if self._greenlet is None:
-            self.sync_once()
-            self._greenlet = gevent.spawn(self._run)
+        self._rounds.start()
 
     def stop(self) -> None:
         """Stop the loop; safe to call twice."""
-        greenlet, self._greenlet = self._greenlet, None
-        if greenlet is not None:
-            greenlet.kill(block=True, timeout=1)
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(SYNC_INTERVAL)
-            try:
-                self.sync_once()
-            except Exception:  # noqa: BLE001 - a background loop never dies silently
-                log.exception("group sync failed; trying again")
+        self._rounds.stop()
 
     def sync_once(self) -> None:
         """Lead if the lock is free; read the others' records; apply; publish ours."""
