@@ -45,9 +45,12 @@ def flood(port, seconds, target="/flood", connections=1, fresh=False):
 
 def assert_rate(counts, elapsed, rate, burst):
     """Admitted: ``burst + rate × elapsed`` (app.lb.ratelimit), within 10 % below (a
-    client slowed down by a busy machine asks less) and one above."""
+    client slowed down by a busy machine asks less) and two above: the GCRA's one at
+    once over the burst, and one for the window the client measures (from its first
+    answer, not the proxy's first admission, to its deadline, with requests in flight)
+    being a little shorter than the proxy's. Twice the rate (two limits) is far outside."""
     expected = burst + rate * elapsed
-    assert 0.9 * expected <= counts.get(200, 0) <= expected + 1, (counts, expected)
+    assert 0.9 * expected <= counts.get(200, 0) <= expected + 2, (counts, expected)
     assert counts.get(429, 0) > counts.get(200, 0)           # it did ask faster than that
 
 
