@@ -127,20 +127,32 @@ def cross_site(environ: dict) -> str:
     is never granted). Without a token, where the admin trusts loopback clients, the Host
     must also be an address or ``localhost`` for a change: a page on a name that DNS
     rebinds to 127.0.0.1 would otherwise be "same origin" (reading is no more than
-    ``/status`` shows)."""
+    ``/status`` shows). From a proxy of ``forwarded.trusted_proxies``, the admin's own
+    origin is the one its ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` say."""
     origin = environ.get("HTTP_ORIGIN")
+    config = environ[REQUEST].runtime.config
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST", "")
+    if config.forwarded.trusts(environ.get("REMOTE_ADDR", "")):
+        # Behind a proxy of forwarded.trusted_proxies (one that terminates TLS, say), the
+        # page's origin is the scheme and host that proxy says its client used.
+        scheme = _first(environ.get("HTTP_X_FORWARDED_PROTO", "")).lower() or scheme
+        host = _first(environ.get("HTTP_X_FORWARDED_HOST", "")) or host
     if origin is not None and _origin(origin) != _origin(f"{scheme}://{host}"):
         return f"cross-site request refused: Origin {origin} is not this admin's own"
     if environ["REQUEST_METHOD"] in SAFE_METHODS:
         return ""
     if environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != JSON:
         return f"a change needs Content-Type: {JSON} (cross-site requests are refused)"
-    if not environ[REQUEST].runtime.config.admin.token and not _local_name(host):
+    if not config.admin.token and not _local_name(host):
         return ("without an admin token the API answers requests to an address or to "
                 "localhost only (Host is a name that could point anywhere)")
     return ""
+
+
+def _first(value: str) -> str:
+    """The first of a comma-separated list of forwarded values (the client's own hop)."""
+    return value.split(",", 1)[0].strip()
 
 
 def _origin(value: str) -> str:

@@ -155,6 +155,17 @@ def test_the_admin_s_own_origin_may_change_and_a_cross_origin_get_is_refused(bac
     client.get(API, headers={"Origin": "http://evil.test"}, status=403)
 
 
+def test_behind_a_trusted_tls_proxy_the_page_s_https_origin_is_the_admin_s_own(backend):
+    app = make_app([backend.url], TOKEN + "forwarded:\n  trusted_proxies: [10.0.0.2]\n")
+    outer = {"Origin": "https://admin.example", "X-Forwarded-Proto": "https",
+             "X-Forwarded-Host": "admin.example", "Authorization": "Bearer s3cret"}
+    proxied = client_of(app, {"REMOTE_ADDR": "10.0.0.2", "HTTP_HOST": "10.0.0.9:8080"})
+    patch(proxied, {"backend": backend.url, "state": "drain"}, headers=outer)
+    # The same headers from anyone else say nothing: its origin is the request's own.
+    direct = client_of(app, {"REMOTE_ADDR": "203.0.113.9", "HTTP_HOST": "10.0.0.9:8080"})
+    patch(direct, {"backend": backend.url, "state": "ready"}, status=403, headers=outer)
+
+
 def test_without_a_token_a_host_name_that_could_be_rebound_is_refused(backend):
     client = client_of(make_app([backend.url]), {**LOOPBACK, "HTTP_HOST": "evil.test:8080"})
     answer = patch(client, {"backend": backend.url, "state": "drain"}, status=403,
