@@ -1,6 +1,7 @@
 """Raw HTTP over real sockets, for tests that care about exact bytes and connections."""
 from __future__ import annotations
 
+import json
 import socket
 
 
@@ -52,3 +53,12 @@ def request(port: int, raw: bytes, head: bool = False, timeout: float = 10.0):
 def get(port: int, target: str = "/", headers: str = "") -> tuple[int, dict, bytes]:
     return request(port, f"GET {target} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n"
                    .encode("latin-1"))
+
+
+def queue_depth(port: int) -> int:
+    """The requests waiting in the proxy's queues (max_conns), as ``/status`` says: the
+    group's under gunicorn; -1 when it does not answer 200."""
+    status, _, body = get(port, "/_myproxy/status")
+    if status != 200:
+        return -1
+    return sum(route["queue"]["depth"] for route in json.loads(body)["routes"])

@@ -9,7 +9,7 @@ import yaml
 from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.servers import SERVERS, launch
-from tests.rawclient import connect, read_response
+from tests.rawclient import connect, queue_depth, read_response
 
 DELAY = 1.0          # short, but long enough to act inside it on a loaded machine
 PLAIN_GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"      # keep-alive: the server decides
@@ -101,7 +101,7 @@ def test_a_drain_answers_queued_requests_503_at_once_and_lets_the_admitted_one_f
                       timeout=5)
     queued = connect(proxy.port)
     queued.sendall(PLAIN_GET)
-    time.sleep(0.3)                      # in the queue by now (nothing to wait on from here)
+    assert wait_until(lambda: queue_depth(proxy.port) == 1, timeout=5)   # in the queue
     proxy.signal(signal.SIGTERM)
     signalled = time.monotonic()
     status, headers, body = read_response(queued)

@@ -13,6 +13,7 @@ from tests.backends import wait_until
 from tests.conftest import base_config
 from tests.lb.test_capacity import counting, get  # noqa: F401 - the fixture and the client
 from tests.servers import launch
+from tests.rawclient import queue_depth
 
 
 def test_the_group_sum_is_capped_across_columns(tmp_path):
@@ -69,7 +70,7 @@ def test_gunicorn_workers_together_never_exceed_max_conns(tmp_path, counting):  
     try:
         clients = [gevent.spawn(get, process.port, f"/wait?n={n}") for n in range(12)]
         assert wait_until(lambda: len(backend.requests) == 2, timeout=10)
-        gevent.sleep(0.3)                 # every client is in by now: none more get through
+        assert wait_until(lambda: queue_depth(process.port) == 10, timeout=10)   # the rest wait
         assert len(backend.requests) == 2
         backend.release.set()             # now each request answers at once
         gevent.joinall(clients, timeout=20)

@@ -13,6 +13,7 @@ from gevent.monkey import get_original
 
 from app.wire.gevent_adapter import (read_event, std_socket, tls_object, wait_with_timeout,
                                      wait_without_timeout)
+from tests.backends import wait_until
 from tests.certs import make_certificate
 
 
@@ -81,8 +82,7 @@ def test_wait_with_timeout_refuses_a_second_waiter_and_marks_the_watcher_meanwhi
     watcher = read_event(a)
     assert watcher.callback is None          # what sockets.wait_readable checks
     first = gevent.spawn(wait_with_timeout, a, watcher)
-    gevent.sleep(0.01)
-    assert watcher.callback is not None
+    assert wait_until(lambda: watcher.callback is not None, timeout=5)
     with pytest.raises(ConcurrentObjectUseError):
         wait_with_timeout(a, watcher)
     b.sendall(b"x")
