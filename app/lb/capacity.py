@@ -86,21 +86,25 @@ class Capacity:
                 request=None) -> Backend:
         """A backend for one attempt, its slot taken: at once, or after a wait in the queue.
 
-        Raises ``NoBackendAvailable`` (none eligible), ``QueueRejected``, or the watch's
-        ``ClientAborted``. ``request`` (``app.request.Request``) is told how long it queued.
+        Raises ``NoBackendAvailable`` (none eligible: it names the route), ``QueueRejected``,
+        or the watch's ``ClientAborted``. ``request`` (``app.request.Request``) is told how
+        long it queued.
         """
-        if not self.capped:
-            backend = self.balancer.choose(key, exclude)
-            backend.in_flight += 1
-            return backend
-        if self.shared is not None and self.shared.waiting(self.name):
-            return self._wait(key, tuple(exclude), watch, request)   # behind the group's waiters
-        for _ in range(TAKE_TRIES):
-            backend = self.balancer.choose(key, exclude, self.room)
-            if backend is None:
-                break
-            if self._take(backend):
+        try:
+            if not self.capped:
+                backend = self.balancer.choose(key, exclude)
+                backend.in_flight += 1
                 return backend
+            # Behind the group's waiters, if any; else a backend with room, if any.
+            if self.shared is None or not self.shared.waiting(self.name):
+                for _ in range(TAKE_TRIES):
+                    backend = self.balancer.choose(key, exclude, self.room)
+                    if backend is None:
+                        break
+                    if self._take(backend):
+                        return backend
+        except NoBackendAvailable as error:
+            raise NoBackendAvailable(f"route {self.name}: {error.detail}") from None
         return self._wait(key, tuple(exclude), watch, request)
 
     def acquire_bound(self, backend: Backend, key: str | None = None, watch=None,

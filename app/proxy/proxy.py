@@ -44,7 +44,7 @@ from ..lb.routes import Pool, request_host
 from .body import RequestBody, request_body
 from ..lb.sticky import HIT, NEW, REBALANCED, without_cookie
 from ..request import KEY as REQUEST, Request
-from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError, QueueRejected,
+from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError,
                       RateLimited, UpstreamError, UpstreamProtocolError, UpstreamReset)
 from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
 from ..wire.responses import error_response
@@ -178,14 +178,9 @@ class Proxy:
         capacity, retries = pool.capacity, pool.settings.retries
         pool.budget.record_request()
         tried: list[Backend] = []
-        try:
-            # A backend with a free slot (max_conns), after a wait in the queue if need be:
-            # the one a sticky cookie names, when it may take the request, else the policy's.
-            backend, fresh = _choose(trip, key), False
-        except QueueRejected:
-            raise
-        except NoBackendAvailable as error:
-            raise NoBackendAvailable(f"route {pool.name}: {error.detail}") from None
+        # A backend with a free slot (max_conns), after a wait in the queue if need be: the
+        # one a sticky cookie names, when it may take the request, else the policy's.
+        backend, fresh = _choose(trip, key), False
         while True:
             try:
                 return backend, self._attempt(trip, backend, fresh)
