@@ -170,3 +170,13 @@ def serve():
     for server, app in started:
         server.stop(timeout=1)
         app.stop()
+
+
+@pytest.fixture(scope="module")
+def raw():
+    """A backend that records each request's bytes as received (``tests.rawbackend``), for a
+    module's tests of what goes over the wire."""
+    from tests.rawbackend import RawBackend
+    backend = RawBackend().start()
+    yield backend
+    backend.stop()

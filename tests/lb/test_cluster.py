@@ -43,13 +43,20 @@ def instance(server, clock, prefix, timeout=0.05):
     return balancer.backends[0], link, admin, balancer
 
 
-def test_an_ejection_reaches_the_other_instance_and_its_return_ends_it_there(server):
+def ejected_in_one(server):
+    """Two instances on one Redis, in step, then a backend ejected by failed requests in the
+    first (not yet published)."""
     clock, prefix = Clock(), uuid.uuid4().hex
     (one, link_one, _, _), (two, link_two, _, _) = (instance(server, clock, prefix),
                                                     instance(server, clock, prefix))
     link_one.sync_once(), link_two.sync_once()
     clock.now += 1
     assert one.record_request("connect", PASSIVE) == "ejected"
+    return clock, prefix, (one, link_one), (two, link_two)
+
+
+def test_an_ejection_reaches_the_other_instance_and_its_return_ends_it_there(server):
+    clock, prefix, (one, link_one), (two, link_two) = ejected_in_one(server)
     link_one.sync_once()                       # published
     link_two.sync_once()                       # taken
     assert two.state == "ejected" and two.ejected_until == one.ejected_until
@@ -142,12 +149,7 @@ def test_a_slow_redis_costs_a_request_no_more_than_the_timeout(server):
 
 
 def test_a_stale_return_never_writes_over_a_newer_ejection(server):
-    clock, prefix = Clock(), uuid.uuid4().hex
-    (one, link_one, _, _), (two, link_two, _, _) = (instance(server, clock, prefix),
-                                                    instance(server, clock, prefix))
-    link_one.sync_once(), link_two.sync_once()
-    clock.now += 1
-    assert one.record_request("connect", PASSIVE) == "ejected"
+    clock, prefix, (one, link_one), (two, link_two) = ejected_in_one(server)
     link_one.sync_once()
     link_two.sync_once()                       # both know the first ejection
     clock.now += 6                             # it ran out; a check passes in two

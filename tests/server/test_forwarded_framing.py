@@ -18,13 +18,6 @@ from tests.rawclient import connect, read_response, request
 SMUGGLED = b"GET /steal HTTP/1.1\r\nX-Ignore: "
 
 
-@pytest.fixture(scope="module")
-def raw():
-    backend = RawBackend().start()
-    yield backend
-    backend.stop()
-
-
 @pytest.fixture(scope="module", params=SERVERS)
 def proxy(request, raw, tmp_path_factory):
     with serving(request.param, tmp_path_factory, base_config(

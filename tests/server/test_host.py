@@ -4,16 +4,9 @@ valid one reaches it unchanged."""
 import pytest
 
 from tests.conftest import base_config
-from tests.rawbackend import RawBackend, read_until_closed, statuses
+from tests.rawbackend import read_until_closed, statuses
 from tests.servers import SERVERS, serving
 from tests.rawclient import connect, request
-
-
-@pytest.fixture(scope="module")
-def raw():
-    backend = RawBackend().start()
-    yield backend
-    backend.stop()
 
 
 @pytest.fixture(scope="module", params=SERVERS)

@@ -5,18 +5,10 @@ may set its own. Under every server."""
 import pytest
 
 from tests.conftest import base_config
-from tests.rawbackend import RawBackend
 from tests.servers import SERVERS, serving
 from tests.rawclient import request
 
 LIMIT = 1024
-
-
-@pytest.fixture(scope="module")
-def raw():
-    backend = RawBackend().start()
-    yield backend
-    backend.stop()
 
 
 @pytest.fixture(scope="module", params=SERVERS)
