@@ -17,14 +17,6 @@ from tests.backends import wait_until
 from tests.certs import make_certificate
 
 
-@pytest.fixture
-def pair():
-    a, b = gsocket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
-
-
 def fired(watcher, timeout: float = 5.0) -> bool:
     """Whether ``watcher`` fires within ``timeout``; stopped again either way."""
     event = Event()

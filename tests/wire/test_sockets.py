@@ -4,17 +4,8 @@ import time
 
 import gevent
 import pytest
-from gevent import socket as gsocket
 
 from app.wire.sockets import ReadDeadline, wait_readable
-
-
-@pytest.fixture
-def pair():
-    a, b = gsocket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_a_wait_with_a_deadline_returns_when_bytes_arrive(pair):
