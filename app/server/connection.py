@@ -1,23 +1,15 @@
-"""The client connection under ``python wsgi.py``: each request read strictly, and bounded.
+"""What the client connection's handler (``app.server.handler.Handler``) uses beside
+itself, and MyProxy's gunicorn worker too:
 
-``StrictConnection`` is a mixin for pywsgi's ``WSGIHandler`` (``app.server.standalone.Handler``). It
-replaces pywsgi's lax request parsing (STACK-FACTS 15-19) with ``app.wire.http1`` and adds the
-timeouts pywsgi lacks (STACK-FACTS 14):
+- ``header_deadline``: each connection's ``timeouts.client_header`` up to
+  ``HEADER_JITTER`` shorter, and ``SlowHeads``, which counts the connections closed for a
+  slow head into one log line a second, so a slowloris burst neither stalls nor floods;
+- ``RequestInput``, ``wsgi.input``: exactly the framed body, strictly de-chunked, with
+  ``100 Continue`` sent when the body is first read; ``EMPTY_INPUT`` for a request with
+  no body;
+- how long a refused connection lingers (``LINGER_SECONDS``, ``LINGER_BYTES``).
 
-- a new connection has ``timeouts.client_header`` to send its first request head; later,
-  ``timeouts.client_idle`` to start the next one and then ``client_header`` to finish it
-  (each deadline up to ``HEADER_JITTER`` shorter, and the closes counted by ``SlowHeads``
-  into one log line a second, so a slowloris burst neither stalls nor floods);
-- while a request runs, the socket's timeout is ``client_idle``: a client that stops
-  sending its body (408) or reading the response is cut off;
-- a malformed head, or one over the limits, is answered with its typed error's status
-  (400, 405, 414, 431, 505) and the connection is closed after a bounded lingering read,
-  so nothing pipelined behind it ever runs;
-- ``RequestInput`` is ``wsgi.input``: exactly the framed body, strictly de-chunked, with
-  ``100 Continue`` sent when the body is first read.
-
-It knows the handler's socket, ``rfile`` and server (``limits``, ``timeouts``), nothing of
-the application, draining, or signals.
+It knows nothing of the application, draining, or signals.
 """
 from __future__ import annotations
 
@@ -29,11 +21,8 @@ from typing import Callable
 import gevent
 
 from ..wire import http1
-from ..wire.responses import error_response, render_head
-from ..wire.sockets import linger, set_timeout
-from ..errors import ClientError, ClientTimeout
+from ..errors import ClientTimeout
 from ..logs import Fields
-from .pywsgi_adapter import Input
 
 log = logging.getLogger("myproxy.server")
 
@@ -93,162 +82,7 @@ class SlowHeads:
                                                                else "")))
 
 
-class StrictConnection:
-    """``WSGIHandler`` methods that read each request strictly and bound each wait."""
-
-    served = 0           # requests answered on this connection
-    head = None          # the http1.Head of the current request
-    _head_timer = None
-    _head_method = False  # the request being read is a HEAD: an answer to it has no body
-
-    def _client(self) -> str:
-        address = self.client_address
-        return address[0] if isinstance(address, tuple) else str(address)
-
-    def handle_one_request(self):
-        """Read one request head strictly and answer the request; None closes the connection.
-
-        Replaces pywsgi's version, which parses laxly and lets errors from reading the
-        request line escape. A malformed head is answered with its typed error's status
-        (``_refuse``) and the connection closed; a head slower than ``client_header`` or a
-        client gone mid-head just closes it.
-        """
-        if self.rfile.closed:
-            return None
-        # The settings in force for this request (a reload changes them at the next one).
-        self._limits, self._timeouts = self.server.limits, self.server.timeouts
-        timeouts = self._timeouts
-        self._head_timer = None
-        if not self.served:              # a new connection: client_header for its first head
-            self._head_timer = gevent.Timeout.start_new(header_deadline(timeouts.client_header))
-        try:
-            self.requestline = self.read_requestline()
-            if not self.requestline:
-                return None
-            self.read_request(self.requestline)
-        except ClientError as error:
-            return self._refuse(error)
-        except gevent.Timeout as timeout:
-            if timeout is not self._head_timer:
-                raise
-            slow_heads = getattr(self.server, "slow_heads", None)
-            if slow_heads is not None:
-                slow_heads.closed(self._client(), timeouts.client_header)
-            else:
-                log.info("closing the connection of %s: no complete request head within %.1fs",
-                         self._client(), timeouts.client_header)
-            return None
-        except (http1.Incomplete, OSError):
-            return None                  # the client went away mid-head
-        finally:
-            if self._head_timer is not None:
-                self._head_timer.close()
-        self.served += 1
-        self.server.requests += 1
-        self.response_length = 0
-        self.environ = self.get_environ()
-        self.application = self.server.application
-        set_timeout(self.socket, timeouts.client_idle)   # a client that stops sending or reading
-        self.handle_one_response()
-        if self.close_connection or self.rfile.closed:
-            if not getattr(self.wsgi_input, "finished", True):
-                self._linger()
-            return None
-        self._forget_request()
-        return True
-
-    def _forget_request(self) -> None:
-        """Drop what the request just answered left on the handler (its environ, head,
-        headers, input and response headers): an idle keep-alive connection then holds
-        only its socket, reader and greenlet."""
-        self.environ = self.head = self.wsgi_input = self.result = None
-        self.response_headers = self._head_timer = None
-
-    def read_request(self, raw_requestline):
-        """Read the header lines with ``http1.read_head`` (unless the head was parsed whole
-        already) and set what pywsgi reads later."""
-        head = self.head or http1.read_head(self.rfile, self._limits.max_header_bytes,
-                                            first_line=raw_requestline.encode("latin-1"))
-        self.head = head
-        self.requestline = raw_requestline
-        self.command, self.path, self.request_version = (
-            head.request.method, head.request.target, head.request.version)
-        self.content_length = head.framing.length
-        tokens = http1.connection_tokens(head.fields)
-        self.close_connection = not http1.persists(self.request_version == "HTTP/1.0", tokens)
-        return True
-
-    def _wait_for_request(self) -> bool:
-        """Wait for the next request's first byte; False if the client closed, or stayed
-        idle past ``client_idle`` (a first request is under the head timer instead)."""
-        if not self.served:
-            return bool(self.rfile.peek(1))      # under the head timer
-        # Let every other ready connection have its turn first. Without this, a client
-        # whose next request is already in (wrk, any fast keep-alive client) is served
-        # again and again while others wait: at c=500 a tenth of requests waited
-        # over a second (p99 2.9 s against a p50 of 130 ms; with it, 275 ms).
-        gevent.sleep(0)
-        # The socket's own timeout, not a gevent.Timeout: it costs nothing when the next
-        # request is already in. (It is client_idle while a request runs as well, so a
-        # kept-alive connection sets it once.)
-        set_timeout(self.socket, self._timeouts.client_idle)
-        try:
-            return bool(self.rfile.peek(1))
-        except (socket.timeout, TimeoutError):
-            log.debug("closing an idle keep-alive connection of %s", self._client())
-            return False
-
-    def _refuse(self, error: ClientError):
-        """Answer a malformed request head with its status, then close the connection."""
-        log.info("bad request from %s: %s %s", self._client(), error.status, error.detail)
-        status_line, headers, body = error_response(error, close=True)
-        if self._head_method:
-            body = b""                   # RFC 9110 §9.3.2: never a body after a HEAD
-        extra = getattr(self.server, "refusal_headers", None)    # HSTS over TLS (app.server.tls)
-        if extra is not None:
-            headers += extra(self.socket)
-        try:
-            self.socket.sendall(render_head(status_line, headers) + body)
-        except OSError:
-            return None
-        self._linger()
-        return None
-
-    def _linger(self) -> None:
-        """Stop sending, then read and drop what the client still sends, within bounds."""
-        linger(self.socket, LINGER_SECONDS, LINGER_BYTES)
-
-    def read_strict_requestline(self) -> str:
-        """The request line, once its first byte is in.
-
-        When the whole head is in the reader's buffer already (nearly always), it is parsed
-        at once (``http1.parse_head``), and no read can wait. Otherwise it is read line by
-        line, under the head timer (started here if not yet).
-        """
-        buffered = self.rfile.peek()
-        # Known before the head is parsed, so that even its refusal has no body.
-        self._head_method = buffered.lstrip(b"\r\n").startswith(b"HEAD ")
-        end = buffered.find(b"\r\n\r\n")
-        if end > 0 and not buffered.startswith(b"\r\n"):
-            self.head = http1.parse_head(self.rfile.read(end + 4),
-                                         self._limits.max_header_bytes)
-            request = self.head.request
-            return f"{request.method} {request.target} {request.version}"
-        if self._head_timer is None:
-            self._head_timer = gevent.Timeout.start_new(
-                header_deadline(self._timeouts.client_header))
-        line = http1.read_request_line(self.rfile, self._limits.max_header_bytes)
-        self._head_method = line.startswith(b"HEAD ")
-        return line.decode("latin-1")
-
-    def strict_input(self) -> "RequestInput":
-        """``wsgi.input`` for the current request."""
-        expects = self.head.framing.has_body and any(
-            n.lower() == "expect" and v.lower() == "100-continue" for n, v in self.head.fields)
-        return RequestInput(self.rfile, self.head.framing, self.socket if expects else None)
-
-
-class RequestInput(Input):
+class RequestInput:
     """``wsgi.input`` for one request: exactly the framed body, read strictly.
 
     A chunked body goes through ``http1.ChunkedReader``. ``100 Continue`` is sent on the
@@ -298,3 +132,22 @@ class RequestInput(Input):
 
     def __iter__(self):
         return iter(self.readline, b"")
+
+
+class _NoBody:
+    """``wsgi.input`` of a request without a body: read to its end from the start. One for
+    every such request (it keeps no state)."""
+
+    finished = True
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def __iter__(self):
+        return iter(())
+
+
+EMPTY_INPUT = _NoBody()

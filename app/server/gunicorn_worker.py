@@ -136,7 +136,7 @@ class Worker(GeventWorker):
         """
         sock.setblocking(1)
         server = Server(sock, app, max_connections=self.worker_connections,
-                        settings=lambda: app.config,
+                        live=app.live,
                         tls=ssl_context(self.cfg) if self.cfg.is_ssl else None,
                         shutdown=app.shutdown)
         if self.cfg.workers > 1:

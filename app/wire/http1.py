@@ -108,6 +108,31 @@ class Head(NamedTuple):
     request: RequestLine
     fields: tuple[tuple[str, str], ...]   # (name as sent, value without OWS), in order
     framing: Framing
+    connection: frozenset[str] = frozenset()   # what its Connection lines list
+    expects_continue: bool = False        # a body, and Expect: 100-continue
+
+
+def request_head(request: RequestLine, fields) -> Head:
+    """The ``Head`` of a request line and its field lines, checked: its Host (``check_host``)
+    and framing (``body_framing``), read in one pass over the fields."""
+    hosts, lengths, codings, connection, expect = [], [], [], [], False
+    for name, value in fields:
+        lower = name.lower()
+        if lower == "host":
+            hosts.append(value)
+        elif lower == "content-length":
+            lengths.append(value)
+        elif lower == "transfer-encoding":
+            codings.append(value)
+        elif lower == "connection":
+            connection.append(value)
+        elif lower == "expect":
+            expect = expect or value.lower() == "100-continue"
+    version = request.version
+    _check_hosts(hosts, version)
+    framing = _framing(lengths, codings, version)
+    return Head(request, tuple(fields), framing, list_tokens(",".join(connection)),
+                expect and (framing.chunked or bool(framing.length)))
 
 
 def parse_request_line(line: bytes) -> RequestLine:
@@ -145,8 +170,12 @@ def parse_field_line(line: bytes) -> tuple[str, str]:
 
 def body_framing(fields, version: str) -> Framing:
     """The body's framing, refusing every ambiguous shape (RFC 9112 §6.1-6.3)."""
-    lengths = [value for name, value in fields if name.lower() == "content-length"]
-    codings = [value for name, value in fields if name.lower() == "transfer-encoding"]
+    return _framing([value for name, value in fields if name.lower() == "content-length"],
+                    [value for name, value in fields if name.lower() == "transfer-encoding"],
+                    version)
+
+
+def _framing(lengths: list[str], codings: list[str], version: str) -> Framing:
     if codings:
         if lengths:
             raise BadRequest("both Content-Length and Transfer-Encoding")
@@ -154,14 +183,17 @@ def body_framing(fields, version: str) -> Framing:
             raise BadRequest("Transfer-Encoding other than a single chunked")
         if version == "HTTP/1.0":
             raise BadRequest("chunked Transfer-Encoding in an HTTP/1.0 request")
-        return Framing(chunked=True)
+        return _CHUNKED
     if lengths:
         if len(lengths) > 1:
             raise BadRequest("repeated Content-Length")
         if not lengths[0].isdigit() or not lengths[0].isascii() or len(lengths[0]) > 18:
             raise BadRequest("Content-Length is not a decimal number")
         return Framing(length=int(lengths[0]))
-    return Framing()
+    return _NO_BODY
+
+
+_CHUNKED, _NO_BODY = Framing(chunked=True), Framing()
 
 
 def response_has_body(method: str, status: int) -> bool:
@@ -226,7 +258,10 @@ def connection_tokens(fields) -> frozenset[str]:
 
 def check_host(fields, version: str) -> None:
     """RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0, and valid."""
-    hosts = [value for name, value in fields if name.lower() == "host"]
+    _check_hosts([value for name, value in fields if name.lower() == "host"], version)
+
+
+def _check_hosts(hosts: list[str], version: str) -> None:
     if len(hosts) > 1:
         raise BadRequest("more than one Host header")
     if not hosts:
@@ -357,11 +392,9 @@ def parse_head(data: bytes, max_bytes: int) -> Head:
         fields = [(name, value.strip(" \t")) for name, value
                   in _FIELD_TEXT.findall(data[first + 2:end].decode("latin-1"))]
         if len(fields) <= MAX_FIELD_LINES:
-            version = request[3].decode()
-            check_host(fields, version)
-            return Head(RequestLine(request[1].decode("ascii"), request[2].decode("latin-1"),
-                                    version),
-                        tuple(fields), body_framing(fields, version))
+            return request_head(RequestLine(request[1].decode("ascii"),
+                                            request[2].decode("latin-1"), request[3].decode()),
+                                fields)
     lines = iter(data.split(b"\r\n"))
 
     def next_line(budget: int, too_long: Callable[[], ClientError]) -> bytes:
@@ -392,8 +425,7 @@ def _head(line: bytes, next_line: Callable, max_bytes: int) -> Head:
         if len(fields) == MAX_FIELD_LINES:
             raise HeadersTooLarge(f"more than {MAX_FIELD_LINES} header lines")
         fields.append(parse_field_line(line))
-    check_host(fields, request.version)
-    return Head(request, tuple(fields), body_framing(fields, request.version))
+    return request_head(request, fields)
 
 
 def read_request_line(rfile, max_bytes: int) -> bytes:

@@ -1,0 +1,471 @@
+"""The client connection under ``python wsgi.py`` (and MyProxy's gunicorn worker): one
+``Handler`` per connection reads each request strictly, runs the app, and writes the
+response itself.
+
+pywsgi's ``WSGIHandler`` is the base for its connection loop only (``handle``, which calls
+``handle_one_request`` until it returns None, then closes the socket); every request is
+read and answered here (``app.server.pywsgi_adapter`` says what of pywsgi is relied on):
+
+- the head is parsed with ``app.wire.http1`` (pywsgi's parsing is lax, STACK-FACTS 15-19):
+  from the reader's buffer in one go when it is all in (nearly always), else line by line;
+  a malformed head, or one over the limits, is answered with its typed error's status
+  (400, 405, 414, 431, 505) and the connection closed after a bounded lingering read, so
+  nothing pipelined behind it ever runs;
+- each wait is bounded (STACK-FACTS 14): a new connection has ``timeouts.client_header``
+  for its first head; later, ``client_idle`` to start the next one and then
+  ``client_header`` to finish it; while a request runs, the socket's timeout is
+  ``client_idle``, so a client that stops sending its body (408) or reading is cut off;
+- the environ is pywsgi's shape, made from the strict parse, plus the raw target
+  (``RAW_URI``: pywsgi decodes ``PATH_INFO``), the header lines as received
+  (``myproxy.headers``), the client socket and its read watcher (``app.wire.watch``), and
+  the hand-over of the connection to an upgrade tunnel (``app.wire.handoff``);
+- the response head is written once (``start_response`` checks and encodes the lines,
+  the first write sends them with the body's first piece when that is small): no framing
+  and no stray final chunk after a HEAD, a 204 or a 304 (STACK-FACTS 17), ``Connection:
+  close`` from SIGTERM on or after a body left unread, a ``Date`` made once a second;
+- an error before anything was sent is answered with its status (a failed backend's 502,
+  not a 500), and one after it closes the connection: a cut body never looks complete.
+
+The settings in force are read at each request from the server's ``live`` runtime (a
+reload changes the next request's). It knows nothing of proxying.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from urllib.parse import unquote
+
+import gevent
+
+from ..errors import ClientError, ProxyError, UpstreamError
+from ..wire import http1
+from ..wire.handoff import ClientConnection
+from ..wire.responses import close_body, error_response, render_head
+from ..wire.sockets import linger, send_all, set_timeout
+from ..wire.watch import CLIENT_SOCKET, CLIENT_WATCHER, read_watcher
+from .connection import (EMPTY_INPUT, LINGER_BYTES, LINGER_SECONDS, RequestInput,
+                         header_deadline)
+from .pywsgi_adapter import BaseHandler, format_date_time
+from .tls import send_close_notify, socket_tls
+
+log = logging.getLogger("myproxy.server")
+
+COALESCE_BYTES = 16 * 1024   # a first body piece up to this size goes out with the head
+_CGI_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})   # environ keys without HTTP_
+_QUIET_ERRORS = (errno.EPIPE, errno.ECONNRESET)   # a client gone mid-response: just close
+_SERVER_ERROR = ("500 Internal Server Error", (("Content-Type", "text/plain"), ("Connection", "close"),
+                 ("Content-Length", "21")), b"Internal Server Error")
+
+
+class Handler(BaseHandler):
+    """One client connection: its requests read strictly, answered by the app, and
+    written here (module docstring)."""
+
+    idle = True          # waiting for a request line: safe to close when draining
+    taken_over = False   # the connection was handed to an upgrade tunnel (app.wire.handoff)
+    tls = None           # (version, resumed) of a TLS connection, read once
+    served = 0           # requests answered on this connection
+    head = None          # the http1.Head of the current request
+    watcher = None       # the connection's read watcher for its requests' ClientWatch
+    head_timer = None    # the gevent.Timeout on the head being read, if any
+    head_method = False  # the request being read is a HEAD: an answer to it has no body
+    limits = timeouts = None   # the settings in force for the current request
+
+    # The connection ------------------------------------------------------------------
+
+    def handle(self):
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass         # not TCP (a UNIX socket in a test): nothing to tune
+        self.server.connections.add(self)
+        try:
+            super().handle()
+        finally:
+            self.server.connections.discard(self)
+            if self.watcher is not None:
+                self.watcher.close()    # before the server closes the descriptor
+                self.watcher = None
+
+    def handle_one_request(self):
+        """Read one request head strictly and answer the request; None ends the connection.
+
+        A malformed head is answered with its typed error's status (``refuse``) and the
+        connection closed; a head slower than ``client_header`` or a client gone
+        mid-head just closes it."""
+        result = self.answer_one()
+        if result is None and self.server.ssl_enabled and self.socket is not None:
+            # The connection ends: close_notify before pywsgi closes the descriptor under
+            # the TLS socket (it does so directly, without the TLS socket's close).
+            send_close_notify(self.socket)
+        return result
+
+    def answer_one(self):
+        if self.rfile.closed:
+            return None
+        config = self.server.live.runtime.config   # in force for this request
+        self.limits, self.timeouts = limits, timeouts = config.limits, config.timeouts
+        self.head_timer = None
+        if not self.served:              # a new connection: client_header for its first head
+            self.head_timer = gevent.Timeout.start_new(header_deadline(timeouts.client_header))
+        try:
+            if not self.read_head():
+                return None
+        except ClientError as error:
+            return self.refuse(error)
+        except gevent.Timeout as timeout:
+            if timeout is not self.head_timer:
+                raise
+            self.server.slow_heads.closed(self.client(), timeouts.client_header)
+            return None
+        except (http1.Incomplete, OSError):
+            return None                  # the client went away mid-head
+        finally:
+            if self.head_timer is not None:
+                self.head_timer.close()
+        self.served += 1
+        self.server.requests += 1
+        self.environ = self.get_environ()
+        set_timeout(self.socket, timeouts.client_idle)   # a client that stops sending or reading
+        self.handle_one_response()
+        if self.close_connection or self.rfile.closed:
+            if not self.wsgi_input.finished:
+                self.linger()
+            return None
+        # What the request left on the handler goes: an idle keep-alive connection then
+        # holds only its socket, reader and greenlet.
+        self.environ = self.head = self.wsgi_input = self.result = None
+        self.response_headers = self.head_timer = None
+        return True
+
+    def read_head(self) -> bool:
+        """Wait for the next request and read its head; False when the connection ends
+        first (the client closed it, stayed idle past ``client_idle``, or we drain)."""
+        self.idle = True
+        if self.server.shutdown.stopped:
+            return False     # stop reading requests on this connection: it is closing
+        rfile = self.rfile
+        if self.served:
+            # Let every other ready connection have its turn first. Without this, a client
+            # whose next request is already in (wrk, any fast keep-alive client) is served
+            # again and again while others wait: at c=500 a tenth of requests waited over
+            # a second (p99 2.9 s against a p50 of 130 ms; with it, 275 ms).
+            gevent.sleep(0)
+            # The socket's own timeout, not a gevent.Timeout: it costs nothing when the
+            # next request is already in (it is client_idle while a request runs as well,
+            # so a kept-alive connection sets it once).
+            set_timeout(self.socket, self.timeouts.client_idle)
+            try:
+                if not rfile.peek(1):
+                    return False
+            except (socket.timeout, TimeoutError):
+                log.debug("closing an idle keep-alive connection of %s", self.client())
+                return False
+        elif not rfile.peek(1):          # under the head timer
+            return False
+        self.idle = False
+        max_bytes = self.limits.max_header_bytes
+        buffered = rfile.peek()
+        # Known before the head is parsed, so that even its refusal has no body.
+        self.head_method = buffered.lstrip(b"\r\n").startswith(b"HEAD ")
+        end = buffered.find(b"\r\n\r\n")
+        if end > 0 and not buffered.startswith(b"\r\n"):
+            # The whole head is in the reader's buffer (nearly always): parsed at once,
+            # and no read can wait.
+            head = http1.parse_head(rfile.read(end + 4), max_bytes)
+        else:
+            if self.head_timer is None:
+                self.head_timer = gevent.Timeout.start_new(
+                    header_deadline(self.timeouts.client_header))
+            line = http1.read_request_line(rfile, max_bytes)
+            self.head_method = line.startswith(b"HEAD ")
+            head = http1.read_head(rfile, max_bytes, first_line=line)
+        self.head = head
+        request = head.request
+        self.command, self.path, self.request_version = request.method, request.target, \
+            request.version
+        self.requestline = f"{request.method} {request.target} {request.version}"
+        self.content_length = head.framing.length
+        self.close_connection = not http1.persists(request.version == "HTTP/1.0", head.connection)
+        return True
+
+    def get_environ(self):
+        """The WSGI environ, as pywsgi's own would be, made straight from the strict parse:
+        ``HTTP_*`` keys (repeated fields joined with ``,``, cookies with ``; ``; names with
+        ``_`` left out), plus the raw target, the header lines as received, the strict body
+        reader, the client socket and its watcher."""
+        environ = self.server.get_environ()
+        head = self.head
+        environ["REQUEST_METHOD"] = self.command
+        environ["SCRIPT_NAME"] = ""
+        path, _, query = self.path.partition("?")
+        environ["PATH_INFO"] = unquote(path, encoding="latin-1")
+        environ["QUERY_STRING"] = query
+        environ["SERVER_PROTOCOL"] = self.request_version
+        address = self.client_address
+        if isinstance(address, tuple):
+            environ["REMOTE_ADDR"] = str(address[0])
+            environ["REMOTE_PORT"] = str(address[1])
+        fields = head.fields
+        for name, value in fields:
+            if "_" in name:
+                continue                # as pywsgi: X_Forwarded_For must not pass as X-Forwarded-For
+            key = name.upper().replace("-", "_")
+            if key in _CGI_KEYS:
+                if key not in environ and (value or key == "CONTENT_TYPE"):
+                    environ[key] = value          # the first one
+                continue
+            key = "HTTP_" + key
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            else:
+                environ[key] = value
+        environ["RAW_URI"] = self.path
+        environ["myproxy.headers"] = list(fields)
+        environ["myproxy.head_checked"] = True
+        # Every body is read strictly, an upgrade request's too (pywsgi would hand it the
+        # raw reader): a tunnel then starts right after the body.
+        framing = head.framing
+        if framing.chunked or framing.length:
+            self.wsgi_input = RequestInput(self.rfile, framing,
+                                           self.socket if head.expects_continue else None)
+        else:
+            self.wsgi_input = EMPTY_INPUT
+        environ["wsgi.input"] = self.wsgi_input
+        environ["wsgi.input_terminated"] = True
+        environ["myproxy.take_connection"] = self.take_connection
+        if self.server.ssl_enabled:
+            if self.tls is None:
+                self.tls = socket_tls(self.socket)
+            environ["myproxy.tls"] = self.tls
+        environ[CLIENT_SOCKET] = self.socket    # watched for aborts (app.wire.watch)
+        if self.watcher is None:
+            self.watcher = read_watcher(self.socket)
+        environ[CLIENT_WATCHER] = self.watcher
+        return environ
+
+    def take_connection(self) -> ClientConnection:
+        """Hand the connection to an upgrade tunnel: its socket, and its reader's read-ahead
+        first (``app.wire.handoff``).
+
+        The app then writes the response itself; this handler writes nothing more and
+        closes the connection once the app returns.
+        """
+        self.taken_over = True
+        self.close_connection = True
+        return ClientConnection(self.socket, self.rfile.read1, [])
+
+    # The response ----------------------------------------------------------------------
+
+    def handle_one_response(self):
+        """Run the app and write what it returns; errors are answered (``handle_error``)."""
+        self.status = None
+        self.headers_sent = False
+        self.response_use_chunked = False
+        self.response_length = 0
+        self.code = 0
+        self.result = None
+        try:
+            result = self.result = self.server.application(self.environ, self.start_response)
+            try:
+                if not self.taken_over:
+                    for data in result:
+                        if data:
+                            self.write(data)
+                    if not self.headers_sent:
+                        if self.status is None:
+                            raise AssertionError("the application did not call start_response()")
+                        self.write(b"")
+                    if self.response_use_chunked:
+                        self.send(http1.LAST_CHUNK)
+            finally:
+                close_body(result)
+        except OSError as error:
+            if error.errno in _QUIET_ERRORS:
+                self.close_connection = True
+            else:
+                self.handle_error(type(error), error, error.__traceback__)
+        except BaseException as error:  # noqa: BLE001 - answered or logged, never lost
+            if isinstance(error, (SystemExit, KeyboardInterrupt)):
+                raise
+            self.handle_error(type(error), error, error.__traceback__)
+
+    def start_response(self, status, headers, exc_info=None):
+        """PEP 3333's ``start_response``, checked as pywsgi's is, plus: ``Content-Length``
+        is dropped from a 204 or 304 (pywsgi rejects a legal one, STACK-FACTS 17), and
+        ``Connection: close`` is added from SIGTERM on or when the request body was not
+        read to its end (the connection cannot carry another). The header lines are
+        checked and encoded as one block (``header_block``)."""
+        if exc_info:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        if not isinstance(status, str):
+            raise UnicodeError("The status string must be a native string")
+        if "\r" in status or "\n" in status:
+            raise ValueError("carriage return or newline in status", status)
+        code = int(status.split(" ", 1)[0])
+        connection = date = length = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-length":
+                length = value
+            elif lower == "connection":
+                connection = value
+            elif lower == "date":
+                date = value
+        if length is not None and code in http1.NO_BODY_STATUSES:   # legal on HEAD
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+            length = None
+        block = header_block(headers)
+        if connection != "close" and (self.server.shutdown.closing
+                                      or not self.wsgi_input.finished):
+            block += b"Connection: close\r\n"
+            connection = "close"
+        elif connection is None and self.request_version == "HTTP/1.0":   # say what happens next
+            block += b"Connection: close\r\n" if self.close_connection \
+                else b"Connection: keep-alive\r\n"
+        elif connection is None and self.close_connection:
+            # The client asked to close: RFC 9112 §9.6, the server SHOULD say "close" too
+            # (wrk, for one, otherwise reads the end of the connection as an error).
+            block += b"Connection: close\r\n"
+        if connection == "close":
+            self.close_connection = True
+        if date is None:
+            block += date_line()
+        self.status = status.encode("latin-1")
+        self.code = code
+        self.response_headers = block
+        self.provided_content_length = length
+        return self.write
+
+    def write(self, data) -> None:
+        """Send one piece of the body (PEP 3333's ``write``); the first sends the head,
+        with the piece when it is not large. No body goes out after a HEAD, 204 or 304."""
+        if self.headers_sent:
+            if data:
+                self.send(http1.encode_chunk(data) if self.response_use_chunked else data)
+            return
+        if self.status is None:
+            raise AssertionError("the application did not call start_response()")
+        self.headers_sent = True
+        block = self.response_headers
+        if not http1.response_has_body(self.command, self.code):
+            if data:
+                if self.code in http1.NO_BODY_STATUSES:
+                    raise AssertionError(f"the {self.code} response must have no body")
+                data = b""       # a HEAD's answer: the head alone
+        elif self.provided_content_length is None:
+            if hasattr(self.result, "__len__"):      # a list: its length is known
+                block += b"Content-Length: %d\r\n" % sum(len(piece) for piece in self.result)
+            elif self.request_version != "HTTP/1.0":
+                self.response_use_chunked = True
+                block += b"Transfer-Encoding: chunked\r\n"
+        head = b"HTTP/1.1 %b\r\n%b\r\n" % (self.status, block)
+        if data and self.response_use_chunked:
+            data = http1.encode_chunk(data)
+        if not data or len(data) > COALESCE_BYTES:
+            self.send(head)
+            if data:
+                self.send(data)
+        else:
+            self.send(head + data)
+
+    def send(self, data) -> None:
+        """Send ``data`` (any part of the response), counted in ``response_length``; on a
+        socket error, the status says so (a negative code) and the error is raised."""
+        try:
+            send_all(self.socket, data)
+        except OSError as error:
+            self.status = f"socket error: {error}".encode("latin-1", "replace")
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
+    def handle_error(self, kind, error, traceback):
+        """An error while answering: a client that stopped reading is cut off; a typed
+        error before a byte was sent is answered with its status; anything else is logged
+        and answered 500 if nothing went out, else the connection closes."""
+        self.close_connection = True
+        if issubclass(kind, (socket.timeout, TimeoutError)):
+            log.info("closing the connection of %s: it stopped reading the response",
+                     self.client())
+            return
+        if not issubclass(kind, (UpstreamError, gevent.GreenletExit)):
+            log.error("unhandled error serving %s %s", self.command, self.path,
+                      exc_info=(kind, error, traceback))
+        if self.taken_over or self.headers_sent:
+            return       # a tunnel owns the connection, or the head went out already
+        if isinstance(error, ProxyError):
+            # The backend failed before a byte was sent: answer its status, not a 500.
+            status_line, headers, body = error_response(error, close=True)
+        else:
+            status_line, headers, body = _SERVER_ERROR
+        try:
+            self.start_response(status_line, list(headers))
+            self.write(body)
+        except OSError:
+            pass
+
+    # Refusals --------------------------------------------------------------------------
+
+    def refuse(self, error: ClientError):
+        """Answer a malformed request head with its status, then close the connection."""
+        log.info("bad request from %s: %s %s", self.client(), error.status, error.detail)
+        status_line, headers, body = error_response(error, close=True)
+        if self.head_method:
+            body = b""                   # RFC 9110 §9.3.2: never a body after a HEAD
+        extra = getattr(self.server, "refusal_headers", None)    # HSTS over TLS (app.server.tls)
+        if extra is not None:
+            headers += extra(self.socket)
+        try:
+            self.socket.sendall(render_head(status_line, headers) + body)
+        except OSError:
+            return None
+        self.linger()
+        return None
+
+    def linger(self) -> None:
+        """Stop sending, then read and drop what the client still sends, within bounds."""
+        linger(self.socket, LINGER_SECONDS, LINGER_BYTES)
+
+    def client(self) -> str:
+        address = self.client_address
+        return address[0] if isinstance(address, tuple) else str(address)
+
+    def log_request(self):
+        pass             # the access log is app.middleware.access's
+
+
+def header_block(headers) -> bytes:
+    """The header lines of ``headers``, each ending in CRLF, as bytes: one join and one
+    encode for them all. Raises ``UnicodeError`` for a name or value that is not a native
+    string or not latin-1, and ``ValueError`` for a CR or LF in one (a response split in
+    two), as pywsgi does."""
+    try:
+        text = http1.field_lines(headers)
+    except TypeError:
+        raise UnicodeError("The header must be a native string", headers) from None
+    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+        bad = next(pair for pair in headers if any("\r" in part or "\n" in part for part in pair))
+        raise ValueError("carriage return or newline in header", *bad)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise UnicodeError("Non-latin1 header", headers) from None
+
+
+_date = [0, b""]         # the second and its Date line, made once a second
+
+
+def date_line() -> bytes:
+    """The ``Date`` line for now (RFC 9110 §6.6.1), made once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = now, b"Date: %b\r\n" % format_date_time(now)   # bytes, from pywsgi
+    return _date[1]
