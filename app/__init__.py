@@ -1,8 +1,10 @@
 """MyProxy: an HTTP/1.1 load balancer as a WSGI application.
 
 ``create_app(config)`` is the composition root: it builds every part and wires them, and
-starts nothing. The returned ``App`` is the WSGI callable: request log and metrics
-(``middleware``) around the admin surface (``admin``) around the proxy (``proxy``).
+starts nothing. The returned ``App`` is the WSGI callable: it makes the request's
+``Request`` and sends a path under ``admin.prefix`` to the admin surface
+(``middleware.admin``), every other to the proxy (``proxy``), each under the request log and
+metrics (``middleware.access``).
 ``App.start()`` starts its background work (each pool's DNS discovery, after a first
 bounded round of lookups; each pool's health checker; in multiprocess mode the gauge
 refresher) and ``App.stop()`` stops it. Servers call those:
@@ -48,7 +50,7 @@ class App:
 settings there.
     """
 
-    def __init__(self, live, upstream, metrics, admin_states, wsgi=None, tls=None, rates=None,
+    def __init__(self, live, upstream, metrics, admin_states, tls=None, rates=None,
                  cluster=None):
         self.live = live
         # With `cluster.redis`: app.lb.cluster.Cluster, what this instance shares with the
@@ -60,7 +62,10 @@ settings there.
         self.tls = tls             # app.server.tls.Terminator with `tls:` in the config, else None
         self.upstream = upstream
         self.metrics = metrics
-        self._wsgi = wsgi
+        # The WSGI callables a request goes to (create_app sets them): the proxy's and the
+        # admin surface's, each under the request log; _wsgi is what __call__ calls (wrap).
+        self._proxied = self._admin = None
+        self._wsgi = self._dispatch
         self.shutdown = Shutdown()  # SIGTERM's phases, shared with the servers (app.server.shutdown)
         # Settings the server running the app bound at its start, beyond
         # reload.FIXED_AT_START: a reload keeps them and says so (set by the server).
@@ -113,8 +118,17 @@ settings there.
         return self.pool.discovery
 
     def __call__(self, environ, start_response):
-        environ[REQUEST] = Request(self.live.runtime)
+        environ[REQUEST] = Request(runtime=self.live.runtime)
         return self._wsgi(environ, start_response)
+
+    def _dispatch(self, environ, start_response):
+        """A path under ``admin.prefix`` (the prefix itself or under it) to the admin
+        surface, every other to the proxy; each through the request log."""
+        prefix = environ[REQUEST].runtime.config.admin.prefix
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            return self._admin(environ, start_response)
+        return self._proxied(environ, start_response)
 
     def wrap(self, layer) -> None:
         """Put ``layer`` (a WSGI middleware class) outermost, under the request's start: what
@@ -341,13 +355,13 @@ def create_app(config: Config, session=None, metrics_dir: str | None = None,
                     certificates=tls.describe if tls is not None else None, group=app.group,
                     cluster=cluster)
     api = AdminApi(app, metrics)
-    admin = Admin(proxy, status, metrics, draining=lambda: app.draining, api=api)
-    inner = admin
+    admin = Admin(status, metrics, draining=lambda: app.draining, api=api)
     if config.tls is not None and config.tls.redirect_from:
         from .middleware.redirect import HTTPSRedirect
-        inner = HTTPSRedirect(admin)     # the plain-HTTP listener's answer
-    app._wsgi = RequestLog(inner, metrics)
+        proxy, admin = HTTPSRedirect(proxy), HTTPSRedirect(admin)   # the plain listener's answer
+    app._proxied, app._admin = RequestLog(proxy, metrics), RequestLog(admin, metrics)
     return app
+
 
 
 class _Bare:

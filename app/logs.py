@@ -98,14 +98,10 @@ class TextFormatter(logging.Formatter):
 
 
 # Text that ``render_value`` shows as it is: printable ASCII but space, '"' and '='. A
-# line whose text values all match needs no value rendered one by one (``plain``).
-_PLAIN = re.compile(r"[!#-<>-~]+").fullmatch
-
-
-def plain(text: str) -> bool:
-    """Whether ``render_value(text)`` is ``text`` itself (for ASCII text; any other text
-    is simply not plain, and goes through ``render_value``)."""
-    return _PLAIN(text) is not None
+# line whose text values all match needs no value rendered one by one (``PLAIN_TEXT``).
+# ``PLAIN_TEXT(text)`` matches (not None) when ``render_value(text)`` is ``text`` itself (for
+# ASCII text; any other text is simply not plain, and goes through ``render_value``).
+PLAIN_TEXT = re.compile(r"[!#-<>-~]+").fullmatch
 
 
 class JsonFormatter(logging.Formatter):

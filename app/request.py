@@ -16,32 +16,31 @@ A leaf: it imports nothing of the app, and knows nothing of what fills it in.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 KEY = "myproxy.request"
 
 
-class Request:
-    """What is known of one request so far. Every field has its "not yet" value."""
+class Request(SimpleNamespace):
+    """What is known of one request so far: ``Request(runtime=...)``; every other field has
+    its "not yet" value until a layer sets it. (A namespace: making one runs no code.)"""
 
-    __slots__ = ("runtime", "id", "route", "backend", "tried", "error", "upstream_duration",
-                 "client_aborted", "admin", "redirect", "tunnel", "body", "queued", "sticky",
-                 "limited")
-
-    def __init__(self, runtime, request_id: str = ""):
-        self.runtime = runtime              # the config, route table and pools in force
-        self.id = request_id                # X-Request-ID (RequestLog)
-        self.route: str | None = None       # the name of the pool that took it
-        self.backend: str | None = None     # the URL of the backend of the last attempt
-        self.tried: list = []               # (url, failure kind, "stale" or None) per attempt
-        self.error = None                   # the ProxyError answered, or a body's failure
-        self.upstream_duration: float | None = None   # seconds from the last send to its head
-        self.client_aborted = False         # the client left before its response was sent
-        self.admin = False                  # answered by the admin surface
-        self.redirect = False               # answered by tls.redirect_from's 308
-        self.tunnel: int | None = None      # an upgraded connection's bytes to the client
-        self.queued: float | None = None    # seconds waited in its pool's queue (max_conns)
-        self.sticky: str | None = None      # hit | new | rebalanced (app.lb.sticky); None: off
-        self.limited: str | None = None     # "rate": refused by the pool's rate limit
-        self.body = None                    # the proxy's RequestBody: what it read, and kept
+    runtime = None              # the config, route table and pools in force
+    id = ""                     # X-Request-ID (RequestLog)
+    route: str | None = None    # the name of the pool that took it
+    backend: str | None = None  # the URL of the backend of the last attempt
+    tried: tuple | list = ()    # (url, failure kind, "stale" or None) per attempt (the proxy's list)
+    error = None                # the ProxyError answered, or a body's failure
+    upstream_duration: float | None = None   # seconds from the last send to its head
+    client_aborted = False      # the client left before its response was sent
+    admin = False               # answered by the admin surface
+    redirect = False            # answered by tls.redirect_from's 308
+    tunnel: int | None = None   # an upgraded connection's bytes to the client
+    queued: float | None = None  # seconds waited in its pool's queue (max_conns)
+    sticky: str | None = None   # hit | new | rebalanced (app.lb.sticky); None: off
+    limited: str | None = None  # "rate": refused by the pool's rate limit
+    body = None                 # the proxy's RequestBody: what it read, and kept
+    sent = 0                    # bytes of the response body sent to the client
 
     @property
     def attempts(self) -> int:

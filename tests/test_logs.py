@@ -257,7 +257,7 @@ def test_the_access_line_is_render_fields_of_its_fields(values, configured):
         class config:
             access_log = True
 
-    request = Request(Runtime, "0123abcd")
+    request = Request(runtime=Runtime, id="0123abcd")
     request.route, request.backend = "default", "http://127.0.0.1:9"
     request.tried, request.upstream_duration = [("http://127.0.0.1:9", None)], 0.00123
     for key in REQUEST_FIELDS & values.keys():

@@ -20,6 +20,11 @@ waiter came first). A waiter also looks again every ``RECHECK`` seconds (a backe
 back up, a cap raised by a reload, a poke lost, a slot left for a waiter that cannot use
 it), then regardless of the order: a safety net, not the way slots are handed over.
 
+``RetryBudget`` is the pool's other bound (as Envoy's circuit breakers hold a retry budget
+beside their connection and queue limits): retries may be at most a share of recent
+requests plus a small floor, so a total outage costs the backends little more than the
+requests themselves.
+
 Health checks never come here. ``acquire_bound(backend)`` is a sticky session's: a slot on
 the backend its cookie names, or a wait for that one alone; None when it is at its cap with
 the queue full (or drained), the reason for a sticky session to be balanced anew. A pool without
@@ -266,3 +271,57 @@ class Capacity:
         if self.rejected is not None:
             self.rejected(reason)
         return QueueRejected(reason, self.name, retry_after)
+
+
+BUDGET_WINDOW = 10.0        # seconds of recent requests the budget counts
+BUDGET_FLOOR = 10           # retries always allowed per window, however few the requests
+
+
+class RetryBudget:
+    """Retries in the last ``window`` seconds may be at most ``share`` of the requests in
+    it, plus ``floor``. Counted in one-second buckets; ``clock`` is for tests."""
+
+    def __init__(self, share: float, window: float = BUDGET_WINDOW, floor: int = BUDGET_FLOOR,
+                 clock: Callable[[], float] = time.monotonic):
+        self.share = share
+        self.window = window
+        self.floor = floor
+        self._clock = clock
+        self._buckets: collections.deque[list] = collections.deque()  # [second, requests, retries]
+        # The (requests, retries) of the other workers of a gunicorn group in the window,
+        # set by app.lb.shared: the budget then holds for the whole group.
+        self.elsewhere: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+    def record_request(self) -> None:
+        """Count one client request."""
+        self._bucket()[1] += 1
+
+    def try_spend(self, share: float | None = None) -> bool:
+        """Take one retry from the budget; False when it is spent. ``share`` is the one in
+        force, when a reload changed it since the budget was made."""
+        if share is not None:
+            self.share = share
+        bucket = self._bucket()
+        other_requests, other_retries = self.elsewhere()
+        requests = other_requests + sum(b[1] for b in self._buckets)
+        retries = other_retries + sum(b[2] for b in self._buckets)
+        if retries >= self.floor + self.share * requests:
+            return False
+        bucket[2] += 1
+        return True
+
+    def buckets(self) -> list[list]:
+        """This process's buckets still in the window, ``[second, requests, retries]``."""
+        self._bucket()
+        return [list(bucket) for bucket in self._buckets]
+
+    def _bucket(self) -> list:
+        now = self._clock()
+        second = int(now)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == second:
+            return buckets[-1]          # the same second: nothing has aged out since
+        while buckets and buckets[0][0] <= now - self.window:
+            buckets.popleft()
+        buckets.append([second, 0, 0])
+        return buckets[-1]

@@ -36,12 +36,11 @@ import gevent
 from ..config import DEFAULT_ROUTE, Config, RouteConfig
 from ..errors import StartupError
 from .balancer import Backend, Balancer
-from .capacity import Capacity
+from .capacity import Capacity, RetryBudget
 from .discovery import Discovery
 from .health import HealthChecker
 from .cluster import SharedLimit
 from .ratelimit import RateLimit, RateTable
-from .retry import RetryBudget
 from .sticky import Sticky
 
 

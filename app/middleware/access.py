@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import itemgetter
 from random import getrandbits
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..config import NO_ROUTE
 from ..request import KEY as REQUEST, Request
 from ..errors import UpstreamError
-from ..logs import TextFormatter, direct_handler, info_fields, plain, render_value
-from ..wire.responses import close_body
+from ..logs import PLAIN_TEXT, TextFormatter, direct_handler, info_fields, render_value
 from ..server.tls import connection_tls, hsts_value
 
 if TYPE_CHECKING:
@@ -111,6 +111,20 @@ class RequestLog:
         route = request.route or NO_ROUTE
         tried = request.tried
         sticky = request.sticky
+        if request.runtime.config.access_log:
+            upstream = request.upstream_duration
+            values = (request.id, environ.get("REMOTE_ADDR") or None,
+                      environ.get("REQUEST_METHOD"), environ.get("HTTP_HOST"), target_of(environ),
+                      int(status) if status.isdigit() else None, received, sent,
+                      round(duration * 1000, 2),
+                      round(upstream * 1000, 2) if upstream is not None else None,
+                      route, backend, len(tried), _tried(tried),
+                      environ.get("HTTP_USER_AGENT"))
+            session = environ.get("myproxy.tls")
+            queued = request.queued
+            if session is not None or error is not None or admin or queued is not None or \
+                    not _write_plain(values, sticky):
+                _write_fields(values, request, session)
         if self.metrics is not None and not admin and status.isdigit() and not request.redirect:
             self.metrics.observe(route, backend, int(status), None if tunnel else duration, tried,
                                  error.kind if isinstance(error, UpstreamError) else None)
@@ -120,35 +134,6 @@ class RequestLog:
                 self.metrics.sticky(route, sticky)
             if request.limited:
                 self.metrics.rate_limited(route)
-        if not request.runtime.config.access_log:
-            return
-        upstream = request.upstream_duration
-        values = (request.id, environ.get("REMOTE_ADDR") or None,
-                  environ.get("REQUEST_METHOD"), environ.get("HTTP_HOST"), target_of(environ),
-                  int(status) if status.isdigit() else None, received, sent,
-                  round(duration * 1000, 2),
-                  round(upstream * 1000, 2) if upstream is not None else None,
-                  route, backend, len(tried), _tried(tried),
-                  environ.get("HTTP_USER_AGENT"))
-        session = environ.get("myproxy.tls")
-        queued = request.queued
-        if session is None and error is None and not admin and queued is None and \
-                _write_plain(values, sticky):
-            return
-        fields = dict(zip(ACCESS_KEYS, values))
-        if queued is not None:
-            fields["queued_ms"] = round(queued * 1000, 2)   # waited for a slot (max_conns)
-        if session is not None:
-            fields["tls"], fields["resumed"] = session[0], int(session[1])
-        if error is not None:
-            fields["error"] = error.kind
-        if request.limited:
-            fields["limited"] = request.limited
-        if admin:
-            fields["admin"] = True
-        if sticky is not None:
-            fields["sticky"] = sticky           # last, as _write_plain writes it
-        info_fields(log, fields)
 
 
 # The access line's fields, in order; a line of no other fields whose values need no
@@ -160,6 +145,26 @@ ACCESS_KEYS = ("request_id", "client", "method", "host", "target", "status", "by
                "user_agent")
 _ACCESS_FORMAT = " ".join(f"{key}=%s" for key in ACCESS_KEYS)
 _TEXT_VALUES = (0, 1, 2, 3, 4, 10, 11, 13)   # where ACCESS_KEYS' values are text or None
+_text_values = itemgetter(*_TEXT_VALUES)
+
+
+def _write_fields(values: tuple, request: Request, session) -> None:
+    """The access line of ``values`` and the request's other fields, through ``info_fields``."""
+    fields = dict(zip(ACCESS_KEYS, values))
+    queued = request.queued
+    if queued is not None:
+        fields["queued_ms"] = round(queued * 1000, 2)   # waited for a slot (max_conns)
+    if session is not None:
+        fields["tls"], fields["resumed"] = session[0], int(session[1])
+    if request.error is not None:
+        fields["error"] = request.error.kind
+    if request.limited:
+        fields["limited"] = request.limited
+    if request.admin:
+        fields["admin"] = True
+    if request.sticky is not None:
+        fields["sticky"] = request.sticky       # last, as _write_plain writes it
+    info_fields(log, fields)
 
 
 def _write_plain(values: tuple, sticky: str | None = None) -> bool:
@@ -168,20 +173,29 @@ def _write_plain(values: tuple, sticky: str | None = None) -> bool:
     ``render_value``'s quoting; False if it was left to ``info_fields``."""
     if not log.isEnabledFor(logging.INFO):
         return True
+    shown = ["-" if value is None else value for value in values]
+    # Text values that render_value shows as they are (PLAIN_TEXT), but never an empty one
+    # (render_value quotes it: ""); the user agent, last, often has spaces.
+    if "" in shown[:-1] or PLAIN_TEXT("".join(_text_values(shown))) is None:
+        return False
+    agent = shown[-1]
+    if agent == "" or PLAIN_TEXT(agent) is None:
+        shown[-1] = render_value(values[-1])
+    line = _ACCESS_FORMAT % tuple(shown)
     handler = direct_handler(log)
     if handler is None or not isinstance(handler.formatter, TextFormatter):
         return False
-    shown = ["-" if value is None else value for value in values[:-1]]
-    if "" in shown or not plain("".join([shown[i] for i in _TEXT_VALUES])):
-        return False                    # render_value quotes an empty text: ""
-    shown.append(render_value(values[-1]))
-    line = _ACCESS_FORMAT % tuple(shown)
     handler.write_text(log.name, line if sticky is None else f"{line} sticky={sticky}")
     return True
 
 
 class _LoggedBody:
-    """Passes the body through, counting bytes; logs when the server closes it."""
+    """The response body, as it is; logs the request when the server closes it.
+
+    The bytes sent are a list's length, or what the proxy's body counted as it streamed
+    (``counts_sent``: ``Request.sent``); any other iterable is counted here."""
+
+    __slots__ = ("_body", "_owner", "_environ", "_state", "_started")
 
     def __init__(self, body, owner: RequestLog, environ: dict, state: dict, started: float):
         self._body = body
@@ -189,20 +203,31 @@ class _LoggedBody:
         self._environ = environ
         self._state = state
         self._started = started
-        self._sent = 0
 
     def __iter__(self):
+        body = self._body
+        if isinstance(body, list) or getattr(body, "counts_sent", False):
+            return iter(body)
+        return self._counted()
+
+    def _counted(self):
+        request = self._environ[REQUEST]
         for chunk in self._body:
-            self._sent += len(chunk)
+            request.sent += len(chunk)
             yield chunk
 
     def close(self) -> None:
+        body = self._body
         try:
-            close_body(self._body)
+            close = getattr(body, "close", None)     # PEP 3333: whoever wraps it closes it
+            if close is not None:
+                close()
         finally:
-            body = self._environ[REQUEST].body        # what the proxy read of the request's
-            self._owner.finish(self._environ, self._state["status"], self._sent,
-                               body.received if body is not None else 0, self._started)
+            request = self._environ[REQUEST]
+            sent = sum(map(len, body)) if isinstance(body, list) else request.sent
+            received = request.body.received if request.body is not None else 0
+            self._owner.finish(self._environ, self._state["status"], sent, received,
+                               self._started)
 
 
 def server_timing(request: Request, started: float, name_backend: bool = False) -> str:

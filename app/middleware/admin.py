@@ -1,9 +1,9 @@
 """The admin surface: health, status, metrics and the status page under ``admin.prefix``.
 
-``Admin`` wraps the proxy as WSGI middleware. A request whose path is the prefix or under
-it is answered here and never proxied; every other request passes straight on::
+``Admin`` is the WSGI app of the paths under the prefix (``App`` sends them here, and every
+other path to the proxy: ``App._dispatch``); nothing it answers is ever proxied::
 
-    app = Admin(proxy, status=status, metrics=metrics, draining=lambda: False)
+    admin = Admin(status=status, metrics=metrics, draining=lambda: False)
 
 | path        | answer                                                                   |
 |-------------|--------------------------------------------------------------------------|
@@ -52,12 +52,11 @@ CSP = ("default-src 'none'; {inline}; connect-src 'self'; img-src data:; base-ur
 
 
 class Admin:
-    """Answers the admin paths; passes everything else to ``app``."""
+    """Answers the admin paths (a path under ``admin.prefix``)."""
 
-    def __init__(self, app: Callable, status: Status, metrics: Metrics,
+    def __init__(self, status: Status, metrics: Metrics,
                  draining: Callable[[], bool] = lambda: False, page_path: str = PAGE_PATH,
                  api: Callable | None = None):
-        self.app = app
         self.api = api            # api.AdminApi: (environ, route) -> status, headers, body
         self.status = status
         self.metrics = metrics
@@ -71,11 +70,8 @@ class Admin:
     def __call__(self, environ: dict, start_response: Callable):
         path = environ.get("PATH_INFO", "")
         request = environ[REQUEST]
-        prefix = request.runtime.config.admin.prefix
-        if not (path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")):
-            return self.app(environ, start_response)
         request.admin = True
-        route = path[len(prefix):]
+        route = path[len(request.runtime.config.admin.prefix):]
         if len(route) > 1:
             route = route.rstrip("/")
         handler = self._routes.get(route)

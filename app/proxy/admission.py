@@ -1,17 +1,18 @@
 """Admission: whether a request may be forwarded at all, decided on the WSGI environ.
 
-``admit(environ, limits)`` runs under every server before a backend is chosen:
+``admit(environ, limits)`` runs before a backend is chosen under a server that did not read
+the head itself (gunicorn's stock worker, webtest); MyProxy's own server
+(``app.server.handler``, under ``python wsgi.py`` and MyProxy's gunicorn worker) applies
+the same ``http1`` rules as it reads the head, and says so with ``myproxy.head_checked``:
 
 - The target is made origin-form (``http1.origin_form``): an absolute-form target keeps
   only its path and query and names the ``Host``; ``CONNECT`` is 405; anything else that
   is not a path is 400. So the proxy only ever connects to its configured backends.
-- Under ``python wsgi.py`` the server's handler has already read the head strictly with
-  ``http1`` and says so with ``myproxy.head_checked``. Under gunicorn, its own parser has
-  refused most ambiguous framing (STACK-FACTS 23); this covers what it lets through: a
-  ``Transfer-Encoding`` other than a single ``chunked`` (gunicorn accepts ``gzip,
-  chunked``), a missing or invalid ``Host``, and a head over ``limits.max_header_bytes``, measured
-  from the environ (gunicorn keeps no raw bytes, so names and values count as
-  ``name:value`` lines: never more than what was sent).
+- gunicorn's own parser has refused most ambiguous framing (STACK-FACTS 23); this covers
+  what it lets through: a ``Transfer-Encoding`` other than a single ``chunked`` (gunicorn
+  accepts ``gzip, chunked``), a missing or invalid ``Host``, and a head over
+  ``limits.max_header_bytes``, measured from the environ (gunicorn keeps no raw bytes, so
+  names and values count as ``name:value`` lines: never more than what was sent).
 
 It leaves the checked target in ``RAW_URI``. It knows nothing of backends or sockets.
 """

@@ -143,6 +143,9 @@ class RequestBody:
         return data
 
 
+NO_BODY = RequestBody()      # the body of every request without one (it keeps no state)
+
+
 def request_body(environ: dict, max_bytes: int = 0) -> RequestBody:
     """The request's body as the server framed it: the length it parsed
     (``Content-Length: 0`` included, forwarded as sent), chunked, or none.
@@ -153,13 +156,13 @@ def request_body(environ: dict, max_bytes: int = 0) -> RequestBody:
     if length:
         size = int(length)
         if not size:
-            return RequestBody(length=0)
+            return RequestBody(length=0)    # forwarded as sent
         if max_bytes and size > max_bytes:
             raise BodyTooLarge(f"the request body is over {max_bytes} bytes")
         return RequestBody(environ["wsgi.input"], size, max_bytes=max_bytes)
     if environ.get("HTTP_TRANSFER_ENCODING", "").strip().lower() == "chunked":
         return RequestBody(environ["wsgi.input"], chunked=True, max_bytes=max_bytes)
-    return RequestBody()
+    return NO_BODY
 
 
 def client_error(error: BaseException) -> ClientError:

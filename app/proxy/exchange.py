@@ -1,10 +1,11 @@
 """One HTTP/1.1 request and response on a backend connection: the upstream codec.
 
-``send_request`` writes the request as one pre-built head (``build_head``, through
+``send_request`` writes the request as one head (``build_head``, through
 ``wire.http1.render_head``) and the body behind it, framed as the caller says.
 ``Response`` reads the response head with ``wire.http1.parse_response_head`` and streams
-the body with the framing the head says (RFC 9112 §6.3: none for HEAD/1xx/204/304,
-chunked through ``wire.http1.ChunkedReader``, ``Content-Length``, or until close). It gives
+the body with the framing the head says (``wire.http1.response_framing``: none for
+HEAD/1xx/204/304, chunked through ``wire.http1.ChunkedReader``, ``Content-Length``, or
+until close). It gives
 the connection back (``release(True)``) only when the body was read to its end and the
 connection may carry another request.
 
@@ -18,9 +19,8 @@ import socket
 
 from ..errors import UpstreamProtocolError, UpstreamReset
 from ..wire.http1 import (LAST_CHUNK, READ_SIZE, ChunkedReader, Incomplete, encode_chunk,
-                          list_tokens, parse_response_head, persists, render_head,
-                          response_has_body)
-from ..wire.sockets import send_all, wait_readable
+                          parse_response_head, render_head, response_framing)
+from ..wire.gevent_adapter import send_all, set_timeout, wait_readable
 
 MAX_HEAD_BYTES = 64 * 1024      # the status line and header lines together
 
@@ -41,9 +41,14 @@ def build_head(method: str, target: str, headers, chunked: bool, has_body: bool)
     return render_head(f"{method} {target} HTTP/1.1", headers)
 
 
-def send_request(sock, head: bytes, body, chunked: bool) -> None:
-    """Send the head and the body. A reset while sending is swallowed: the backend may
-    have answered already (an early 413, say), and reading the response tells."""
+def send_request(sock, method: str, target: str, headers, body, chunked: bool,
+                 timeout: float | None) -> None:
+    """Send the request (its head from ``build_head``) and the body; ``timeout`` is the
+    socket's from now on (the pool's read timeout: each send and read waits that long at
+    most). A reset while sending is swallowed: the backend may have answered already (an
+    early 413, say), and reading the response tells."""
+    head = build_head(method, target, headers, chunked, body is not None)
+    set_timeout(sock, timeout)
     try:
         if body is None:
             send_all(sock, head)
@@ -74,22 +79,36 @@ class Response:
     """
 
     def __init__(self, sock, method: str, release, deadline=None):
-        """``deadline``: the connection's ``sockets.ReadDeadline``, for the wait for the
+        """``deadline``: the connection's ``gevent_adapter.ReadDeadline``, for the wait for the
         head (else the socket's own timeout bounds it)."""
         self._sock = sock
         self._release = release
         self._deadline = deadline
         self._buffer = b""
-        self._done = False
+        self.complete = False         # the body was read to its end (or given up on)
+        self.has_body = False         # a body follows the head (RFC 9112 §6.3)
         self._chunks: ChunkedReader | None = None
-        self.status, self.reason, self.version, self.header_lines = self._read_head()
-        while 100 <= self.status < 200 and self.status != SWITCHING_PROTOCOLS:
-            self.status, self.reason, self.version, self.header_lines = self._read_head()
-        self._frame(method)
+        status, self.reason, self.version, self.header_lines, framing = self._read_head(method)
+        while 100 <= status < 200 and status != SWITCHING_PROTOCOLS:
+            status, self.reason, self.version, self.header_lines, framing = self._read_head(method)
+        # How the body is framed and whether the connection lasts (http1.response_framing).
+        self.status = status
+        self.has_body = framing.has_body
+        self.length_remaining: int | None = framing.length
+        self.connection_tokens = framing.tokens     # names the backend listed as hop-by-hop
+        self._keep = framing.keep
+        if status == SWITCHING_PROTOCOLS:
+            # The connection now speaks another protocol: done here, and left to whoever
+            # takes it over (``take_over``), or closed by ``close``.
+            self.complete = True
+        elif framing.chunked:
+            self._chunks = ChunkedReader(self, UpstreamProtocolError)
+        elif framing.length == 0:
+            self._end()
 
     # The head -------------------------------------------------------------------------
 
-    def _read_head(self):
+    def _read_head(self, method: str):
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0 and not buffer and self._deadline is not None:
@@ -108,54 +127,14 @@ class Response:
             end = buffer.find(b"\r\n\r\n", max(0, len(buffer) - len(data) - 3))
         self._buffer = buffer[end + 4:]
         version, status, reason, fields = parse_response_head(buffer[:end + 2])
-        return status, reason, version, fields
-
-    def _frame(self, method: str) -> None:
-        """Decide from the head how the body is framed and whether the connection lasts."""
-        codings, lengths, connection = None, set(), []
-        for name, value in self.header_lines:
-            lower = name.lower()
-            if lower == "content-length":
-                lengths.add(value)
-            elif lower == "transfer-encoding":
-                codings = f"{codings}, {value}" if codings else value
-            elif lower == "connection":
-                connection.append(value)
-        # What the Connection lines list (http1.connection_tokens), from the same pass.
-        tokens = list_tokens(",".join(connection))
-        self.connection_tokens = tokens      # names the backend listed as hop-by-hop
-        persistent = persists(self.version == b"HTTP/1.0", tokens)
-        self._keep = persistent
-        self.length_remaining: int | None = None
-        status = self.status
-        if status == SWITCHING_PROTOCOLS:
-            # The connection now speaks another protocol: done here, and left to whoever
-            # takes it over (``take_over``), or closed by ``close``.
-            self.length_remaining, self._keep, self._done = 0, False, True
-            return
-        if not response_has_body(method, status):
-            self.length_remaining = 0
-        elif codings is not None:
-            self._keep = False       # RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored
-            if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
-                self._chunks = ChunkedReader(self, UpstreamProtocolError)
-                self._keep = persistent and not lengths
-        elif lengths:
-            length = lengths.pop()
-            if lengths or not length.strip().isdigit():
-                raise UpstreamProtocolError("invalid response: bad Content-Length")
-            self.length_remaining = int(length)
-        else:
-            self._keep = False       # read until the backend closes
-        if self.length_remaining == 0 and self._chunks is None:
-            self._end()
+        return status, reason, version, fields, response_framing(method, status, version, fields)
 
     # The body -------------------------------------------------------------------------
 
     def read1(self, size: int = READ_SIZE) -> bytes:
         """Up to ``size`` bytes of the body; b"" at its end. Raises ``UpstreamReset`` when
         the backend closes before the body's end, a socket timeout when it stalls."""
-        if self._done:
+        if self.complete:
             return b""
         if self._chunks is not None:
             try:
@@ -184,9 +163,18 @@ class Response:
     def read_buffered(self, size: int = READ_SIZE) -> bytes:
         """``read1`` of what has arrived with the head already, never touching the socket:
         b"" when nothing of the body is buffered (a chunked body never is, here)."""
-        if self._done or self._chunks is not None or not self._buffer:
+        buffer = self._buffer
+        if self.complete or self._chunks is not None or not buffer:
             return b""
-        return self.read1(size)
+        left = self.length_remaining
+        if left is not None:
+            size = min(size, left)
+        data, self._buffer = buffer[:size], buffer[size:]
+        if left is not None:
+            self.length_remaining = left = left - len(data)
+            if left == 0:
+                self._end()
+        return data
 
     # The connection's bytes, as a reader (for ChunkedReader) ---------------------------
 
@@ -214,7 +202,7 @@ class Response:
             self._buffer = buffer + data
 
     def _end(self) -> None:
-        self._done = True
+        self.complete = True
         if self._buffer:
             self._keep = False       # bytes behind the response: the connection is not clean
         release, self._release = self._release, None
@@ -222,10 +210,6 @@ class Response:
             release(self._keep)
 
     # For the callers ------------------------------------------------------------------
-
-    @property
-    def complete(self) -> bool:
-        return self._done
 
     def drain_conn(self) -> None:
         """Read the rest of the body and drop it; errors just close the connection."""
@@ -238,13 +222,13 @@ class Response:
     def take_over(self) -> tuple[socket.socket, bytes]:
         """The connection itself and the bytes read past the head (a ``101``'s tunnel
         starts with them); nothing of it goes back to a pool."""
-        self._done, self._release = True, None
+        self.complete, self._release = True, None
         buffered, self._buffer = self._buffer, b""
         return self._sock, buffered
 
     def close(self) -> None:
         """Give up on the rest of the body: the connection is closed, not reused."""
-        self._done = True
+        self.complete = True
         release, self._release = self._release, None
         if release is not None:
             release(False)

@@ -41,14 +41,14 @@ from .admission import admit
 from ..lb.affinity import request_key
 from ..lb.balancer import Backend
 from ..lb.routes import Pool, request_host
-from .body import RequestBody, request_body
+from .body import NO_BODY, RequestBody, request_body
 from ..lb.sticky import HIT, NEW, REBALANCED, without_cookie
 from ..request import KEY as REQUEST, Request
 from ..errors import (ClientError, NoBackendAvailable, NoRouteMatched, ProxyError,
                       RateLimited, UpstreamError, UpstreamProtocolError, UpstreamReset)
-from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens, response_has_body
+from ..wire.http1 import connection_tokens, hop_by_hop, list_tokens
 from ..wire.responses import error_response
-from ..wire.watch import ClientAborted, ClientWatch, watch_client
+from ..wire.watch import CLIENT_WATCH, ClientAborted, ClientWatch, watch_client
 from ..logs import Fields
 from ..lb.ratelimit import retry_after
 from ..lb.retry import may_retry
@@ -106,18 +106,24 @@ class Proxy:
         config = request.runtime.config
         watch = None
         try:
-            target = admit(environ, config.limits)
+            # A head MyProxy's own server read is checked, its target origin-form already.
+            target = environ["RAW_URI"] if "myproxy.head_checked" in environ else \
+                admit(environ, config.limits)
             pool = route_of(request, environ, target)
             if pool.limit is not None:
                 limit_rate(pool, request, environ)
             # "" unless it asks to switch protocols (nearly every request has no Upgrade at all)
             upgrade = upgrade_requested(environ) if "HTTP_UPGRADE" in environ else ""
-            request.body = body = request_body(environ, config.limits.max_body_bytes)
-            body.prefetch()             # a body bad from its first byte reaches no backend
-            if body.chunked and pool.settings.request_buffering:
-                body.buffer(pool.settings.request_buffering)
+            if "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
+                request.body = body = request_body(environ, config.limits.max_body_bytes)
+                body.prefetch()         # a body bad from its first byte reaches no backend
+                if body.chunked and pool.settings.request_buffering:
+                    body.buffer(pool.settings.request_buffering)
+            else:
+                request.body = body = NO_BODY   # no framing field at all: no body
             # A tunnel's handshake is short, and the tunnel sees the client go on its own.
-            watch = None if upgrade else watch_client(environ)
+            # The connection's own (MyProxy's server), else one for this request (gunicorn).
+            watch = None if upgrade else (environ.get(CLIENT_WATCH) or watch_client(environ))
             if pool.rewrites:           # strip_prefix
                 target = pool.rewrite(target)
             trip = _Trip(environ, request, pool, method, target, body, upgrade, watch)
@@ -146,22 +152,26 @@ class Proxy:
             _finish(response, backend, release, complete=False, watch=watch)
             return self._fail(environ, start_response, UpstreamProtocolError(
                 "invalid response: 101 to a request that asked for no upgrade"))
-        if watch is not None:
-            watch.response_started()
-        has_body = response_has_body(method, status)
+        has_body = response.has_body
         # The body's length as the response head framed it (None: chunked, or to the end).
         headers = response_headers(response.header_lines, has_body,
                                    response.length_remaining if has_body else None,
                                    getattr(response, "connection_tokens", None))
         if cookie is not None:
             headers.append(cookie)
-        start_response(f"{status} {response.reason or _reason(status)}", headers)
         if not has_body:
             _finish(response, backend, release, complete=True, watch=watch)
+            start_response(f"{status} {response.reason or _reason(status)}", headers)
             return iter(())
-        return ResponseBody(response, backend, request, release,
+        body = ResponseBody(response, backend, request, release,
                             report=lambda backend, error: _report(pool, backend, error),
                             watch=watch)
+        try:
+            start_response(f"{status} {response.reason or _reason(status)}", headers)
+        except BaseException:
+            body.close()            # a head the server refused: the slot and connection go
+            raise
+        return body
 
     def _send(self, trip: "_Trip"):
         """Choose a backend of the trip's pool and send; after a failure that may be
@@ -176,7 +186,7 @@ class Proxy:
         if pool.hash_key is not None:
             key = request_key(trip.environ, pool.hash_key, trip.request.runtime.config.forwarded)
         capacity, retries = pool.capacity, pool.settings.retries
-        pool.budget.record_request()
+        trip.request.tried = []
         tried: list[Backend] = []
         # A backend with a free slot (max_conns), after a wait in the queue if need be: the
         # one a sticky cookie names, when it may take the request, else the policy's.
@@ -222,7 +232,11 @@ class Proxy:
         headers = _outbound_headers(trip.environ, request, backend,
                                     request.runtime.config.forwarded, body.length,
                                     pool.sticky.name if pool.sticky is not None else None)
-        method, target = trip.method, _upstream_target(backend, trip.target)
+        # The backend's path prefix, then the client's target byte for byte (``*`` of
+        # ``OPTIONS *`` alone).
+        method, target = trip.method, trip.target
+        if target != "*":
+            target = backend.prefix + target
         backend.requests += 1
         sent_at = time.monotonic()
         try:
@@ -235,18 +249,21 @@ class Proxy:
                                              timeouts=pool.settings.timeouts)
             else:
                 response = self.upstream.send(backend.origin, method, target, headers,
-                                              body.attempt(), body.chunked,
+                                              None if body is NO_BODY else body.attempt(),
+                                              body.chunked,
                                               timeout=pool.upstream_timeout, fresh=fresh)
         except BaseException as error:
+            request.upstream_duration = time.monotonic() - sent_at
+            if watch is not None:
+                watch.done_waiting()
             if isinstance(error, UpstreamError):
                 attempts[-1] = (backend.url, "stale" if error.stale else error.kind)
                 if not (error.stale or body.client_failed):
                     _report(pool, backend, error)
             raise
-        finally:
-            if watch is not None:
-                watch.done_waiting()
-            request.upstream_duration = time.monotonic() - sent_at
+        request.upstream_duration = time.monotonic() - sent_at
+        if watch is not None:
+            watch.done_waiting(answered=True)   # its head goes out next: no probe from now on
         _report(pool, backend, None)
         return response
 
@@ -301,7 +318,10 @@ class ResponseBody:
 
     If the backend fails mid-body, the error propagates to the server, which closes the
     client connection without a final chunk: a truncated body must never look complete.
+    What it yields is counted in ``Request.sent`` (``counts_sent``), for the access line.
     """
+
+    counts_sent = True
 
     def __init__(self, response, backend: Backend, request: Request,
                  release: Callable[[Backend], None], report: Callable | None = None,
@@ -319,19 +339,31 @@ class ResponseBody:
     def __iter__(self) -> Iterator[bytes]:
         self._started = True
         response = self._response
-        read = response.read1
-        # What came in with the head needs no wait, so no watch (app.proxy.exchange only).
-        buffered = getattr(response, "read_buffered", None)
+        # What came in with the head needs no wait, so no watch; reading it touches no
+        # socket. A small body is usually all there: then it is one piece, and done.
+        first = response.read_buffered(RESPONSE_CHUNK)
+        if response.complete:
+            self._complete = True
+            self._request.sent += len(first)
+            return iter((first,) if first else ())
+        return self._stream(first)
+
+    def _stream(self, first: bytes) -> Iterator[bytes]:
+        response = self._response
+        read, buffered = response.read1, response.read_buffered
         watch = self._watch
+        request = self._request
+        data = first
         try:
             while True:
-                if buffered is not None:
-                    data = buffered(RESPONSE_CHUNK)
-                    if data:
-                        yield data
-                        continue
-                    if response.complete:
-                        break
+                if data:
+                    request.sent += len(data)
+                    yield data
+                data = buffered(RESPONSE_CHUNK)
+                if data:
+                    continue
+                if response.complete:
+                    break
                 if watch is None:
                     data = read(RESPONSE_CHUNK)
                 else:
@@ -342,7 +374,6 @@ class ResponseBody:
                         watch.done_waiting()
                 if not data:
                     break
-                yield data
         except ClientAborted:
             # The client has gone: the backend's connection is closed (close() below),
             # and the server closes the client's, quietly, as for any reset.
@@ -430,10 +461,11 @@ def _outbound_headers(environ: dict, request: Request, backend: Backend, forward
     headers = []
     incoming = environ.get("myproxy.headers") or headers_from_environ(environ)
     # Every Connection line, joined; never Content-Length or Host (http1.NEVER_HOP_BY_HOP).
-    dropped = hop_by_hop(list_tokens(environ.get("HTTP_CONNECTION", "")))
+    connection = environ.get("HTTP_CONNECTION")
+    dropped = hop_by_hop(list_tokens(connection)) if connection else ()
     client = environ.get("REMOTE_ADDR", "")
     request_id = request.id
-    trusted = forwarded.trusts(client)
+    trusted = bool(forwarded.trusted_proxies) and forwarded.trusts(client)
     preserve_host = forwarded.preserve_host
     forwarded_for = ""
     has_proto = has_host = has_forwarded_host = False
@@ -494,6 +526,7 @@ def _choose(trip: _Trip, key: str | None) -> Backend:
     the request's ``sticky`` says which (``app.lb.sticky``)."""
     pool, request = trip.pool, trip.request
     capacity, sticky = pool.capacity, pool.sticky
+    pool.budget.record_request()        # once per request: what its retries are a share of
     if sticky is not None:
         bound = sticky.bound(trip.environ.get("HTTP_COOKIE"), pool.balancer.backends)
         if bound is not None and pool.balancer.takes_sticky(bound):
@@ -526,15 +559,14 @@ def _adding(start_response: Callable, header: tuple[str, str]) -> Callable:
 
 def _finish(response, backend: Backend, release: Callable[[Backend], None],
             complete: bool, watch: ClientWatch | None = None) -> None:
-    """Return the connection to its pool if the body was read to the end, else drop it;
-    free the backend's slot (``release``: the pool's ``Capacity.release``, the one place a
-    backend's in-flight count goes down)."""
+    """Drop the backend connection unless the body was read to the end (it went back to
+    its pool then); free the backend's slot (``release``: the pool's
+    ``Capacity.release``, the one place a backend's in-flight count goes down)."""
     release(backend)
     if watch is not None:
         watch.close()
     if not complete:
         response.close()
-    response.release_conn()
 
 
 class _ClientGone:
@@ -552,12 +584,6 @@ def _client_aborted(request: Request, start_response: Callable):
     start_response(f"{CLIENT_CLOSED_REQUEST} Client Closed Request",
                    [("Content-Length", "0"), ("Connection", "close")])
     return _ClientGone()
-
-
-def _upstream_target(backend: Backend, target: str) -> str:
-    """The target on the upstream request line: the backend's path prefix, then the
-    client's target byte for byte (``*`` of ``OPTIONS *`` alone)."""
-    return target if target == "*" else backend.prefix + target
 
 
 def headers_from_environ(environ: dict) -> list[tuple[str, str]]:
@@ -586,7 +612,10 @@ def response_headers(upstream_headers, body_follows: bool = False,
         list(upstream_headers.iteritems())
     # Never the backend's own framing (http1.NEVER_HOP_BY_HOP): the client must read the
     # body as the backend framed it.
-    dropped = hop_by_hop(connection_tokens(pairs) if dropped is None else dropped)
+    if dropped is None:
+        dropped = connection_tokens(pairs)
+    if dropped:
+        dropped = hop_by_hop(dropped)
     headers, length_sent = [], False
     for name, value in pairs:
         lower = name.lower()

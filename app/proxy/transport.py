@@ -37,7 +37,7 @@ from ..config import TimeoutsConfig
 from ..errors import (ClientError, UpstreamConnectError, UpstreamConnectTimeout, UpstreamError,
                       UpstreamProtocolError, UpstreamReset, UpstreamTimeout)
 from ..lb.retry import IDEMPOTENT_METHODS
-from ..wire.sockets import ReadDeadline, set_timeout
+from ..wire.gevent_adapter import ReadDeadline
 
 POOL_MAXSIZE = 100          # idle keep-alive connections kept per origin
 _READ = 1                   # libev's EV_READ, for a gevent io watcher
@@ -278,7 +278,6 @@ class Transport(requests.adapters.BaseAdapter):
         conn = None if fresh else pool.take(
             peek=body is not None or method not in IDEMPOTENT_METHODS)
         reused = conn is not None
-        head = exchange.build_head(method, target, headers, chunked, body is not None)
 
         def release(keep: bool) -> None:
             if keep and keep_alive:
@@ -290,9 +289,9 @@ class Transport(requests.adapters.BaseAdapter):
             if conn is None:
                 conn = pool.connect(timeout.connect)
             seconds = timeout.read
-            set_timeout(conn.sock, seconds)
-            exchange.send_request(conn.sock, head, body, chunked)
-            return exchange.Response(conn.sock, method, release, conn.read_deadline(seconds))
+            deadline = conn.read_deadline(seconds)
+            exchange.send_request(conn.sock, method, target, headers, body, chunked, seconds)
+            return exchange.Response(conn.sock, method, release, deadline)
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
             if conn is not None:
                 conn.close()

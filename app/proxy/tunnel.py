@@ -106,14 +106,13 @@ class Tunnels:
         ``ClientError`` reading the client's body raised.
         """
         conn = self._transport.open(origin, timeouts.connect)
-        head = exchange.build_head(method, target, headers, chunked, body is not None)
 
         def release(keep: bool) -> None:
             conn.close()        # an answer but 101 ends its connection: never pooled
 
         try:
-            conn.sock.settimeout(timeouts.read)
-            exchange.send_request(conn.sock, head, body, chunked)
+            exchange.send_request(conn.sock, method, target, headers, body, chunked,
+                                  timeouts.read)
             return exchange.Response(conn.sock, method, release)
         except Exception as error:  # noqa: BLE001 - every failure becomes a typed error
             conn.close()

@@ -2,7 +2,7 @@
 
 ``Worker`` (``gunicorn.conf.py``'s ``worker_class``, the Procfile's) is gunicorn's gevent
 worker serving each accepted connection with the connection code ``python wsgi.py`` uses
-(``app.server.standalone.Server`` and ``Handler``, ``app.server.connection``): the same
+(``app.server.standalone.Server`` and ``app.server.handler.Handler``): the same
 strict parse, limits, timeouts, response framing, header lines and tunnel hand-over.
 gunicorn's arbiter still does pre-fork, ``WEB_CONCURRENCY``, worker restarts and signals;
 the worker starts the app after the fork, reloads on SIGHUP and drains on SIGTERM as

@@ -15,9 +15,12 @@ read and answered here (``app.server.pywsgi_adapter`` says what of pywsgi is rel
   for its first head; later, ``client_idle`` to start the next one and then
   ``client_header`` to finish it; while a request runs, the socket's timeout is
   ``client_idle``, so a client that stops sending its body (408) or reading is cut off;
+- the target is made origin-form as the head is read (``http1.origin_form``: ``CONNECT``
+  is 405; an absolute-form target's authority becomes the ``Host``), so the proxy only
+  ever connects to its configured backends;
 - the environ is pywsgi's shape, made from the strict parse, plus the raw target
   (``RAW_URI``: pywsgi decodes ``PATH_INFO``), the header lines as received
-  (``myproxy.headers``), the client socket and its read watcher (``app.wire.watch``), and
+  (``myproxy.headers``), the connection's client watch (``app.wire.watch``), and
   the hand-over of the connection to an upgrade tunnel (``app.wire.handoff``);
 - the response head is written once (``start_response`` checks and encodes the lines,
   the first write sends them with the body's first piece when that is small): no framing
@@ -42,9 +45,9 @@ import gevent
 from ..errors import ClientError, ProxyError, UpstreamError
 from ..wire import http1
 from ..wire.handoff import ClientConnection
-from ..wire.responses import close_body, error_response, render_head
-from ..wire.sockets import linger, send_all, set_timeout
-from ..wire.watch import CLIENT_SOCKET, CLIENT_WATCHER, read_watcher
+from ..wire.responses import error_response, render_head
+from ..wire.gevent_adapter import linger, send_all
+from ..wire.watch import CLIENT_WATCH, ClientWatch, read_watcher
 from .connection import (EMPTY_INPUT, LINGER_BYTES, LINGER_SECONDS, RequestInput,
                          header_deadline)
 from .pywsgi_adapter import BaseHandler, format_date_time
@@ -68,10 +71,13 @@ class Handler(BaseHandler):
     tls = None           # (version, resumed) of a TLS connection, read once
     served = 0           # requests answered on this connection
     head = None          # the http1.Head of the current request
-    watcher = None       # the connection's read watcher for its requests' ClientWatch
+    watcher = None       # the connection's read watcher, for its ClientWatch
+    watch = None         # the connection's ClientWatch, lent to each request
     head_timer = None    # the gevent.Timeout on the head being read, if any
     head_method = False  # the request being read is a HEAD: an answer to it has no body
     limits = timeouts = None   # the settings in force for the current request
+    authority = None     # the host an absolute-form target named
+    body_follows = True  # the response being written has a body (not HEAD, 1xx, 204, 304)
 
     # The connection ------------------------------------------------------------------
 
@@ -85,6 +91,9 @@ class Handler(BaseHandler):
             super().handle()
         finally:
             self.server.connections.discard(self)
+            if self.watch is not None:
+                self.watch.close()
+                self.watch = None
             if self.watcher is not None:
                 self.watcher.close()    # before the server closes the descriptor
                 self.watcher = None
@@ -95,50 +104,55 @@ class Handler(BaseHandler):
         A malformed head is answered with its typed error's status (``refuse``) and the
         connection closed; a head slower than ``client_header`` or a client gone
         mid-head just closes it."""
-        result = self.answer_one()
-        if result is None and self.server.ssl_enabled and self.socket is not None:
-            # The connection ends: close_notify before pywsgi closes the descriptor under
-            # the TLS socket (it does so directly, without the TLS socket's close).
-            send_close_notify(self.socket)
-        return result
-
-    def answer_one(self):
-        if self.rfile.closed:
-            return None
-        config = self.server.live.runtime.config   # in force for this request
-        self.limits, self.timeouts = limits, timeouts = config.limits, config.timeouts
-        self.head_timer = None
-        if not self.served:              # a new connection: client_header for its first head
-            self.head_timer = gevent.Timeout.start_new(header_deadline(timeouts.client_header))
+        ended = True
         try:
-            if not self.read_head():
+            if self.rfile.closed:
                 return None
-        except ClientError as error:
-            return self.refuse(error)
-        except gevent.Timeout as timeout:
-            if timeout is not self.head_timer:
-                raise
-            self.server.slow_heads.closed(self.client(), timeouts.client_header)
-            return None
-        except (http1.Incomplete, OSError):
-            return None                  # the client went away mid-head
+            config = self.server.live.runtime.config   # in force for this request
+            self.limits = config.limits
+            self.timeouts = timeouts = config.timeouts
+            self.head_timer = None
+            if not self.served:              # a new connection: client_header for its first head
+                self.head_timer = gevent.Timeout.start_new(header_deadline(timeouts.client_header))
+            try:
+                if not self.read_head():
+                    return None
+            except ClientError as error:
+                return self.refuse(error)
+            except gevent.Timeout as timeout:
+                if timeout is not self.head_timer:
+                    raise
+                self.server.slow_heads.closed(self.client(), timeouts.client_header)
+                return None
+            except (http1.Incomplete, OSError):
+                return None                  # the client went away mid-head
+            finally:
+                if self.head_timer is not None:
+                    self.head_timer.close()
+            self.served += 1
+            self.server.requests += 1
+            self.environ = self.get_environ()
+            # A client that stops sending or reading is cut off: the socket's timeout is
+            # client_idle from the first head on (set again only when a reload changed it).
+            sock = self.socket
+            if sock.timeout != timeouts.client_idle:
+                sock.settimeout(timeouts.client_idle)
+            self.handle_one_response()
+            if self.close_connection or self.rfile.closed:
+                if not self.wsgi_input.finished:
+                    self.linger()
+                return None
+            # What the request left on the handler goes: an idle keep-alive connection then
+            # holds only its socket, reader and greenlet.
+            self.environ = self.head = self.wsgi_input = self.result = None
+            self.response_headers = self.head_timer = None
+            ended = False
+            return True
         finally:
-            if self.head_timer is not None:
-                self.head_timer.close()
-        self.served += 1
-        self.server.requests += 1
-        self.environ = self.get_environ()
-        set_timeout(self.socket, timeouts.client_idle)   # a client that stops sending or reading
-        self.handle_one_response()
-        if self.close_connection or self.rfile.closed:
-            if not self.wsgi_input.finished:
-                self.linger()
-            return None
-        # What the request left on the handler goes: an idle keep-alive connection then
-        # holds only its socket, reader and greenlet.
-        self.environ = self.head = self.wsgi_input = self.result = None
-        self.response_headers = self.head_timer = None
-        return True
+            if ended and self.server.ssl_enabled and self.socket is not None:
+                # The connection ends: close_notify before pywsgi closes the descriptor
+                # under the TLS socket (it does so directly, without the TLS socket's close).
+                send_close_notify(self.socket)
 
     def read_head(self) -> bool:
         """Wait for the next request and read its head; False when the connection ends
@@ -153,10 +167,9 @@ class Handler(BaseHandler):
             # again and again while others wait: at c=500 a tenth of requests waited over
             # a second (p99 2.9 s against a p50 of 130 ms; with it, 275 ms).
             gevent.sleep(0)
-            # The socket's own timeout, not a gevent.Timeout: it costs nothing when the
-            # next request is already in (it is client_idle while a request runs as well,
-            # so a kept-alive connection sets it once).
-            set_timeout(self.socket, self.timeouts.client_idle)
+            # The socket's own timeout, client_idle since the last request's head was
+            # read, not a gevent.Timeout: it costs nothing when the next request is
+            # already in.
             try:
                 if not rfile.peek(1):
                     return False
@@ -184,8 +197,10 @@ class Handler(BaseHandler):
             head = http1.read_head(rfile, max_bytes, first_line=line)
         self.head = head
         request = head.request
-        self.command, self.path, self.request_version = request.method, request.target, \
-            request.version
+        # Origin-form from here on (CONNECT is 405, any other form but a path 400): an
+        # absolute-form target's authority is the request's Host (RFC 9112 §3.2.2).
+        target, self.authority = http1.origin_form(request.method, request.target)
+        self.command, self.path, self.request_version = request.method, target, request.version
         self.requestline = f"{request.method} {request.target} {request.version}"
         self.content_length = head.framing.length
         self.close_connection = not http1.persists(request.version == "HTTP/1.0", head.connection)
@@ -223,7 +238,13 @@ class Handler(BaseHandler):
             else:
                 environ[key] = value
         environ["RAW_URI"] = self.path
-        environ["myproxy.headers"] = list(fields)
+        authority = self.authority
+        if authority is None:
+            environ["myproxy.headers"] = list(fields)
+        else:
+            environ["HTTP_HOST"] = authority
+            environ["myproxy.headers"] = [(n, authority if n.lower() == "host" else v)
+                                          for n, v in fields]
         environ["myproxy.head_checked"] = True
         # Every body is read strictly, an upgrade request's too (pywsgi would hand it the
         # raw reader): a tunnel then starts right after the body.
@@ -240,10 +261,14 @@ class Handler(BaseHandler):
             if self.tls is None:
                 self.tls = socket_tls(self.socket)
             environ["myproxy.tls"] = self.tls
-        environ[CLIENT_SOCKET] = self.socket    # watched for aborts (app.wire.watch)
-        if self.watcher is None:
+        # The client, watched for aborts while a backend is waited on (app.wire.watch):
+        # one watch for the connection, made with its first request.
+        watch = self.watch
+        if watch is None:
             self.watcher = read_watcher(self.socket)
-        environ[CLIENT_WATCHER] = self.watcher
+            watch = self.watch = ClientWatch(self.socket, io=self.watcher)
+        watch.http11 = self.request_version == "HTTP/1.1"
+        environ[CLIENT_WATCH] = watch
         return environ
 
     def take_connection(self) -> ClientConnection:
@@ -281,7 +306,9 @@ class Handler(BaseHandler):
                     if self.response_use_chunked:
                         self.send(http1.LAST_CHUNK)
             finally:
-                close_body(result)
+                close = getattr(result, "close", None)   # PEP 3333: the server closes it
+                if close is not None:
+                    close()
         except OSError as error:
             if error.errno in _QUIET_ERRORS:
                 self.close_connection = True
@@ -322,6 +349,7 @@ class Handler(BaseHandler):
             headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
             length = None
         block = header_block(headers)
+        self.body_follows = http1.response_has_body(self.command, code)
         if connection != "close" and (self.server.shutdown.closing
                                       or not self.wsgi_input.finished):
             block += b"Connection: close\r\n"
@@ -354,7 +382,7 @@ class Handler(BaseHandler):
             raise AssertionError("the application did not call start_response()")
         self.headers_sent = True
         block = self.response_headers
-        if not http1.response_has_body(self.command, self.code):
+        if not self.body_follows:
             if data:
                 if self.code in http1.NO_BODY_STATUSES:
                     raise AssertionError(f"the {self.code} response must have no body")

@@ -38,7 +38,7 @@ from .certificates import (ALPN_PROTOCOLS, MIN_VERSIONS, CertificateSet, load_ce
                            make_context)
 from .client_hello import MAX_RECORD, NO_APPLICATION_PROTOCOL_ALERT, offered_alpn
 from ..wire.gevent_adapter import tls_object
-from ..wire.sockets import linger
+from ..wire.gevent_adapter import linger
 
 log = logging.getLogger("myproxy.tls")
 

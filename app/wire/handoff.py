@@ -6,7 +6,7 @@ first bytes without waiting for the ``101``), and what the app returns so that t
 writes nothing more and reads no other request from the connection. The server says how
 with a callable in ``environ[TAKE_CONNECTION]`` that returns a ``ClientConnection``:
 
-- ``python wsgi.py`` (and MyProxy's gunicorn worker): ``app.server.standalone.Handler``'s
+- ``python wsgi.py`` (and MyProxy's gunicorn worker): ``app.server.handler.Handler``'s
   ``take_connection``, whose reader holds the read-ahead; the handler then writes nothing
   more and closes the connection once the app returns.
 - ``gunicorn -k gevent``: ``app.server.gunicorn_worker.ServerConnection`` puts in

@@ -130,8 +130,9 @@ def request_head(request: RequestLine, fields) -> Head:
             expect = expect or value.lower() == "100-continue"
     version = request.version
     _check_hosts(hosts, version)
-    framing = _framing(lengths, codings, version)
-    return Head(request, tuple(fields), framing, list_tokens(",".join(connection)),
+    framing = _framing(lengths, codings, version) if lengths or codings else _NO_BODY
+    return Head(request, tuple(fields), framing,
+                list_tokens(",".join(connection)) if connection else _NO_TOKENS,
                 expect and (framing.chunked or bool(framing.length)))
 
 
@@ -353,6 +354,50 @@ def parse_response_head(head: bytes) -> tuple[bytes, int, str, list[tuple[str, s
             raise UpstreamProtocolError("invalid response: too many header lines")
     reason = status[3]
     return status[1], int(status[2]), reason.decode("latin-1") if reason else "", fields
+
+
+class ResponseFraming(NamedTuple):
+    """How a response's body is delimited and whether its connection lasts (RFC 9112 §6.3,
+    §9.3)."""
+
+    has_body: bool
+    chunked: bool
+    length: int | None          # its Content-Length (0 without a body); None: chunked or to the end
+    keep: bool                  # the connection may carry another request after it
+    tokens: frozenset[str]      # what its Connection lines list (names it made hop-by-hop)
+
+
+def response_framing(method: str, status: int, version: bytes, fields) -> ResponseFraming:
+    """The framing of a response to ``method`` with ``status`` and ``fields``: none for
+    HEAD, 1xx, 204 and 304 (a ``101``'s connection is no longer HTTP: never kept);
+    ``Transfer-Encoding`` overrides ``Content-Length`` (and a connection with both is not
+    kept); a ``Content-Length`` must be one decimal number (``UpstreamProtocolError``);
+    with neither, the body runs to the end of the connection."""
+    codings, lengths, connection = None, set(), []
+    for name, value in fields:
+        lower = name.lower()
+        if lower == "content-length":
+            lengths.add(value)
+        elif lower == "transfer-encoding":
+            codings = f"{codings}, {value}" if codings else value
+        elif lower == "connection":
+            connection.append(value)
+    tokens = list_tokens(",".join(connection)) if connection else _NO_TOKENS
+    persistent = persists(version == b"HTTP/1.0", tokens)
+    if status == 101:
+        return ResponseFraming(False, False, 0, False, tokens)
+    if not response_has_body(method, status):
+        return ResponseFraming(False, False, 0, persistent, tokens)
+    if codings is not None:
+        if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
+            return ResponseFraming(True, True, None, persistent and not lengths, tokens)
+        return ResponseFraming(True, False, None, False, tokens)
+    if lengths:
+        length = lengths.pop()
+        if lengths or not length.strip().isdigit():
+            raise UpstreamProtocolError("invalid response: bad Content-Length")
+        return ResponseFraming(True, False, int(length), persistent, tokens)
+    return ResponseFraming(True, False, None, False, tokens)      # to the end of the connection
 
 
 def read_line(rfile, budget: int, too_long: Callable[[], ClientError]) -> bytes:

@@ -25,10 +25,12 @@ for an abort, and cut off the half-closing client. Here:
   ``RECHECK_EVERY``: after the next piece of the body goes out, a closed client resets.
 
 The cost on a request whose client stays (nearly all): one watcher started and stopped
-per wait, no system call. The watcher is the connection's (``read_watcher``, made once by
-a server that keeps it in ``CLIENT_WATCHER``: a new one costs a system call to make and
-another when libev first polls it); without one, each request makes its own. It knows nothing of HTTP beyond the probe's bytes, nor of
-backends.
+per wait, no system call. MyProxy's own server keeps one ``ClientWatch`` per connection,
+on the connection's ``read_watcher`` (a new watcher costs a system call to make and
+another when libev first polls it), and hands it to each request in ``CLIENT_WATCH``;
+``close`` at the end of a request readies it for the next. Under gunicorn each request
+makes its own (``watch_client``). It knows nothing of HTTP beyond the probe's bytes, nor
+of backends.
 """
 from __future__ import annotations
 
@@ -40,8 +42,7 @@ from gevent import get_hub, getcurrent
 
 from .gevent_adapter import std_socket
 
-CLIENT_SOCKET = "myproxy.client_socket"     # set by app.server.standalone.Handler
-CLIENT_WATCHER = "myproxy.client_watcher"   # its connection's read_watcher, made once
+CLIENT_WATCH = "myproxy.client_watch"       # the connection's ClientWatch (app.server.handler)
 GUNICORN_SOCKET = "gunicorn.socket"         # set by gunicorn's workers
 PROBE = b"HTTP/1.1 100 Continue\r\n\r\n"   # RFC 9110 §15.2.1; see the module docstring
 RECHECK_FIRST = 0.02        # seconds after an end of file: a reset is in by then on a LAN
@@ -67,41 +68,46 @@ class ClientAborted(BaseException):
 
 
 def watch_client(environ: dict) -> "ClientWatch | None":
-    """A watch over this request's client socket, or None where the server gives none."""
-    sock = environ.get(CLIENT_SOCKET) or environ.get(GUNICORN_SOCKET)
+    """A watch made for this request on the server's client socket (gunicorn's), where its
+    connection keeps none (``CLIENT_WATCH``); None where the server gives no socket."""
+    sock = environ.get(GUNICORN_SOCKET)
     if sock is None:
         return None
     try:
-        return ClientWatch(sock, probe=environ.get("SERVER_PROTOCOL") == "HTTP/1.1",
-                           io=environ.get(CLIENT_WATCHER))
+        return ClientWatch(sock, probe=environ.get("SERVER_PROTOCOL") == "HTTP/1.1")
     except (OSError, ValueError):
         return None        # closed already
 
 
 def read_watcher(sock):
-    """A read watcher on ``sock``'s descriptor for the ``ClientWatch`` of each of its
-    requests (``CLIENT_WATCHER``). Whoever makes it closes it when the connection ends,
-    before the descriptor is closed."""
+    """A read watcher on ``sock``'s descriptor, for a ``ClientWatch`` kept for the
+    connection. Whoever makes it closes it when the connection ends, before the
+    descriptor is closed."""
     return get_hub().loop.io(sock.fileno(), _READ)
 
 
 class ClientWatch:
-    """Watches one client socket during one request's backend waits (module docstring)."""
+    """Watches one client socket during a request's backend waits (module docstring)."""
 
-    __slots__ = ("_raw", "_fd", "_io", "_own", "_timer", "_waiter", "_probe", "_eof", "gone",
-                 "_over")
+    __slots__ = ("_sock", "_raw", "_fd", "_io", "_own", "_timer", "_waiter", "_can_probe",
+                 "_probe", "_eof", "gone", "_over", "http11")
 
     def __init__(self, sock, probe: bool = True, io=None):
-        """``io``: the connection's ``read_watcher``, lent for this request (left stopped,
-        not closed); without it the watch makes one of its own."""
-        self._raw = std_socket(sock)      # callable from the hub
+        """``probe``: the request is HTTP/1.1 (``http11``; a server that keeps the watch
+        for its connection sets it for each request). ``io``: the connection's
+        ``read_watcher``, lent (left stopped, not closed); without it the watch makes one
+        of its own."""
+        self._sock = sock
+        self._raw = None                  # std_socket(sock), callable from the hub: when needed
         self._fd = sock.fileno()
         self._io = io
         self._own = io is None
         self._timer = None
         self._waiter = None         # the greenlet waiting on the backend, while it waits
         # No probe over TLS: bytes written past the TLS layer would break its records.
-        self._probe = probe and not isinstance(sock, _TLS_SOCKETS)
+        self._can_probe = not isinstance(sock, _TLS_SOCKETS)
+        self._probe = self._can_probe   # until this request's response head goes out
+        self.http11 = probe         # the request is HTTP/1.1: it may be probed
         self._eof = False
         self.gone = False           # the client reset its connection
         self._over = False          # nothing more to watch for this request
@@ -119,8 +125,12 @@ class ClientWatch:
             io = self._io = get_hub().loop.io(self._fd, _READ)
         io.start(self._readable)
 
-    def done_waiting(self) -> None:
+    def done_waiting(self, answered: bool = False) -> None:
+        """The wait is over; ``answered``: the response head came, and goes to the client
+        next, so no probe may be sent from now on."""
         self._waiter = None
+        if answered:
+            self._probe = False
         if self._io is not None:
             self._io.stop()
 
@@ -130,17 +140,19 @@ class ClientWatch:
         only the first is the client's leaving)."""
         return self.gone or self._reset()
 
-    def response_started(self) -> None:
-        """The response head is going out: no probe may be sent from now on."""
-        self._probe = False
-
     def close(self) -> None:
-        """The request is over: stop watching. Safe to call twice."""
-        self._over = True
+        """The request is over: stop watching, and be ready for the connection's next
+        request. Safe to call twice."""
+        self._stop()
+        self._over = self._eof = self.gone = False
+        self._probe = self._can_probe
+
+    def _stop(self) -> None:
         self._waiter = None
-        io, self._io = self._io, None
+        io = self._io
         if io is not None:
             if self._own:
+                self._io = None
                 io.close()
             else:
                 io.stop()           # the connection's: the next request borrows it
@@ -152,6 +164,8 @@ class ClientWatch:
 
     def _readable(self) -> None:
         self._io.stop()             # level-triggered: it would fire again at once
+        if self._raw is None:
+            self._raw = std_socket(self._sock)
         try:
             data = self._raw.recv(1, _PEEK)
         except BlockingIOError:
@@ -163,7 +177,7 @@ class ClientWatch:
             self._over = True       # a pipelined request: the client is there
             return
         self._eof = True
-        if self._probe:
+        if self._probe and self.http11:
             self._probe = False
             try:
                 self._raw.send(PROBE, _DONTWAIT)
@@ -182,6 +196,8 @@ class ClientWatch:
         """Whether the connection has been reset (or closed on our side): the state, not a
         read, which reports nothing after an end of file."""
         raw = self._raw
+        if raw is None:
+            raw = self._raw = std_socket(self._sock)
         try:
             return bool(raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)) or (
                 _TCP_INFO is not None and raw.family in _TCP_FAMILIES
@@ -192,7 +208,8 @@ class ClientWatch:
     def _abort(self) -> None:
         self.gone = True
         waiter = self._waiter
-        self.close()
+        self._stop()
+        self._over = True
         if waiter is not None:
             # Straight from the hub, as gevent.Timeout does: the greenlet is blocked in a
             # wait on the backend right now, so that is where the exception lands.

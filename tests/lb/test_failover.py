@@ -7,7 +7,7 @@ import socket
 import gevent
 import pytest
 
-from app.lb.retry import BUDGET_FLOOR
+from app.lb.capacity import BUDGET_FLOOR
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import base_config
 from tests.scripted import FullBacklog, ScriptedBackend

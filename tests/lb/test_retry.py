@@ -4,7 +4,8 @@ import pytest
 
 from app.errors import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamProtocolError,
                         UpstreamReset, UpstreamTimeout)
-from app.lb.retry import RetryBudget, may_retry
+from app.lb.capacity import RetryBudget
+from app.lb.retry import may_retry
 
 
 @pytest.mark.parametrize("error,method,expected", [

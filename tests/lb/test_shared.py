@@ -7,7 +7,7 @@ import os
 
 from app.config import BackendConfig, HealthCheckConfig, PassiveHealthConfig
 from app.lb.balancer import Backend, Balancer, CheckResult
-from app.lb.retry import RetryBudget
+from app.lb.capacity import RetryBudget
 from app.lb.shared import DEFAULT_POOL, GroupView
 from app.server.group import ProcessGroup
 

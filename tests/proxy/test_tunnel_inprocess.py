@@ -133,7 +133,7 @@ def test_https_backends_are_tunnelled_over_tls(serve, certificate, tls_backend):
     balancer = live.runtime.default.balancer
 
     def app(environ, start_response):
-        environ[REQUEST] = Request(live.runtime)
+        environ[REQUEST] = Request(runtime=live.runtime)
         return logged(environ, start_response)
 
     port = serve(app)

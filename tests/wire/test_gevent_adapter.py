@@ -72,7 +72,7 @@ def test_wait_with_timeout_refuses_a_second_waiter_and_marks_the_watcher_meanwhi
     a, b = pair
     a.settimeout(5.0)
     watcher = read_event(a)
-    assert watcher.callback is None          # what sockets.wait_readable checks
+    assert watcher.callback is None          # what wait_readable checks
     first = gevent.spawn(wait_with_timeout, a, watcher)
     assert wait_until(lambda: watcher.callback is not None, timeout=5)
     with pytest.raises(ConcurrentObjectUseError):

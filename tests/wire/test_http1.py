@@ -240,3 +240,42 @@ def test_whether_a_connection_persists(http10, tokens, persists):
 ])
 def test_host_name_is_the_one_host_grammar_without_the_port(value, host):
     assert http1.host_name(value) == host
+
+
+def test_a_request_head_gathers_its_connection_tokens_and_100_continue():
+    head = http1.parse_head(b"POST / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-A\r\n"
+                            b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n", 4096)
+    assert head.connection == {"keep-alive", "x-a"}
+    assert head.expects_continue and head.framing == http1.Framing(length=3)
+    bodiless = http1.parse_head(b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n", 4096)
+    assert not bodiless.expects_continue and bodiless.connection == frozenset()
+
+
+@pytest.mark.parametrize("method,status,version,fields,expected", [
+    ("GET", 200, b"HTTP/1.1", [("Content-Length", "5")], (True, False, 5, True)),
+    ("HEAD", 200, b"HTTP/1.1", [("Content-Length", "5")], (False, False, 0, True)),
+    ("GET", 204, b"HTTP/1.1", [], (False, False, 0, True)),
+    ("GET", 304, b"HTTP/1.1", [("Content-Length", "9")], (False, False, 0, True)),
+    ("GET", 101, b"HTTP/1.1", [("Connection", "Upgrade")], (False, False, 0, False)),
+    ("GET", 200, b"HTTP/1.1", [("Transfer-Encoding", "chunked")], (True, True, None, True)),
+    ("GET", 200, b"HTTP/1.1", [("Transfer-Encoding", "chunked"), ("Content-Length", "3")],
+     (True, True, None, False)),
+    ("GET", 200, b"HTTP/1.1", [("Transfer-Encoding", "gzip")], (True, False, None, False)),
+    ("GET", 200, b"HTTP/1.1", [], (True, False, None, False)),            # to the end
+    ("GET", 200, b"HTTP/1.1", [("Connection", "close"), ("Content-Length", "1")],
+     (True, False, 1, False)),
+    ("GET", 200, b"HTTP/1.0", [("Content-Length", "1")], (True, False, 1, False)),
+    ("GET", 200, b"HTTP/1.0", [("Connection", "Keep-Alive"), ("Content-Length", "1")],
+     (True, False, 1, True)),
+], ids=["length", "head", "204", "304", "101", "chunked", "chunked-and-length", "gzip-only",
+        "to-the-end", "close", "1.0", "1.0-keep-alive"])
+def test_response_framing(method, status, version, fields, expected):
+    framing = http1.response_framing(method, status, version, fields)
+    assert (framing.has_body, framing.chunked, framing.length, framing.keep) == expected
+
+
+@pytest.mark.parametrize("lengths", [["5", "6"], ["x"], ["-1"]])
+def test_a_response_with_a_bad_content_length_is_a_protocol_error(lengths):
+    from app.errors import UpstreamProtocolError
+    with pytest.raises(UpstreamProtocolError):
+        http1.response_framing("GET", 200, b"HTTP/1.1", [("Content-Length", v) for v in lengths])

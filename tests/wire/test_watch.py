@@ -63,7 +63,7 @@ def test_a_half_close_is_not_an_abort_and_gets_the_probe(pair):
 def test_no_probe_once_the_response_has_begun(pair):
     server, client = pair
     watch = ClientWatch(server)
-    watch.response_started()
+    watch.done_waiting(answered=True)        # the head came: the response has begun
     client.shutdown(socket.SHUT_WR)
     assert not wait_for_abort(watch, 0.3) and not watch.gone
     client.setblocking(False)
@@ -107,7 +107,7 @@ def test_no_probe_goes_into_a_tls_connection(pair, certificate, kind):  # noqa: 
 def test_a_close_mid_body_is_an_abort_once_the_next_bytes_reach_it(pair):
     server, client = pair
     watch = ClientWatch(server)
-    watch.response_started()
+    watch.done_waiting(answered=True)        # the head came: the response has begun
     client.close()
     assert not wait_for_abort(watch, 0.3)     # an end of file alone: perhaps a half-close
     server.sendall(b"the next piece of the body")      # a closed client resets
@@ -135,4 +135,31 @@ def test_a_client_gone_is_known_after_a_failed_write(pair):
             server.send(b"x" * 65536)
             gevent.sleep(0.01)
     assert watch.client_gone()
+    watch.close()
+
+
+def test_close_readies_a_connections_watch_for_its_next_request(pair):
+    """MyProxy's server keeps one watch per connection: after a request whose response
+    began (no probe from then on) and a reset of the watch's state at close, the next
+    request's wait is watched afresh, probe included."""
+    server, client = pair
+    watch = ClientWatch(server)
+    watch.done_waiting(answered=True)        # the first request's head went out
+    watch.close()                            # the first request is over
+    client.shutdown(socket.SHUT_WR)
+    assert not wait_for_abort(watch, 0.5) and not watch.gone
+    client.settimeout(2)
+    assert client.recv(100) == PROBE         # probed again: the second request's wait
+    watch.close()
+
+
+def test_an_http_1_0_request_is_never_probed(pair):
+    server, client = pair
+    watch = ClientWatch(server)
+    watch.http11 = False                     # as the server sets it, per request
+    client.shutdown(socket.SHUT_WR)
+    assert not wait_for_abort(watch, 0.3) and not watch.gone
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(100)
     watch.close()

@@ -1,11 +1,11 @@
-"""``app.wire.sockets``: the wait for a reply with a connection's own read deadline."""
+"""``app.wire.gevent_adapter``: the wait for a reply with a connection's own read deadline."""
 import socket
 import time
 
 import gevent
 import pytest
 
-from app.wire.sockets import ReadDeadline, wait_readable
+from app.wire.gevent_adapter import ReadDeadline, wait_readable
 
 
 def test_a_wait_with_a_deadline_returns_when_bytes_arrive(pair):
