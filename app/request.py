@@ -9,7 +9,7 @@ what a sticky cookie did, a refusal by a rate limit. The access line and the met
 when the response ends.
 
 What a server hands the app stays in the server's own environ keys (the header lines as
-received, the client socket and its watcher, TLS facts, the hand-over of the connection):
+received, the connection's client watch, TLS facts, the hand-over of the connection):
 that is each server's interface to a WSGI app, as ``gunicorn.socket`` is gunicorn's.
 
 A leaf: it imports nothing of the app, and knows nothing of what fills it in.
