@@ -393,6 +393,9 @@ class Handler(BaseHandler):
             elif self.request_version != "HTTP/1.0":
                 self.response_use_chunked = True
                 block += b"Transfer-Encoding: chunked\r\n"
+            else:        # HTTP/1.0 has no chunks: the end of the connection ends the body
+                self.close_connection = True
+                block = block.replace(b"Connection: keep-alive\r\n", b"Connection: close\r\n")
         head = b"HTTP/1.1 %b\r\n%b\r\n" % (self.status, block)
         if data and self.response_use_chunked:
             data = http1.encode_chunk(data)

@@ -41,6 +41,8 @@ def respond(received, release: Event):
         return [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", CLOSE]
     if path == "/truncated-chunked":
         return [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", CLOSE]
+    if path == "/chunked":
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     if path == "/chunked-and-length":
         return (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"5\r\nhello\r\n0\r\n\r\n")
@@ -316,6 +318,20 @@ def test_chunked_response_with_a_length_is_sent_with_one_framing(proxy):
     head = data.split(b"\r\n\r\n")[0].lower()
     assert b"content-length" not in head and b"transfer-encoding: chunked" in head
     assert _dechunk(data.split(b"\r\n\r\n", 1)[1]) == b"hello"
+
+
+def test_an_http_1_0_client_that_asks_for_keep_alive_gets_close_for_a_body_of_no_known_length(proxy):
+    """HTTP/1.0 has no chunked coding: a body whose length the backend did not give (it sent
+    it chunked) is delimited by the end of the connection, so the connection closes, and
+    the head says so, whatever the client asked."""
+    with connect(proxy.port) as sock:
+        sock.sendall(b"GET /chunked HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+        data = read_until_closed(sock, timeout=5)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0].split()[1] == b"200" and body == b"hello"
+    assert b"connection: close" in lines and b"connection: keep-alive" not in lines
+    assert not any(line.startswith((b"content-length", b"transfer-encoding")) for line in lines)
 
 
 def test_an_http_1_0_client_gets_close_by_default_and_keep_alive_when_it_asks(proxy):
