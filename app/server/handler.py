@@ -374,8 +374,10 @@ class Handler(BaseHandler):
     def write(self, data) -> None:
         """Send one piece of the body (PEP 3333's ``write``); the first sends the head,
         with the piece when it is not large. No body goes out after a HEAD, 204 or 304."""
+        if data and not self.body_follows and self.code in http1.NO_BODY_STATUSES:
+            raise AssertionError(f"the {self.code} response must have no body")
         if self.headers_sent:
-            if data:
+            if data and self.body_follows:
                 self.send(http1.encode_chunk(data) if self.response_use_chunked else data)
             return
         if self.status is None:
@@ -383,10 +385,7 @@ class Handler(BaseHandler):
         self.headers_sent = True
         block = self.response_headers
         if not self.body_follows:
-            if data:
-                if self.code in http1.NO_BODY_STATUSES:
-                    raise AssertionError(f"the {self.code} response must have no body")
-                data = b""       # a HEAD's answer: the head alone
+            data = b""           # a HEAD's answer (or a 1xx's): the head alone
         elif self.provided_content_length is None:
             if hasattr(self.result, "__len__"):      # a list: its length is known
                 block += b"Content-Length: %d\r\n" % sum(len(piece) for piece in self.result)

@@ -300,3 +300,46 @@ def test_the_garbage_collector_is_set_for_serving():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_no_body_goes_out_after_a_head_whatever_the_app_yields():
+    """The handler writes the head alone for a HEAD, every piece the app yields dropped, so
+    the next request on the connection is read in sync."""
+    from app.server.standalone import Server
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"abc", b"def"])         # no length: chunked for a GET
+
+    server = Server(("127.0.0.1", 0), app)
+    server.start()
+    try:
+        sock = connect(server.server_port)
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+    finally:
+        server.stop()
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding" not in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200 ")             # the GET's answer follows at once
+    assert rest.endswith(b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+
+
+def test_a_204_with_a_body_is_answered_500_before_anything_goes_out():
+    from app.server.standalone import Server
+
+    def app(environ, start_response):
+        start_response("204 No Content", [])
+        return [b"not allowed"]
+
+    server = Server(("127.0.0.1", 0), app)
+    server.start()
+    try:
+        code, _, body = request(server.server_port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    finally:
+        server.stop()
+    assert code == 500 and b"not allowed" not in body
