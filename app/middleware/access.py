@@ -46,12 +46,6 @@ SERVER_TIMING_HEADER = "Server-Timing"   # W3C Server Timing
 CLIENT_CLOSED_REQUEST = "499"   # nginx's status in the log for a client that left (proxy.py)
 
 
-def new_request_id() -> str:
-    """96 random bits in hex. ``random`` (reseeded in each forked child) rather than
-    ``os.urandom``: a request ID must be unique, not secret, and this takes no system call."""
-    return "%024x" % getrandbits(96)
-
-
 class RequestLog:
     """Assigns request IDs, logs one line per request, and counts it."""
 
@@ -66,7 +60,10 @@ class RequestLog:
         request_id = environ.get("HTTP_X_REQUEST_ID", "")
         if not (request_id and len(request_id) <= MAX_REQUEST_ID and request_id.isprintable()
                 and config.forwarded.trusts(environ.get("REMOTE_ADDR", ""))):
-            request_id = new_request_id()
+            # 96 random bits in hex. ``random`` (reseeded in each forked child) rather than
+            # ``os.urandom``: a request ID must be unique, not secret, and this takes no
+            # system call.
+            request_id = "%024x" % getrandbits(96)
         request.id = request_id
         state = {"status": "-"}
         timing = config.server_timing
@@ -114,7 +111,8 @@ class RequestLog:
         if request.runtime.config.access_log:
             upstream = request.upstream_duration
             values = (request.id, environ.get("REMOTE_ADDR") or None,
-                      environ.get("REQUEST_METHOD"), environ.get("HTTP_HOST"), target_of(environ),
+                      environ.get("REQUEST_METHOD"), environ.get("HTTP_HOST"),
+                      environ.get("RAW_URI") or target_of(environ),
                       int(status) if status.isdigit() else None, received, sent,
                       round(duration * 1000, 2),
                       round(upstream * 1000, 2) if upstream is not None else None,
@@ -252,8 +250,6 @@ def _tried(attempts) -> str | None:
 
 
 def target_of(environ: dict) -> str:
-    raw = environ.get("RAW_URI")
-    if raw is not None:
-        return raw
+    """The request target, rebuilt from the environ, for a server that gives no ``RAW_URI``."""
     query = environ.get("QUERY_STRING")
     return environ.get("PATH_INFO", "") + ("?" + query if query else "")

@@ -1,5 +1,5 @@
 """Who owns the client socket: the connection's handler (``handler``: each request read
-strictly and its response written), serving on pywsgi (``standalone``), the gunicorn
+strictly; ``response``: its response written), serving on pywsgi (``standalone``), the gunicorn
 worker's pieces, and TLS termination. What of pywsgi and gunicorn they rely on is in
 ``pywsgi_adapter`` and ``gunicorn_adapter``, and nowhere else.
 

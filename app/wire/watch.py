@@ -143,11 +143,6 @@ class ClientWatch:
     def close(self) -> None:
         """The request is over: stop watching, and be ready for the connection's next
         request. Safe to call twice."""
-        self._stop()
-        self._over = self._eof = self.gone = False
-        self._probe = self._can_probe
-
-    def _stop(self) -> None:
         self._waiter = None
         io = self._io
         if io is not None:
@@ -159,6 +154,8 @@ class ClientWatch:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
+        self._over = self._eof = self.gone = False
+        self._probe = self._can_probe
 
     # In the hub -------------------------------------------------------------------------
 
@@ -206,10 +203,9 @@ class ClientWatch:
             return True             # the socket is closed: the request is over anyway
 
     def _abort(self) -> None:
-        self.gone = True
         waiter = self._waiter
-        self._stop()
-        self._over = True
+        self.close()
+        self.gone = self._over = True    # nothing more to watch: the client is gone
         if waiter is not None:
             # Straight from the hub, as gevent.Timeout does: the greenlet is blocked in a
             # wait on the backend right now, so that is where the exception lands.
