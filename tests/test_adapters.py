@@ -10,7 +10,8 @@ public surface. What it finds:
 - ``getattr``/``hasattr``/``setattr`` with a ``"_name"``.
 
 What it cannot see: a private hook a library calls by duck typing on an object of ours
-(pywsgi's ``wsgi.input._discard``); those live in the adapters by the same rule.
+(as pywsgi's handler once called ``wsgi.input._discard``); those live in the adapters by
+the same rule.
 """
 from __future__ import annotations
 
