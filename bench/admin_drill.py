@@ -102,8 +102,10 @@ class Gunicorn:
         os.unlink(self.path)
 
 
-def set_state(port: int, url: str, state: str) -> float:
-    """PATCH one backend's admin state on a new connection; the time of the answer."""
+def set_state(port: int, url: str, state: str) -> tuple[float, float]:
+    """PATCH one backend's admin state on a new connection; the times it was sent and
+    answered."""
+    sent = time.monotonic()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
     body = json.dumps({"backend": url, "state": state})
     connection.request("PATCH", "/_myproxy/api/backends", body=body,
@@ -113,7 +115,7 @@ def set_state(port: int, url: str, state: str) -> float:
     connection.close()
     if response.status != 200:
         raise RuntimeError(f"{state}: {response.status} {answer!r}")
-    return time.monotonic()
+    return sent, time.monotonic()
 
 
 def client(port: int, keepalive: bool, until: float, results: list) -> None:
@@ -158,11 +160,13 @@ def run(seconds: float, keepalive: int, oneshot: int, slow_start: str) -> int:
         clients = [gevent.spawn(client, proxy.port, True, until, results) for _ in range(keepalive)]
         clients += [gevent.spawn(client, proxy.port, False, until, results) for _ in range(oneshot)]
         gevent.sleep(seconds * 0.25)
-        drained = set_state(proxy.port, urls[1], "drain")
+        drained = set_state(proxy.port, urls[1], "drain")[1]
         gevent.sleep(max(0.0, start + seconds * 0.55 - time.monotonic()))
-        maint = set_state(proxy.port, urls[1], "maint")
+        maint = set_state(proxy.port, urls[1], "maint")[1]
         gevent.sleep(max(0.0, start + seconds * 0.70 - time.monotonic()))
-        ready = set_state(proxy.port, urls[1], "ready")
+        # A GET sent once the ready is on its way may go to backend 2: the window of
+        # drained GETs ends when the ready was sent, not when it was answered.
+        readying, ready = set_state(proxy.port, urls[1], "ready")
         gevent.joinall(clients, timeout=seconds + CLIENT_TIMEOUT + 5)
     finally:
         if proxy is not None:
@@ -170,12 +174,15 @@ def run(seconds: float, keepalive: int, oneshot: int, slow_start: str) -> int:
         for backend in backends:
             backend.kill()
             backend.wait(timeout=5)
-    return report(results, start, seconds, drained, maint, ready, keepalive, oneshot, slow_start)
+    return report(results, start, seconds, drained, maint, (readying, ready), keepalive, oneshot,
+                  slow_start)
 
 
 def report(results, start, seconds, drained, maint, ready, keepalive, oneshot, slow_start) -> int:
+    """``ready``: when the ready was sent, and when it was answered."""
+    readying, ready = ready
     failures = [r for r in results if not r[2].startswith("backend ")]
-    late = [r for r in results if r[2] == "backend 2" and drained + SETTLE <= r[0] < ready]
+    late = [r for r in results if r[2] == "backend 2" and drained + SETTLE <= r[0] < readying]
     in_flight = [r for r in results if r[2] == "backend 2" and r[0] < drained < r[1]]
     latencies = [(r[1] - r[0]) * 1000 for r in results]
     print(f"\n== admin drill: {len(results)} GETs in {seconds:.0f}s through gunicorn (3 workers), "
@@ -186,7 +193,7 @@ def report(results, start, seconds, drained, maint, ready, keepalive, oneshot, s
     print(f"   failed GETs: {len(failures)}")
     print(f"   GETs backend 2 answered, sent from the drain's answer + {SETTLE:.0f}s until ready: "
           f"{len(late)}")
-    last = max((r[0] for r in results if r[2] == "backend 2" and drained <= r[0] < ready),
+    last = max((r[0] for r in results if r[2] == "backend 2" and drained <= r[0] < readying),
                default=None)
     print("   last GET it answered sent after the drain: " +
           ("none" if last is None else f"{(last - drained) * 1000:.0f} ms after the answer"))
