@@ -239,7 +239,7 @@ class Handler(ResponseWriter, BaseHandler):
         # Every body is read strictly, an upgrade request's too (pywsgi would hand it the
         # raw reader): a tunnel then starts right after the body.
         framing = head.framing
-        if framing.chunked or framing.length:
+        if head.has_body:
             self.wsgi_input = RequestInput(self.rfile, framing,
                                            self.socket if head.expects_continue else None)
         else:

@@ -109,6 +109,7 @@ class Head(NamedTuple):
     fields: tuple[tuple[str, str], ...]   # (name as sent, value without OWS), in order
     framing: Framing
     connection: frozenset[str] = frozenset()   # what its Connection lines list
+    has_body: bool = False                # framing.has_body, found once
     expects_continue: bool = False        # a body, and Expect: 100-continue
 
 
@@ -131,9 +132,10 @@ def request_head(request: RequestLine, fields) -> Head:
     version = request.version
     _check_hosts(hosts, version)
     framing = _framing(lengths, codings, version) if lengths or codings else _NO_BODY
+    has_body = framing.has_body
     return Head(request, tuple(fields), framing,
                 list_tokens(",".join(connection)) if connection else _NO_TOKENS,
-                expect and (framing.chunked or bool(framing.length)))
+                has_body, expect and has_body)
 
 
 def parse_request_line(line: bytes) -> RequestLine:
