@@ -62,3 +62,11 @@ def queue_depth(port: int) -> int:
     if status != 200:
         return -1
     return sum(route["queue"]["depth"] for route in json.loads(body)["routes"])
+
+
+def read_all(sock) -> bytes:
+    """Every byte until the peer closes the connection (within the socket's timeout)."""
+    received = b""
+    while data := sock.recv(65536):
+        received += data
+    return received

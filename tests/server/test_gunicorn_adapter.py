@@ -24,7 +24,7 @@ from app.server.gunicorn_adapter import (ALREADY_HANDLED, WORKER_BOOT_ERROR, Gev
                                          ssl_context, take_connection, time_request_waits,
                                          watch_serving)
 from tests.certs import make_certificate
-from tests.rawclient import connect, read_response
+from tests.rawclient import connect, read_all, read_response
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -64,13 +64,6 @@ def serve():
     yield start
     for server in servers:
         server.stop(timeout=1)
-
-
-def read_all(sock) -> bytes:
-    received = b""
-    while data := sock.recv(65536):
-        received += data
-    return received
 
 
 class Watcher:

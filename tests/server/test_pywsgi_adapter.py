@@ -6,7 +6,7 @@ import pytest
 from gevent.pywsgi import WSGIServer
 
 from app.server.pywsgi_adapter import BaseHandler, format_date_time
-from tests.rawclient import connect
+from tests.rawclient import connect, read_all
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -50,13 +50,6 @@ def served():
         server.stop(timeout=1)
 
 
-def read_all(sock) -> bytes:
-    received = b""
-    while data := sock.recv(65536):
-        received += data
-    return received
-
-
 def test_handle_calls_handle_one_request_until_none_then_closes_the_socket(served):
     server = served()
     with connect(server.server_port) as sock:
@@ -67,22 +60,24 @@ def test_handle_calls_handle_one_request_until_none_then_closes_the_socket(serve
         [b"GET / HTTP/1.1\r\n", b"LAST / HTTP/1.1\r\n"]
 
 
-def test_the_handler_gets_socket_address_server_and_a_buffered_rfile(served):
-    server = served()
-    with connect(server.server_port) as sock:
+def get_then_close(port: int) -> bytes:
+    """One GET on a new connection that then half-closes; every byte read back."""
+    with connect(port) as sock:
         sock.sendall(GET)
         sock.shutdown(socket.SHUT_WR)
-        read_all(sock)
+        return read_all(sock)
+
+
+def test_the_handler_gets_socket_address_server_and_a_buffered_rfile(served):
+    server = served()
+    get_then_close(server.server_port)
     assert server.calls[0] == ("made", "socket", "127.0.0.1", True)
     assert server.calls[-1] == ("eof",)      # rfile.peek gives b"" at the client's end
 
 
 def test_get_environ_gives_the_servers_keys(served):
     server = served()
-    with connect(server.server_port) as sock:
-        sock.sendall(GET)
-        sock.shutdown(socket.SHUT_WR)
-        read_all(sock)
+    assert get_then_close(server.server_port).startswith(b"HTTP/1.1 200 OK")
     assert ("environ", "http", str(server.server_port)) in server.calls
     assert server.ssl_enabled is False
 

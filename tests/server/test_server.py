@@ -9,7 +9,7 @@ import pytest
 
 from tests.backends import TestBackend, free_port, wait_until
 from tests.conftest import ProxyProcess, base_config
-from tests.rawclient import connect, get, read_response, request
+from tests.rawclient import connect, get, read_all, read_response, request
 
 
 def test_startup_line_names_address_and_backends(start_proxy, backends):
@@ -274,18 +274,11 @@ def test_the_environ_is_the_one_pywsgi_would_build(tmp_path):
     ("200 OK", [(b"X-Bytes", "1"), ("X-Evil", "1")]),
 ])
 def test_a_header_that_would_split_the_response_is_refused(status, headers):
-    from app.server.standalone import Server
-
     def app(environ, start_response):
         start_response(status, headers)
         return [b"ok"]
 
-    server = Server(("127.0.0.1", 0), app)
-    server.start()
-    try:
-        code, seen, _ = request(server.server_port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-    finally:
-        server.stop()
+    code, seen, _ = answer_of(app, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert code == 500 and "x-evil" not in seen
 
 
@@ -314,13 +307,10 @@ def test_no_body_goes_out_after_a_head_whatever_the_app_yields():
     server = Server(("127.0.0.1", 0), app)
     server.start()
     try:
-        sock = connect(server.server_port)
-        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n"
-                     b"Connection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-        sock.close()
+        with connect(server.server_port) as sock:
+            sock.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n"
+                         b"Connection: close\r\n\r\n")
+            data = read_all(sock)
     finally:
         server.stop()
     first, _, rest = data.partition(b"\r\n\r\n")
@@ -330,16 +320,21 @@ def test_no_body_goes_out_after_a_head_whatever_the_app_yields():
 
 
 def test_a_204_with_a_body_is_answered_500_before_anything_goes_out():
-    from app.server.standalone import Server
-
     def app(environ, start_response):
         start_response("204 No Content", [])
         return [b"not allowed"]
 
+    code, _, body = answer_of(app, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert code == 500 and b"not allowed" not in body
+
+
+def answer_of(app, raw: bytes):
+    """``app`` served by MyProxy's own server on port 0 for one request ``raw``: its
+    (status, headers, body)."""
+    from app.server.standalone import Server
     server = Server(("127.0.0.1", 0), app)
     server.start()
     try:
-        code, _, body = request(server.server_port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        return request(server.server_port, raw)
     finally:
         server.stop()
-    assert code == 500 and b"not allowed" not in body
